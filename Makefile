@@ -1,0 +1,48 @@
+# Set-up and the everyday commands. Works on a fresh machine that reaches only PyPI.
+# A user with a GPU installs their CUDA torch into .venv first; the set-up keeps it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= face,train,eval,dev
+export HF_HUB_OFFLINE ?= 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test test-all lint style bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# torch: keep any installed build (a user's CUDA torch); else the CPU build 2.13.0.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	@# open_clip_torch ships CLIP's BPE vocabulary; its own deps (torchvision) are not needed.
+	$(PY) -m pip install -q --no-deps "open_clip_torch>=2.20"
+	@touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	@test -f .cache/tiny-model/model_index.json || $(VENV)/bin/instantportrait init-tiny .cache/tiny-model
+	$(VENV)/bin/instantportrait edit examples/astronaut.png \
+	  --prompt "wearing a 1920s flapper dress, feathered headband" \
+	  --model .cache/tiny-model --seed 0 --output outputs/demo --overwrite
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	INSTANTPORTRAIT_SLOW=1 $(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+style: setup
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+bench: setup
+	$(VENV)/bin/instantportrait bench --quick
+
+clean:
+	rm -rf .cache outputs .pytest_cache build

@@ -1,0 +1,89 @@
+"""The one entry point: ``instantportrait <command>``.
+
+Each command lives in its own module of this package exposing ``register(subparsers)``,
+which adds a sub-parser whose ``func(args) -> int`` does the work. Modules import their
+heavy dependencies inside ``func`` so ``instantportrait --help`` stays fast.
+
+Exit codes: 0 success; 2 bad usage or bad input (one line on stderr, no traceback);
+1 an internal error (one line; ``INSTANTPORTRAIT_DEBUG=1`` prints the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from ..errors import INTERNAL_EXIT_CODE, USAGE_EXIT_CODE, InstantPortraitError
+
+# Command modules, in the order `--help` lists them. A module not present is skipped.
+COMMAND_MODULES = (
+    "edit",
+    "edit_video",
+    "init_tiny",
+    "faces",
+    "data",
+    "train",
+    "evaluate",
+    "bench",
+    "env",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(USAGE_EXIT_CODE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="instantportrait",
+        description="Identity-preserving portrait editing with diffusion models.",
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"instantportrait {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; returns the process exit code."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InstantPortraitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE_EXIT_CODE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        if os.environ.get("INSTANTPORTRAIT_DEBUG"):
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(
+            f"internal error: {type(exc).__name__}: {first} "
+            "(set INSTANTPORTRAIT_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return INTERNAL_EXIT_CODE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
