@@ -36,7 +36,9 @@ def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose IHDR claims ``width`` x ``height`` but that holds almost no pixel data."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    )
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -160,8 +162,13 @@ def test_numpy_and_tensor_inputs():
 
 @pytest.mark.parametrize(
     ("size", "expected"),
-    [((512, 512), (512, 512)), ((1024, 576), (512, 288)), ((37, 150), (128, 512)),
-     ((100, 400), (128, 512)), ((3, 3), (512, 512))],
+    [
+        ((512, 512), (512, 512)),
+        ((1024, 576), (512, 288)),
+        ((37, 150), (128, 512)),
+        ((100, 400), (128, 512)),
+        ((3, 3), (512, 512)),
+    ],
 )
 def test_resolution_policy(size, expected):
     assert ResolutionPolicy(512).target_size(*size) == expected
@@ -237,9 +244,8 @@ def test_atomic_directory(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with atomic_directory(dest) as tmp:
         (tmp / "a").write_text("1")
-    with pytest.raises(InputError):
-        with atomic_directory(dest):
-            pass
+    with pytest.raises(InputError), atomic_directory(dest):
+        pass
     with atomic_directory(dest, overwrite=True) as tmp:
         (tmp / "b").write_text("2")
     assert sorted(p.name for p in dest.iterdir()) == ["b"]

@@ -1,4 +1,5 @@
 """Command-line entry: python -m instantportrait."""
+
 import sys
 
 from .cli import main

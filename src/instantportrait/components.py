@@ -51,7 +51,12 @@ SD15_UNET_CONFIG: dict[str, Any] = {
         "CrossAttnDownBlock2D",
         "DownBlock2D",
     ),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "up_block_types": (
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ),
     "block_out_channels": (320, 640, 1280, 1280),
     "layers_per_block": 2,
     "cross_attention_dim": 768,
@@ -206,7 +211,9 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(c) for c in codes]
 
 
-def write_clip_vocabulary(folder: str | os.PathLike, bpe_file: str | os.PathLike | None = None) -> Path:
+def write_clip_vocabulary(
+    folder: str | os.PathLike, bpe_file: str | os.PathLike | None = None
+) -> Path:
     """Write ``vocab.json`` and ``merges.txt`` (Hugging Face CLIP format) from CLIP's BPE file.
 
     The vocabulary is the 256 byte symbols, the same with ``</w>``, the 48,894 merges, then
@@ -214,7 +221,8 @@ def write_clip_vocabulary(folder: str | os.PathLike, bpe_file: str | os.PathLike
     """
     folder = Path(folder)
     source = Path(bpe_file) if bpe_file is not None else _bpe_vocabulary_file()
-    lines = gzip.open(source, "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(source, "rt", encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
     symbols = _bytes_to_unicode()
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
@@ -272,7 +280,7 @@ def _text_encoder(config: dict[str, Any], with_projection: bool = False):
 
 
 def build_scheduler(kind: str = "euler_ancestral"):
-    """InstructPix2Pix's scheduler (``euler_ancestral``) or ``ddim``/``ddpm``/``euler`` on SD1.5's betas."""
+    """InstructPix2Pix's scheduler (``euler_ancestral``), or ddim/ddpm/euler, on SD1.5's betas."""
     import diffusers
 
     classes = {

@@ -8,7 +8,9 @@ from __future__ import annotations
 import torch
 
 
-def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+def classifier_free_guidance(
+    cond: torch.Tensor, uncond: torch.Tensor, scale: float
+) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6): uncond + s (cond - uncond)."""
     return uncond + scale * (cond - uncond)
 

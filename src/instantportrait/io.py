@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
-ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray, torch.Tensor]
+ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray | torch.Tensor
 
 DEFAULT_MAX_PIXELS = int(os.environ.get("INSTANTPORTRAIT_MAX_PIXELS", 64 * 1024 * 1024))
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -198,11 +198,12 @@ def load_image(
             arr = arr.float()
         return _from_array(arr.numpy(), label, channels_first=arr.ndim == 3)
     else:
-        raise InputError(f"{label}: not an image source (expected a path, bytes, PIL, numpy or tensor)")
-    try:
+        raise InputError(
+            f"{label}: not an image source (expected a path, bytes, PIL, numpy or tensor)"
+        )
+    # A broken EXIF block does not make the pixels unusable.
+    with contextlib.suppress(OSError, ValueError, SyntaxError, TypeError):
         img = ImageOps.exif_transpose(img)
-    except (OSError, ValueError, SyntaxError, TypeError):
-        pass  # a broken EXIF block does not make the pixels unusable
     return _to_rgb(img, label)
 
 

@@ -12,7 +12,9 @@ import torch
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def alpha_bar(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+def alpha_bar(
+    alphas_cumprod: torch.Tensor, timesteps: torch.Tensor | int, like: torch.Tensor
+) -> torch.Tensor:
     """``abar_t`` gathered at integer ``timesteps`` and shaped to broadcast against ``like``."""
     t = torch.as_tensor(timesteps, device=alphas_cumprod.device).long().reshape(-1)
     ab = alphas_cumprod[t].to(device=like.device, dtype=like.dtype)
@@ -20,7 +22,7 @@ def alpha_bar(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor | int, like:
 
 
 def add_noise(z0: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-    """Forward process q(z_t | z_0) (DDPM, Ho et al. 2020, eq. 4): sqrt(abar) z0 + sqrt(1-abar) eps."""
+    """Forward process q(z_t | z_0) (DDPM, Ho et al. 2020, eq. 4)."""
     return ab.sqrt() * z0 + (1.0 - ab).sqrt() * noise
 
 

@@ -8,16 +8,27 @@ import torch
 
 from ..errors import InputError
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto",
-                        help="cpu, cuda, cuda:N, mps or auto (default: cuda when available)")
-    parser.add_argument("--dtype", default="auto",
-                        help="float32, float16, bfloat16 or auto (default: float16 on CUDA, "
-                             "float32 elsewhere)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N, mps or auto (default: cuda when available)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="float32, float16, bfloat16 or auto (default: float16 on CUDA, float32 elsewhere)",
+    )
 
 
 def resolve_device(name: str) -> torch.device:

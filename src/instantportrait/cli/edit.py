@@ -19,20 +19,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the instruction, e.g. 'wearing a 1920s flapper dress'")
     src.add_argument("--prompt-file", help="a text file of prompts, one per line ('#' comments)")
-    p.add_argument("--model", required=True,
-                   help="pipeline folder or Hub id (IPNet, IDE-Net or InstructPix2Pix format)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="denoising steps (default: the checkpoint's recommendation; 1 = IPNet)")
-    p.add_argument("--iterations", type=int, default=1,
-                   help="style boost: passes, each output fed back as input (default 1)")
-    p.add_argument("--guidance-scale", type=float, default=None,
-                   help="text guidance s_T (default: the checkpoint's)")
-    p.add_argument("--image-guidance-scale", type=float, default=None,
-                   help="image guidance s_I (default: the checkpoint's)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every input (default 0)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="pipeline folder or Hub id (IPNet, IDE-Net or InstructPix2Pix format)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps (default: the checkpoint's recommendation; 1 = IPNet)",
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=1,
+        help="style boost: passes, each output fed back as input (default 1)",
+    )
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="text guidance s_T (default: the checkpoint's)",
+    )
+    p.add_argument(
+        "--image-guidance-scale",
+        type=float,
+        default=None,
+        help="image guidance s_I (default: the checkpoint's)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="noise seed, the same for every input (default 0)"
+    )
     p.add_argument("--output", "-o", default="outputs", help="output folder (default outputs/)")
-    p.add_argument("--resolution", type=int, default=512,
-                   help="long side the input is resized to, multiple of 8 (default 512)")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=512,
+        help="long side the input is resized to, multiple of 8 (default 512)",
+    )
     p.add_argument("--keep-size", action="store_true", help="resize results back to the input size")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_device_arguments(p)
@@ -43,15 +68,26 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..errors import InputError
-    from ..io import list_images, load_image, read_prompt_file, restore_size, safe_output_path, save_image
-    from ..io import check_prompt
+    from ..io import (
+        check_prompt,
+        list_images,
+        load_image,
+        read_prompt_file,
+        restore_size,
+        safe_output_path,
+        save_image,
+    )
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
 
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps: must be at least 1, got {args.steps}")
     if args.iterations < 1:
         raise InputError(f"--iterations: must be at least 1, got {args.iterations}")
-    prompts = read_prompt_file(args.prompt_file) if args.prompt_file else [check_prompt(args.prompt, name="--prompt")]
+    prompts = (
+        read_prompt_file(args.prompt_file)
+        if args.prompt_file
+        else [check_prompt(args.prompt, name="--prompt")]
+    )
     files = list_images(args.inputs)
     # Validate every input and every output name before loading the model: bad input fails fast.
     sizes = {f: load_image(f).size for f in files}
@@ -72,8 +108,13 @@ def run(args: argparse.Namespace) -> int:
     pipe = InstantPortraitPipeline.from_pretrained(args.model).to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     steps = args.steps or pipe.config.recommended_steps
-    bar = tqdm(jobs, desc=f"editing ({steps} step{'s' * (steps > 1)})", unit="image",
-               disable=len(jobs) < 2, file=sys.stderr)
+    bar = tqdm(
+        jobs,
+        desc=f"editing ({steps} step{'s' * (steps > 1)})",
+        unit="image",
+        disable=len(jobs) < 2,
+        file=sys.stderr,
+    )
     for f, prompt, dest in bar:
         image = load_image(f)
         result = pipe(

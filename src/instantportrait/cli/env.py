@@ -32,7 +32,15 @@ def environment_report() -> dict[str, str]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
-    for dist in ("torch", "diffusers", "transformers", "accelerate", "safetensors", "numpy", "Pillow"):
+    for dist in (
+        "torch",
+        "diffusers",
+        "transformers",
+        "accelerate",
+        "safetensors",
+        "numpy",
+        "Pillow",
+    ):
         info[dist] = _version(dist)
     if torch.cuda.is_available():
         info["device"] = f"cuda: {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
@@ -47,9 +55,16 @@ def environment_report() -> dict[str, str]:
     except ImportError:
         info["dlib"] = _version("dlib-bin")
     vocab = importlib.util.find_spec("open_clip")
-    info["clip vocabulary (open_clip_torch)"] = "available" if vocab else "missing: pip install --no-deps open_clip_torch"
-    extras = {"tensorboard": "train", "matplotlib": "eval", "av": "video", "gradio": "app",
-              "onnxruntime": "eval (ArcFace ONNX)"}
+    info["clip vocabulary (open_clip_torch)"] = (
+        "available" if vocab else "missing: pip install --no-deps open_clip_torch"
+    )
+    extras = {
+        "tensorboard": "train",
+        "matplotlib": "eval",
+        "av": "video",
+        "gradio": "app",
+        "onnxruntime": "eval (ArcFace ONNX)",
+    }
     for module, extra in extras.items():
         found = importlib.util.find_spec(module) is not None
         info[module] = "available" if found else f"missing (extra [{extra}])"

@@ -22,7 +22,7 @@ import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +36,8 @@ from ..guidance import instruct_pix2pix_guidance, needs_three_branches
 from ..io import ImageSource, ResolutionPolicy, atomic_directory, check_prompt, load_image
 from ..parameterization import alpha_bar, predict_x0
 
-PromptInput = Union[str, Sequence[str]]
-GeneratorInput = Union[torch.Generator, Sequence[torch.Generator], None]
+PromptInput = str | Sequence[str]
+GeneratorInput = torch.Generator | Sequence[torch.Generator] | None
 
 
 class InstantPortraitPipelineOutput(BaseOutput):
@@ -172,7 +172,9 @@ class InstantPortraitPipeline(DiffusionPipeline):
         if image is None:
             raise InputError("image: an input image is required")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise InputError(f"num_inference_steps: must be a positive integer, got {num_inference_steps}")
+            raise InputError(
+                f"num_inference_steps: must be a positive integer, got {num_inference_steps}"
+            )
         if not isinstance(iterations, int) or iterations < 1:
             raise InputError(f"iterations: must be a positive integer, got {iterations}")
         if output_type not in ("pil", "np", "pt", "latent"):
@@ -212,7 +214,9 @@ class InstantPortraitPipeline(DiffusionPipeline):
         if negative_prompt is None:
             negatives = [""] * len(prompts)
         else:
-            negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+            negatives = (
+                [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+            )
             if len(negatives) == 1:
                 negatives = negatives * len(prompts)
         embeds = self._text_embeddings(prompts + negatives, device)
@@ -255,9 +259,13 @@ class InstantPortraitPipeline(DiffusionPipeline):
             ]
         )
         ctx = torch.cat([cond, uncond, uncond])
+        if isinstance(t, torch.Tensor) and t.ndim == 1 and t.shape[0] == latents.shape[0] > 1:
+            t = t.repeat(3)  # per-item timesteps follow the items into every branch
         out = self.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
         full, image_only, none = out.chunk(3)
-        return instruct_pix2pix_guidance(full, image_only, none, guidance_scale, image_guidance_scale)
+        return instruct_pix2pix_guidance(
+            full, image_only, none, guidance_scale, image_guidance_scale
+        )
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Image latents as InstructPix2Pix conditions on them: the posterior mode, unscaled."""
@@ -394,7 +402,9 @@ class InstantPortraitPipeline(DiffusionPipeline):
         for _ in range(iterations):
             image_latents = self.encode_image(x)
             shape = image_latents.shape
-            noise = randn_tensor(shape, generator=generator, device=device, dtype=image_latents.dtype)
+            noise = randn_tensor(
+                shape, generator=generator, device=device, dtype=image_latents.dtype
+            )
             if steps == 1:
                 latents = self.one_step(
                     noise, image_latents, cond, uncond, g_text, g_image, timestep=timestep
