@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= face,train,eval,dev
+EXTRAS ?= face,train,eval,video,dev
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
