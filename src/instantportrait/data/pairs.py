@@ -1,0 +1,276 @@
+"""The pair dataset format: (input image c_I, instruction c_T, target image x), two storages.
+
+* **Manifest folder**: ``pairs.jsonl`` with one JSON object a line, easy to write by hand::
+
+      {"input": "inputs/0001.png", "instruction": "wearing a hat", "target": "targets/0001.png",
+       "landmarks": [[x, y], ...5 points...], "key": "0001"}
+
+  Paths are relative to the folder. ``landmarks`` (dlib's 5-point order, input-image pixels)
+  and ``key`` are optional; missing landmarks are detected when the identity loss needs them.
+* **Shards**: WebDataset-style tar files ``shard-000000.tar`` whose members are
+  ``KEY.input.EXT``, ``KEY.target.EXT`` and ``KEY.json`` (instruction, landmarks), in order.
+  ``instantportrait data pack`` writes them from a manifest folder. They are read by index:
+  the tar headers are scanned once when a source opens (no pixel is read), then each example
+  is one seek and one read, so millions of pairs stream from local or network disks and
+  every rank/worker reads only its own examples.
+
+Both give :class:`PairExample` with the encoded image bytes; decoding goes through the
+input gate (:func:`instantportrait.io.load_image`) in the dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..io import atomic_write, load_image
+
+MANIFEST = "pairs.jsonl"
+SHARD_PATTERN = "shard-{:06d}.tar"
+
+
+@dataclass
+class PairExample:
+    """One training pair, images still encoded."""
+
+    key: str
+    instruction: str
+    input_bytes: bytes
+    target_bytes: bytes
+    landmarks: list[list[float]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    input_name: str = "input.png"
+    target_name: str = "target.png"
+
+
+def _check_row(row: Any, where: str) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: expected a JSON object")
+    for key in ("input", "instruction", "target"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise InputError(f"{where}: missing or empty '{key}'")
+    lm = row.get("landmarks")
+    if lm is not None and (
+        not isinstance(lm, list) or len(lm) != 5 or any(len(p) != 2 for p in lm)
+    ):
+        raise InputError(f"{where}: 'landmarks' must be 5 [x, y] points (dlib's 5-point order)")
+    return row
+
+
+class ManifestSource:
+    """A folder with ``pairs.jsonl``; examples read by index."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        manifest = self.root / MANIFEST
+        if not manifest.is_file():
+            raise InputError(f"{self.root}: no {MANIFEST} in the dataset folder")
+        self.rows: list[dict[str, Any]] = []
+        for n, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{manifest}:{n}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{where}: not JSON ({exc.msg})") from None
+            row = _check_row(row, where)
+            row.setdefault("key", f"{len(self.rows):09d}")
+            row["_line"] = n
+            self.rows.append(row)
+        if not self.rows:
+            raise InputError(f"{manifest}: no pairs")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def describe(self, index: int) -> str:
+        row = self.rows[index]
+        return f"{self.root / MANIFEST}:{row['_line']} (key {row['key']})"
+
+    def _read(self, rel: str, index: int) -> bytes:
+        path = (self.root / rel).resolve()
+        if self.root.resolve() not in path.parents:
+            raise InputError(f"{self.describe(index)}: path {rel!r} leaves the dataset folder")
+        if not path.is_file():
+            raise InputError(f"{self.describe(index)}: {rel}: no such file")
+        return path.read_bytes()
+
+    def __getitem__(self, index: int) -> PairExample:
+        row = self.rows[index]
+        extra = {
+            k: v
+            for k, v in row.items()
+            if not k.startswith("_")
+            and k not in ("input", "target", "instruction", "landmarks", "key")
+        }
+        return PairExample(
+            key=str(row["key"]),
+            instruction=row["instruction"],
+            input_bytes=self._read(row["input"], index),
+            target_bytes=self._read(row["target"], index),
+            landmarks=row.get("landmarks"),
+            extra=extra,
+            input_name=Path(row["input"]).name,
+            target_name=Path(row["target"]).name,
+        )
+
+
+class ShardSource:
+    """WebDataset-style tar shards in a folder; examples read by index after a header scan."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.shards = sorted(self.root.glob("shard-*.tar"))
+        if not self.shards:
+            raise InputError(f"{self.root}: no shard-*.tar files")
+        # index: (shard, {"input": (offset, size, name), "target": ..., "json": ...}, key)
+        self.index: list[tuple[Path, dict[str, tuple[int, int, str]], str]] = []
+        for shard in self.shards:
+            groups: dict[str, dict[str, tuple[int, int, str]]] = {}
+            order: list[str] = []
+            try:
+                with tarfile.open(shard, "r:") as tar:
+                    for member in tar:
+                        if not member.isfile():
+                            continue
+                        key, _, rest = member.name.partition(".")
+                        part = rest.split(".")[0]
+                        if key not in groups:
+                            groups[key] = {}
+                            order.append(key)
+                        groups[key][part] = (member.offset_data, member.size, member.name)
+            except tarfile.TarError as exc:
+                raise InputError(f"{shard}: unreadable shard ({exc})") from None
+            for key in order:
+                parts = groups[key]
+                missing = {"input", "target", "json"} - parts.keys()
+                if missing:
+                    raise InputError(f"{shard}: example {key} lacks {', '.join(sorted(missing))}")
+                self.index.append((shard, parts, key))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def describe(self, index: int) -> str:
+        shard, _, key = self.index[index]
+        return f"{shard} (key {key})"
+
+    def __getitem__(self, index: int) -> PairExample:
+        shard, parts, key = self.index[index]
+        blobs = {}
+        with open(shard, "rb") as fh:
+            for part, (offset, size, _) in parts.items():
+                fh.seek(offset)
+                blobs[part] = fh.read(size)
+        try:
+            meta = json.loads(blobs["json"])
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{self.describe(index)}: metadata is not JSON ({exc.msg})") from None
+        if not isinstance(meta.get("instruction"), str):
+            raise InputError(f"{self.describe(index)}: metadata lacks 'instruction'")
+        extra = {k: v for k, v in meta.items() if k not in ("instruction", "landmarks")}
+        return PairExample(
+            key=key,
+            instruction=meta["instruction"],
+            input_bytes=blobs["input"],
+            target_bytes=blobs["target"],
+            landmarks=meta.get("landmarks"),
+            extra=extra,
+            input_name=parts["input"][2],
+            target_name=parts["target"][2],
+        )
+
+
+PairSource = ManifestSource | ShardSource
+
+
+def open_pair_source(path: str | os.PathLike) -> PairSource:
+    """A manifest folder (``pairs.jsonl``) or a folder of shards, whichever ``path`` holds."""
+    root = Path(path)
+    if not root.is_dir():
+        raise InputError(f"{root}: dataset folder not found")
+    if (root / MANIFEST).is_file():
+        return ManifestSource(root)
+    return ShardSource(root)
+
+
+def pack_shards(
+    source: str | os.PathLike, out_dir: str | os.PathLike, shard_size: int = 1000
+) -> list[Path]:
+    """Write a dataset (manifest or shards) as tar shards of ``shard_size`` examples each.
+
+    Each shard is written to a temporary file and renamed, so an interrupted pack leaves only
+    complete shards. Image bytes are copied as they are (no re-encoding).
+    """
+    if shard_size < 1:
+        raise InputError(f"--shard-size: must be positive, got {shard_size}")
+    src = open_pair_source(source)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for start in range(0, len(src), shard_size):
+        dest = out / SHARD_PATTERN.format(start // shard_size)
+
+        def write(tmp: Path, start: int = start) -> None:
+            with tarfile.open(tmp, "w") as tar:
+                for i in range(start, min(start + shard_size, len(src))):
+                    ex = src[i]
+                    key = f"{i:09d}"
+                    meta = {"instruction": ex.instruction, "source_key": ex.key, **ex.extra}
+                    if ex.landmarks is not None:
+                        meta["landmarks"] = ex.landmarks
+                    in_ext = Path(ex.input_name).suffix or ".png"
+                    tg_ext = Path(ex.target_name).suffix or ".png"
+                    for name, data in (
+                        (f"{key}.input{in_ext}", ex.input_bytes),
+                        (f"{key}.target{tg_ext}", ex.target_bytes),
+                        (f"{key}.json", json.dumps(meta).encode()),
+                    ):
+                        info = tarfile.TarInfo(name)
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+
+        written.append(atomic_write(dest, write))
+    return written
+
+
+@dataclass
+class CheckReport:
+    """What ``data check`` found: counts and one line per bad row."""
+
+    total: int
+    bad: list[str]
+
+    @property
+    def ok(self) -> int:
+        return self.total - len(self.bad)
+
+
+def iter_check(source: PairSource) -> Iterator[tuple[int, str | None]]:
+    """Validate every example (both images through the gate, the instruction); yield problems."""
+    for i in range(len(source)):
+        try:
+            ex = source[i]
+            if not ex.instruction.strip():
+                raise InputError("empty instruction")
+            load_image(ex.input_bytes, name="input")
+            load_image(ex.target_bytes, name="target")
+        except InputError as exc:
+            yield i, f"{source.describe(i)}: {exc}"
+        else:
+            yield i, None
+
+
+def check_dataset(path: str | os.PathLike) -> CheckReport:
+    """Check every row of a dataset, reporting bad rows without stopping."""
+    source = open_pair_source(path)
+    bad = [msg for _, msg in iter_check(source) if msg is not None]
+    return CheckReport(total=len(source), bad=bad)

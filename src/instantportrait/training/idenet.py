@@ -1,0 +1,392 @@
+"""IDE-Net training (InstantPortrait stage 1): InstructPix2Pix fine-tuned with the annealing
+identity loss, ``L = L_dm + lambda_aid * W_a(t, T_max) * L_cid`` (eqs. 2-5, App. G.1).
+
+The UNet sees ``noisy target latent || encoded input image``; x_hat_0 is predicted from its
+output, decoded by the frozen VAE and cropped at the face found on the input; a frozen
+identity embedder compares grayscale crops of the input and of x_hat_0. Gradients of the
+identity term reach the UNet through the decoder, never the embedder or the VAE.
+
+Decoding the whole image for the identity term costs a full VAE decode with activations kept
+for backward. ``loss.face_window`` decodes only the latent window around the face (the
+landmarks' extent grown by ``window_margin`` on each side): memory and time of that decode
+scale with the window's area instead of the image's, at the price of a slightly different
+decode at the window's border (the decoder's receptive field is cut there; the face crop sits
+well inside when the margin is >= 0.5).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..data.dataset import ConditioningDropout, PairDataset, collate_pairs
+from ..data.pairs import open_pair_source
+from ..errors import InputError
+from ..losses.diffusion import diffusion_loss, diffusion_target
+from ..losses.identity import (
+    annealed_identity_loss,
+    annealing_weight,
+    idenet_loss,
+    identity_distance,
+)
+from ..parameterization import add_noise, alpha_bar, predict_x0
+from .config import check
+from .loop import OptimConfig, RunConfig, Trainer
+
+
+@dataclass
+class ModelConfig:
+    """Where the starting InstructPix2Pix checkpoint comes from."""
+
+    #: pipeline folder or Hub id; ``tiny`` builds tiny random components (tests, dry runs)
+    pretrained: str = "timbrooks/instruct-pix2pix"
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    resolution: int = 256
+    random_flip: bool = True
+    crop_jitter: float = 0.0
+    dropout_text: float = 0.05
+    dropout_image: float = 0.05
+    dropout_both: float = 0.05
+    #: detect landmarks for rows that have none (dlib's HOG detector, the face stack)
+    detect_faces: bool = True
+
+    def __post_init__(self) -> None:
+        check(
+            self.resolution >= 8 and self.resolution % 8 == 0,
+            f"data.resolution: a multiple of 8, got {self.resolution}",
+        )
+        check(self.crop_jitter >= 0, "data.crop_jitter: must be >= 0")
+
+
+@dataclass
+class IdentityLossConfig:
+    """The annealing identity loss; Table 5's variants through ``weighting``."""
+
+    lambda_aid: float = 0.7
+    weighting: Literal["linear", "linear_offset", "cosine", "cosine_increasing", "constant"] = (
+        "linear"
+    )
+    a: float = 1.0
+    b: float = 0.0
+    alpha: float = 1.0
+    t_max: int = 999
+    embedder: str = "dlib"
+    embedder_weights: str | None = None
+    grayscale: bool = True
+    face_window: bool = False
+    window_margin: float = 0.75
+
+    def __post_init__(self) -> None:
+        check(self.lambda_aid >= 0, "loss.lambda_aid: must be >= 0")
+        check(self.t_max > 0, "loss.t_max: must be positive")
+        check(self.window_margin >= 0, "loss.window_margin: must be >= 0")
+
+
+@dataclass
+class ValidationConfig:
+    """Edits of a fixed set, saved as a grid with each edit's identity similarity."""
+
+    images: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    count: int = 4
+    steps: int = 20
+    guidance_scale: float = 7.5
+    image_guidance_scale: float = 1.5
+    resolution: int = 256
+    seed: int = 0
+
+
+@dataclass
+class IDENetConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: IdentityLossConfig = field(default_factory=IdentityLossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    training: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/idenet"))
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    def __post_init__(self) -> None:
+        check(bool(self.data.path), "data.path: the pair dataset folder is required")
+
+
+def load_edit_components(model: ModelConfig) -> dict[str, Any]:
+    """vae, text_encoder, tokenizer, unet, scheduler from a checkpoint (or ``tiny``)."""
+    from diffusers import DDPMScheduler
+
+    if model.pretrained == "tiny":
+        from ..components import build_components
+
+        parts = build_components("tiny", seed=model.seed)
+    else:
+        from ..pipelines import InstantPortraitPipeline
+
+        parts = dict(InstantPortraitPipeline.from_pretrained(model.pretrained).components)
+        parts = {k: parts[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+    parts["train_scheduler"] = DDPMScheduler.from_config(parts["scheduler"].config)
+    return parts
+
+
+def face_landmark_detector():
+    """A ``PIL image -> (5, 2) landmarks | None`` function on the face stack's detector."""
+    from ..faces.detect import NoFaceFoundError, detect
+
+    def find(image):
+        try:
+            faces = detect(image, select="largest", landmarks=True)
+        except NoFaceFoundError:
+            return None
+        return np.asarray(faces.landmarks5[0], dtype=np.float32)
+
+    return find
+
+
+def latent_face_windows(
+    landmarks: torch.Tensor, latent_hw: tuple[int, int], factor: int, margin: float
+) -> tuple[torch.Tensor, int, int]:
+    """Per-sample top-left corners (latent cells) of one window size covering each face.
+
+    The window is the landmarks' extent grown by ``margin`` of its size on every side, the
+    largest over the batch, clamped to the latent; returns (corners (B, 2) as (x, y), w, h).
+    """
+    lo = landmarks.amin(dim=1)
+    hi = landmarks.amax(dim=1)
+    extent = (hi - lo).amax(dim=1).clamp(min=8.0)  # square, in pixels
+    side = (extent * (1 + 2 * margin) / factor).ceil().long().amax().item()
+    h, w = latent_hw
+    win_w, win_h = min(int(side), w), min(int(side), h)
+    centre = (lo + hi) / 2 / factor
+    x0 = (centre[:, 0] - win_w / 2).round().long().clamp(0, w - win_w)
+    y0 = (centre[:, 1] - win_h / 2).round().long().clamp(0, h - win_h)
+    return torch.stack([x0, y0], dim=1), win_w, win_h
+
+
+class IDENetTrainer(Trainer):
+    """Stage 1 of InstantPortrait on the shared training layer."""
+
+    log_keys = ("loss", "l_dm", "l_cid", "w_a", "l_aid", "face_fraction", "lr")
+
+    def __init__(self, config: IDENetConfig):
+        super().__init__(config, config.training, config.optim)
+        self.cfg = config
+
+    # ---- set-up -------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        parts = load_edit_components(cfg.model)
+        self.vae, self.text_encoder = parts["vae"], parts["text_encoder"]
+        self.tokenizer, self.scheduler = parts["tokenizer"], parts["scheduler"]
+        self.train_scheduler = parts["train_scheduler"]
+        unet = parts["unet"]
+        if unet.config.in_channels != 8:
+            raise InputError(
+                f"{cfg.model.pretrained}: UNet has {unet.config.in_channels} input channels; "
+                "IDE-Net starts from an InstructPix2Pix-format checkpoint (8 channels)"
+            )
+        for frozen in (self.vae, self.text_encoder):
+            frozen.requires_grad_(False).eval()
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+            cfg.training.mixed_precision, torch.float32
+        )
+        self.vae.to(acc.device, dtype=torch.float32)
+        self.text_encoder.to(acc.device, dtype=weight_dtype)
+        unet.train()
+        if cfg.training.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        self.embedder = self.build_embedder() if cfg.loss.lambda_aid > 0 else None
+        if self.embedder is not None:
+            self.embedder.requires_grad_(False).eval()
+        source = open_pair_source(cfg.data.path)
+        need_faces = cfg.loss.lambda_aid > 0 and cfg.data.detect_faces
+        self.dataset = PairDataset(
+            source,
+            resolution=cfg.data.resolution,
+            random_flip=cfg.data.random_flip,
+            crop_jitter=cfg.data.crop_jitter,
+            dropout=ConditioningDropout(
+                cfg.data.dropout_text, cfg.data.dropout_image, cfg.data.dropout_both
+            ),
+            seed=cfg.training.seed,
+            landmark_fn=face_landmark_detector() if need_faces else None,
+        )
+        self.collate = collate_pairs
+        optimizer, lr_scheduler = self.make_optimizer(unet.parameters())
+        self.model, self.optimizer, self.lr_scheduler = acc.prepare(unet, optimizer, lr_scheduler)
+        self.alphas_cumprod = self.train_scheduler.alphas_cumprod.to(acc.device)
+
+    def build_embedder(self):
+        """The frozen identity embedder E of L_cid (any of the face stack's)."""
+        from ..faces.embedders import get_embedder
+
+        loss = self.cfg.loss
+        return get_embedder(loss.embedder, weights=loss.embedder_weights, device=self.device)
+
+    # ---- the objective ------------------------------------------------------------------
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        return self.text_encoder(ids)[0]
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Clean latents to images in [0, 1], differentiable (the VAE is frozen, not detached)."""
+        sf = self.vae.config.scaling_factor
+        return (self.vae.decode(latents.float() / sf).sample / 2 + 0.5).clamp(0, 1)
+
+    def identity_term(
+        self,
+        x_in: torch.Tensor,
+        z0_hat: torch.Tensor,
+        landmarks: torch.Tensor,
+        t: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """W_a-weighted L_cid (eqs. 3-4) for the samples in ``valid``; logs its parts."""
+        from ..faces.align import crop_faces, to_grayscale
+
+        cfg, emb = self.cfg.loss, self.embedder
+        images_in = (x_in / 2 + 0.5).clamp(0, 1)
+        lm = landmarks.to(self.device, torch.float32)
+        if cfg.face_window:
+            factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            corners, ww, wh = latent_face_windows(
+                lm, tuple(z0_hat.shape[-2:]), factor, cfg.window_margin
+            )
+            windows = torch.stack(
+                [z0_hat[i, :, y : y + wh, x : x + ww] for i, (x, y) in enumerate(corners.tolist())]
+            )
+            images_hat = self.decode(windows)
+            lm_hat = lm - corners.to(lm) * factor
+        else:
+            images_hat, lm_hat = self.decode(z0_hat), lm
+        g = to_grayscale if cfg.grayscale else (lambda x: x)
+        with torch.no_grad():
+            ref = emb.embed(g(crop_faces(images_in, lm, emb.template, emb.input_size)))
+        hat = emb.embed(g(crop_faces(images_hat, lm_hat, emb.template, emb.input_size)))
+        l_cid = identity_distance(ref, hat)
+        w_a = annealing_weight(t, cfg.t_max, cfg.weighting, cfg.a, cfg.b, cfg.alpha)
+        return {"l_aid": annealed_identity_loss(l_cid, w_a, valid), "l_cid": l_cid, "w_a": w_a}
+
+    def compute_loss(
+        self, batch: dict[str, Any], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Every term of eq. 5 for one batch (the trainer's step and the tests call this)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        device = self.device
+        x_in = batch["input"].to(device)
+        x_tg = batch["target"].to(device)
+        keep_image = (~batch["drop_image"]).to(device)
+        with torch.no_grad():
+            sf = self.vae.config.scaling_factor
+            z0 = self.vae.encode(x_tg).latent_dist.sample(generator=generator) * sf
+            image_latents = self.vae.encode(x_in).latent_dist.mode()
+            image_latents = image_latents * keep_image.view(-1, 1, 1, 1).to(image_latents)
+            text = self.encode_text(batch["instruction"])
+        bsz = z0.shape[0]
+        noise = randn_tensor(z0.shape, generator=generator, device=device, dtype=z0.dtype)
+        t = torch.randint(
+            0, self.train_scheduler.config.num_train_timesteps, (bsz,), generator=generator
+        ).to(device)
+        ab = alpha_bar(self.alphas_cumprod, t, z0)
+        z_t = add_noise(z0, noise, ab)
+        unet_in = torch.cat([z_t, image_latents], dim=1)
+        pred = self.model(unet_in, t, encoder_hidden_states=text).sample
+        ptype = self.train_scheduler.config.prediction_type
+        l_dm = diffusion_loss(pred, diffusion_target(noise, z0, ab, ptype)).mean()
+        out = {"l_dm": l_dm}
+        valid = batch["has_face"].to(device) & keep_image
+        lam = self.cfg.loss.lambda_aid
+        if lam > 0 and bool(valid.any()):
+            z0_hat = predict_x0(pred.float(), z_t.float(), ab.float(), ptype)
+            terms = self.identity_term(x_in, z0_hat, batch["landmarks"], t, valid)
+            out["l_aid"] = terms["l_aid"]
+            vf = valid.float()
+            out["l_cid"] = (terms["l_cid"] * vf).sum() / vf.sum()
+            out["w_a"] = (terms["w_a"].to(vf) * vf).sum() / vf.sum()
+        else:
+            out["l_aid"] = torch.zeros((), device=device)
+        out["face_fraction"] = valid.float().mean()
+        out["loss"] = idenet_loss(l_dm, out["l_aid"], lam)
+        return out
+
+    def training_step(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, float]:
+        with self.accelerator.accumulate(self.model):
+            terms = self.compute_loss(batch, generator)
+            self.clip_and_step(terms["loss"], self.model, self.optimizer, self.lr_scheduler)
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    # ---- validation and export ----------------------------------------------------------
+    def pipeline(self, use_ema: bool = False):
+        """An :class:`InstantPortraitPipeline` on the current (or EMA) weights."""
+        from ..pipelines import InstantPortraitPipeline
+
+        unet = self.accelerator.unwrap_model(self.model)
+        if use_ema and self.ema is not None:
+            unet = copy.deepcopy(unet)
+            self.ema.copy_to(unet)
+        pipe = InstantPortraitPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=unet,
+            scheduler=self.scheduler,
+            recommended_steps=20,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def validation_items(self) -> list[tuple[Any, str]]:
+        v = self.cfg.validation
+        if v.images:
+            prompts = v.prompts or ["wearing a hat"]
+            return [(img, prompts[i % len(prompts)]) for i, img in enumerate(v.images)]
+        source = self.dataset.source
+        items = []
+        for i in range(min(v.count, len(source))):
+            ex = source[i]
+            prompt = v.prompts[i % len(v.prompts)] if v.prompts else ex.instruction
+            items.append((ex.input_bytes, prompt))
+        return items
+
+    def validate(self, step: int) -> dict[str, float]:
+        from .validation import run_validation
+
+        if not self.accelerator.is_main_process:
+            return {}
+        unet = self.accelerator.unwrap_model(self.model)
+        was_training = unet.training
+        unet.eval()
+        try:
+            v = self.cfg.validation
+            return run_validation(
+                self.pipeline(),
+                self.validation_items(),
+                self.run_dir / "validation" / f"step-{step:06d}.png",
+                embedder=self.embedder,
+                steps=v.steps,
+                guidance_scale=v.guidance_scale,
+                image_guidance_scale=v.image_guidance_scale,
+                resolution=v.resolution,
+                seed=v.seed,
+            )
+        finally:
+            unet.train(was_training)
+
+    def export(self, folder: Path) -> None:
+        pipe = self.pipeline(use_ema=True)
+        pipe.unet.eval()
+        pipe.save_pretrained(folder)
