@@ -1,7 +1,8 @@
 """Shared fixtures: tiny components, the bundled portraits, and marker gating.
 
 Markers: ``slow`` runs with INSTANTPORTRAIT_SLOW=1; ``gpu`` needs CUDA; ``weights`` needs real
-weights under INSTANTPORTRAIT_WEIGHTS; ``multiprocess`` runs with INSTANTPORTRAIT_SLOW=1.
+weights under INSTANTPORTRAIT_WEIGHTS; ``multiprocess`` (several processes through accelerate)
+runs by default: two CPU processes take about 15 s.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def pytest_collection_modifyitems(config, items):
     slow = os.environ.get("INSTANTPORTRAIT_SLOW") == "1"
     weights = os.environ.get("INSTANTPORTRAIT_WEIGHTS")
     for item in items:
-        if not slow and ("slow" in item.keywords or "multiprocess" in item.keywords):
+        if not slow and "slow" in item.keywords:
             item.add_marker(pytest.mark.skip(reason="slow: set INSTANTPORTRAIT_SLOW=1"))
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))

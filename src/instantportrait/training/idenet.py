@@ -173,7 +173,7 @@ def latent_face_windows(
 class IDENetTrainer(Trainer):
     """Stage 1 of InstantPortrait on the shared training layer."""
 
-    log_keys = ("loss", "l_dm", "l_cid", "w_a", "l_aid", "face_fraction", "lr")
+    log_keys = ("loss", "l_dm", "l_cid", "w_a", "l_aid", "face_fraction", "lr", "val_identity")
 
     def __init__(self, config: IDENetConfig):
         super().__init__(config, config.training, config.optim)
@@ -197,7 +197,7 @@ class IDENetTrainer(Trainer):
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
             cfg.training.mixed_precision, torch.float32
         )
-        self.vae.to(acc.device, dtype=torch.float32)
+        self.vae.to(acc.device)
         self.text_encoder.to(acc.device, dtype=weight_dtype)
         unet.train()
         if cfg.training.gradient_checkpointing:
@@ -269,7 +269,7 @@ class IDENetTrainer(Trainer):
                 [z0_hat[i, :, y : y + wh, x : x + ww] for i, (x, y) in enumerate(corners.tolist())]
             )
             images_hat = self.decode(windows)
-            lm_hat = lm - corners.to(lm) * factor
+            lm_hat = lm - corners.to(lm).unsqueeze(1) * factor
         else:
             images_hat, lm_hat = self.decode(z0_hat), lm
         g = to_grayscale if cfg.grayscale else (lambda x: x)

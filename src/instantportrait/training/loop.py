@@ -277,14 +277,13 @@ class Trainer:
             logs = {k: sum(w.get(k, 0.0) for w in window) / len(window) for k in window[0]}
             logs["lr"] = self.schedulers()["model"].get_last_lr()[0]
             window = []
-            if logger is not None and step % run.log_every == 0:
+            validating = bool(run.validate_every) and step % run.validate_every == 0
+            if validating:
+                logs.update(self.validate(step))
+            if logger is not None and (step % run.log_every == 0 or validating):
                 logger.log(step, logs)
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in self.log_keys[:3]})
             bar.update(1)
-            if run.validate_every and step % run.validate_every == 0:
-                metrics = self.validate(step)
-                if logger is not None and metrics:
-                    logger.log(step, metrics)
             if (run.checkpoint_every and step % run.checkpoint_every == 0) or step == run.max_steps:
                 self._checkpoint(step, micro, epoch, position, resolved_config)
         bar.close()
