@@ -2,6 +2,8 @@
 
 The same command runs on a CPU, one GPU, or many GPUs/machines:
 ``accelerate launch [--num_processes N ...] -m instantportrait train idenet --config FILE``.
+Settings resolve in this order: the shipped defaults, (IPNet) the stage preset of Table 6,
+the ``--config`` file, then each ``--set KEY=VALUE``.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ import argparse
 import importlib
 import json
 from pathlib import Path
+from typing import Any
 
 #: trainer name -> (module, config class, trainer class, shipped default config)
 TRAINERS = {
     "idenet": ("instantportrait.training.idenet", "IDENetConfig", "IDENetTrainer", "idenet.json"),
+    "ipnet": ("instantportrait.training.ipnet", "IPNetConfig", "IPNetTrainer", "ipnet.json"),
 }
 
 
@@ -34,35 +38,104 @@ def register(sub: argparse._SubParsersAction) -> None:
         t.add_argument(
             "--resume", help="latest (the run's newest checkpoint) or a checkpoint folder"
         )
+        if name == "ipnet":
+            t.add_argument("--teacher", help="the IDE-Net teacher pipeline (sets teacher.path)")
+            t.add_argument(
+                "--stage",
+                default="all",
+                choices=["high", "middle", "low", "all"],
+                help="a stage of Table 6, or all three in order (default all)",
+            )
         t.set_defaults(func=run)
 
 
-def default_config(name: str) -> dict:
+def default_config(name: str) -> dict[str, Any]:
     path = Path(__file__).resolve().parent.parent / "configs" / TRAINERS[name][3]
     return json.loads(path.read_text())
 
 
-def resolve(name: str, config: str | None, overrides: list[str]):
-    """The trainer's typed config from defaults, file and overrides."""
-    from ..training.config import load_config, to_dict
+def resolve(
+    name: str,
+    config: str | None,
+    overrides: list[str],
+    stage: str | None = None,
+    teacher: str | None = None,
+):
+    """The trainer's typed config from defaults, stage preset, file and overrides."""
+    from ..training.config import load_config, merge, to_dict
 
     module, cfg_name, _, _ = TRAINERS[name]
     cls = getattr(importlib.import_module(module), cfg_name)
-    cfg = load_config(cls, config, overrides, base=default_config(name))
+    base = default_config(name)
+    if stage is not None:
+        from ..training.ipnet import STAGES
+
+        base = merge(base, STAGES[stage])
+    extra = [f"teacher.path={teacher}"] if teacher else []
+    cfg = load_config(cls, config, [*extra, *overrides], base=base)
     return cfg, to_dict(cfg)
 
 
-def run(args: argparse.Namespace) -> int:
+def _train(name: str, cfg, resolved, resume: str | None) -> Path:
     from .common import quiet_libraries
 
-    cfg, resolved = resolve(args.trainer, args.config, args.set)
-    if args.dry_run:
-        print(json.dumps(resolved, indent=2))
-        return 0
     quiet_libraries()
-    module, _, trainer_name, _ = TRAINERS[args.trainer]
+    module, _, trainer_name, _ = TRAINERS[name]
     trainer = getattr(importlib.import_module(module), trainer_name)(cfg)
-    final = trainer.fit(resume=args.resume, resolved_config=resolved)
-    if trainer.accelerator.is_main_process:
-        print(final)
+    final = trainer.fit(resume=resume, resolved_config=resolved)
+    return final if trainer.accelerator.is_main_process else None
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.trainer != "ipnet":
+        cfg, resolved = resolve(args.trainer, args.config, args.set)
+        if args.dry_run:
+            print(json.dumps(resolved, indent=2))
+            return 0
+        final = _train(args.trainer, cfg, resolved, args.resume)
+        if final is not None:
+            print(final)
+        return 0
+    return run_ipnet(args)
+
+
+def run_ipnet(args: argparse.Namespace) -> int:
+    """One stage, or ``all``: high -> middle -> low, each starting from the previous student.
+
+    With ``all`` the stages run in ``OUTPUT/high``, ``OUTPUT/middle``, ``OUTPUT/low``; a stage
+    whose ``final`` exists is skipped on ``--resume``, and the last stage's student is copied
+    to ``OUTPUT/final``.
+    """
+    import shutil
+
+    from ..io import atomic_directory
+    from ..training.ipnet import STAGE_ORDER
+
+    stages = STAGE_ORDER if args.stage == "all" else (args.stage,)
+    first, _ = resolve("ipnet", args.config, args.set, stages[0], args.teacher)
+    root = Path(first.training.output_dir)
+    previous = first.student.init
+    resolved_all = []
+    for stage in stages:
+        extra = [f"training.output_dir={root / stage}"] if len(stages) > 1 else []
+        if previous and len(stages) > 1:
+            extra.append(f"student.init={previous}")
+        cfg, resolved = resolve("ipnet", args.config, [*args.set, *extra], stage, args.teacher)
+        resolved_all.append(resolved)
+        if args.dry_run:
+            continue
+        final = Path(cfg.training.output_dir) / "final"
+        if len(stages) > 1 and args.resume and (final / "model_index.json").is_file():
+            print(f"stage {stage}: done, skipped ({final})")
+        else:
+            _train("ipnet", cfg, resolved, args.resume)
+        previous = str(final)
+    if args.dry_run:
+        print(json.dumps(resolved_all if len(stages) > 1 else resolved_all[0], indent=2))
+        return 0
+    if len(stages) > 1:
+        with atomic_directory(root / "final", overwrite=True) as tmp:
+            shutil.copytree(previous, tmp, dirs_exist_ok=True)
+        previous = str(root / "final")
+    print(previous)
     return 0

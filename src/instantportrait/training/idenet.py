@@ -349,21 +349,8 @@ class IDENetTrainer(Trainer):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def validation_items(self) -> list[tuple[Any, str]]:
-        v = self.cfg.validation
-        if v.images:
-            prompts = v.prompts or ["wearing a hat"]
-            return [(img, prompts[i % len(prompts)]) for i, img in enumerate(v.images)]
-        source = self.dataset.source
-        items = []
-        for i in range(min(v.count, len(source))):
-            ex = source[i]
-            prompt = v.prompts[i % len(v.prompts)] if v.prompts else ex.instruction
-            items.append((ex.input_bytes, prompt))
-        return items
-
     def validate(self, step: int) -> dict[str, float]:
-        from .validation import run_validation
+        from .validation import run_validation, validation_items
 
         if not self.accelerator.is_main_process:
             return {}
@@ -374,7 +361,7 @@ class IDENetTrainer(Trainer):
             v = self.cfg.validation
             return run_validation(
                 self.pipeline(),
-                self.validation_items(),
+                validation_items(self.cfg.validation, self.dataset.source),
                 self.run_dir / "validation" / f"step-{step:06d}.png",
                 embedder=self.embedder,
                 steps=v.steps,

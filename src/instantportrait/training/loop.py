@@ -218,6 +218,9 @@ class Trainer:
         acc, run = self.accelerator, self.run
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.save_config(resolved_config or {})
+        from accelerate.utils import set_seed
+
+        set_seed(run.seed)  # new modules (heads, adapters) start the same in every run
         self.setup()
         if run.ema:
             self.ema = EMA(self.accelerator.unwrap_model(self.model), run.ema_decay)

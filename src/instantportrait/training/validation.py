@@ -54,6 +54,20 @@ def contact_grid(
     return grid
 
 
+def validation_items(v, source) -> list[tuple[Any, str]]:
+    """The fixed validation set: ``v.images`` with ``v.prompts``, else the first pairs."""
+    if v.images:
+        prompts = v.prompts or ["wearing a hat"]
+        return [(img, prompts[i % len(prompts)]) for i, img in enumerate(v.images)]
+    items = []
+    for i in range(min(v.count, len(source))):
+        ex = source[i]
+        items.append(
+            (ex.input_bytes, v.prompts[i % len(v.prompts)] if v.prompts else ex.instruction)
+        )
+    return items
+
+
 def run_validation(
     pipe,
     items: Sequence[tuple[Any, str]],

@@ -1,0 +1,1 @@
+"""Trainable networks added by the project (discriminators, adapters, ControlNets)."""
