@@ -46,6 +46,29 @@ def random_crops(
     )
 
 
+#: DINOv2 sizes by their published configs (facebook/dinov2-small, -base), for ``random-*``
+DINOV2_SIZES = {
+    "small": {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6},
+    "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},
+}
+
+
+def load_dino(spec: str) -> DinoFeatureExtractor:
+    """A DINOv2 by spec: a folder or Hub id; ``tiny`` (tests); ``random-small``/``random-base``
+    (the published architectures with random weights, for benchmarks)."""
+    if spec == "tiny":
+        return DinoFeatureExtractor.from_config(num_hidden_layers=2)
+    if spec.startswith("random-"):
+        size = spec.removeprefix("random-")
+        if size not in DINOV2_SIZES:
+            raise InputError(f"{spec}: random DINOv2 sizes are {', '.join(DINOV2_SIZES)}")
+        return DinoFeatureExtractor.from_config(
+            {**DINOV2_SIZES[size], "patch_size": 14, "image_size": 518, "mlp_ratio": 4},
+            image_size=224,
+        )
+    return DinoFeatureExtractor.from_pretrained(spec)
+
+
 class CropDiscriminator(nn.Module):
     """D of InstantPortrait eq. 6: logits ``(B, L)`` for images in ``[-1, 1]``.
 
@@ -113,15 +136,11 @@ class CropDiscriminator(nn.Module):
     # ---- construction and persistence ---------------------------------------------------
     @classmethod
     def from_backbone(cls, backbone: str = "facebook/dinov2-small", **kwargs) -> CropDiscriminator:
-        """Backbone from a folder or Hub id (``DinoFeatureExtractor.from_pretrained``), or
-        ``tiny`` for a random tiny DINOv2 (tests)."""
+        """Backbone by :func:`load_dino`'s spec (folder, Hub id, ``tiny``, ``random-small``)."""
         if backbone == "tiny":
-            model = DinoFeatureExtractor.from_config(num_hidden_layers=2).model
             kwargs.setdefault("crop_size", 32)
             kwargs.setdefault("head_channels", 16)
-        else:
-            model = DinoFeatureExtractor.from_pretrained(backbone).model
-        return cls(model, **kwargs)
+        return cls(load_dino(backbone).model, **kwargs)
 
     def save_heads(self, path: str | os.PathLike) -> Path:
         """The trainable heads as safetensors (the backbone is reloaded from its source)."""

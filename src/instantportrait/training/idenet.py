@@ -43,7 +43,8 @@ from .loop import OptimConfig, RunConfig, Trainer
 class ModelConfig:
     """Where the starting InstructPix2Pix checkpoint comes from."""
 
-    #: pipeline folder or Hub id; ``tiny`` builds tiny random components (tests, dry runs)
+    #: pipeline folder or Hub id; ``tiny`` builds tiny random components (tests, dry runs),
+    #: ``random-real`` the real InstructPix2Pix architecture with random weights (benchmarks)
     pretrained: str = "timbrooks/instruct-pix2pix"
     seed: int = 0
 
@@ -123,10 +124,11 @@ def load_edit_components(model: ModelConfig) -> dict[str, Any]:
     """vae, text_encoder, tokenizer, unet, scheduler from a checkpoint (or ``tiny``)."""
     from diffusers import DDPMScheduler
 
-    if model.pretrained == "tiny":
+    if model.pretrained in ("tiny", "random-real"):
         from ..components import build_components
 
-        parts = build_components("tiny", seed=model.seed)
+        size = "tiny" if model.pretrained == "tiny" else "instruct-pix2pix"
+        parts = build_components(size, seed=model.seed)
     else:
         from ..pipelines import InstantPortraitPipeline
 

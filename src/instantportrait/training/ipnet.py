@@ -228,14 +228,9 @@ class IPNetTrainer(Trainer):
         ).to(acc.device)
         self.dino = None
         if cfg.stage.lambda_triplet > 0:
-            from ..faces.dino import DinoFeatureExtractor
+            from ..models.discriminator import load_dino
 
-            self.dino = (
-                DinoFeatureExtractor.from_config()
-                if cfg.triplet.dino == "tiny"
-                else DinoFeatureExtractor.from_pretrained(cfg.triplet.dino)
-            )
-            self.dino.requires_grad_(False).eval().to(acc.device)
+            self.dino = load_dino(cfg.triplet.dino).requires_grad_(False).eval().to(acc.device)
         source = open_pair_source(cfg.data.path)
         need_faces = cfg.stage.lambda_triplet > 0 and cfg.data.detect_faces
         self.dataset = PairDataset(
@@ -377,10 +372,12 @@ class IPNetTrainer(Trainer):
         z_hat = self.student_latent(noise, image_latents, cond)
         x_hat = self.decode(z_hat)
         out: dict[str, Any] = {"x_hat": x_hat, "x_target": x_tg}
+        # The student's step goes through the unwrapped discriminator with its heads frozen:
+        # under DDP the wrapped one would wait for head gradients this backward never makes.
         disc = self.accelerator.unwrap_model(self.disc)
         disc.heads.requires_grad_(False)
         try:
-            out["l_adv"] = hinge_generator_loss(self.disc(x_hat, generator=generator))
+            out["l_adv"] = hinge_generator_loss(disc(x_hat, generator=generator))
         finally:
             disc.heads.requires_grad_(True)
         if st.lambda_distill > 0:
