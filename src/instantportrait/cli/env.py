@@ -63,7 +63,6 @@ def environment_report() -> dict[str, str]:
         "matplotlib": "eval",
         "av": "video",
         "gradio": "app",
-        "onnxruntime": "eval (ArcFace ONNX)",
     }
     for module, extra in extras.items():
         found = importlib.util.find_spec(module) is not None

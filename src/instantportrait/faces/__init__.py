@@ -1,0 +1,83 @@
+"""The face stack: detection, landmarks, alignment, masks, identity embedders, DINOv2 features.
+
+Two levels (as facenet-pytorch): :class:`FaceAnalyzer` ``.analyze(image)`` returns faces with
+aligned crops and embeddings; :func:`detect`, :func:`crop_faces`, :func:`face_masks` and
+:func:`get_embedder` are the parts. Names are imported on first use, so importing this
+package loads neither dlib nor any network.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+from typing import Any
+
+_EXPORTS = {
+    "IdentityEmbedder": "base",
+    "TEMPLATES": "align",
+    "AlignmentTemplate": "align",
+    "crop_faces": "align",
+    "estimate_similarity": "align",
+    "to_grayscale": "align",
+    "FaceDetections": "detect",
+    "NoFaceFoundError": "detect",
+    "detect": "detect",
+    "detect_landmarks": "detect",
+    "FACE_PARTS": "masks",
+    "face_mask": "masks",
+    "face_masks": "masks",
+    "FaceSimilarity": "embedders",
+    "face_similarity": "embedders",
+    "get_embedder": "embedders",
+    "Face": "analyzer",
+    "FaceAnalyzer": "analyzer",
+    "FaceNetEmbedder": "facenet",
+    "InceptionResnetV1": "facenet",
+    "ArcFaceEmbedder": "arcface",
+    "ArcFaceOnnxEmbedder": "arcface",
+    "IResNet": "arcface",
+    "DinoFeatureExtractor": "dino",
+    "DlibResNetEmbedder": "dlib_resnet",
+}
+
+__all__ = sorted([*_EXPORTS, "face_stack_status"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+def face_stack_status() -> dict[str, str]:
+    """Which face models are available, for ``instantportrait env``: name -> status line."""
+    from ..errors import MissingDependencyError
+    from .model_files import DLIB_MODEL_FILES, dlib_model_path, has_dlib
+
+    info: dict[str, str] = {}
+    if has_dlib():
+        try:
+            version = importlib.metadata.version("dlib-bin")
+        except importlib.metadata.PackageNotFoundError:
+            version = "installed"
+        info["dlib"] = f"{version} (available)"
+    else:
+        info["dlib"] = "missing (extra [face]: dlib-bin)"
+    for kind, filename in DLIB_MODEL_FILES.items():
+        if filename is None:
+            continue
+        try:
+            info[f"dlib model {kind}"] = f"available ({dlib_model_path(kind)})"
+        except MissingDependencyError as exc:
+            info[f"dlib model {kind}"] = f"missing ({exc})"
+    found = importlib.util.find_spec("onnxruntime") is not None
+    info["onnxruntime (ArcFace ONNX)"] = "available" if found else "missing (extra [eval])"
+    return info

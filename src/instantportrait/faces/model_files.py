@@ -33,9 +33,11 @@ def face_models_dir() -> Path:
 
 
 def dlib_model_path(kind: str) -> Path:
-    """Path of one of dlib's model files: ``mmod``, ``landmarks_5``, ``landmarks_68``, ``resnet``."""
+    """Path of a dlib model file: ``mmod``, ``landmarks_5``, ``landmarks_68`` or ``resnet``."""
     if kind not in DLIB_MODEL_FILES or DLIB_MODEL_FILES[kind] is None:
-        raise ValueError(f"unknown dlib model {kind!r}; one of mmod, landmarks_5, landmarks_68, resnet")
+        raise ValueError(
+            f"unknown dlib model {kind!r}; one of mmod, landmarks_5, landmarks_68, resnet"
+        )
     path = face_models_dir() / DLIB_MODEL_FILES[kind]
     if not path.is_file():
         raise MissingDependencyError(
