@@ -16,17 +16,11 @@ well inside when the margin is >= 0.5).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
-from ..data.dataset import ConditioningDropout, PairDataset, collate_pairs
-from ..data.pairs import open_pair_source
-from ..errors import InputError
 from ..losses.diffusion import diffusion_loss, diffusion_target
 from ..losses.identity import (
     annealed_identity_loss,
@@ -36,7 +30,8 @@ from ..losses.identity import (
 )
 from ..parameterization import add_noise, alpha_bar, predict_x0
 from .config import check
-from .loop import OptimConfig, RunConfig, Trainer
+from .editing import DataConfig, EditTrainer, ValidationConfig
+from .loop import OptimConfig, RunConfig
 
 
 @dataclass
@@ -47,26 +42,6 @@ class ModelConfig:
     #: ``random-real`` the real InstructPix2Pix architecture with random weights (benchmarks)
     pretrained: str = "timbrooks/instruct-pix2pix"
     seed: int = 0
-
-
-@dataclass
-class DataConfig:
-    path: str = ""
-    resolution: int = 256
-    random_flip: bool = True
-    crop_jitter: float = 0.0
-    dropout_text: float = 0.05
-    dropout_image: float = 0.05
-    dropout_both: float = 0.05
-    #: detect landmarks for rows that have none (dlib's HOG detector, the face stack)
-    detect_faces: bool = True
-
-    def __post_init__(self) -> None:
-        check(
-            self.resolution >= 8 and self.resolution % 8 == 0,
-            f"data.resolution: a multiple of 8, got {self.resolution}",
-        )
-        check(self.crop_jitter >= 0, "data.crop_jitter: must be >= 0")
 
 
 @dataclass
@@ -94,20 +69,6 @@ class IdentityLossConfig:
 
 
 @dataclass
-class ValidationConfig:
-    """Edits of a fixed set, saved as a grid with each edit's identity similarity."""
-
-    images: list[str] = field(default_factory=list)
-    prompts: list[str] = field(default_factory=list)
-    count: int = 4
-    steps: int = 20
-    guidance_scale: float = 7.5
-    image_guidance_scale: float = 1.5
-    resolution: int = 256
-    seed: int = 0
-
-
-@dataclass
 class IDENetConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -118,38 +79,6 @@ class IDENetConfig:
 
     def __post_init__(self) -> None:
         check(bool(self.data.path), "data.path: the pair dataset folder is required")
-
-
-def load_edit_components(model: ModelConfig) -> dict[str, Any]:
-    """vae, text_encoder, tokenizer, unet, scheduler from a checkpoint (or ``tiny``)."""
-    from diffusers import DDPMScheduler
-
-    if model.pretrained in ("tiny", "random-real"):
-        from ..components import build_components
-
-        size = "tiny" if model.pretrained == "tiny" else "instruct-pix2pix"
-        parts = build_components(size, seed=model.seed)
-    else:
-        from ..pipelines import InstantPortraitPipeline
-
-        parts = dict(InstantPortraitPipeline.from_pretrained(model.pretrained).components)
-        parts = {k: parts[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
-    parts["train_scheduler"] = DDPMScheduler.from_config(parts["scheduler"].config)
-    return parts
-
-
-def face_landmark_detector():
-    """A ``PIL image -> (5, 2) landmarks | None`` function on the face stack's detector."""
-    from ..faces.detect import NoFaceFoundError, detect
-
-    def find(image):
-        try:
-            faces = detect(image, select="largest", landmarks=True)
-        except NoFaceFoundError:
-            return None
-        return np.asarray(faces.landmarks5[0], dtype=np.float32)
-
-    return find
 
 
 def latent_face_windows(
@@ -172,7 +101,7 @@ def latent_face_windows(
     return torch.stack([x0, y0], dim=1), win_w, win_h
 
 
-class IDENetTrainer(Trainer):
+class IDENetTrainer(EditTrainer):
     """Stage 1 of InstantPortrait on the shared training layer."""
 
     log_keys = ("loss", "l_dm", "l_cid", "w_a", "l_aid", "face_fraction", "lr", "val_identity")
@@ -183,47 +112,19 @@ class IDENetTrainer(Trainer):
 
     # ---- set-up -------------------------------------------------------------------------
     def setup(self) -> None:
-        cfg, acc = self.cfg, self.accelerator
-        parts = load_edit_components(cfg.model)
-        self.vae, self.text_encoder = parts["vae"], parts["text_encoder"]
-        self.tokenizer, self.scheduler = parts["tokenizer"], parts["scheduler"]
-        self.train_scheduler = parts["train_scheduler"]
-        unet = parts["unet"]
-        if unet.config.in_channels != 8:
-            raise InputError(
-                f"{cfg.model.pretrained}: UNet has {unet.config.in_channels} input channels; "
-                "IDE-Net starts from an InstructPix2Pix-format checkpoint (8 channels)"
-            )
-        for frozen in (self.vae, self.text_encoder):
-            frozen.requires_grad_(False).eval()
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-            cfg.training.mixed_precision, torch.float32
-        )
-        self.vae.to(acc.device)
-        self.text_encoder.to(acc.device, dtype=weight_dtype)
+        cfg = self.cfg
+        unet = self.load_components(cfg.model.pretrained, cfg.model.seed)
         unet.train()
         if cfg.training.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         self.embedder = self.build_embedder() if cfg.loss.lambda_aid > 0 else None
         if self.embedder is not None:
             self.embedder.requires_grad_(False).eval()
-        source = open_pair_source(cfg.data.path)
-        need_faces = cfg.loss.lambda_aid > 0 and cfg.data.detect_faces
-        self.dataset = PairDataset(
-            source,
-            resolution=cfg.data.resolution,
-            random_flip=cfg.data.random_flip,
-            crop_jitter=cfg.data.crop_jitter,
-            dropout=ConditioningDropout(
-                cfg.data.dropout_text, cfg.data.dropout_image, cfg.data.dropout_both
-            ),
-            seed=cfg.training.seed,
-            landmark_fn=face_landmark_detector() if need_faces else None,
-        )
-        self.collate = collate_pairs
+        self.build_dataset(cfg.data, need_faces=cfg.loss.lambda_aid > 0)
         optimizer, lr_scheduler = self.make_optimizer(unet.parameters())
-        self.model, self.optimizer, self.lr_scheduler = acc.prepare(unet, optimizer, lr_scheduler)
-        self.alphas_cumprod = self.train_scheduler.alphas_cumprod.to(acc.device)
+        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
+            unet, optimizer, lr_scheduler
+        )
 
     def build_embedder(self):
         """The frozen identity embedder E of L_cid (any of the face stack's)."""
@@ -233,21 +134,6 @@ class IDENetTrainer(Trainer):
         return get_embedder(loss.embedder, weights=loss.embedder_weights, device=self.device)
 
     # ---- the objective ------------------------------------------------------------------
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        return self.text_encoder(ids)[0]
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Clean latents to images in [0, 1], differentiable (the VAE is frozen, not detached)."""
-        sf = self.vae.config.scaling_factor
-        return (self.vae.decode(latents.float() / sf).sample / 2 + 0.5).clamp(0, 1)
-
     def identity_term(
         self,
         x_in: torch.Tensor,
@@ -270,10 +156,10 @@ class IDENetTrainer(Trainer):
             windows = torch.stack(
                 [z0_hat[i, :, y : y + wh, x : x + ww] for i, (x, y) in enumerate(corners.tolist())]
             )
-            images_hat = self.decode(windows)
+            images_hat = self.decode(windows) / 2 + 0.5
             lm_hat = lm - corners.to(lm).unsqueeze(1) * factor
         else:
-            images_hat, lm_hat = self.decode(z0_hat), lm
+            images_hat, lm_hat = self.decode(z0_hat) / 2 + 0.5, lm
         g = to_grayscale if cfg.grayscale else (lambda x: x)
         with torch.no_grad():
             ref = emb.embed(g(crop_faces(images_in, lm, emb.template, emb.input_size)))
@@ -331,51 +217,5 @@ class IDENetTrainer(Trainer):
             self.clip_and_step(terms["loss"], self.model, self.optimizer, self.lr_scheduler)
         return {k: float(v.detach()) for k, v in terms.items()}
 
-    # ---- validation and export ----------------------------------------------------------
-    def pipeline(self, use_ema: bool = False):
-        """An :class:`InstantPortraitPipeline` on the current (or EMA) weights."""
-        from ..pipelines import InstantPortraitPipeline
-
-        unet = self.accelerator.unwrap_model(self.model)
-        if use_ema and self.ema is not None:
-            unet = copy.deepcopy(unet)
-            self.ema.copy_to(unet)
-        pipe = InstantPortraitPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=unet,
-            scheduler=self.scheduler,
-            recommended_steps=20,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def validate(self, step: int) -> dict[str, float]:
-        from .validation import run_validation, validation_items
-
-        if not self.accelerator.is_main_process:
-            return {}
-        unet = self.accelerator.unwrap_model(self.model)
-        was_training = unet.training
-        unet.eval()
-        try:
-            v = self.cfg.validation
-            return run_validation(
-                self.pipeline(),
-                validation_items(self.cfg.validation, self.dataset.source),
-                self.run_dir / "validation" / f"step-{step:06d}.png",
-                embedder=self.embedder,
-                steps=v.steps,
-                guidance_scale=v.guidance_scale,
-                image_guidance_scale=v.image_guidance_scale,
-                resolution=v.resolution,
-                seed=v.seed,
-            )
-        finally:
-            unet.train(was_training)
-
-    def export(self, folder: Path) -> None:
-        pipe = self.pipeline(use_ema=True)
-        pipe.unet.eval()
-        pipe.save_pretrained(folder)
+    def validation_embedder(self):
+        return self.embedder if self.embedder is not None else super().validation_embedder()

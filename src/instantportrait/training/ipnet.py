@@ -27,22 +27,13 @@ from typing import Any, Literal
 
 import torch
 
-from ..data.dataset import ConditioningDropout, PairDataset, collate_pairs
-from ..data.pairs import open_pair_source
-from ..errors import InputError
 from ..losses.adversarial import hinge_discriminator_loss, hinge_generator_loss
 from ..losses.distillation import ddim_inversion, distillation_loss, renoise_epsilon
 from ..losses.triplet import face_style_triplet_loss
 from ..parameterization import add_noise, alpha_bar, predict_epsilon, predict_x0
 from .config import check
-from .idenet import (
-    DataConfig,
-    ModelConfig,
-    ValidationConfig,
-    face_landmark_detector,
-    load_edit_components,
-)
-from .loop import OptimConfig, RunConfig, Trainer
+from .editing import DataConfig, EditTrainer, ValidationConfig
+from .loop import OptimConfig, RunConfig
 
 #: Table 6 of InstantPortrait (App. G.2). Global batch = batch_size x accumulation x processes:
 #: the presets reach 256 / 256 / 2048 on one device by gradient accumulation; on N devices
@@ -164,7 +155,7 @@ class IPNetConfig:
         check(bool(self.data.path), "data.path: the pair dataset folder is required")
 
 
-class IPNetTrainer(Trainer):
+class IPNetTrainer(EditTrainer):
     """One stage of IPNet distillation on the shared training layer."""
 
     log_keys = (
@@ -180,9 +171,16 @@ class IPNetTrainer(Trainer):
         "val_identity",
     )
 
+    pipeline_config = {
+        "recommended_steps": 1,
+        "default_guidance_scale": 1.0,
+        "default_image_guidance_scale": 1.0,
+    }
+
     def __init__(self, config: IPNetConfig):
         super().__init__(config, config.training, config.optim)
         self.cfg = config
+        self.pipeline_config = {**self.pipeline_config, "student_timestep": config.student.timestep}
 
     # ---- set-up -------------------------------------------------------------------------
     def setup(self) -> None:
@@ -190,16 +188,8 @@ class IPNetTrainer(Trainer):
         from ..pipelines import InstantPortraitPipeline
 
         cfg, acc = self.cfg, self.accelerator
-        parts = load_edit_components(
-            ModelConfig(pretrained=cfg.teacher.path, seed=cfg.teacher.seed)
-        )
-        self.vae, self.text_encoder = parts["vae"], parts["text_encoder"]
-        self.tokenizer, self.scheduler = parts["tokenizer"], parts["scheduler"]
-        teacher_unet = parts["unet"]
-        if teacher_unet.config.in_channels != 8:
-            raise InputError(f"{cfg.teacher.path}: the teacher must be an 8-channel IDE-Net UNet")
-        for frozen in (self.vae, self.text_encoder, teacher_unet):
-            frozen.requires_grad_(False).eval().to(acc.device)
+        teacher_unet = self.load_components(cfg.teacher.path, cfg.teacher.seed)
+        teacher_unet.requires_grad_(False).eval().to(acc.device)
         self.teacher = InstantPortraitPipeline(
             vae=self.vae,
             text_encoder=self.text_encoder,
@@ -231,20 +221,7 @@ class IPNetTrainer(Trainer):
             from ..models.discriminator import load_dino
 
             self.dino = load_dino(cfg.triplet.dino).requires_grad_(False).eval().to(acc.device)
-        source = open_pair_source(cfg.data.path)
-        need_faces = cfg.stage.lambda_triplet > 0 and cfg.data.detect_faces
-        self.dataset = PairDataset(
-            source,
-            resolution=cfg.data.resolution,
-            random_flip=cfg.data.random_flip,
-            crop_jitter=cfg.data.crop_jitter,
-            dropout=ConditioningDropout(
-                cfg.data.dropout_text, cfg.data.dropout_image, cfg.data.dropout_both
-            ),
-            seed=cfg.training.seed,
-            landmark_fn=face_landmark_detector() if need_faces else None,
-        )
-        self.collate = collate_pairs
+        self.build_dataset(cfg.data, need_faces=cfg.stage.lambda_triplet > 0)
         opt_g, sched_g = self.make_optimizer(student.parameters())
         opt_d = torch.optim.AdamW(
             disc.heads.parameters(), lr=d.lr, betas=(0.0, 0.99), weight_decay=0.0
@@ -255,8 +232,6 @@ class IPNetTrainer(Trainer):
         (self.model, self.disc, self.optimizer, self.opt_d, self.lr_scheduler, self.sched_d) = (
             acc.prepare(student, disc, opt_g, opt_d, sched_g, sched_d)
         )
-        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(acc.device)
-        self.prediction_type = self.scheduler.config.prediction_type
 
     def trainable(self) -> dict[str, torch.nn.Module]:
         unwrap = self.accelerator.unwrap_model
@@ -269,20 +244,6 @@ class IPNetTrainer(Trainer):
         return {"model": self.lr_scheduler, "discriminator": self.sched_d}
 
     # ---- pieces of the objective --------------------------------------------------------
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        return self.text_encoder(ids)[0]
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents to images in [-1, 1] (differentiable; the VAE is frozen)."""
-        return self.vae.decode(latents.float() / self.vae.config.scaling_factor).sample.clamp(-1, 1)
-
     def student_latent(self, noise, image_latents, text) -> torch.Tensor:
         """z_hat_phi: the student's one-step clean latent from noise at its timestep."""
         t = torch.full(
@@ -425,65 +386,12 @@ class IPNetTrainer(Trainer):
         )
         return logs
 
-    # ---- validation and export ----------------------------------------------------------
-    def pipeline(self, use_ema: bool = False):
-        """The student as a one-step :class:`InstantPortraitPipeline`."""
-        from ..pipelines import InstantPortraitPipeline
-
-        unet = self.accelerator.unwrap_model(self.model)
-        if use_ema and self.ema is not None:
-            unet = copy.deepcopy(unet)
-            self.ema.copy_to(unet)
-        pipe = InstantPortraitPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=unet,
-            scheduler=self.scheduler,
-            recommended_steps=1,
-            student_timestep=self.cfg.student.timestep,
-            default_guidance_scale=1.0,
-            default_image_guidance_scale=1.0,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def validate(self, step: int) -> dict[str, float]:
-        from .validation import run_validation, validation_items
-
-        if not self.accelerator.is_main_process:
-            return {}
-        unet = self.accelerator.unwrap_model(self.model)
-        unet.eval()
-        try:
-            v = self.cfg.validation
-            items = validation_items(v, self.dataset.source)
-            embedder = None
-            try:
-                from ..faces.embedders import get_embedder
-
-                embedder = get_embedder("dlib", device=self.device)
-            except ImportError:
-                pass
-            return run_validation(
-                self.pipeline(),
-                items,
-                self.run_dir / "validation" / f"step-{step:06d}.png",
-                embedder=embedder,
-                steps=1,
-                resolution=v.resolution,
-                seed=v.seed,
-            )
-        finally:
-            unet.train()
-
-    def export(self, folder: Path) -> None:
+    # ---- export -----------------------------------------------------------------------
+    def export_metadata(self, folder: Path, pipe) -> None:
+        """``instantportrait.json``: the student's parameter count and its stage history."""
         from ..components import count_parameters
         from ..io import atomic_write
 
-        pipe = self.pipeline(use_ema=True)
-        pipe.unet.eval()
-        pipe.save_pretrained(folder)
         st = self.cfg.stage
         record = {
             "stage": st.name,

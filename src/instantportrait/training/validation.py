@@ -80,7 +80,7 @@ def run_validation(
     seed: int = 0,
 ) -> dict[str, float]:
     """Edit each (image, prompt), save the grid at ``path``; returns the mean similarity."""
-    from .idenet import face_landmark_detector
+    from .editing import face_landmark_detector
 
     policy = ResolutionPolicy(resolution)
     find = None

@@ -1,0 +1,209 @@
+"""What every trainer of an instruction editor shares (IDE-Net, IPNet, later FaceA-Net's
+editor): the frozen VAE and text encoder, the pair dataset, text encoding, differentiable
+decoding, validation edits and the export as an :class:`InstantPortraitPipeline`."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.dataset import ConditioningDropout, PairDataset, collate_pairs
+from ..data.pairs import open_pair_source
+from ..errors import InputError
+from .config import check
+from .loop import Trainer
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    resolution: int = 256
+    random_flip: bool = True
+    crop_jitter: float = 0.0
+    dropout_text: float = 0.05
+    dropout_image: float = 0.05
+    dropout_both: float = 0.05
+    #: detect landmarks for rows that have none (dlib's HOG detector, the face stack)
+    detect_faces: bool = True
+
+    def __post_init__(self) -> None:
+        check(
+            self.resolution >= 8 and self.resolution % 8 == 0,
+            f"data.resolution: a multiple of 8, got {self.resolution}",
+        )
+        check(self.crop_jitter >= 0, "data.crop_jitter: must be >= 0")
+
+
+@dataclass
+class ValidationConfig:
+    """Edits of a fixed set, saved as a grid with each edit's identity similarity."""
+
+    images: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    count: int = 4
+    steps: int = 20
+    #: ``None``: the validated pipeline's own default (7.5 / 1.5 multi-step, 1 for IPNet)
+    guidance_scale: float | None = None
+    image_guidance_scale: float | None = None
+    resolution: int = 256
+    seed: int = 0
+
+
+def face_landmark_detector():
+    """A ``PIL image -> (5, 2) landmarks | None`` function on the face stack's detector."""
+    import numpy as np
+
+    from ..faces.detect import NoFaceFoundError, detect
+
+    def find(image):
+        try:
+            faces = detect(image, select="largest", landmarks=True)
+        except NoFaceFoundError:
+            return None
+        return np.asarray(faces.landmarks5[0], dtype=np.float32)
+
+    return find
+
+
+def load_edit_components(pretrained: str, seed: int = 0) -> dict[str, Any]:
+    """vae, text_encoder, tokenizer, unet, scheduler (+ a DDPM ``train_scheduler``).
+
+    ``pretrained``: a pipeline folder or Hub id; ``tiny`` (tests, dry runs) or ``random-real``
+    (the real InstructPix2Pix architecture with random weights, for benchmarks).
+    """
+    from diffusers import DDPMScheduler
+
+    if pretrained in ("tiny", "random-real"):
+        from ..components import build_components
+
+        size = "tiny" if pretrained == "tiny" else "instruct-pix2pix"
+        parts = build_components(size, seed=seed)
+    else:
+        from ..pipelines import InstantPortraitPipeline
+
+        parts = dict(InstantPortraitPipeline.from_pretrained(pretrained).components)
+        parts = {k: parts[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+    if parts["unet"].config.in_channels != 8:
+        raise InputError(
+            f"{pretrained}: UNet has {parts['unet'].config.in_channels} input channels; an "
+            "InstructPix2Pix-format checkpoint (8 channels) is needed"
+        )
+    parts["train_scheduler"] = DDPMScheduler.from_config(parts["scheduler"].config)
+    return parts
+
+
+class EditTrainer(Trainer):
+    """A :class:`Trainer` of an InstructPix2Pix-format editor. Subclasses set
+    :attr:`pipeline_config` (the exported pipeline's recommended steps and guidance)."""
+
+    pipeline_config: dict[str, Any] = {"recommended_steps": 20}
+
+    def load_components(self, pretrained: str, seed: int = 0):
+        """Load the components, freeze VAE and text encoder on the device; return the UNet."""
+        parts = load_edit_components(pretrained, seed)
+        self.vae, self.text_encoder = parts["vae"], parts["text_encoder"]
+        self.tokenizer, self.scheduler = parts["tokenizer"], parts["scheduler"]
+        self.train_scheduler = parts["train_scheduler"]
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+            self.run.mixed_precision, torch.float32
+        )
+        self.vae.requires_grad_(False).eval().to(self.device)
+        self.text_encoder.requires_grad_(False).eval().to(self.device, dtype=weight_dtype)
+        self.alphas_cumprod = self.train_scheduler.alphas_cumprod.to(self.device)
+        self.prediction_type = self.train_scheduler.config.prediction_type
+        return parts["unet"]
+
+    def build_dataset(self, data, need_faces: bool) -> None:
+        """The pair dataset of a ``DataConfig``; landmarks detected when ``need_faces``."""
+        self.dataset = PairDataset(
+            open_pair_source(data.path),
+            resolution=data.resolution,
+            random_flip=data.random_flip,
+            crop_jitter=data.crop_jitter,
+            dropout=ConditioningDropout(data.dropout_text, data.dropout_image, data.dropout_both),
+            seed=self.run.seed,
+            landmark_fn=face_landmark_detector() if need_faces and data.detect_faces else None,
+        )
+        self.collate = collate_pairs
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """CLIP embeddings ``(B, 77, D)`` of instructions (the empty string when dropped)."""
+        ids = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        return self.text_encoder(ids)[0]
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Clean latents to images in [-1, 1]; differentiable (the VAE is frozen, not detached)."""
+        sf = self.vae.config.scaling_factor
+        return self.vae.decode(latents.float() / sf).sample.clamp(-1, 1)
+
+    # ---- validation and export ----------------------------------------------------------
+    def pipeline(self, use_ema: bool = False):
+        """An :class:`InstantPortraitPipeline` on the current (or EMA-averaged) weights."""
+        from ..pipelines import InstantPortraitPipeline
+
+        unet = self.accelerator.unwrap_model(self.model)
+        if use_ema and self.ema is not None:
+            unet = copy.deepcopy(unet)
+            self.ema.copy_to(unet)
+        pipe = InstantPortraitPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=unet,
+            scheduler=self.scheduler,
+            **self.pipeline_config,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def validation_embedder(self):
+        """The embedder that scores validation edits (default: dlib's port, when installed)."""
+        try:
+            from ..faces.embedders import get_embedder
+
+            return get_embedder("dlib", device=self.device)
+        except ImportError:
+            return None
+
+    def validate(self, step: int) -> dict[str, float]:
+        from .validation import run_validation, validation_items
+
+        if not self.accelerator.is_main_process:
+            return {}
+        unet = self.accelerator.unwrap_model(self.model)
+        was_training = unet.training
+        unet.eval()
+        try:
+            v = self.cfg.validation
+            return run_validation(
+                self.pipeline(),
+                validation_items(v, self.dataset.source),
+                self.run_dir / "validation" / f"step-{step:06d}.png",
+                embedder=self.validation_embedder(),
+                steps=v.steps,
+                guidance_scale=v.guidance_scale,
+                image_guidance_scale=v.image_guidance_scale,
+                resolution=v.resolution,
+                seed=v.seed,
+            )
+        finally:
+            unet.train(was_training)
+
+    def export(self, folder: Path) -> None:
+        pipe = self.pipeline(use_ema=True)
+        pipe.unet.eval()
+        pipe.save_pretrained(folder)
+        self.export_metadata(folder, pipe)
+
+    def export_metadata(self, folder: Path, pipe) -> None:
+        """Extra files beside the exported pipeline (default none)."""
