@@ -69,14 +69,31 @@ def make_dataset(folder: Path, resolution: int) -> Path:
     return folder
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def gpu_peak_gb(reset: bool = False) -> float | None:
+    """CUDA peak allocated memory in GB since the last reset (None on CPU)."""
+    if not torch.cuda.is_available():
+        return None
+    peak = torch.cuda.max_memory_allocated() / 1024**3
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
 def timed(fn, warmup: int, repeats: int = 1) -> float:
     """Median seconds of ``repeats`` calls after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
@@ -179,8 +196,10 @@ def bench_ipnet(
             fake = trainer.disc(losses["x_hat"].detach(), generator=gen)
             hinge_discriminator_loss(real, fake).backward()
 
+        gpu_peak_gb(reset=True)
         seconds = timed(student_step, warmup, repeats)
         results[f"{name}_step_s"] = seconds
+        results[f"{name}_gpu_peak_gb"] = gpu_peak_gb()
         results[f"{name}_ratio_to_teacher_forward"] = seconds / results["teacher_forward_s"]
     return results
 
@@ -203,7 +222,7 @@ def main() -> int:
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "environment": environment_report(),
-        "device": "cpu",
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch_threads": torch.get_num_threads(),
         "results": {},
     }
@@ -219,7 +238,10 @@ def main() -> int:
             entry["ipnet"] = bench_ipnet(size, data, res, tmp, warmup, repeats)
             entry["peak_rss_gb"] = peak_rss_gb()
             report["results"][size] = entry
-            print(f"== {size} ({res}x{res}, batch 1, CPU, forward+backward, median of {repeats})")
+            where = "CUDA" if torch.cuda.is_available() else "CPU"
+            print(
+                f"== {size} ({res}x{res}, batch 1, {where}, forward+backward, median of {repeats})"
+            )
             i = entry["idenet"]
             print(
                 f"IDE-Net step  lambda 0: {i['step_s_lambda_0.0']:.3f} s   lambda 0.7: "
