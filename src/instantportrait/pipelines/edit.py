@@ -22,7 +22,7 @@ import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from PIL import Image
 from ..errors import InputError, ModelNotFoundError
 from ..guidance import instruct_pix2pix_guidance, needs_three_branches
 from ..io import ImageSource, ResolutionPolicy, atomic_directory, check_prompt, load_image
-from ..parameterization import alpha_bar, predict_x0
+from ..parameterization import predict_x0
 
 PromptInput = str | Sequence[str]
 GeneratorInput = torch.Generator | Sequence[torch.Generator] | None
@@ -72,6 +72,21 @@ def _split_images(image: Any) -> list[Any]:
     if isinstance(image, (list, tuple)):
         return list(image)
     return [image]
+
+
+class _Placement(NamedTuple):
+    """Where the pipeline computes: execution device, UNet dtype, VAE device and dtype."""
+
+    device: torch.device
+    unet_dtype: torch.dtype
+    vae_device: torch.device
+    vae_dtype: torch.dtype
+
+
+def _first_parameter(module: Any) -> torch.Tensor | None:
+    if not isinstance(module, torch.nn.Module):
+        return None
+    return next(module.parameters(), None)
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -119,6 +134,34 @@ class InstantPortraitPipeline(DiffusionPipeline):
             default_image_guidance_scale=float(default_image_guidance_scale),
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------ placement
+    def _placement(self) -> _Placement:
+        """Execution device and dtypes, resolved once and reused while nothing moved.
+
+        diffusers' ``_execution_device`` and ``ModelMixin.device``/``.dtype`` walk every
+        submodule looking for offloading and casting hooks: ~10 ms and ~3 ms per read on a
+        real-size UNet, on the host, at every call. The answer is cached under a cheap
+        fingerprint of each model (identity, first parameter's device and dtype, top-level
+        offload hooks), so moving, casting, offloading or swapping a model resolves it again.
+        """
+        key = tuple(
+            (
+                id(module),
+                None if (p := _first_parameter(module)) is None else (p.device, p.dtype),
+                hasattr(module, "_hf_hook"),
+                hasattr(module, "_diffusers_hook"),
+            )
+            for module in (self.unet, self.vae, self.text_encoder)
+        )
+        cached = self.__dict__.get("_placement_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        placement = _Placement(
+            self._execution_device, self.unet.dtype, self.vae.device, self.vae.dtype
+        )
+        self._placement_cache = (key, placement)
+        return placement
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -187,9 +230,15 @@ class InstantPortraitPipeline(DiffusionPipeline):
         prompts = None
         if prompt is not None:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            prompts = [
-                check_prompt(p, self.tokenizer, name=f"prompt[{i}]") for i, p in enumerate(prompts)
-            ]
+            checked: dict[str, str] = {}  # each distinct prompt is tokenized (checked) once
+            for i, p in enumerate(prompts):
+                if not (isinstance(p, str) and p in checked):
+                    checked_p = check_prompt(p, self.tokenizer, name=f"prompt[{i}]")
+                    if isinstance(p, str):
+                        checked[p] = checked_p
+                    prompts[i] = checked_p
+                else:
+                    prompts[i] = checked[p]
         n = max(len(images), len(prompts) if prompts else n_embeds or 1)
         if len(images) == 1 and n > 1:
             images = images * n
@@ -209,7 +258,7 @@ class InstantPortraitPipeline(DiffusionPipeline):
         negative_prompt: PromptInput | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Text embeddings ``(cond, uncond)``, each ``(B, 77, D)``; encode once, reuse often."""
-        device = device or self._execution_device
+        device = device or self._placement().device
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if negative_prompt is None:
             negatives = [""] * len(prompts)
@@ -223,14 +272,23 @@ class InstantPortraitPipeline(DiffusionPipeline):
         return embeds[: len(prompts)], embeds[len(prompts) :]
 
     def _text_embeddings(self, texts: list[str], device: torch.device) -> torch.Tensor:
+        """Embeddings of ``texts``; each distinct text runs through the encoder once."""
+        unique = list(dict.fromkeys(texts))
         ids = self.tokenizer(
-            texts,
+            unique,
             padding="max_length",
             max_length=self.tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
         ).input_ids.to(device)
-        return self.text_encoder(ids)[0].to(dtype=self.unet.dtype)
+        embeds = self.text_encoder(ids)[0].to(dtype=self._placement().unet_dtype)
+        if len(unique) == len(texts):
+            return embeds
+        if len(unique) == 1:
+            return embeds.expand(len(texts), -1, -1)
+        where = {text: i for i, text in enumerate(unique)}
+        # slices, not an index tensor: no host-to-device copy
+        return torch.cat([embeds[where[t] : where[t] + 1] for t in texts])
 
     # ------------------------------------------------------------------ the model
     def guided_prediction(
@@ -248,17 +306,43 @@ class InstantPortraitPipeline(DiffusionPipeline):
         ``latents`` is the (already scheduler-scaled) noisy latent; ``image_latents`` the
         encoded input image. With both scales 1 only the conditional branch runs.
         """
-        if not needs_three_branches(guidance_scale, image_guidance_scale):
-            x = torch.cat([latents, image_latents], dim=1)
-            return self.unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
-        x = torch.cat(
-            [
-                torch.cat([latents, image_latents], dim=1),
-                torch.cat([latents, image_latents], dim=1),
-                torch.cat([latents, torch.zeros_like(image_latents)], dim=1),
-            ]
+        branches = self._branch_inputs(
+            image_latents, cond, uncond, guidance_scale, image_guidance_scale
         )
-        ctx = torch.cat([cond, uncond, uncond])
+        return self._guided(latents, t, branches, guidance_scale, image_guidance_scale)
+
+    def _branch_inputs(
+        self,
+        image_latents: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        guidance_scale: float,
+        image_guidance_scale: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step-independent UNet inputs (image channels, text context) of every branch.
+
+        Built once per call, not once per step: the branches are ``(c_I, c_T)``,
+        ``(c_I, 0)`` and ``(0, 0)`` (zeros for the image, ``uncond`` for the text).
+        """
+        if not needs_three_branches(guidance_scale, image_guidance_scale):
+            return image_latents, cond
+        image_part = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
+        return image_part, torch.cat([cond, uncond, uncond])
+
+    def _guided(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor | float,
+        branches: tuple[torch.Tensor, torch.Tensor],
+        guidance_scale: float,
+        image_guidance_scale: float,
+    ) -> torch.Tensor:
+        """One (batched) UNet call on the branch inputs of :meth:`_branch_inputs`, guided."""
+        image_part, ctx = branches
+        if not needs_three_branches(guidance_scale, image_guidance_scale):
+            x = torch.cat([latents, image_part], dim=1)
+            return self.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
+        x = torch.cat([torch.cat([latents, latents, latents]), image_part], dim=1)
         if isinstance(t, torch.Tensor) and t.ndim == 1 and t.shape[0] == latents.shape[0] > 1:
             t = t.repeat(3)  # per-item timesteps follow the items into every branch
         out = self.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
@@ -269,13 +353,36 @@ class InstantPortraitPipeline(DiffusionPipeline):
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Image latents as InstructPix2Pix conditions on them: the posterior mode, unscaled."""
-        image = image.to(device=self.vae.device, dtype=self.vae.dtype)
-        return self.vae.encode(image).latent_dist.mode().to(self.unet.dtype)
+        where = self._placement()
+        image = image.to(device=where.vae_device, dtype=where.vae_dtype)
+        return self.vae.encode(image).latent_dist.mode().to(where.unet_dtype)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Clean latents to images in [-1, 1]."""
-        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-        return self.vae.decode(latents, return_dict=False)[0].clamp(-1, 1)
+        """Clean latents to images in [-1, 1] (by :meth:`set_latent_decoder`'s decoder if set)."""
+        decoder = getattr(self, "_latent_decoder", None)
+        if decoder is None:
+            where = self._placement()
+            decoder, device, dtype = self.vae, where.vae_device, where.vae_dtype
+        else:
+            first = next(decoder.parameters())
+            device, dtype = first.device, first.dtype
+        latents = latents.to(device=device, dtype=dtype) / decoder.config.scaling_factor
+        return decoder.decode(latents, return_dict=False)[0].clamp(-1, 1)
+
+    def set_latent_decoder(self, decoder: torch.nn.Module | None) -> None:
+        """Decode with ``decoder`` instead of the VAE (``None`` goes back to the VAE).
+
+        ``decoder`` is a diffusers autoencoder whose ``decode(latents / scaling_factor)``
+        returns images in [-1, 1], e.g. ``AutoencoderTiny`` (TAESD, `madebyollin/taesd`), whose
+        decoder costs a small fraction of the VAE's: the fast path for real-time editing. The
+        input image is still encoded by the VAE (the UNet is conditioned on its latents). It is
+        moved to the VAE's device and dtype now (call again after moving the pipeline) and is
+        not saved by :meth:`save_pretrained`.
+        """
+        if decoder is not None:
+            where = self._placement()
+            decoder = decoder.to(device=where.vae_device, dtype=where.vae_dtype).eval()
+        self._latent_decoder = decoder
 
     def one_step(
         self,
@@ -293,7 +400,14 @@ class InstantPortraitPipeline(DiffusionPipeline):
         out = self.guided_prediction(
             noise, t_tensor, image_latents, cond, uncond, guidance_scale, image_guidance_scale
         )
-        ab = alpha_bar(self.scheduler.alphas_cumprod, t_tensor, noise)
+        # abar_t read on the host (alphas_cumprod lives there) and filled on the device: no
+        # device -> host copy of the timestep, so no synchronisation.
+        ab = torch.full(
+            (1,) * noise.ndim,
+            float(self.scheduler.alphas_cumprod[t]),
+            device=noise.device,
+            dtype=noise.dtype,
+        )
         return predict_x0(out, noise, ab, self.scheduler.config.prediction_type)
 
     def multi_step(
@@ -313,11 +427,12 @@ class InstantPortraitPipeline(DiffusionPipeline):
         extra = {}
         if "generator" in inspect.signature(self.scheduler.step).parameters:
             extra["generator"] = generator
+        branches = self._branch_inputs(
+            image_latents, cond, uncond, guidance_scale, image_guidance_scale
+        )
         for t in self.progress_bar(self.scheduler.timesteps):
             scaled = self.scheduler.scale_model_input(latents, t)
-            out = self.guided_prediction(
-                scaled, t, image_latents, cond, uncond, guidance_scale, image_guidance_scale
-            )
+            out = self._guided(scaled, t, branches, guidance_scale, image_guidance_scale)
             latents = self.scheduler.step(out, t, latents, **extra, return_dict=False)[0]
         return latents
 
@@ -372,7 +487,8 @@ class InstantPortraitPipeline(DiffusionPipeline):
         n_embeds = None if prompt_embeds is None else prompt_embeds.shape[0]
         prompts, sources = self._as_batch(prompt, image, n_embeds)
         policy = ResolutionPolicy(long_side=resolution)
-        device = self._execution_device
+        where = self._placement()
+        device = where.device
         pixels = [
             image_to_tensor(policy.apply(load_image(s, name=f"image[{i}]")))
             for i, s in enumerate(sources)
@@ -386,13 +502,17 @@ class InstantPortraitPipeline(DiffusionPipeline):
         if isinstance(generator, (list, tuple)) and len(generator) != batch:
             raise InputError(f"generator: {len(generator)} generators for a batch of {batch}")
 
-        if prompt_embeds is None:
+        # The unconditional text is encoded only when a guided (three-branch) call needs it.
+        guided = needs_three_branches(g_text, g_image)
+        if prompt_embeds is None and guided:
             cond, uncond = self.encode_prompt(prompts, device, negative_prompt)
+        elif prompt_embeds is None:
+            cond = uncond = self._text_embeddings(prompts, device)
         else:
-            cond = prompt_embeds.to(device=device, dtype=self.unet.dtype)
+            cond = prompt_embeds.to(device=device, dtype=where.unet_dtype)
             if negative_prompt_embeds is None:
-                negative_prompt_embeds = self._text_embeddings([""], device)
-            uncond = negative_prompt_embeds.to(device=device, dtype=self.unet.dtype)
+                negative_prompt_embeds = self._text_embeddings([""], device) if guided else cond
+            uncond = negative_prompt_embeds.to(device=device, dtype=where.unet_dtype)
         if cond.shape[0] == 1 and batch > 1:
             cond = cond.expand(batch, -1, -1)
         if uncond.shape[0] != batch:

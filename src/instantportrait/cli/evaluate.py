@@ -1,0 +1,195 @@
+"""``instantportrait evaluate``: score methods on a protocol; resumable; tables and plots."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import add_device_arguments
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate methods on a protocol (face similarity, CLIP-T, ...); resumable",
+        description=(
+            "Expand faces x prompts x seeds x methods, generate each output once, score it, "
+            "and keep every row in OUT/results.sqlite; a restart computes only what is "
+            "missing. Writes OUT/report.md, report.csv, pareto.png and contact_sheet.png."
+        ),
+    )
+    p.add_argument(
+        "--protocol",
+        default="instantportrait",
+        help="instantportrait, fastface, or a protocol .json file (default instantportrait)",
+    )
+    p.add_argument("--faces", help="folder (or files, comma-separated) of input portraits")
+    p.add_argument(
+        "--prompts", help="prompt file (.txt, '[split]' headers; or .json) replacing the protocol's"
+    )
+    p.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        metavar="NAME=SPEC",
+        help="a method, e.g. ipnet=edit:runs/ipnet/final,steps=1 (repeat for more); kinds: "
+        "edit, folder, identity (see the README)",
+    )
+    p.add_argument(
+        "--metrics",
+        help="comma list of metrics, 'offline' or 'all' (default: the protocol's)",
+    )
+    p.add_argument("--seeds", type=int, help="seeds 0..N-1 per face and prompt (default: protocol)")
+    p.add_argument("--out", help="output folder: store, outputs, report (required)")
+    p.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="KEY=PATH",
+        help="where a metric model loads from (path or Hub id), e.g. clip-vit-h-14=DIR, "
+        "lpips=DIR, arcface=w600k_r50.onnx; --list-metrics shows the keys",
+    )
+    p.add_argument("--reference", help="reference images for FID (default: the input faces)")
+    p.add_argument("--max-faces", type=int, help="use only the first N faces")
+    p.add_argument("--max-prompts", type=int, help="use only the first N prompts")
+    p.add_argument("--retry-failed", action="store_true", help="recompute failed items")
+    p.add_argument("--report-only", action="store_true", help="redraw the report of --out and exit")
+    p.add_argument("--list-metrics", action="store_true", help="list metrics and models, exit")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved run and exit")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_device_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    from ..errors import InputError
+
+    out: dict[str, str] = {}
+    for v in values:
+        key, eq, val = v.partition("=")
+        if not eq or not key.strip() or not val.strip():
+            raise InputError(f"{flag} {v!r}: expected KEY=VALUE")
+        out[key.strip()] = val.strip()
+    return out
+
+
+def _list_metrics() -> int:
+    from ..evaluation import metrics as M
+
+    print("metrics (scope, models):")
+    for name in M.ordered(list(M.METRICS)):
+        m = M.METRICS[name]
+        models = ", ".join(m.models) or "-"
+        tag = "  [offline]" if m.offline else ""
+        print(f"  {name:<18} {m.scope:<6} {models}{tag}")
+        print(f"  {'':<18} {m.paper}")
+    print("\nmodels (--weights KEY=PATH):")
+    for key, src in M.MODELS.items():
+        default = src.default or "(none: must be given)"
+        print(f"  {key:<16} {src.description}; default {default}")
+    return 0
+
+
+def _faces(arg: str) -> list[Path]:
+    from ..errors import InputError
+    from ..io import list_images
+
+    parts = [s for s in arg.split(",") if s.strip()]
+    if not parts:
+        raise InputError("--faces: empty")
+    return list_images(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+
+    if args.list_metrics:
+        return _list_metrics()
+    if not args.out:
+        raise InputError("--out: the output folder is required")
+    out = Path(args.out)
+    if args.report_only:
+        from ..evaluation.report import write_report
+        from ..evaluation.store import STORE_NAME
+
+        if not (out / STORE_NAME).is_file():
+            raise InputError(f"--out {out}: no {STORE_NAME} to report on")
+        print(write_report(out))
+        return 0
+
+    from ..evaluation.methods import parse_method_arg
+    from ..evaluation.metrics import resolve_metric_names
+    from ..evaluation.protocols import load_protocol, read_prompts
+    from ..evaluation.runner import EvaluationConfig, Evaluator
+    from ..io import list_images
+    from .common import quiet_libraries, resolve_device, resolve_dtype
+
+    protocol = load_protocol(args.protocol)
+    if not args.faces:
+        raise InputError(f"--faces: required ({protocol.faces or 'a folder of portraits'})")
+    faces = _faces(args.faces)
+    prompts = read_prompts(args.prompts) if args.prompts else protocol.prompts
+    for flag, value in (("--max-faces", args.max_faces), ("--max-prompts", args.max_prompts)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag}: must be at least 1, got {value}")
+    if args.max_faces:
+        faces = faces[: args.max_faces]
+    if args.max_prompts:
+        prompts = prompts[: args.max_prompts]
+    if not args.method:
+        raise InputError("--method: give at least one NAME=SPEC, e.g. ipnet=edit:DIR,steps=1")
+    methods = {}
+    for text in args.method:
+        name, spec = parse_method_arg(text)
+        if name in methods:
+            raise InputError(f"--method: the name {name!r} is given twice")
+        methods[name] = spec
+    metrics = resolve_metric_names(args.metrics) if args.metrics else list(protocol.metrics)
+    seeds = args.seeds if args.seeds is not None else protocol.seeds
+    if seeds < 1:
+        raise InputError(f"--seeds: must be at least 1, got {seeds}")
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    references = list_images([args.reference]) if args.reference else None
+    config = EvaluationConfig(
+        faces=faces,
+        prompts=prompts,
+        methods=methods,
+        metrics=metrics,
+        seeds=list(range(seeds)),
+        out=out,
+        weights=_pairs(args.weights, "--weights"),
+        device=device,
+        dtype=dtype,
+        text_template=protocol.text_template,
+        references=references,
+        retry_failed=args.retry_failed,
+        protocol=protocol.name,
+        progress=not args.no_progress,
+    )
+    evaluator = Evaluator(config)  # validates every SPEC; loads nothing yet
+    n_items = len(faces) * len(prompts) * seeds * len(methods)
+    if args.dry_run:
+        splits = list(dict.fromkeys(p.split for p in prompts))
+        print(f"protocol   {protocol.name} ({protocol.source})")
+        print(f"faces      {len(faces)} ({faces[0].parent})")
+        print(f"prompts    {len(prompts)} (splits: {', '.join(splits)})")
+        print(f"seeds      {seeds}")
+        for name, spec in methods.items():
+            print(f"method     {name} = {spec.text}")
+        print(f"metrics    {', '.join(metrics)}")
+        print(f"items      {n_items}")
+        print(f"out        {out}")
+        return 0
+    quiet_libraries()
+    summary = evaluator.run()
+    for name, reason in summary.unavailable.items():
+        print(f"unavailable: {name}: {reason}", file=sys.stderr)
+    print(
+        f"{summary.items} items ({summary.already_done} already done, {summary.generated} "
+        f"generated, {summary.failed_outputs} failed) in {summary.seconds:.1f} s",
+        file=sys.stderr,
+    )
+    print(summary.report)
+    return 0

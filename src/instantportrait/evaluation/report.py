@@ -1,0 +1,490 @@
+"""Reports of an evaluation folder: ``report.md``, ``report.csv``, ``pareto.png`` and
+``contact_sheet.png``, all written atomically from the store alone (``--report-only`` redraws
+them without running anything).
+
+One row per method (and per split when the prompts have several, e.g. FastFace's realistic /
+stylistic, plus ``all``), metric columns in the order of InstantPortrait Table 1 (face
+similarity, CLIP-T, HPS, Q-Align quality / aesthetic, Intra-LPIPS, model size, inference
+steps) then the others. Item metrics show ``mean ± std`` (sample std) and ``n``; FFC the count
+of face-free outputs over ``n``; group metrics (Intra-LPIPS) the mean over groups; set
+metrics (FID) their value; unavailable metrics are marked and their reason listed.
+
+``pareto.png`` plots face similarity against text fidelity per method, like FastFace Fig. 8:
+methods sharing a model and differing in one setting (a sweep of steps, guidance...) are
+joined in the order of that setting, and the Pareto front (no other method better on both
+axes) is drawn.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..io import atomic_write, save_image
+from . import metrics as M
+from .protocols import DEFAULT_SPLIT
+from .store import ResultStore
+
+__all__ = [
+    "FACE_AXIS",
+    "TEXT_AXIS",
+    "Cell",
+    "contact_sheet",
+    "pareto_plot",
+    "summarize",
+    "write_report",
+]
+
+#: Preferred metrics for the Pareto plot's axes, first available wins.
+FACE_AXIS = ("face_sim_arcface", "face_sim_facenet", "face_sim_dlib")
+TEXT_AXIS = ("clip_t_vitg14", "clip_t_vith14", "clip_t_vitl14", "hps_v2")
+
+
+@dataclass
+class Cell:
+    """One metric of one (method, split): the aggregate and how it was obtained."""
+
+    mean: float | None = None
+    std: float | None = None
+    n: int = 0
+    total: int | None = None  # FFC: outputs counted
+    failed: int = 0
+    status: str = "ok"  # ok | unavailable | no data
+    error: str | None = None
+
+    def text(self, metric: str) -> str:
+        """The cell as the markdown table shows it."""
+        if self.status == "unavailable":
+            return "unavailable"
+        if self.mean is None:
+            return "failed" if self.failed else "—"
+        m = M.METRICS.get(metric)
+        if metric == "params":
+            return _human(self.mean)
+        if metric == "steps":
+            return f"{self.mean:g}"
+        if m is not None and m.aggregate == "sum":
+            return f"{int(self.mean)} / {self.total}"
+        if self.std is None or self.n < 2:
+            return f"{self.mean:.4f}"
+        return f"{self.mean:.4f} ± {self.std:.4f}"
+
+
+def _human(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n:g}"
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var)
+
+
+def _splits(store: ResultStore) -> list[str]:
+    prompts = store.prompts()
+    order = sorted(prompts.values())
+    splits = list(dict.fromkeys(s for _, s in order))
+    return splits + [DEFAULT_SPLIT] if len(splits) > 1 else (splits or [DEFAULT_SPLIT])
+
+
+def requested_metrics(store: ResultStore) -> list[str]:
+    """The metrics of the run (requested ones, then any others with rows), report order."""
+    meta = store.meta().get("config", {})
+    names = list(meta.get("metrics", []))
+    names += [m for m in store.metric_status() if m not in names]
+    names += [r.metric for r in store.rows() if r.metric not in names]
+    return M.ordered([n for n in dict.fromkeys(names)])
+
+
+def summarize(store: ResultStore) -> dict[tuple[str, str], dict[str, Cell]]:
+    """``(method, split) -> metric -> Cell`` for every method and split of the store."""
+    prompts = store.prompts()
+    status = store.metric_status()
+    metrics = requested_metrics(store)
+    rows = store.rows()
+    out: dict[tuple[str, str], dict[str, Cell]] = {}
+    for method in store.methods():
+        mrows = [r for r in rows if r.method == method]
+        for split in _splits(store):
+            cells: dict[str, Cell] = {}
+            for metric in metrics:
+                spec = M.METRICS.get(metric)
+                scope = spec.scope if spec else "item"
+                if scope == "item":
+                    sel = [
+                        r
+                        for r in mrows
+                        if r.metric == metric
+                        and not r.prompt.startswith("*")
+                        and (split == DEFAULT_SPLIT or prompts.get(r.prompt, (0, ""))[1] == split)
+                    ]
+                elif scope == "method":
+                    sel = [r for r in mrows if r.metric == metric and r.prompt == "*"]
+                else:
+                    sel = [r for r in mrows if r.metric == metric and r.prompt == f"*:{split}"]
+                ok = [r.value for r in sel if r.status == "ok" and r.value is not None]
+                failed = [r for r in sel if r.status == "failed"]
+                cell = Cell(n=len(ok), failed=len(failed))
+                if failed:
+                    cell.error = failed[0].error
+                if ok:
+                    if spec is not None and spec.aggregate == "sum":
+                        cell.mean, cell.total = float(sum(ok)), len(ok)
+                    elif scope == "set":
+                        best = next(r for r in sel if r.status == "ok")
+                        cell.mean, cell.n = float(best.value), int(best.n or 0)
+                    else:
+                        cell.mean, cell.std = _stats(ok)
+                st = status.get(metric)
+                if st is not None and st[0] == "unavailable" and not ok:
+                    cell.status, cell.error = "unavailable", st[1]
+                elif not ok:
+                    cell.status = "no data"
+                cells[metric] = cell
+            out[(method, split)] = cells
+    return out
+
+
+def _header(metric: str) -> str:
+    m = M.METRICS.get(metric)
+    if m is None:
+        return metric
+    arrow = {True: " ↑", False: " ↓", None: ""}[m.higher_is_better]
+    return f"{m.label}{arrow}"
+
+
+def _write_csv(path: Path, table, metrics: list[str], methods: dict[str, Any]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    head = ["method", "split", "spec"]
+    for m in metrics:
+        head += [m, f"{m}_std", f"{m}_n", f"{m}_status"]
+    w.writerow(head)
+    for (method, split), cells in table.items():
+        row: list[Any] = [method, split, methods.get(method, {}).get("spec", "")]
+        for m in metrics:
+            c = cells[m]
+            row += [
+                "" if c.mean is None else f"{c.mean:.6g}",
+                "" if c.std is None else f"{c.std:.6g}",
+                c.total if c.total is not None else c.n,
+                c.status if c.mean is None or c.status != "ok" else "ok",
+            ]
+        w.writerow(row)
+    data = buf.getvalue()
+    atomic_write(path, lambda tmp: tmp.write_text(data, encoding="utf-8"))
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _write_md(path: Path, store: ResultStore, table, metrics: list[str], figures: dict) -> None:
+    meta = store.meta()
+    cfg = meta.get("config", {})
+    prompts = store.prompts()
+    methods = store.methods()
+    outputs = store.outputs()
+    lines = ["# Evaluation report", ""]
+    lines.append(
+        f"Protocol: **{meta.get('protocol') or 'custom'}** · faces: {len(cfg.get('faces', []))} "
+        f"· prompts: {len(prompts)} · seeds: {len(cfg.get('seeds', []))} · methods: "
+        f"{len(methods)} · outputs: {sum(o['status'] == 'ok' for o in outputs)} ok, "
+        f"{sum(o['status'] == 'failed' for o in outputs)} failed"
+    )
+    lines.append("")
+    splits = list(dict.fromkeys(s for _, s in table))
+    for split in splits:
+        if len(splits) > 1:
+            lines += [f"## Split: {split}", ""]
+        else:
+            lines += ["## Results", ""]
+        lines.append("| Method | " + " | ".join(_header(m) for m in metrics) + " |")
+        lines.append("|---|" + "---|" * len(metrics))
+        for (method, s), cells in table.items():
+            if s != split:
+                continue
+            vals = []
+            for m in metrics:
+                c = cells[m]
+                txt = c.text(m)
+                spec = M.METRICS.get(m)
+                if (
+                    c.mean is not None
+                    and spec
+                    and spec.scope == "item"
+                    and spec.aggregate == "mean"
+                ):
+                    txt += f" (n={c.n})"
+                if c.failed:
+                    txt += f" [{c.failed} failed]"
+                vals.append(_md_escape(txt))
+            lines.append(f"| {_md_escape(method)} | " + " | ".join(vals) + " |")
+        lines.append("")
+    status = store.metric_status()
+    unavailable = {m: r for m, (s, r) in status.items() if s == "unavailable"}
+    if unavailable:
+        lines += ["## Unavailable metrics", ""]
+        for m, reason in unavailable.items():
+            lines.append(f"- **{m}**: {reason}")
+        lines.append("")
+    failures = []
+    for name in methods:
+        bad = [o for o in outputs if o["method"] == name and o["status"] == "failed"]
+        if bad:
+            failures.append(f"- **{name}**: {len(bad)} outputs failed (first: {bad[0]['error']})")
+    first_fail: dict[tuple[str, str], tuple[int, str]] = {}
+    for r in store.rows():
+        if r.status == "failed":
+            k = (r.method, r.metric)
+            cnt, err = first_fail.get(k, (0, r.error or ""))
+            first_fail[k] = (cnt + 1, err)
+    for (method, metric), (cnt, err) in first_fail.items():
+        failures.append(f"- **{method}** / {metric}: failed on {cnt} items (first: {err})")
+    if failures:
+        lines += ["## Failures", "", *failures, ""]
+    lines += ["## Methods", "", "| Method | SPEC | Parameters | Steps |", "|---|---|---|---|"]
+    for name, info in methods.items():
+        cost = info.get("cost") or {}
+        params = cost.get("params")
+        lines.append(
+            f"| {_md_escape(name)} | `{_md_escape(info['spec'])}` | "
+            f"{_human(params) if params is not None else '—'} | {cost.get('steps', '—')} |"
+        )
+    lines.append("")
+    lines += ["## Metrics", ""]
+    for m in metrics:
+        spec = M.METRICS.get(m)
+        if spec is not None:
+            lines.append(f"- **{m}** ({spec.label}): {spec.paper}.")
+    lines.append("")
+    if figures:
+        lines += ["## Figures", ""]
+        for title, (name, note) in figures.items():
+            lines.append(f"![{title}]({name})" if name else f"- {title}: {note}")
+            if name and note:
+                lines.append(f"\n{note}")
+            lines.append("")
+    text = "\n".join(lines)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _axis_metric(cells_by_method: dict[str, dict[str, Cell]], candidates) -> str | None:
+    for m in candidates:
+        if any(c.get(m) and c[m].mean is not None for c in cells_by_method.values()):
+            return m
+    return None
+
+
+def _sweeps(methods: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """Methods sharing kind and model, ordered by the one setting in which they differ."""
+    from .methods import parse_method_spec
+
+    groups: dict[tuple[str, str | None], list[tuple[str, Any]]] = {}
+    for name, info in methods.items():
+        try:
+            spec = parse_method_spec(info["spec"])
+        except Exception:  # noqa: BLE001 - an odd spec just is not part of a sweep
+            continue
+        groups.setdefault((spec.kind, spec.path), []).append((name, spec))
+    sweeps = []
+    for (kind, _), members in groups.items():
+        if len(members) < 2:
+            continue
+        keys = sorted({k for _, s in members for k in s.options})
+        varying = [k for k in keys if len({repr(s.options.get(k)) for _, s in members}) > 1]
+        label = ", ".join(varying) or kind
+
+        def order(member, varying=varying):
+            return tuple(
+                (0, v, "")
+                if isinstance((v := member[1].options.get(k)), (int, float))
+                else (1, 0, str(v))
+                for k in varying
+            )
+
+        sweeps.append((label, [n for n, _ in sorted(members, key=order)]))
+    return sweeps
+
+
+def pareto_plot(path: Path, store: ResultStore, table=None) -> str:
+    """Face similarity vs text fidelity per method (FastFace Fig. 8 style); returns a note."""
+    from ..errors import optional_import
+
+    optional_import("matplotlib", "eval", "the Pareto plot")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    table = table if table is not None else summarize(store)
+    cells = {m: c for (m, s), c in table.items() if s == DEFAULT_SPLIT}
+    fx = _axis_metric(cells, FACE_AXIS)
+    fy = _axis_metric(cells, TEXT_AXIS)
+    fig = Figure(figsize=(6.4, 4.8), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    note = ""
+    points = {}
+    if fx and fy:
+        for name, c in cells.items():
+            if c[fx].mean is not None and c[fy].mean is not None:
+                points[name] = (c[fx].mean, c[fy].mean, c[fx].std or 0.0, c[fy].std or 0.0)
+    if points:
+        for name, (x, y, sx, sy) in points.items():
+            ax.errorbar(x, y, xerr=sx, yerr=sy, fmt="o", capsize=3, alpha=0.9)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        for label, names in _sweeps(store.methods()):
+            pts = [points[n] for n in names if n in points]
+            if len(pts) > 1:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", alpha=0.5, label=label)
+        front = sorted(
+            (
+                p
+                for n, p in points.items()
+                if not any(
+                    q[0] >= p[0] and q[1] >= p[1] and q[:2] != p[:2] for q in points.values()
+                )
+            ),
+            key=lambda p: p[0],
+        )
+        if len(front) > 1:
+            ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto front")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        left_out = [n for n in cells if n not in points]
+        if left_out:
+            note = f"not plotted (no values on both axes): {', '.join(left_out)}"
+            fig.text(0.01, 0.01, note, fontsize=7, color="0.4")
+        ax.set_xlabel(f"{M.METRICS[fx].label} (identity) →")
+        ax.set_ylabel(f"{M.METRICS[fy].label} (text fidelity) →")
+    else:
+        missing = [n for n, m in (("face similarity", fx), ("text fidelity", fy)) if m is None]
+        note = (
+            f"no values for {' and '.join(missing) or 'both axes'} yet "
+            f"(face metrics: {', '.join(FACE_AXIS)}; text metrics: {', '.join(TEXT_AXIS)})"
+        )
+        ax.text(0.5, 0.5, note, ha="center", va="center", wrap=True, fontsize=9)
+        ax.set_xlabel("face similarity →")
+        ax.set_ylabel("text fidelity →")
+    ax.set_title("Identity vs text fidelity")
+    ax.grid(alpha=0.3)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return note
+
+
+def contact_sheet(
+    path: Path,
+    store: ResultStore,
+    folder: Path,
+    max_faces: int = 6,
+    max_prompts: int = 4,
+    thumb: int = 128,
+) -> str:
+    """A grid of inputs and outputs: a row per face (first seed), the input, then each method's
+    outputs for the first ``max_prompts`` prompts. Returns a note (what was left out)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from ..io import load_image
+
+    meta = store.meta().get("config", {})
+    faces = [Path(f) for f in meta.get("faces", [])][:max_faces]
+    seeds = meta.get("seeds", [0])
+    seed = seeds[0] if seeds else 0
+    prompts = sorted(store.prompts().items(), key=lambda kv: kv[1][0])[:max_prompts]
+    methods = list(store.methods())
+    outputs = {(o["method"], o["face"], o["prompt"], o["seed"]): o for o in store.outputs()}
+    cols = 1 + len(methods) * len(prompts)
+    label_h = 40
+    font = ImageFont.load_default()
+    sheet = Image.new("RGB", (cols * thumb, label_h + max(1, len(faces)) * thumb), "white")
+    draw = ImageDraw.Draw(sheet)
+    width = max(8, thumb // 6)  # characters per label line
+
+    def fit(im):
+        scale = thumb / max(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
+        tile = Image.new("RGB", (thumb, thumb), (235, 235, 235))
+        tile.paste(im, ((thumb - im.width) // 2, (thumb - im.height) // 2))
+        return tile
+
+    def blank(text: str):
+        tile = Image.new("RGB", (thumb, thumb), (200, 200, 200))
+        ImageDraw.Draw(tile).text((6, thumb // 2 - 6), text, fill="black", font=font)
+        return tile
+
+    draw.text((4, 2), "input", fill="black", font=font)
+    for j, method in enumerate(methods):
+        for k, (ptext, (pidx, _)) in enumerate(prompts):
+            x = (1 + j * len(prompts) + k) * thumb + 4
+            draw.text((x, 2), method[:width], fill="black", font=font)
+            words = f"{pidx}: {ptext}"
+            for line_no in range(2):
+                part = words[line_no * width : (line_no + 1) * width]
+                draw.text((x, 14 + 12 * line_no), part, fill=(80, 80, 80), font=font)
+    for i, face in enumerate(faces):
+        y = label_h + i * thumb
+        try:
+            sheet.paste(fit(load_image(face)), (0, y))
+        except Exception:  # noqa: BLE001 - a face that moved away is shown as missing
+            sheet.paste(blank("missing"), (0, y))
+        for j, method in enumerate(methods):
+            for k, (ptext, _) in enumerate(prompts):
+                o = outputs.get((method, face.name, ptext, seed))
+                x = (1 + j * len(prompts) + k) * thumb
+                if o is None:
+                    tile = blank("not run")
+                elif o["status"] != "ok" or not o["path"]:
+                    tile = blank("failed")
+                else:
+                    try:
+                        tile = fit(load_image(folder / o["path"]))
+                    except Exception:  # noqa: BLE001
+                        tile = blank("missing")
+                sheet.paste(tile, (x, y))
+    save_image(sheet, path)
+    total_faces = len(meta.get("faces", []))
+    total_prompts = len(store.prompts())
+    left = []
+    if total_faces > len(faces):
+        left.append(f"first {len(faces)} of {total_faces} faces")
+    if total_prompts > len(prompts):
+        left.append(f"first {len(prompts)} of {total_prompts} prompts")
+    return f"seed {seed}" + (f"; {', '.join(left)}" if left else "")
+
+
+def write_report(folder: str | os.PathLike, store: ResultStore | None = None) -> Path:
+    """Write ``report.md``, ``report.csv``, ``pareto.png`` and ``contact_sheet.png`` into
+    ``folder`` from its store; returns the path of ``report.md``."""
+    folder = Path(folder)
+    own = store is None
+    store = store or ResultStore(folder)
+    try:
+        table = summarize(store)
+        metrics = requested_metrics(store)
+        _write_csv(folder / "report.csv", table, metrics, store.methods())
+        figures: dict[str, tuple[str | None, str]] = {}
+        try:
+            note = pareto_plot(folder / "pareto.png", store, table)
+            figures["Pareto: identity vs text fidelity"] = ("pareto.png", note)
+        except Exception as exc:  # noqa: BLE001 - a figure never stops the report
+            figures["Pareto: identity vs text fidelity"] = (None, f"not drawn: {exc}")
+        try:
+            note = contact_sheet(folder / "contact_sheet.png", store, folder)
+            figures["Contact sheet"] = ("contact_sheet.png", note)
+        except Exception as exc:  # noqa: BLE001
+            figures["Contact sheet"] = (None, f"not drawn: {exc}")
+        _write_md(folder / "report.md", store, table, metrics, figures)
+    finally:
+        if own:
+            store.close()
+    return folder / "report.md"
