@@ -344,3 +344,22 @@ def build_sdxl(*, seed: int | None = 0, with_text_encoders: bool = True) -> dict
 def count_parameters(module: torch.nn.Module) -> int:
     """Number of parameters of a module (Table 1's "Model Size" counts the UNet's)."""
     return sum(p.numel() for p in module.parameters())
+
+
+def write_tiny_edit(directory: Path, *, seed: int = 0, recommended_steps: int = 1) -> None:
+    """``init-tiny --kind edit``: a tiny InstantPortrait pipeline folder for ``edit --model``.
+
+    ``recommended_steps`` 1 makes it act as an IPNet (one step, no guidance), more as an
+    IDE-Net (guided multi-step).
+    """
+    from .pipelines import InstantPortraitPipeline
+
+    extra = (
+        {"default_guidance_scale": 1.0, "default_image_guidance_scale": 1.0}
+        if recommended_steps == 1
+        else {}
+    )
+    pipe = InstantPortraitPipeline(
+        **build_components("tiny", seed=seed), recommended_steps=recommended_steps, **extra
+    )
+    pipe.save_pretrained(directory)

@@ -340,6 +340,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        # mkstemp creates 0600; give the file the mode a plain open() would (0666 & ~umask).
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -373,6 +375,8 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
+        # mkdtemp creates 0700; give the folder the mode a plain mkdir would.
+        os.chmod(tmp, 0o777 & ~_umask())
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -384,3 +388,59 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask (read without changing it for longer than one call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _first_file_ancestor(path: Path) -> Path | None:
+    for parent in (path, *path.parents):
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def prepare_output(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    kind: str = "dir",
+    allow_existing_empty: bool = True,
+    create: bool = False,
+    flag: str = "--overwrite",
+) -> Path:
+    """The one writer policy: check an output path before anything is computed or written.
+
+    ``kind`` is ``"dir"`` (an output folder) or ``"file"``. An output whose path lies below an
+    existing file, a folder given where a file is wanted (or the reverse), and an existing
+    non-empty output without ``overwrite`` each raise :class:`InputError` with one line. With
+    ``overwrite`` an existing output is removed here, so nothing of the old one can mix with
+    the new. Nothing is created unless ``create`` is true (then the folder is made).
+    Call it after the inputs have been validated and before the first write.
+    """
+    if kind not in ("dir", "file"):
+        raise ValueError(f"kind must be 'dir' or 'file', got {kind!r}")
+    p = Path(path)
+    blocker = _first_file_ancestor(p.parent)
+    if blocker is not None:
+        raise InputError(f"{p}: cannot write below {blocker}, which is a file")
+    if p.exists() or p.is_symlink():
+        if kind == "dir" and not p.is_dir():
+            raise InputError(f"{p}: is a file, but an output folder is wanted")
+        if kind == "file" and p.is_dir():
+            raise InputError(f"{p}: is a folder, but an output file is wanted")
+        empty_dir = p.is_dir() and not any(p.iterdir())
+        if not (empty_dir and allow_existing_empty):
+            if not overwrite:
+                raise InputError(f"{p}: already exists (pass {flag} to replace it)")
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    if create and kind == "dir":
+        p.mkdir(parents=True, exist_ok=True)
+    return p

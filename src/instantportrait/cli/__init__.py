@@ -23,6 +23,7 @@ from ..errors import INTERNAL_EXIT_CODE, USAGE_EXIT_CODE, InstantPortraitError
 COMMAND_MODULES = (
     "edit",
     "edit_video",
+    "generate",
     "init_tiny",
     "faces",
     "data",

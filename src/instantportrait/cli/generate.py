@@ -1,0 +1,109 @@
+"""``instantportrait generate --method METHOD``: the toolkit's one generation command.
+
+Each method contributes a module of this package (``generate_<method>.py``) exposing
+
+- ``add_arguments(group: argparse._ArgumentGroup) -> None``: its own options, in its own group;
+- ``run(args: argparse.Namespace) -> int``: the work, with the shared options below in ``args``.
+
+Shared options (every method): ``--prompt``/``--prompt-file``, ``--seed``,
+``--num-images-per-prompt``, ``-o/--output``, ``--overwrite``, ``--device``, ``--dtype``.
+An option that belongs to another method than the selected one is one clear error (exit 2).
+Adding a method is one line in :data:`GENERATE_METHODS`; a module not present is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from types import ModuleType
+
+from .common import add_device_arguments
+
+#: method name -> module of this package. The first present one is the default method.
+GENERATE_METHODS: dict[str, str] = {
+    "fastface": "generate_fastface",
+    "faceanet": "generate_faceanet",
+    "fpga": "generate_fpga",
+}
+
+
+def available_methods() -> dict[str, ModuleType]:
+    """The methods whose module is present, in registry order."""
+    found: dict[str, ModuleType] = {}
+    for method, module_name in GENERATE_METHODS.items():
+        full = f"{__package__}.{module_name}"
+        try:
+            found[method] = importlib.import_module(full)
+        except ModuleNotFoundError as exc:
+            if exc.name == full:
+                continue
+            raise
+    return found
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    methods = available_methods()
+    if not methods:
+        return
+    default = next(iter(methods))
+    p = sub.add_parser(
+        "generate",
+        help=f"generate portraits of a given identity ({', '.join(methods)})",
+        description="Generate identity-preserving portraits. --method picks the method; its "
+        "own options are listed in its group below, and an option of another method is an "
+        "error.",
+    )
+    p.add_argument("--method", default=default, choices=list(methods), help=f"default {default}")
+    prompts = p.add_mutually_exclusive_group()
+    prompts.add_argument("--prompt", help="the prompt")
+    prompts.add_argument("--prompt-file", help="a text file with one prompt a line")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image (default 0)")
+    p.add_argument(
+        "--num-images-per-prompt", type=int, default=1, help="images per prompt (default 1)"
+    )
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_device_arguments(p)
+    owners: dict[str, str] = {}
+    for method, module in methods.items():
+        group = p.add_argument_group(f"--method {method}")
+        before = {a.dest for a in p._actions}
+        module.add_arguments(group)
+        for action in p._actions:
+            if action.dest not in before:
+                owners[action.dest] = method
+    p.set_defaults(func=run, _generate_owners=owners, _generate_parser=p)
+
+
+def check_method_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuse an option given for another method than ``args.method`` (one line, exit 2)."""
+    from ..errors import InputError
+
+    for dest, method in args._generate_owners.items():
+        if method == args.method:
+            continue
+        if getattr(args, dest, None) != parser.get_default(dest):
+            flag = next((a.option_strings[-1] for a in parser._actions if a.dest == dest), dest)
+            raise InputError(f"{flag}: an option of --method {method}, not {args.method}")
+
+
+def prompts_of(args: argparse.Namespace) -> list[str]:
+    """The prompts of ``--prompt`` or ``--prompt-file``, checked by the input gate."""
+    from ..errors import InputError
+    from ..io import check_prompt, read_prompt_file
+
+    if args.prompt_file:
+        return read_prompt_file(args.prompt_file)
+    if args.prompt is None:
+        raise InputError("--prompt or --prompt-file: one is required")
+    return [check_prompt(args.prompt, name="--prompt")]
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+
+    check_method_options(args, args._generate_parser)
+    if args.num_images_per_prompt < 1:
+        raise InputError("--num-images-per-prompt: must be at least 1")
+    module = available_methods()[args.method]
+    return int(module.run(args) or 0)

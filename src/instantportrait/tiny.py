@@ -1,0 +1,54 @@
+"""Tiny random-weight bundles, one per model family the toolkit loads (``init-tiny --kind``).
+
+Each kind is a writer ``write(directory: Path, *, seed: int = 0, **options) -> None`` that fills
+an empty folder with a bundle that the matching loading path reads exactly as it reads real
+weights (a diffusers folder, a LoRA file, an adapter checkpoint...). Writers live beside the
+code that loads what they write and are imported only when their kind is asked for, so adding a
+kind is one line in :data:`TINY_KINDS`. Their outputs are noise: they exercise the code, not a
+model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .io import atomic_directory
+
+#: kind -> ("module:function", one-line description). The first entry is the default kind.
+TINY_KINDS: dict[str, tuple[str, str]] = {
+    "edit": (
+        "instantportrait.components:write_tiny_edit",
+        "InstantPortrait editor (IDE-Net/IPNet pipeline folder) for `edit --model`",
+    ),
+}
+
+DEFAULT_KIND = next(iter(TINY_KINDS))
+
+
+def tiny_writer(kind: str) -> Callable[..., None]:
+    """The writer function of ``kind``; an unknown kind is one clear line."""
+    if kind not in TINY_KINDS:
+        raise InputError(f"--kind: unknown kind {kind!r}; one of {', '.join(TINY_KINDS)}")
+    target, _ = TINY_KINDS[kind]
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def write_tiny(
+    directory: str | os.PathLike,
+    kind: str = DEFAULT_KIND,
+    *,
+    seed: int = 0,
+    overwrite: bool = False,
+    **options: Any,
+) -> Path:
+    """Write the tiny bundle of ``kind`` into ``directory`` atomically; returns the folder."""
+    writer = tiny_writer(kind)
+    with atomic_directory(directory, overwrite=overwrite) as tmp:
+        writer(tmp, seed=seed, **options)
+    return Path(directory)
