@@ -37,10 +37,10 @@ class CountingMethod(Method):
     """Small deterministic random outputs; counts its calls."""
 
     kind = "counting"
-    options = ()
+    options = ("tag",)
 
-    def __init__(self) -> None:
-        super().__init__(MethodSpec("counting", text="counting"))
+    def __init__(self, tag: int = 0) -> None:
+        super().__init__(MethodSpec("counting", options={"tag": tag}, text=f"counting,tag={tag}"))
         self.calls = 0
 
     def generate(self, image, prompt, seed, **context):
@@ -107,7 +107,8 @@ def _distinct_keys(path) -> tuple[int, int]:
     with sqlite3.connect(path) as conn:
         total = conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
         distinct = conn.execute(
-            "SELECT COUNT(*) FROM (SELECT DISTINCT method, face, prompt, seed, metric FROM results)"
+            "SELECT COUNT(*) FROM (SELECT DISTINCT method, subject, subject_fp, prompt, seed, "
+            "metric, metric_key FROM results)"
         ).fetchone()[0]
     return total, distinct
 
@@ -116,7 +117,7 @@ def test_resume_after_a_kill_computes_exactly_the_rest(tmp_path, small_faces, me
     calls, _ = mean_metric
     out = tmp_path / "run"
     total = 2 * 2 * 3 * 2  # methods x faces x prompts x seeds
-    first = {"m1": CountingMethod(), "m2": CountingMethod()}
+    first = {"m1": CountingMethod(1), "m2": CountingMethod(2)}
 
     def kill_after(k):
         def cb(count, item):
@@ -133,7 +134,7 @@ def test_resume_after_a_kill_computes_exactly_the_rest(tmp_path, small_faces, me
         assert store.count() == 5
         assert len(store.outputs()) == 5
 
-    second = {"m1": CountingMethod(), "m2": CountingMethod()}
+    second = {"m1": CountingMethod(1), "m2": CountingMethod(2)}
     summary = Evaluator(_config(small_faces, out, second)).run()
     assert summary.already_done == 5 and summary.processed == total - 5
     assert sum(m.calls for m in second.values()) == total - 5
@@ -142,7 +143,7 @@ def test_resume_after_a_kill_computes_exactly_the_rest(tmp_path, small_faces, me
     assert n == distinct == total + 2 * 2  # item rows + params/steps per method
     assert len(list((out / "outputs").rglob("*.png"))) == total
 
-    third = {"m1": CountingMethod(), "m2": CountingMethod()}
+    third = {"m1": CountingMethod(1), "m2": CountingMethod(2)}
     summary = Evaluator(_config(small_faces, out, third)).run()
     assert summary.processed == 0 and sum(m.calls for m in third.values()) == 0
     assert _distinct_keys(out / "results.sqlite") == (n, n)
@@ -188,11 +189,12 @@ def test_unavailable_metrics_are_reported_and_the_rest_run(tmp_path, small_faces
     md = (out / "report.md").read_text()
     assert "## Unavailable metrics" in md and "no-such-clip" in md
     assert "| m | " in md and "unavailable" in md
-    csv = (out / "report.csv").read_text().splitlines()
-    head, row = csv[0].split(","), csv[1].split(",")
-    assert row[head.index("clip_t_vith14_status")] == "unavailable"
-    assert row[head.index("test_mean_status")] == "ok"
-    assert row[head.index("test_mean_n")] == str(2 * 3 * 2)
+    import csv
+
+    row = next(csv.DictReader((out / "report.csv").open()))
+    assert row["clip_t_vith14_status"] == "unavailable"
+    assert row["test_mean_status"] == "ok"
+    assert row["test_mean_n"] == str(2 * 3 * 2)
     with pytest.raises(InputError, match="unknown model key"):
         M.ModelHub({"clip-vit-zz": "x"})
 
@@ -285,7 +287,7 @@ def test_methods_not_written_yet_register_by_name(monkeypatch):
     monkeypatch.setitem(METHOD_MODULES, "future", "instantportrait.pipelines.not_yet:Future")
     with pytest.raises(InputError, match="not available in this version"):
         method_class("future")
-    for kind in ("fastface", "facea-net", "fpga"):
+    for kind in ("fastface", "faceanet", "fpga"):
         assert kind in METHOD_MODULES
 
     @register_method("echo-test")
@@ -335,7 +337,7 @@ def test_a_name_keeps_its_spec_in_a_store(tmp_path, small_faces, mean_metric):
     out = tmp_path / "run"
     Evaluator(_config(small_faces, out, {"m": CountingMethod()}, metrics=("test_mean",))).run()
     other = CountingMethod()
-    other.spec = MethodSpec("counting", text="counting,other")
+    other.spec = MethodSpec("counting", options={"tag": 5}, text="counting,other")
     with pytest.raises(InputError, match="another name"):
         Evaluator(_config(small_faces, out, {"m": other}, metrics=("test_mean",))).run()
 

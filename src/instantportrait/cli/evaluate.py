@@ -24,7 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="instantportrait",
         help="instantportrait, fastface, or a protocol .json file (default instantportrait)",
     )
-    p.add_argument("--faces", help="folder (or files, comma-separated) of input portraits")
+    p.add_argument(
+        "--faces",
+        help="input subjects: a folder of portraits, a folder of identity folders (tuning "
+        "photos, held-out photos in reference/), a subjects .json, or files, comma-separated",
+    )
     p.add_argument(
         "--prompts", help="prompt file (.txt, '[split]' headers; or .json) replacing the protocol's"
     )
@@ -91,14 +95,14 @@ def _list_metrics() -> int:
     return 0
 
 
-def _faces(arg: str) -> list[Path]:
+def _faces(arg: str):
     from ..errors import InputError
-    from ..io import list_images
+    from ..evaluation.items import subjects_from_files
 
     parts = [s for s in arg.split(",") if s.strip()]
     if not parts:
         raise InputError("--faces: empty")
-    return list_images(parts)
+    return subjects_from_files(parts)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         dtype=dtype,
         text_template=protocol.text_template,
+        face_match=protocol.face_match,
         references=references,
         retry_failed=args.retry_failed,
         protocol=protocol.name,
@@ -173,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         splits = list(dict.fromkeys(p.split for p in prompts))
         print(f"protocol   {protocol.name} ({protocol.source})")
-        print(f"faces      {len(faces)} ({faces[0].parent})")
+        n_ids = sum(len(f.identities) for f in faces)
+        print(f"subjects   {len(faces)} ({n_ids} identities; first {faces[0].input})")
         print(f"prompts    {len(prompts)} (splits: {', '.join(splits)})")
         print(f"seeds      {seeds}")
         for name, spec in methods.items():
@@ -186,9 +192,10 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluator.run()
     for name, reason in summary.unavailable.items():
         print(f"unavailable: {name}: {reason}", file=sys.stderr)
+    others = f", {summary.by_others} by another run" if summary.by_others else ""
     print(
         f"{summary.items} items ({summary.already_done} already done, {summary.generated} "
-        f"generated, {summary.failed_outputs} failed) in {summary.seconds:.1f} s",
+        f"generated, {summary.failed_outputs} failed{others}) in {summary.seconds:.1f} s",
         file=sys.stderr,
     )
     print(summary.report)

@@ -1,30 +1,38 @@
-"""Methods under evaluation: a SPEC string parsed into something that turns (portrait, prompt,
-seed) into an output image.
+"""Methods under evaluation and the registry of method kinds.
 
 A SPEC is ``KIND[:PATH][,key=value...]``, e.g. ``edit:runs/ipnet/final,steps=1,iterations=2``:
 the method kind, an optional model path (or Hub id), then settings (ints, floats, ``true``/
 ``false`` and strings are recognised). On the command line a method is ``NAME=SPEC``; the name
-labels its rows in the store and the report.
+labels its rows in the report.
 
-Kinds:
+Kinds (:data:`METHOD_KINDS`, ``kind -> "module:Class"``, imported on first use):
 
 * ``edit`` (:class:`EditMethod`): :class:`~instantportrait.pipelines.InstantPortraitPipeline`
   (IPNet, IDE-Net, any InstructPix2Pix checkpoint). Settings: ``steps``, ``iterations``,
   ``guidance_scale``, ``image_guidance_scale``, ``resolution``, ``timestep``, ``dtype``.
 * ``folder`` (:class:`FolderMethod`): outputs made elsewhere, read from
   ``PATH/{face}/{prompt_index:03d}_s{seed}.png`` (``pattern=`` changes it; fields ``face``,
-  ``prompt_index``, ``prompt_hash``, ``seed``). Settings ``params``/``steps`` give its cost.
+  ``prompt_index``, ``prompt_hash``, ``seed``) -- the layout ``evaluate`` itself writes under
+  ``OUT/outputs/NAME/``, so ``folder:OUT/outputs/NAME`` re-reads a run's outputs.
 * ``identity``: the input unchanged (a reference row: face similarity 1).
+* ``fastface``, ``faceanet``, ``fpga``: registered by name; their classes arrive with their
+  methods.
 
-Methods that are not written yet register by name: add a line to :data:`METHOD_MODULES`
-(``kind -> "module:Class"``, imported on first use) or decorate a class with
-:func:`register_method`. A class implements :class:`Method`: ``generate(image, prompt,
-seed) -> PIL.Image``, and optionally ``cost()`` (parameters, steps) and ``close()``.
+**Adding a kind** is one class and one line: subclass :class:`Method` (set ``options``,
+implement ``generate``; optionally ``check``, ``cost``, ``fingerprint_data``, ``close``) and
+add ``"kind": "module:Class"`` to :data:`METHOD_KINDS` (or decorate the class with
+:func:`register_method` when its module is imported anyway). ``generate`` receives the
+item's :class:`~instantportrait.evaluation.items.Subject` as ``context["subject"]``
+(identities with tuning photos, held-out references, an optional condition) and may keep
+per-identity caches (e.g. a tuned LoRA) under :attr:`Method.cache_dir`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,9 +42,10 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import InputError, ModelNotFoundError
 
 __all__ = [
+    "METHOD_KINDS",
     "METHOD_MODULES",
     "EditMethod",
     "FolderMethod",
@@ -44,7 +53,9 @@ __all__ = [
     "Method",
     "MethodSpec",
     "build_method",
+    "folder_fingerprint",
     "method_class",
+    "model_fingerprint",
     "parse_method_arg",
     "parse_method_spec",
     "register_method",
@@ -134,6 +145,46 @@ def parse_method_arg(text: str) -> tuple[str, MethodSpec]:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", label), parsed
 
 
+def model_fingerprint(path: str | os.PathLike | None) -> dict[str, Any]:
+    """What identifies a model given by path or Hub id, cheaply: for a local file or folder,
+    every file's relative path, size and modification time (weights are too large to hash
+    on every run); for a Hub id, the id and the cached snapshot's revision when known."""
+    if path is None:
+        return {}
+    p = Path(path).expanduser()
+    if p.exists():
+        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+        h = hashlib.sha1()
+        for f in files:
+            st = f.stat()
+            rel = f.name if p.is_file() else f.relative_to(p).as_posix()
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return {"path": str(p.resolve()), "files": h.hexdigest()[:16]}
+    revision = None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(str(path), "model_index.json")
+        if isinstance(found, str):
+            revision = Path(found).parent.name
+    except Exception:  # noqa: BLE001 - a revision is a best-effort detail of the key
+        pass
+    return {"hub_id": str(path), "revision": revision}
+
+
+def folder_fingerprint(path: str | os.PathLike) -> str:
+    """BLAKE2b over every file's relative path and contents under ``path`` (16 hex digits):
+    a ``folder:`` method's identity changes whenever any of its images does."""
+    from .items import file_digest
+
+    root = Path(path)
+    h = hashlib.blake2b(digest_size=8)
+    for f in sorted(root.rglob("*")):
+        if f.is_file():
+            h.update(f"{f.relative_to(root).as_posix()}\0{file_digest(f)}\n".encode())
+    return h.hexdigest()
+
+
 class Method:
     """What the runner needs from a method under evaluation.
 
@@ -159,10 +210,17 @@ class Method:
         self.spec = spec
         self.device = device or torch.device("cpu")
         self.dtype = dtype or torch.float32
+        #: A folder the method may keep per-identity caches in (set by the runner).
+        self.cache_dir: Path | None = None
+
+    def check(self) -> None:
+        """Raise :class:`~instantportrait.errors.ModelNotFoundError` (or ``InputError``) when
+        the method cannot run, before anything is generated (default: nothing to check)."""
 
     def generate(self, image: Image.Image, prompt: str, seed: int, **context: Any) -> Image.Image:
-        """The output for one input portrait, prompt and seed. ``context`` carries
-        ``face`` (the input's name) and ``prompt_index``."""
+        """The output for one input portrait, prompt and seed. ``context`` carries ``face``
+        (the subject's name), ``prompt_index``, ``prompt_hash`` and ``subject`` (the item's
+        :class:`~instantportrait.evaluation.items.Subject`: identities, condition)."""
         raise NotImplementedError
 
     def cost(self) -> dict[str, float | None]:
@@ -173,18 +231,42 @@ class Method:
         """The settings to show in the report (the SPEC's options by default)."""
         return dict(self.spec.options)
 
+    def fingerprint_data(self) -> dict[str, Any]:
+        """Everything that determines this method's outputs (JSON-able): the kind, the
+        settings, the dtype and the model's identity. Extend it for state the SPEC does not
+        show (a folder's contents, a tuned identity cache...)."""
+        return {
+            "kind": self.spec.kind,
+            "options": {k: self.spec.options[k] for k in sorted(self.spec.options)},
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "model": model_fingerprint(self.spec.path),
+        }
+
+    def fingerprint(self) -> str:
+        """A hash of :meth:`fingerprint_data` (16 hex digits): results are keyed by it."""
+        data = json.dumps(self.fingerprint_data(), sort_keys=True, default=str)
+        return hashlib.sha1(data.encode()).hexdigest()[:16]
+
     def close(self) -> None:
         """Free the method's models (called when the runner is done with it)."""
 
 
 METHODS: dict[str, type[Method]] = {}
 
-#: Methods registered by name before their modules exist: ``kind -> "module:Class"``.
-METHOD_MODULES: dict[str, str] = {
-    "fastface": "instantportrait.pipelines.fastface:FastFaceMethod",
-    "facea-net": "instantportrait.pipelines.decoupled:FaceANetMethod",
-    "fpga": "instantportrait.pipelines.fpga:FPGAMethod",
+#: The method kinds: ``kind -> "module:Class"``, imported on first use. A new kind is one
+#: :class:`Method` subclass and one line here. The last three arrive with their methods
+#: (FastFace, FaceA-Net, FPGA); until then asking for them says so in one line.
+METHOD_KINDS: dict[str, str] = {
+    "identity": "instantportrait.evaluation.methods:IdentityMethod",
+    "edit": "instantportrait.evaluation.methods:EditMethod",
+    "folder": "instantportrait.evaluation.methods:FolderMethod",
+    "fastface": "instantportrait.evaluation.kinds.fastface:FastFaceMethod",
+    "faceanet": "instantportrait.evaluation.kinds.faceanet:FaceANetMethod",
+    "fpga": "instantportrait.evaluation.kinds.fpga:FPGAMethod",
 }
+
+#: The former name of :data:`METHOD_KINDS` (the same dict).
+METHOD_MODULES = METHOD_KINDS
 
 
 def register_method(kind: str) -> Callable[[type[Method]], type[Method]]:
@@ -199,11 +281,11 @@ def register_method(kind: str) -> Callable[[type[Method]], type[Method]]:
 
 
 def method_class(kind: str) -> type[Method]:
-    """The class of ``kind``, importing its module when registered in :data:`METHOD_MODULES`."""
+    """The class of ``kind``, importing its module when listed in :data:`METHOD_KINDS`."""
     if kind in METHODS:
         return METHODS[kind]
-    if kind in METHOD_MODULES:
-        module_name, _, cls_name = METHOD_MODULES[kind].partition(":")
+    if kind in METHOD_KINDS:
+        module_name, _, cls_name = METHOD_KINDS[kind].partition(":")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -216,9 +298,11 @@ def method_class(kind: str) -> type[Method]:
         cls = getattr(module, cls_name, None)
         if cls is None:
             raise InputError(f"method {kind!r}: {module_name} has no {cls_name}")
+        if not cls.kind:
+            cls.kind = kind
         METHODS[kind] = cls
         return cls
-    known = sorted({*METHODS, *METHOD_MODULES})
+    known = sorted({*METHODS, *METHOD_KINDS})
     raise InputError(f"method kind {kind!r}: unknown; one of {', '.join(known)}")
 
 
@@ -228,6 +312,31 @@ def build_method(
     """A :class:`Method` from a SPEC (validated; its models load on first ``generate``)."""
     spec = parse_method_spec(spec) if isinstance(spec, str) else spec
     return method_class(spec.kind)(spec, device=device, dtype=dtype)
+
+
+def check_model_path(path: str, what: str, marker: str = "model_index.json") -> None:
+    """Raise :class:`ModelNotFoundError` unless ``path`` is a local folder holding ``marker``
+    or a Hub id that can be fetched (cached, or the Hub is reachable)."""
+    p = Path(path).expanduser()
+    if p.exists():
+        if p.is_dir() and not (p / marker).is_file():
+            raise ModelNotFoundError(f"{what}: {p} is not a model folder (no {marker})")
+        return
+    looks_like_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path) is not None
+    if not looks_like_id:
+        raise ModelNotFoundError(f"{what}: {p}: no such folder (give a model folder or Hub id)")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(path, marker)
+        except Exception:  # noqa: BLE001
+            found = None
+        if not isinstance(found, str):
+            raise ModelNotFoundError(
+                f"{what}: {path}: not a local folder and not in the Hub cache "
+                "(HF_HUB_OFFLINE=1); download it or give its folder"
+            )
 
 
 @register_method("identity")
@@ -285,6 +394,9 @@ class EditMethod(Method):
             self.dtype = DTYPES[spec.get("dtype")]
         self._pipe = None
 
+    def check(self) -> None:
+        check_model_path(str(self.spec.path), f"method {self.spec.text!r}")
+
     @property
     def pipe(self):
         """The pipeline, loaded on first use."""
@@ -327,31 +439,56 @@ class EditMethod(Method):
         self._pipe = None
 
 
+#: The folder method's default file layouts, tried in order: the documented one for outputs
+#: made elsewhere, then the one ``evaluate`` writes (``OUT/outputs/NAME/...``).
+PATTERNS = (
+    "{face}/{prompt_index:03d}_s{seed}.png",
+    "{face}/{prompt_index:03d}-{prompt_hash}_s{seed}.png",
+)
+
+
 @register_method("folder")
 class FolderMethod(Method):
     """Outputs made elsewhere (another codebase, an earlier run), read from a folder.
 
-    ``pattern`` (default ``{face}/{prompt_index:03d}_s{seed}.png``) is formatted with ``face``
-    (the input's file stem), ``prompt_index``, ``prompt_hash`` and ``seed``; ``params`` and
-    ``steps`` state its cost when known. A missing file is recorded as that item's failure.
+    ``pattern`` (default ``{face}/{prompt_index:03d}_s{seed}.png``, then the layout
+    ``evaluate`` writes, ``{face}/{prompt_index:03d}-{prompt_hash}_s{seed}.png``) is formatted
+    with ``face`` (the subject's name: the input's file stem), ``prompt_index``,
+    ``prompt_hash`` and ``seed``; ``params`` and ``steps`` state its cost when known. A
+    missing file is recorded as that item's failure.
     """
 
     options = ("pattern", "params", "steps")
 
     def __init__(self, spec: MethodSpec, device=None, dtype=None) -> None:
         super().__init__(spec, device, dtype)
+        if spec.get("pattern") is not None and not isinstance(spec.get("pattern"), str):
+            raise InputError(f"method {spec.text!r}: pattern must be text")
         if not spec.path or not Path(spec.path).is_dir():
             raise InputError(f"method {spec.text!r}: folder:DIR needs an existing folder")
 
     def generate(self, image: Image.Image, prompt: str, seed: int, **context: Any) -> Image.Image:
         from ..io import load_image
 
-        pattern = str(self.spec.get("pattern") or "{face}/{prompt_index:03d}_s{seed}.png")
-        rel = pattern.format(seed=seed, **context)
-        path = Path(self.spec.path) / rel
-        if Path(self.spec.path).resolve() not in path.resolve().parents:
-            raise InputError(f"{rel}: pattern leaves the folder {self.spec.path}")
-        return load_image(path)
+        fields = {k: v for k, v in context.items() if k != "subject"}
+        patterns = [self.spec.get("pattern")] if self.spec.get("pattern") else list(PATTERNS)
+        root = Path(self.spec.path)
+        for i, pattern in enumerate(patterns):
+            rel = str(pattern).format(seed=seed, **fields)
+            path = root / rel
+            if root.resolve() not in path.resolve().parents:
+                raise InputError(f"{rel}: pattern leaves the folder {self.spec.path}")
+            if path.is_file() or i == len(patterns) - 1:
+                return load_image(path)
+        raise AssertionError("unreachable")
 
     def cost(self) -> dict[str, float | None]:
         return {"params": self.spec.get("params"), "steps": self.spec.get("steps")}
+
+    def fingerprint_data(self) -> dict[str, Any]:
+        # the images are the method: their contents, not the folder's path, identify it
+        return {
+            "kind": self.spec.kind,
+            "options": {k: self.spec.options[k] for k in sorted(self.spec.options)},
+            "contents": folder_fingerprint(self.spec.path),
+        }

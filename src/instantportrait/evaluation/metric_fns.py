@@ -29,6 +29,8 @@ __all__ = [
     "clip_text_embeddings",
     "clip_text_score",
     "cosine",
+    "crop_to_aspect",
+    "dino_preprocess",
     "dino_score",
     "face_failure_count",
     "face_style_score",
@@ -38,8 +40,12 @@ __all__ = [
     "intra_lpips",
     "pil_to_tensor",
     "style_part",
+    "style_part_paper",
 ]
 
+#: ImageNet's pixel mean and standard deviation (DINO, DINOv2).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 #: OpenAI CLIP's (and OpenCLIP's) pixel mean and standard deviation.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -155,6 +161,12 @@ def style_part(prompt: str) -> str | None:
     return style or None
 
 
+def style_part_paper(prompt: str) -> str:
+    """The text FastFace's evaluation code compares a face with: ``prompt.split(";")[0]``
+    stripped, i.e. the style part, or the whole prompt when it has no ``;``."""
+    return prompt.split(";", 1)[0].strip()
+
+
 def face_style_score(
     model: nn.Module, tokenizer, face_crops: torch.Tensor, styles: Sequence[str]
 ) -> torch.Tensor:
@@ -178,21 +190,69 @@ def dino_score(
 
 
 def intra_lpips(
-    lpips_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], images: torch.Tensor
+    lpips_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    batch_size: int = 16,
 ) -> float:
     """Intra-LPIPS: the mean LPIPS over all unordered pairs of outputs of *one* input under
     different prompts (InstantPortrait App. D): how much the edits of one face differ.
 
     ``images``: ``(N, 3, H, W)`` in ``[0, 1]``, ``N >= 2``; ``lpips_fn(a, b)`` returns ``(B,)``
     distances of ``[0, 1]`` image batches. Returns ``2 / (N (N-1)) * sum_{i<j} LPIPS(x_i, x_j)``.
+    Pairs run ``batch_size`` at a time (40 prompts make 780 pairs: one batch would need
+    tens of GiB at 512 px).
     """
     n = images.shape[0]
     if n < 2:
         raise ValueError(f"intra_lpips: needs at least 2 outputs of one input, got {n}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: at least 1, got {batch_size}")
     pairs = list(itertools.combinations(range(n), 2))
-    a = images[[i for i, _ in pairs]]
-    b = images[[j for _, j in pairs]]
-    return float(lpips_fn(a, b).float().mean())
+    total = 0.0
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        a = images[[i for i, _ in chunk]]
+        b = images[[j for _, j in chunk]]
+        total += float(lpips_fn(a, b).double().sum())
+    return total / len(pairs)
+
+
+def crop_to_aspect(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """The largest centred crop of ``(B, C, H, W)`` images with the aspect ratio
+    ``width / height`` (unchanged when the aspects already agree within half a pixel)."""
+    h, w = images.shape[-2:]
+    target = width / height
+    if abs(w / h - target) * min(h, w) < 0.5:
+        return images
+    if w / h > target:  # too wide: cut the sides
+        nw = max(1, round(h * target))
+        left = (w - nw) // 2
+        return images[..., :, left : left + nw]
+    nh = max(1, round(w / target))
+    top = (h - nh) // 2
+    return images[..., top : top + nh, :]
+
+
+def dino_preprocess(images: torch.Tensor, resize: int = 256, crop: int = 224) -> torch.Tensor:
+    """DreamBooth's DINO transform in torch: bicubic (antialiased) resize of the short side
+    to ``resize`` (the long side ``int(resize * long / short)``, as torchvision's ``Resize``),
+    centre crop ``crop x crop`` (torchvision's rounding), clamp to ``[0, 1]``, ImageNet
+    normalisation. ``(B, 3, H, W)`` in ``[0, 1]``; keeps device and dtype."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images: expected (B, 3, H, W), got {tuple(images.shape)}")
+    h, w = images.shape[-2:]
+    if h <= w:
+        nh, nw = resize, int(resize * w / h)
+    else:
+        nh, nw = int(resize * h / w), resize
+    x = images.float()
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+    top, left = int(round((nh - crop) / 2.0)), int(round((nw - crop) / 2.0))
+    x = x[..., top : top + crop, left : left + crop].clamp(0, 1)
+    m = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return ((x - m) / s).to(images.dtype)
 
 
 def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

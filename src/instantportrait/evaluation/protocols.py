@@ -9,7 +9,8 @@ a JSON file; write your own and pass its path to ``--protocol``::
       "prompts_file": "mine_prompts.txt",      // or "prompts": ["...", ...]
       "metrics": ["face_sim_dlib", "clip_t_vitl14", "ffc"],
       "seeds": 2,
-      "text_template": "a photo of a person, {prompt}"  // what CLIP-T compares with
+      "text_template": "a photo of a person, {prompt}", // what CLIP-T compares with
+      "face_match": "best"         // optional: the face matcher of multi-identity items
     }
 
 Prompt files (``.txt``): one prompt a line; blank lines and lines starting with ``#`` are
@@ -76,6 +77,7 @@ class Protocol:
     faces: str = ""
     prompts_note: str = ""
     source: str | None = None
+    face_match: str | None = None
 
     @property
     def splits(self) -> list[str]:
@@ -195,6 +197,7 @@ def load_protocol(name_or_path: str | os.PathLike) -> Protocol:
         "metrics",
         "seeds",
         "text_template",
+        "face_match",
     }
     unknown = sorted(set(data) - known)
     if unknown:
@@ -229,8 +232,17 @@ def load_protocol(name_or_path: str | os.PathLike) -> Protocol:
         template.format(prompt="x")
     except (KeyError, IndexError, ValueError):
         raise InputError(f"{label}: text_template may use only {{prompt}}") from None
+    face_match = data.get("face_match")
+    if face_match is not None:
+        from .metrics import FACE_MATCHERS
+
+        if face_match not in FACE_MATCHERS:
+            raise InputError(
+                f"{label}: face_match one of {', '.join(sorted(FACE_MATCHERS))}; got {face_match!r}"
+            )
     return Protocol(
         name=str(data.get("name", Path(arg).stem)),
+        face_match=face_match,
         prompts=prompts,
         metrics=list(metrics),
         seeds=seeds,

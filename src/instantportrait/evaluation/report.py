@@ -35,7 +35,11 @@ __all__ = [
     "TEXT_AXIS",
     "Cell",
     "contact_sheet",
+    "current_rows",
+    "overall_split",
+    "pareto_front",
     "pareto_plot",
+    "sample_stats",
     "summarize",
     "write_report",
 ]
@@ -56,6 +60,19 @@ class Cell:
     failed: int = 0
     status: str = "ok"  # ok | unavailable | no data
     error: str | None = None
+    generation_failed: int = 0  # FFC: counted items whose output could not be generated
+    detail: dict | None = None  # set metrics: sample counts
+
+    def note(self) -> str:
+        """What the report adds after the value: generation failures, FD sample counts."""
+        parts = []
+        if self.generation_failed:
+            parts.append(f"incl. {self.generation_failed} generation failures")
+        if self.detail and "n_outputs" in self.detail:
+            d = self.detail
+            warn = "; fewer samples than dims: biased" if d.get("biased") else ""
+            parts.append(f"n={d['n_outputs']} vs {d['n_references']} refs, {d['dim']}-D{warn}")
+        return f" ({'; '.join(parts)})" if parts else ""
 
     def text(self, metric: str) -> str:
         """The cell as the markdown table shows it."""
@@ -82,7 +99,8 @@ def _human(n: float) -> str:
     return f"{n:g}"
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
+def sample_stats(values: list[float]) -> tuple[float, float]:
+    """Mean and *sample* standard deviation (``n - 1`` in the denominator; 0 for one value)."""
     mean = sum(values) / len(values)
     if len(values) < 2:
         return mean, 0.0
@@ -97,24 +115,79 @@ def _splits(store: ResultStore) -> list[str]:
     return splits + [DEFAULT_SPLIT] if len(splits) > 1 else (splits or [DEFAULT_SPLIT])
 
 
+def overall_split(store: ResultStore) -> str:
+    """The split holding every prompt: ``all`` when there are several, else the only one."""
+    return _splits(store)[-1]
+
+
 def requested_metrics(store: ResultStore) -> list[str]:
-    """The metrics of the run (requested ones, then any others with rows), report order."""
-    meta = store.meta().get("config", {})
-    names = list(meta.get("metrics", []))
-    names += [m for m in store.metric_status() if m not in names]
-    names += [r.metric for r in store.rows() if r.metric not in names]
+    """The metrics of the current run (requested ones, then any other with a key), in the
+    report's order."""
+    meta = store.meta()
+    names = list(meta.get("config", {}).get("metrics", []))
+    names += [m for m in meta.get("run", {}).get("metrics", {}) if m not in names]
     return M.ordered([n for n in dict.fromkeys(names)])
 
 
+def current_rows(store: ResultStore) -> dict[str, list]:
+    """The current run's rows (``meta.run``: its method keys, subjects with their
+    fingerprints, prompts, seeds and metric keys), by method *name*. Group and set rows
+    count only when their stored member set is the one the current outputs give."""
+    from .runner import group_members, members_hash, set_members, split_groups
+
+    run = store.meta().get("run", {})
+    methods = run.get("methods", {})
+    subjects = run.get("subjects", {})
+    prompts = set(run.get("prompts", []))
+    seeds = set(run.get("seeds", []))
+    mkeys = run.get("metrics", {})
+    groups = split_groups(store.prompts())
+    out: dict[str, list] = {}
+    for name, key in methods.items():
+        ok_outputs = [
+            o
+            for o in store.outputs(key)
+            if o["status"] == "ok"
+            and subjects.get(o["face"]) == o["subject_fp"]
+            and o["seed"] in seeds
+            and o["prompt"] in prompts
+        ]
+        expected: dict[tuple, str] = {}
+        for split, texts in groups:
+            chosen = [o for o in ok_outputs if o["prompt"] in texts]
+            refs = run.get("references", [])
+            expected[("*", "", f"*:{split}", -1)] = members_hash(set_members(chosen, texts, refs))
+            for subject, fp in subjects.items():
+                for seed in seeds:
+                    g = [o for o in chosen if o["face"] == subject and o["seed"] == seed]
+                    expected[(subject, fp, f"*:{split}", seed)] = members_hash(
+                        group_members(g, texts)
+                    )
+        keep = []
+        for r in store.rows(key):
+            if mkeys.get(r.metric) != r.metric_key:
+                continue
+            spec = M.METRICS.get(r.metric)
+            scope = spec.scope if spec else "item"
+            if scope == "method":
+                keep.append(r)
+            elif scope == "item":
+                if subjects.get(r.face) == r.subject_fp and r.prompt in prompts and r.seed in seeds:
+                    keep.append(r)
+            elif expected.get((r.face, r.subject_fp, r.prompt, r.seed)) == r.members:
+                keep.append(r)
+        out[name] = keep
+    return out
+
+
 def summarize(store: ResultStore) -> dict[tuple[str, str], dict[str, Cell]]:
-    """``(method, split) -> metric -> Cell`` for every method and split of the store."""
+    """``(method, split) -> metric -> Cell`` for every method of the current run and split."""
     prompts = store.prompts()
     status = store.metric_status()
     metrics = requested_metrics(store)
-    rows = store.rows()
+    by_method = current_rows(store)
     out: dict[tuple[str, str], dict[str, Cell]] = {}
-    for method in store.methods():
-        mrows = [r for r in rows if r.method == method]
+    for method, mrows in by_method.items():
         for split in _splits(store):
             cells: dict[str, Cell] = {}
             for metric in metrics:
@@ -125,7 +198,6 @@ def summarize(store: ResultStore) -> dict[tuple[str, str], dict[str, Cell]]:
                         r
                         for r in mrows
                         if r.metric == metric
-                        and not r.prompt.startswith("*")
                         and (split == DEFAULT_SPLIT or prompts.get(r.prompt, (0, ""))[1] == split)
                     ]
                 elif scope == "method":
@@ -140,11 +212,15 @@ def summarize(store: ResultStore) -> dict[tuple[str, str], dict[str, Cell]]:
                 if ok:
                     if spec is not None and spec.aggregate == "sum":
                         cell.mean, cell.total = float(sum(ok)), len(ok)
+                        cell.generation_failed = sum(
+                            1 for r in sel if r.error == "generation failed"
+                        )
                     elif scope == "set":
                         best = next(r for r in sel if r.status == "ok")
                         cell.mean, cell.n = float(best.value), int(best.n or 0)
+                        cell.detail = best.detail
                     else:
-                        cell.mean, cell.std = _stats(ok)
+                        cell.mean, cell.std = sample_stats(ok)
                 st = status.get(metric)
                 if st is not None and st[0] == "unavailable" and not ok:
                     cell.status, cell.error = "unavailable", st[1]
@@ -168,7 +244,7 @@ def _write_csv(path: Path, table, metrics: list[str], methods: dict[str, Any]) -
     w = csv.writer(buf)
     head = ["method", "split", "spec"]
     for m in metrics:
-        head += [m, f"{m}_std", f"{m}_n", f"{m}_status"]
+        head += [m, f"{m}_std", f"{m}_n", f"{m}_status", f"{m}_note"]
     w.writerow(head)
     for (method, split), cells in table.items():
         row: list[Any] = [method, split, methods.get(method, {}).get("spec", "")]
@@ -179,6 +255,7 @@ def _write_csv(path: Path, table, metrics: list[str], methods: dict[str, Any]) -
                 "" if c.std is None else f"{c.std:.6g}",
                 c.total if c.total is not None else c.n,
                 c.status if c.mean is None or c.status != "ok" else "ok",
+                c.note().strip(" ()"),
             ]
         w.writerow(row)
     data = buf.getvalue()
@@ -193,14 +270,22 @@ def _write_md(path: Path, store: ResultStore, table, metrics: list[str], figures
     meta = store.meta()
     cfg = meta.get("config", {})
     prompts = store.prompts()
-    methods = store.methods()
-    outputs = store.outputs()
+    methods = run_methods(store)
+    outputs = run_outputs(store)
     lines = ["# Evaluation report", ""]
     lines.append(
-        f"Protocol: **{meta.get('protocol') or 'custom'}** · faces: {len(cfg.get('faces', []))} "
-        f"· prompts: {len(prompts)} · seeds: {len(cfg.get('seeds', []))} · methods: "
-        f"{len(methods)} · outputs: {sum(o['status'] == 'ok' for o in outputs)} ok, "
-        f"{sum(o['status'] == 'failed' for o in outputs)} failed"
+        f"Protocol: **{meta.get('protocol') or 'custom'}** · subjects: "
+        f"{len(cfg.get('faces', []))} · prompts: {len(prompts)} · seeds: "
+        f"{len(cfg.get('seeds', []))} · methods: {len(methods)} · outputs: "
+        f"{sum(o['status'] == 'ok' for o in outputs)} ok, "
+        f"{sum(o['status'] == 'failed' for o in outputs)} failed to generate"
+    )
+    lines.append("")
+    lines.append(
+        f"Only this run's results are shown: each is keyed by the method's settings, dtype "
+        f"and model (method keys in the Methods table), the subject's photo contents, the "
+        f"prompt, the seed and the metric with its model and text template "
+        f"(`{cfg.get('text_template', '{prompt}')}`)."
     )
     lines.append("")
     splits = list(dict.fromkeys(s for _, s in table))
@@ -226,6 +311,7 @@ def _write_md(path: Path, store: ResultStore, table, metrics: list[str], figures
                     and spec.aggregate == "mean"
                 ):
                     txt += f" (n={c.n})"
+                txt += c.note()
                 if c.failed:
                     txt += f" [{c.failed} failed]"
                 vals.append(_md_escape(txt))
@@ -244,21 +330,27 @@ def _write_md(path: Path, store: ResultStore, table, metrics: list[str], figures
         if bad:
             failures.append(f"- **{name}**: {len(bad)} outputs failed (first: {bad[0]['error']})")
     first_fail: dict[tuple[str, str], tuple[int, str]] = {}
-    for r in store.rows():
-        if r.status == "failed":
-            k = (r.method, r.metric)
-            cnt, err = first_fail.get(k, (0, r.error or ""))
-            first_fail[k] = (cnt + 1, err)
-    for (method, metric), (cnt, err) in first_fail.items():
+    for name, rows in current_rows(store).items():
+        for r in rows:
+            if r.status == "failed":
+                k = (name, r.metric)
+                cnt, err = first_fail.get(k, (0, r.error or ""))
+                first_fail[k] = (cnt + 1, err)
+    for (method, metric), (cnt, err) in first_fail.items():  # method: a name here
         failures.append(f"- **{method}** / {metric}: failed on {cnt} items (first: {err})")
     if failures:
         lines += ["## Failures", "", *failures, ""]
-    lines += ["## Methods", "", "| Method | SPEC | Parameters | Steps |", "|---|---|---|---|"]
+    lines += [
+        "## Methods",
+        "",
+        "| Method | SPEC | Key | Parameters | Steps |",
+        "|---|---|---|---|---|",
+    ]
     for name, info in methods.items():
         cost = info.get("cost") or {}
         params = cost.get("params")
         lines.append(
-            f"| {_md_escape(name)} | `{_md_escape(info['spec'])}` | "
+            f"| {_md_escape(name)} | `{_md_escape(info['spec'])}` | `{info.get('key', '')}` | "
             f"{_human(params) if params is not None else '—'} | {cost.get('steps', '—')} |"
         )
     lines.append("")
@@ -277,6 +369,31 @@ def _write_md(path: Path, store: ResultStore, table, metrics: list[str], figures
             lines.append("")
     text = "\n".join(lines)
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def run_methods(store: ResultStore) -> dict[str, dict[str, Any]]:
+    """The current run's methods (name -> store record with its ``key``), in run order."""
+    run = store.meta().get("run", {}).get("methods", {})
+    stored = store.methods()
+    return {n: stored[n] for n in run if n in stored and stored[n]["key"] == run[n]}
+
+
+def run_outputs(store: ResultStore) -> list[dict[str, Any]]:
+    """The current run's outputs, each with ``method`` set to the method's *name*."""
+    run = store.meta().get("run", {})
+    subjects = run.get("subjects", {})
+    prompts = set(run.get("prompts", []))
+    seeds = set(run.get("seeds", []))
+    out = []
+    for name, key in run.get("methods", {}).items():
+        for o in store.outputs(key):
+            if (
+                subjects.get(o["face"]) == o["subject_fp"]
+                and o["prompt"] in prompts
+                and o["seed"] in seeds
+            ):
+                out.append({**o, "method": name})
+    return out
 
 
 def _axis_metric(cells_by_method: dict[str, dict[str, Cell]], candidates) -> str | None:
@@ -317,6 +434,16 @@ def _sweeps(methods: dict[str, Any]) -> list[tuple[str, list[str]]]:
     return sweeps
 
 
+def pareto_front(points: dict[str, tuple[float, ...]]) -> list[str]:
+    """The names whose ``(x, y)`` no other point dominates (at least as good on both axes,
+    better on one; both axes higher-is-better)."""
+    return [
+        n
+        for n, p in points.items()
+        if not any(q[0] >= p[0] and q[1] >= p[1] and q[:2] != p[:2] for q in points.values())
+    ]
+
+
 def pareto_plot(path: Path, store: ResultStore, table=None) -> str:
     """Face similarity vs text fidelity per method (FastFace Fig. 8 style); returns a note."""
     from ..errors import optional_import
@@ -326,7 +453,8 @@ def pareto_plot(path: Path, store: ResultStore, table=None) -> str:
     from matplotlib.figure import Figure
 
     table = table if table is not None else summarize(store)
-    cells = {m: c for (m, s), c in table.items() if s == DEFAULT_SPLIT}
+    split = overall_split(store)
+    cells = {m: c for (m, s), c in table.items() if s == split}
     fx = _axis_metric(cells, FACE_AXIS)
     fy = _axis_metric(cells, TEXT_AXIS)
     fig = Figure(figsize=(6.4, 4.8), dpi=100)
@@ -342,20 +470,11 @@ def pareto_plot(path: Path, store: ResultStore, table=None) -> str:
         for name, (x, y, sx, sy) in points.items():
             ax.errorbar(x, y, xerr=sx, yerr=sy, fmt="o", capsize=3, alpha=0.9)
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        for label, names in _sweeps(store.methods()):
+        for label, names in _sweeps(run_methods(store)):
             pts = [points[n] for n in names if n in points]
             if len(pts) > 1:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", alpha=0.5, label=label)
-        front = sorted(
-            (
-                p
-                for n, p in points.items()
-                if not any(
-                    q[0] >= p[0] and q[1] >= p[1] and q[:2] != p[:2] for q in points.values()
-                )
-            ),
-            key=lambda p: p[0],
-        )
+        front = sorted((points[n] for n in pareto_front(points)), key=lambda p: p[0])
         if len(front) > 1:
             ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto front")
         if ax.get_legend_handles_labels()[0]:
@@ -375,7 +494,7 @@ def pareto_plot(path: Path, store: ResultStore, table=None) -> str:
         ax.text(0.5, 0.5, note, ha="center", va="center", wrap=True, fontsize=9)
         ax.set_xlabel("face similarity →")
         ax.set_ylabel("text fidelity →")
-    ax.set_title("Identity vs text fidelity")
+    ax.set_title(f"Identity vs text fidelity (split: {split})")
     ax.grid(alpha=0.3)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
@@ -397,12 +516,15 @@ def contact_sheet(
     from ..io import load_image
 
     meta = store.meta().get("config", {})
-    faces = [Path(f) for f in meta.get("faces", [])][:max_faces]
+    subjects = meta.get("subjects") or [
+        {"name": Path(f).stem, "identities": [{"photos": [f]}]} for f in meta.get("faces", [])
+    ]
+    faces = [(s["name"], Path(s["identities"][0]["photos"][0])) for s in subjects][:max_faces]
     seeds = meta.get("seeds", [0])
     seed = seeds[0] if seeds else 0
     prompts = sorted(store.prompts().items(), key=lambda kv: kv[1][0])[:max_prompts]
-    methods = list(store.methods())
-    outputs = {(o["method"], o["face"], o["prompt"], o["seed"]): o for o in store.outputs()}
+    methods = list(run_methods(store))
+    outputs = {(o["method"], o["face"], o["prompt"], o["seed"]): o for o in run_outputs(store)}
     cols = 1 + len(methods) * len(prompts)
     label_h = 40
     font = ImageFont.load_default()
@@ -431,7 +553,7 @@ def contact_sheet(
             for line_no in range(2):
                 part = words[line_no * width : (line_no + 1) * width]
                 draw.text((x, 14 + 12 * line_no), part, fill=(80, 80, 80), font=font)
-    for i, face in enumerate(faces):
+    for i, (subject_name, face) in enumerate(faces):
         y = label_h + i * thumb
         try:
             sheet.paste(fit(load_image(face)), (0, y))
@@ -439,7 +561,7 @@ def contact_sheet(
             sheet.paste(blank("missing"), (0, y))
         for j, method in enumerate(methods):
             for k, (ptext, _) in enumerate(prompts):
-                o = outputs.get((method, face.name, ptext, seed))
+                o = outputs.get((method, subject_name, ptext, seed))
                 x = (1 + j * len(prompts) + k) * thumb
                 if o is None:
                     tile = blank("not run")

@@ -1,28 +1,42 @@
 """The results store: one SQLite file (``results.sqlite``) in the output folder.
 
+Every result is keyed by everything that determines it:
+
+* the **method key**: a hash of the method's kind, settings, dtype and model identity (a
+  ``folder:`` method's image contents) -- :meth:`Method.fingerprint`;
+* the **subject** (its name) and its **fingerprint** (the contents of every photo it names);
+* the prompt text and the seed;
+* the **metric key**: a hash of the metric, its settings, its models' identities and, for
+  text metrics, the protocol's text template -- :func:`~.metrics.metric_key`.
+
 Tables:
 
-* ``results``: one row per (method, face, prompt, seed, metric), the primary key, so a row
-  can never be duplicated; ``value`` (``NULL`` unless ``status = 'ok'``), ``status`` (``ok``,
-  ``failed``: the metric raised, ``error`` says why; ``n/a``: the metric does not apply to the
-  item), ``n`` (items a group/set value is computed over), ``seconds``, ``created``. Rows of
-  ``group`` / ``set`` / ``method`` metrics use ``*`` for what they aggregate over
-  (``prompt='*:SPLIT'``, ``face='*'``, ``seed=-1``).
-* ``outputs``: one row per generated output: its PNG (relative to the folder), status, error,
-  seconds.
-* ``methods``: name, SPEC, settings and cost of each method (a name keeps its SPEC).
-* ``prompts``: prompt text, index, split.
-* ``metric_status``: which requested metrics were unavailable, and why.
-* ``meta``: key/value (protocol, environment).
+* ``results``: one row per key (the primary key, so a row is never doubled): ``value``
+  (``NULL`` unless ``status = 'ok'``), ``status`` (``ok``; ``failed``: ``error`` says why;
+  ``n/a``: the metric does not apply), ``n`` (values a group/set row aggregates),
+  ``members`` (a hash of a group/set row's members: recomputed when they change),
+  ``detail`` (JSON: per-identity values, sample counts...). Group/set/method rows use ``*``
+  for what they aggregate (``prompt='*:SPLIT'``, ``subject='*'``, ``seed=-1``).
+* ``outputs``: one row per generated output (method key, subject, fingerprint, prompt,
+  seed): its PNG (relative to the folder), status, error, seconds.
+* ``methods``: name -> SPEC, method key, settings, cost. A name keeps its SPEC text; a name
+  whose key changes under the same SPEC (a new dtype, changed folder images, changed model
+  files) gets the new identity and its old rows are dropped.
+* ``prompts``: the current run's prompts (text, index, split).
+* ``claims``: items being computed by a running ``evaluate`` (so concurrent runs share work).
+* ``metric_status``, ``meta`` (``run``: the current run's keys; protocol; environment).
 
-Every item's rows are written in one transaction, so a run killed at any point keeps
-everything committed before and no partial item; a restart computes only what is missing.
+The report shows only the current run's rows (``meta.run``). Every item's rows are written
+in one transaction; registration takes SQLite's write lock for its whole duration, and a
+store that stays locked gives a one-line "busy" error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -32,27 +46,38 @@ from typing import Any
 
 from ..errors import InputError
 
-__all__ = ["STORE_NAME", "ResultRow", "ResultStore"]
+__all__ = ["STORE_NAME", "ResultRow", "ResultStore", "StoreBusy"]
 
 STORE_NAME = "results.sqlite"
+SCHEMA_VERSION = 2
+#: A claim older than this is considered abandoned (seconds).
+CLAIM_TIMEOUT = 3 * 3600.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
-    method TEXT NOT NULL, face TEXT NOT NULL, prompt TEXT NOT NULL, seed INTEGER NOT NULL,
-    metric TEXT NOT NULL, value REAL, status TEXT NOT NULL, error TEXT, n INTEGER,
-    seconds REAL, created TEXT NOT NULL,
-    PRIMARY KEY (method, face, prompt, seed, metric)
+    method TEXT NOT NULL, subject TEXT NOT NULL, subject_fp TEXT NOT NULL, prompt TEXT NOT NULL,
+    seed INTEGER NOT NULL, metric TEXT NOT NULL, metric_key TEXT NOT NULL, value REAL,
+    status TEXT NOT NULL, error TEXT, n INTEGER, members TEXT, detail TEXT, seconds REAL,
+    created TEXT NOT NULL,
+    PRIMARY KEY (method, subject, subject_fp, prompt, seed, metric, metric_key)
 );
 CREATE TABLE IF NOT EXISTS outputs (
-    method TEXT NOT NULL, face TEXT NOT NULL, prompt TEXT NOT NULL, seed INTEGER NOT NULL,
-    path TEXT, status TEXT NOT NULL, error TEXT, seconds REAL, created TEXT NOT NULL,
-    PRIMARY KEY (method, face, prompt, seed)
+    method TEXT NOT NULL, subject TEXT NOT NULL, subject_fp TEXT NOT NULL, prompt TEXT NOT NULL,
+    seed INTEGER NOT NULL, path TEXT, status TEXT NOT NULL, error TEXT, seconds REAL,
+    created TEXT NOT NULL,
+    PRIMARY KEY (method, subject, subject_fp, prompt, seed)
 );
 CREATE TABLE IF NOT EXISTS methods (
-    name TEXT PRIMARY KEY, spec TEXT NOT NULL, settings TEXT, cost TEXT
+    name TEXT PRIMARY KEY, spec TEXT NOT NULL, key TEXT NOT NULL, settings TEXT, cost TEXT,
+    fingerprint TEXT
 );
 CREATE TABLE IF NOT EXISTS prompts (
     prompt TEXT PRIMARY KEY, idx INTEGER, split TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS claims (
+    method TEXT NOT NULL, subject TEXT NOT NULL, subject_fp TEXT NOT NULL, prompt TEXT NOT NULL,
+    seed INTEGER NOT NULL, owner TEXT NOT NULL, host TEXT, pid INTEGER, since REAL,
+    PRIMARY KEY (method, subject, subject_fp, prompt, seed)
 );
 CREATE TABLE IF NOT EXISTS metric_status (
     metric TEXT PRIMARY KEY, status TEXT NOT NULL, reason TEXT
@@ -61,13 +86,18 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
 
+class StoreBusy(InputError):
+    """The store stayed locked by another process longer than the timeout."""
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 @dataclass(frozen=True)
 class ResultRow:
-    """One result: the key (method, face, prompt, seed, metric) and what was measured."""
+    """One result: the key and what was measured. ``method`` is the method *key* in the
+    store; :meth:`ResultStore.rows` can translate it to the current name."""
 
     method: str
     face: str
@@ -79,6 +109,24 @@ class ResultRow:
     error: str | None = None
     n: int | None = None
     seconds: float | None = None
+    subject_fp: str = ""
+    metric_key: str = ""
+    members: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+#: An item's key in the store: (method key, subject, subject fingerprint, prompt, seed).
+ItemKey = tuple[str, str, str, str, int]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class ResultStore:
@@ -86,23 +134,72 @@ class ResultStore:
 
     Args:
         folder: the output folder; the store is ``folder/results.sqlite``.
+        timeout: seconds to wait for another process's write lock before :class:`StoreBusy`.
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, timeout: float = 60.0) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / STORE_NAME
+        self.timeout = timeout
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}:{time.time():.6f}"
         try:
-            self.conn = sqlite3.connect(str(self.path), timeout=30)
-            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+            self._execute_busy(lambda: self.conn.execute("PRAGMA journal_mode=WAL"))
             self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.executescript(_SCHEMA)
-            self.conn.commit()
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {
+                r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            if tables and version != SCHEMA_VERSION:
+                self.conn.close()
+                raise InputError(
+                    f"{self.path}: made by an older version of the harness (schema "
+                    f"{version}); use another --out folder"
+                )
+            self._execute_busy(lambda: self.conn.executescript(_SCHEMA))
+            self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except StoreBusy:
+            raise
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{self.path}: not a results store ({exc})") from None
 
+    def _busy(self, exc: sqlite3.OperationalError) -> StoreBusy:
+        return StoreBusy(
+            f"{self.folder}: busy: another evaluate has held the results store for over "
+            f"{self.timeout:g} s ({exc}); wait for it to finish or use another --out"
+        )
+
+    def _execute_busy(self, fn):
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise self._busy(exc) from None
+            raise
+
+    def transaction(self):
+        """A context manager holding SQLite's write lock (``BEGIN IMMEDIATE``) throughout."""
+        store = self
+
+        class _Tx:
+            def __enter__(self_inner):
+                store._execute_busy(lambda: store.conn.execute("BEGIN IMMEDIATE"))
+                return store
+
+            def __exit__(self_inner, exc_type, exc, tb):
+                if exc_type is None:
+                    store.conn.execute("COMMIT")
+                else:
+                    store.conn.execute("ROLLBACK")
+                return False
+
+        return _Tx()
+
     def close(self) -> None:
-        """Close the connection."""
+        """Release this store's claims and close the connection."""
+        with contextlib.suppress(sqlite3.Error):
+            self.release_all()
         self.conn.close()
 
     def __enter__(self) -> ResultStore:
@@ -112,145 +209,244 @@ class ResultStore:
         self.close()
 
     # ------------------------------------------------------------------ writing
-    def add_rows(self, rows: Iterable[ResultRow], replace: bool = True) -> None:
+    def add_rows(self, rows: Iterable[ResultRow]) -> None:
         """Write rows in one transaction (a key already present is replaced, never doubled)."""
-        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         now = _now()
-        with self.conn:
+        data = [
+            (
+                r.method,
+                r.face,
+                r.subject_fp,
+                r.prompt,
+                int(r.seed),
+                r.metric,
+                r.metric_key,
+                None if r.value is None else float(r.value),
+                r.status,
+                r.error,
+                r.n,
+                r.members,
+                None if r.detail is None else json.dumps(r.detail, sort_keys=True, default=str),
+                r.seconds,
+                now,
+            )
+            for r in rows
+        ]
+        if not data:
+            return
+        with self.transaction():
             self.conn.executemany(
-                f"{verb} INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        r.method,
-                        r.face,
-                        r.prompt,
-                        int(r.seed),
-                        r.metric,
-                        None if r.value is None else float(r.value),
-                        r.status,
-                        r.error,
-                        r.n,
-                        r.seconds,
-                        now,
-                    )
-                    for r in rows
-                ],
+                "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", data
             )
 
     def set_output(
         self,
-        method: str,
-        face: str,
-        prompt: str,
-        seed: int,
+        key: ItemKey,
         path: str | None,
         status: str = "ok",
         error: str | None = None,
         seconds: float | None = None,
     ) -> None:
-        """Record a generated output (or its failure)."""
-        with self.conn:
+        """Record a generated output (or its failure) of item ``key``."""
+        with self.transaction():
             self.conn.execute(
-                "INSERT OR REPLACE INTO outputs VALUES (?,?,?,?,?,?,?,?,?)",
-                (method, face, prompt, int(seed), path, status, error, seconds, _now()),
+                "INSERT OR REPLACE INTO outputs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (*key[:4], int(key[4]), path, status, error, seconds, _now()),
             )
 
-    def register_method(
-        self, name: str, spec: str, settings: dict[str, Any], force: bool = False
-    ) -> None:
-        """Record a method; a name already stored with another SPEC is refused (``force``
-        replaces the record, keeping the rows)."""
-        row = self.conn.execute("SELECT spec FROM methods WHERE name=?", (name,)).fetchone()
-        if row is not None and row[0] != spec and not force:
-            raise InputError(
-                f"--method {name}: this store has {name} as {row[0]!r}, not {spec!r}; "
-                "give the new SPEC another name or use another --out folder"
-            )
-        with self.conn:
-            self.conn.execute(
-                "INSERT INTO methods(name, spec, settings) VALUES (?,?,?) ON CONFLICT(name) "
-                "DO UPDATE SET spec=excluded.spec, settings=excluded.settings",
-                (name, spec, json.dumps(settings, sort_keys=True, default=str)),
-            )
+    def register_methods(self, methods: dict[str, tuple[str, str, dict, dict]]) -> list[str]:
+        """Record ``name -> (spec, key, settings, fingerprint data)`` in one locked
+        transaction. A name stored with another SPEC text is refused; a name whose key
+        changed takes the new key, and the old key's rows are dropped unless another live
+        run still claims items of it (then refused as busy). Returns the renewed names."""
+        renewed = []
+        with self.transaction():
+            for name, (spec, key, settings, fp) in methods.items():
+                row = self.conn.execute(
+                    "SELECT spec, key FROM methods WHERE name=?", (name,)
+                ).fetchone()
+                if row is not None and row[0] != spec:
+                    raise InputError(
+                        f"--method {name}: this store has {name} as {row[0]!r}, not {spec!r}; "
+                        "give the new SPEC another name or use another --out folder"
+                    )
+                if row is not None and row[1] != key:
+                    live = [c for c in self._claims_of(row[1]) if not self._stale(c)]
+                    if live:
+                        raise StoreBusy(
+                            f"--method {name}: another evaluate is running {name} with other "
+                            "settings in this folder; wait for it or use another --out"
+                        )
+                    for table in ("results", "outputs", "claims"):
+                        self.conn.execute(f"DELETE FROM {table} WHERE method=?", (row[1],))
+                    renewed.append(name)
+                self.conn.execute(
+                    "INSERT INTO methods(name, spec, key, settings, fingerprint) "
+                    "VALUES (?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET spec=excluded.spec, "
+                    "key=excluded.key, settings=excluded.settings, "
+                    "fingerprint=excluded.fingerprint",
+                    (
+                        name,
+                        spec,
+                        key,
+                        json.dumps(settings, sort_keys=True, default=str),
+                        json.dumps(fp, sort_keys=True, default=str),
+                    ),
+                )
+        return renewed
 
     def set_method_cost(self, name: str, cost: dict[str, Any]) -> None:
         """Record a method's cost (parameters, steps)."""
-        with self.conn:
+        with self.transaction():
             self.conn.execute(
                 "UPDATE methods SET cost=? WHERE name=?", (json.dumps(cost, default=str), name)
             )
 
     def set_prompts(self, prompts: Sequence[tuple[str, int, str]]) -> None:
-        """Record ``(prompt, index, split)`` for every prompt of the run."""
-        with self.conn:
+        """Record ``(prompt, index, split)`` for every prompt of the current run."""
+        with self.transaction():
+            self.conn.execute("DELETE FROM prompts")
             self.conn.executemany("INSERT OR REPLACE INTO prompts VALUES (?,?,?)", prompts)
 
     def set_metric_status(self, metric: str, status: str, reason: str | None = None) -> None:
         """Record whether a requested metric is ``available`` or ``unavailable`` (and why)."""
-        with self.conn:
+        with self.transaction():
             self.conn.execute(
                 "INSERT OR REPLACE INTO metric_status VALUES (?,?,?)", (metric, status, reason)
             )
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON value under ``key``."""
-        with self.conn:
+        with self.transaction():
             self.conn.execute(
                 "INSERT OR REPLACE INTO meta VALUES (?,?)", (key, json.dumps(value, default=str))
             )
 
-    def delete_failed(self) -> int:
-        """Drop failed results and outputs (``--retry-failed``); returns how many rows."""
-        with self.conn:
-            n = self.conn.execute("DELETE FROM results WHERE status='failed'").rowcount
-            n += self.conn.execute("DELETE FROM outputs WHERE status='failed'").rowcount
+    def delete_failed(self, methods: Sequence[str] | None = None) -> int:
+        """Drop failed results and outputs (``--retry-failed``), of the given method keys
+        (default all); returns how many rows."""
+        where, args = "status='failed'", ()
+        if methods is not None:
+            where += f" AND method IN ({','.join('?' * len(methods))})"
+            args = tuple(methods)
+        with self.transaction():
+            n = self.conn.execute(f"DELETE FROM results WHERE {where}", args).rowcount
+            n += self.conn.execute(f"DELETE FROM outputs WHERE {where}", args).rowcount
+            # rows recorded for a failed generation (FFC) go with it
+            n += self.conn.execute(
+                "DELETE FROM results WHERE error='generation failed' AND NOT EXISTS (SELECT 1 "
+                "FROM outputs o WHERE o.method=results.method AND o.subject=results.subject AND "
+                "o.subject_fp=results.subject_fp AND o.prompt=results.prompt AND "
+                "o.seed=results.seed)"
+            ).rowcount
         return n
 
-    # ------------------------------------------------------------------ reading
-    def done_metrics(self, method: str, face: str, prompt: str, seed: int) -> set[str]:
-        """The metrics with a row for this item (any status)."""
-        rows = self.conn.execute(
-            "SELECT metric FROM results WHERE method=? AND face=? AND prompt=? AND seed=?",
-            (method, face, prompt, int(seed)),
-        )
-        return {r[0] for r in rows}
+    # ------------------------------------------------------------------ claims
+    def _claims_of(self, method: str) -> list[tuple]:
+        return self.conn.execute(
+            "SELECT owner, host, pid, since FROM claims WHERE method=?", (method,)
+        ).fetchall()
 
-    def done_keys(self, method: str) -> dict[tuple[str, str, int], set[str]]:
-        """``(face, prompt, seed) -> metrics`` already stored for ``method``."""
-        out: dict[tuple[str, str, int], set[str]] = {}
+    def _stale(self, claim: tuple) -> bool:
+        owner, host, pid, since = claim
+        if owner == self.owner:
+            return False
+        if time.time() - float(since or 0) > CLAIM_TIMEOUT:
+            return True
+        return host == socket.gethostname() and pid is not None and not _pid_alive(int(pid))
+
+    def claim(self, key: ItemKey) -> bool:
+        """Claim item ``key`` for this store object atomically; ``False`` when another live
+        run holds it (a stale claim -- its process gone, or older than
+        :data:`CLAIM_TIMEOUT` -- is taken over)."""
+        with self.transaction():
+            row = self.conn.execute(
+                "SELECT owner, host, pid, since FROM claims WHERE method=? AND subject=? AND "
+                "subject_fp=? AND prompt=? AND seed=?",
+                (*key[:4], int(key[4])),
+            ).fetchone()
+            if row is not None and row[0] != self.owner and not self._stale(row):
+                return False
+            self.conn.execute(
+                "INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?,?,?,?,?)",
+                (*key[:4], int(key[4]), self.owner, socket.gethostname(), os.getpid(), time.time()),
+            )
+        return True
+
+    def claimed_by_other(self, key: ItemKey) -> bool:
+        """Whether another live run holds a claim on ``key``."""
+        row = self.conn.execute(
+            "SELECT owner, host, pid, since FROM claims WHERE method=? AND subject=? AND "
+            "subject_fp=? AND prompt=? AND seed=?",
+            (*key[:4], int(key[4])),
+        ).fetchone()
+        return row is not None and row[0] != self.owner and not self._stale(row)
+
+    def release(self, key: ItemKey) -> None:
+        """Drop this store's claim on ``key``."""
+        with self.transaction():
+            self.conn.execute(
+                "DELETE FROM claims WHERE method=? AND subject=? AND subject_fp=? AND prompt=? "
+                "AND seed=? AND owner=?",
+                (*key[:4], int(key[4]), self.owner),
+            )
+
+    def release_all(self) -> None:
+        """Drop every claim of this store object."""
+        with self.transaction():
+            self.conn.execute("DELETE FROM claims WHERE owner=?", (self.owner,))
+
+    # ------------------------------------------------------------------ reading
+    def done_keys(self, method: str) -> dict[tuple[str, str, str, int], set[tuple[str, str]]]:
+        """``(subject, fingerprint, prompt, seed) -> {(metric, metric key)}`` stored for
+        method key ``method``."""
+        out: dict[tuple[str, str, str, int], set[tuple[str, str]]] = {}
         rows = self.conn.execute(
-            "SELECT face, prompt, seed, metric FROM results WHERE method=?", (method,)
+            "SELECT subject, subject_fp, prompt, seed, metric, metric_key FROM results "
+            "WHERE method=?",
+            (method,),
         )
-        for face, prompt, seed, metric in rows:
-            out.setdefault((face, prompt, int(seed)), set()).add(metric)
+        for subject, fp, prompt, seed, metric, mkey in rows:
+            out.setdefault((subject, fp, prompt, int(seed)), set()).add((metric, mkey))
         return out
 
-    def output(
-        self, method: str, face: str, prompt: str, seed: int
-    ) -> tuple[str | None, str, str | None] | None:
+    def done_item(self, key: ItemKey) -> set[tuple[str, str]]:
+        """``{(metric, metric key)}`` stored for one item."""
+        rows = self.conn.execute(
+            "SELECT metric, metric_key FROM results WHERE method=? AND subject=? AND "
+            "subject_fp=? AND prompt=? AND seed=?",
+            (*key[:4], int(key[4])),
+        )
+        return {(m, k) for m, k in rows}
+
+    def output(self, key: ItemKey) -> tuple[str | None, str, str | None] | None:
         """``(path, status, error)`` of a stored output, or ``None``."""
         row = self.conn.execute(
-            "SELECT path, status, error FROM outputs WHERE method=? AND face=? AND prompt=? "
-            "AND seed=?",
-            (method, face, prompt, int(seed)),
+            "SELECT path, status, error FROM outputs WHERE method=? AND subject=? AND "
+            "subject_fp=? AND prompt=? AND seed=?",
+            (*key[:4], int(key[4])),
         ).fetchone()
         return None if row is None else (row[0], row[1], row[2])
 
     def outputs(self, method: str | None = None) -> list[dict[str, Any]]:
-        """Stored outputs as dicts."""
-        sql = "SELECT method, face, prompt, seed, path, status, error, seconds FROM outputs"
+        """Stored outputs as dicts (``method`` is the method key)."""
+        sql = (
+            "SELECT method, subject, subject_fp, prompt, seed, path, status, error, seconds "
+            "FROM outputs"
+        )
         args: tuple = ()
         if method is not None:
             sql += " WHERE method=?"
             args = (method,)
-        cols = ("method", "face", "prompt", "seed", "path", "status", "error", "seconds")
-        return [dict(zip(cols, r)) for r in self.conn.execute(sql, args)]
+        cols = ("method", "face", "subject_fp", "prompt", "seed", "path", "status", "error")
+        cols += ("seconds",)
+        return [dict(zip(cols, r)) for r in self.conn.execute(sql + " ORDER BY rowid", args)]
 
     def rows(self, method: str | None = None, metric: str | None = None) -> list[ResultRow]:
-        """Stored results, optionally for one method and/or metric."""
+        """Stored results, optionally for one method key and/or metric name."""
         sql = (
-            "SELECT method, face, prompt, seed, metric, value, status, error, n, seconds "
-            "FROM results"
+            "SELECT method, subject, prompt, seed, metric, value, status, error, n, seconds, "
+            "subject_fp, metric_key, members, detail FROM results"
         )
         clauses, args = [], []
         if method is not None:
@@ -261,23 +457,28 @@ class ResultStore:
             args.append(metric)
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        return [ResultRow(*r) for r in self.conn.execute(sql + " ORDER BY rowid", args)]
+        out = []
+        for r in self.conn.execute(sql + " ORDER BY rowid", args):
+            out.append(ResultRow(*r[:13], json.loads(r[13]) if r[13] else None))
+        return out
 
     def methods(self) -> dict[str, dict[str, Any]]:
-        """``name -> {"spec", "settings", "cost"}`` in insertion order."""
+        """``name -> {"spec", "key", "settings", "cost", "fingerprint"}`` in insertion order."""
         out = {}
-        for name, spec, settings, cost in self.conn.execute(
-            "SELECT name, spec, settings, cost FROM methods ORDER BY rowid"
+        for name, spec, key, settings, cost, fp in self.conn.execute(
+            "SELECT name, spec, key, settings, cost, fingerprint FROM methods ORDER BY rowid"
         ):
             out[name] = {
                 "spec": spec,
+                "key": key,
                 "settings": json.loads(settings) if settings else {},
                 "cost": json.loads(cost) if cost else {},
+                "fingerprint": json.loads(fp) if fp else {},
             }
         return out
 
     def prompts(self) -> dict[str, tuple[int, str]]:
-        """``prompt -> (index, split)``."""
+        """``prompt -> (index, split)`` of the current run."""
         rows = self.conn.execute("SELECT prompt, idx, split FROM prompts")
         return {p: (i, s) for p, i, s in rows}
 

@@ -1,0 +1,142 @@
+"""Set metrics: FID (Inception) and FD-DINOv2, the Fréchet distance of two feature sets.
+
+Each is computed per method and split over the outputs of the run against the reference set
+(``--reference``, else the subjects' reference photos). With fewer samples than feature
+dimensions (2048 for Inception, 768 for DINOv2-base) the covariance is rank-deficient and the
+distance mostly measures the sample size: two sets drawn from one distribution, 50 samples
+in 2048-D, score about 3,664. The harness then warns, and every FD row carries its sample
+counts and feature dimension (the report prints them beside the value).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+
+from .. import metric_fns as fns
+from .registry import Metric, ModelHub, ModelSource, register_metric, register_model
+
+__all__ = ["FDSampleWarning", "fd_dinov2", "fid", "frechet_with_counts"]
+
+
+class FDSampleWarning(UserWarning):
+    """A Fréchet distance computed from fewer samples than feature dimensions."""
+
+
+def frechet_with_counts(a: torch.Tensor, b: torch.Tensor, name: str) -> tuple[float, dict]:
+    """The Fréchet distance of two ``(N, D)`` feature sets and ``{"n_outputs",
+    "n_references", "dim", "biased"}``; warns when either set has fewer samples than ``D``."""
+    dim = int(a.shape[1])
+    detail = {
+        "n_outputs": int(a.shape[0]),
+        "n_references": int(b.shape[0]),
+        "dim": dim,
+        "biased": min(a.shape[0], b.shape[0]) < dim,
+    }
+    if detail["biased"]:
+        warnings.warn(
+            f"{name}: {a.shape[0]} outputs and {b.shape[0]} references in {dim}-D features: "
+            "fewer samples than dimensions, the distance is dominated by sample-size bias",
+            FDSampleWarning,
+            stacklevel=2,
+        )
+    return fns.frechet_distance_from_features(a, b), detail
+
+
+def _load_inception(src: str | None, device: torch.device):
+    from pathlib import Path
+
+    p = Path(src).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file")
+    # A TorchScript archive (a graph and tensors, no pickled Python), the format clean-fid and
+    # StyleGAN2-ADA publish the TF-Inception port in.
+    return torch.jit.load(str(p), map_location=device).eval()
+
+
+def _load_dinov2(src: str | None, device: torch.device):
+    from .dino import load_dino
+
+    return load_dino(src, device)
+
+
+register_model(
+    ModelSource(
+        "inception",
+        "TF-Inception v3 pool features (FID)",
+        None,
+        "--weights inception=inception-2015-12-05.pt (clean-fid / StyleGAN2-ADA TorchScript)",
+        _load_inception,
+    )
+)
+register_model(
+    ModelSource(
+        "dinov2",
+        "DINOv2 features for the Fréchet distance",
+        "facebook/dinov2-base",
+        "--weights dinov2=DIR (transformers Dinov2Model folder) or a cached Hub id such as "
+        "facebook/dinov2-base",
+        _load_dinov2,
+    )
+)
+
+
+def fid(
+    outputs: Sequence[Image.Image], references: Sequence[Image.Image], hub: ModelHub
+) -> tuple[float, dict]:
+    """FID with clean-fid's resize to 299 (Parmar et al. 2022)."""
+    net = hub.get("inception")
+
+    def feats(images: Sequence[Image.Image]) -> torch.Tensor:
+        out = []
+        with torch.no_grad():
+            for im in images:
+                x = fns.clean_resize(im, 299).unsqueeze(0).to(hub.device)
+                out.append(net(x, return_features=True).reshape(1, -1).float().cpu())
+        return torch.cat(out)
+
+    return frechet_with_counts(feats(outputs), feats(references), "FID")
+
+
+def fd_dinov2(
+    outputs: Sequence[Image.Image], references: Sequence[Image.Image], hub: ModelHub
+) -> tuple[float, dict]:
+    """Fréchet distance on DINOv2 features (Stein et al. 2023)."""
+    ext = hub.get("dinov2")
+
+    def feats(images: Sequence[Image.Image]) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat(
+                [ext(fns.pil_to_tensor(im).to(hub.device)).float().cpu() for im in images]
+            )
+
+    return frechet_with_counts(feats(outputs), feats(references), "FD-DINOv2")
+
+
+register_metric(
+    Metric(
+        "fid",
+        "FID",
+        "set",
+        fid,
+        models=("inception",),
+        higher_is_better=False,
+        family="reference",
+        paper="Heusel et al. 2017 eq. 6, clean resize (Parmar et al. 2022)",
+    )
+)
+register_metric(
+    Metric(
+        "fd_dinov2",
+        "FD-DINOv2",
+        "set",
+        fd_dinov2,
+        models=("dinov2",),
+        higher_is_better=False,
+        family="reference",
+        paper="Fréchet distance on DINOv2 features (Stein et al. 2023)",
+    )
+)
