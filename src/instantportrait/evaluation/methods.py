@@ -212,6 +212,8 @@ class Method:
         self.dtype = dtype or torch.float32
         #: A folder the method may keep per-identity caches in (set by the runner).
         self.cache_dir: Path | None = None
+        #: The run's prompts (set by the runner before :meth:`fingerprint`).
+        self.prompts: list[Any] = []
 
     def check(self) -> None:
         """Raise :class:`~instantportrait.errors.ModelNotFoundError` (or ``InputError``) when
@@ -486,9 +488,12 @@ class FolderMethod(Method):
         return {"params": self.spec.get("params"), "steps": self.spec.get("steps")}
 
     def fingerprint_data(self) -> dict[str, Any]:
-        # the images are the method: their contents, not the folder's path, identify it
+        # the images are the method: their contents, not the folder's path, identify it; and
+        # which file an item reads depends on its prompt's index in this run
+        prompts = sorted(self.prompts, key=lambda p: p.index)
         return {
             "kind": self.spec.kind,
             "options": {k: self.spec.options[k] for k in sorted(self.spec.options)},
             "contents": folder_fingerprint(self.spec.path),
+            "prompt_index": [p.text for p in prompts],
         }

@@ -317,6 +317,7 @@ class Evaluator:
         cfg = self.config
         fingerprints = {}
         for name, method in self.methods.items():
+            method.prompts = list(cfg.prompts)
             data = method.fingerprint_data()
             fingerprints[name] = data
             self.method_keys[name] = method.fingerprint()

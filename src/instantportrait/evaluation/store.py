@@ -157,10 +157,18 @@ class ResultStore:
                     f"{self.path}: made by an older version of the harness (schema "
                     f"{version}); use another --out folder"
                 )
-            self._execute_busy(lambda: self.conn.executescript(_SCHEMA))
-            self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if not {"results", "outputs", "methods", "claims"} <= tables:
+                with self.transaction():
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            self.conn.execute(statement)
+                    self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except StoreBusy:
             raise
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise self._busy(exc) from None
+            raise InputError(f"{self.path}: not a results store ({exc})") from None
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{self.path}: not a results store ({exc})") from None
 
