@@ -168,7 +168,8 @@ class ItemContext:
         )
 
     def all_faces(self, which: Which):
-        """Every face of the image with its landmarks (left to right)."""
+        """Every face of the image with its landmarks (left to right; the image upsampled
+        once, then up to twice more while none is found)."""
         from ...faces.detect import detect
 
         return self._memo(
@@ -178,7 +179,7 @@ class ItemContext:
                 self.image(which),
                 select="all",
                 landmarks=True,
-                upsample=0,
+                upsample=1,  # small faces of a group are missed at 0 while a large one is found
                 max_upsample=2,
                 raise_if_none=False,
             ),
