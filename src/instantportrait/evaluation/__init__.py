@@ -1,10 +1,13 @@
 """The evaluation harness: one resumable runner, a metric registry, protocols and reports.
 
-``instantportrait evaluate`` (or :func:`evaluate` from Python) expands faces x prompts x seeds
-x methods, generates each output once, scores it with every requested metric and keeps every
-row in ``OUT/results.sqlite``; then writes ``report.md``, ``report.csv``, ``pareto.png`` and
-``contact_sheet.png``. Names are imported on first use, so importing this package loads no
-model and no heavy library.
+``instantportrait evaluate`` (or :func:`evaluate` from Python) expands subjects x prompts x
+seeds x methods, generates each output once, scores it with every requested metric and keeps
+every row in ``OUT/results.sqlite``, keyed by everything that determines it; then writes
+``report.md``, ``report.csv``, ``pareto.png`` and ``contact_sheet.png`` for the current run.
+A subject (:mod:`.items`) holds one or more identities with tuning and held-out photos, an
+optional condition and references; method kinds are registered in
+:data:`.methods.METHOD_KINDS`. Names are imported on first use, so importing this package
+loads no model and no heavy library. See ``docs/evaluation.md``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ _EXPORTS = {
     "register_metric": "metrics",
     "register_model": "metrics",
     "resolve_metric_names": "metrics",
+    "FACE_MATCHERS": "metrics",
+    "register_face_matcher": "metrics",
+    "METHOD_KINDS": "methods",
+    "Identity": "items",
+    "Subject": "items",
+    "load_subjects": "items",
+    "subjects_from_files": "items",
     "Method": "methods",
     "MethodSpec": "methods",
     "build_method": "methods",
