@@ -6,7 +6,9 @@ their inputs with the metrics that need no user-provided weights: ``face_sim_dli
 detection + landmarks + the PyTorch port of dlib's ResNet) and ``ffc`` (sharing the
 detection). Reports warm scoring throughput (models loaded, each input's face computed once,
 as in a run), the same per metric, and the whole runner (identity method: PNG write, SQLite
-rows, report excluded). Writes ``benchmarks/results/evaluation_cpu.json``.
+rows, report excluded), and two runs sharing one output folder (threads of one process; the
+two claim items in the store and split the work). Writes
+``benchmarks/results/evaluation_cpu.json``.
 
     python benchmarks/bench_evaluation.py [--items 48] [--size 512] [--threads N]
 """
@@ -138,6 +140,42 @@ def main() -> None:
         }
         print(
             f"{'runner, identity method (with a face)':<42} {summary.items / seconds:7.2f} items/s"
+        )
+
+        # two runs sharing one output folder: they claim items and split the work
+        import threading
+
+        counts = []
+
+        def one_run(tag: int) -> None:
+            run_cfg = EvaluationConfig(
+                faces=faces,
+                prompts=prompts,
+                methods={"identity": "identity"},
+                metrics=["face_sim_dlib", "ffc", "params", "steps"],
+                seeds=[0, 1],
+                out=Path(tmp) / "shared",
+                progress=False,
+                report=False,
+            )
+            counts.append(Evaluator(run_cfg, hub=hub).run().generated)
+
+        t = time.perf_counter()
+        threads = [threading.Thread(target=one_run, args=(k,)) for k in range(2)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        seconds = time.perf_counter() - t
+        results["runner, two concurrent runs into one folder"] = {
+            "items": summary.items,
+            "seconds": round(seconds, 3),
+            "items_per_s": round(summary.items / seconds, 2),
+            "generated_by_each_run": counts,
+        }
+        print(
+            f"{'runner, two concurrent runs, one folder':<42} {summary.items / seconds:7.2f} "
+            f"items/s (generated {counts})"
         )
 
     report = {

@@ -2,17 +2,20 @@
 ``contact_sheet.png``, all written atomically from the store alone (``--report-only`` redraws
 them without running anything).
 
-One row per method (and per split when the prompts have several, e.g. FastFace's realistic /
-stylistic, plus ``all``), metric columns in the order of InstantPortrait Table 1 (face
-similarity, CLIP-T, HPS, Q-Align quality / aesthetic, Intra-LPIPS, model size, inference
-steps) then the others. Item metrics show ``mean ± std`` (sample std) and ``n``; FFC the count
-of face-free outputs over ``n``; group metrics (Intra-LPIPS) the mean over groups; set
-metrics (FID) their value; unavailable metrics are marked and their reason listed.
+Only the current run's results are reported (its method keys, subjects, prompts, seeds and
+metric keys; see :mod:`.store`). One row per method (and per split when the prompts have
+several, e.g. FastFace's realistic / stylistic, plus ``all``), metric columns in the order of
+InstantPortrait Table 1 (face similarity, CLIP-T, HPS, Q-Align quality / aesthetic,
+Intra-LPIPS, model size, inference steps) then the others. Item metrics show ``mean ± std``
+(sample std) and ``n``; FFC the count of items whose reference or output shows no face over
+all items, failed generations included and said; group metrics (Intra-LPIPS) the mean over
+groups; set metrics (FID, FD-DINOv2) their value with the sample counts; unavailable metrics
+are marked and their reason listed.
 
-``pareto.png`` plots face similarity against text fidelity per method, like FastFace Fig. 8:
-methods sharing a model and differing in one setting (a sweep of steps, guidance...) are
-joined in the order of that setting, and the Pareto front (no other method better on both
-axes) is drawn.
+``pareto.png`` plots face similarity against text fidelity per method on the split holding
+every prompt (``all``, or the protocol's only split), like FastFace Fig. 8: methods sharing a
+model and differing in one setting (a sweep of steps, guidance...) are joined in the order of
+that setting, and the Pareto front (no other method better on both axes) is drawn.
 """
 
 from __future__ import annotations
@@ -318,7 +321,7 @@ def _write_md(path: Path, store: ResultStore, table, metrics: list[str], figures
             lines.append(f"| {_md_escape(method)} | " + " | ".join(vals) + " |")
         lines.append("")
     status = store.metric_status()
-    unavailable = {m: r for m, (s, r) in status.items() if s == "unavailable"}
+    unavailable = {m: r for m, (s, r) in status.items() if s == "unavailable" and m in metrics}
     if unavailable:
         lines += ["## Unavailable metrics", ""]
         for m, reason in unavailable.items():

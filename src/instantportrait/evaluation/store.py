@@ -285,8 +285,12 @@ class ResultStore:
                             f"--method {name}: another evaluate is running {name} with other "
                             "settings in this folder; wait for it or use another --out"
                         )
-                    for table in ("results", "outputs", "claims"):
-                        self.conn.execute(f"DELETE FROM {table} WHERE method=?", (row[1],))
+                    shared = self.conn.execute(
+                        "SELECT COUNT(*) FROM methods WHERE key=? AND name<>?", (row[1], name)
+                    ).fetchone()[0]
+                    if not shared:  # another name with the same settings keeps them
+                        for table in ("results", "outputs", "claims"):
+                            self.conn.execute(f"DELETE FROM {table} WHERE method=?", (row[1],))
                     renewed.append(name)
                 self.conn.execute(
                     "INSERT INTO methods(name, spec, key, settings, fingerprint) "
