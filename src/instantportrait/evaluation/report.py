@@ -295,6 +295,8 @@ def _write_md(path: Path, store: ResultStore, table, metrics: list[str], figures
     for split in splits:
         if len(splits) > 1:
             lines += [f"## Split: {split}", ""]
+        elif split != DEFAULT_SPLIT:
+            lines += [f"## Results (split: {split})", ""]
         else:
             lines += ["## Results", ""]
         lines.append("| Method | " + " | ".join(_header(m) for m in metrics) + " |")
