@@ -194,8 +194,18 @@ def test_clean_resize_is_per_channel_float_bicubic():
     torch.testing.assert_close(out, torch.full_like(out, 77.0), atol=1e-3, rtol=0)
 
 
-def test_ffc_counts_outputs_without_a_face():
-    assert fns.face_failure_count([True, False, False, True, False]) == 3
+def test_ffc_counts_an_item_when_a_reference_or_the_output_has_no_face():
+    # FastFace's face_fail_cnt: reference OR generated image without a face
+    table = {
+        ((True,), True): False,
+        ((True,), False): True,
+        ((False,), True): True,
+        ((False,), False): True,
+        ((True, False), True): True,
+        ((True, True), True): False,
+    }
+    for (refs, out), expected in table.items():
+        assert fns.face_failure(refs, out) is expected, (refs, out)
 
 
 def test_laion_aesthetic_head_loads_its_state_dict_and_normalises():

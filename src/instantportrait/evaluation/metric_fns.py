@@ -32,7 +32,7 @@ __all__ = [
     "crop_to_aspect",
     "dino_preprocess",
     "dino_score",
-    "face_failure_count",
+    "face_failure",
     "face_style_score",
     "feature_statistics",
     "frechet_distance",
@@ -304,10 +304,11 @@ def clean_resize(image: Image.Image, size: int = 299) -> torch.Tensor:
     return torch.from_numpy(np.stack(channels).clip(0, 255).astype(np.float32))
 
 
-def face_failure_count(has_face: Sequence[bool]) -> int:
-    """FFC: the number of outputs in which no face is found (face failure count; an output
-    without a face cannot be scored for identity, so it is counted, not averaged)."""
-    return sum(1 for found in has_face if not found)
+def face_failure(references_have_face: Sequence[bool], output_has_face: bool) -> bool:
+    """FFC's per-item rule (FastFace §5.1, its ``face_fail_cnt``): the item counts as a face
+    failure when *any* reference or the output shows no face (then it cannot be scored for
+    identity). The count over items is the metric; failed generations count too."""
+    return not output_has_face or not all(references_have_face)
 
 
 class AestheticPredictor(nn.Module):

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 
+from .. import metric_fns as fns
 from .context import ItemContext
 from .registry import Metric, ModelSource, register_metric, register_model
 
@@ -104,15 +105,13 @@ def face_similarity(embedder_key: str) -> Callable[[ItemContext], float]:
 def ffc(ctx: ItemContext) -> float:
     """FastFace's face failure count for one item: 1 when a reference (any identity's face
     reference) or the output shows no face, else 0."""
-    missing_refs = [
-        str(r)
-        for k in range(len(ctx.identity_names()))
-        for r in ctx.identity_references(k)
-        if not ctx.has_face(r)
-    ]
-    no_output = not ctx.has_face("output")
-    ctx.detail.update(output_has_face=not no_output, faceless_references=missing_refs)
-    return 1.0 if no_output or missing_refs else 0.0
+    refs = [r for k in range(len(ctx.identity_names())) for r in ctx.identity_references(k)]
+    found = [ctx.has_face(r) for r in refs]
+    output = ctx.has_face("output")
+    ctx.detail.update(
+        output_has_face=output, faceless_references=[str(r) for r, f in zip(refs, found) if not f]
+    )
+    return 1.0 if fns.face_failure(found, output) else 0.0
 
 
 for _name, _key, _label, _paper, _offline in (
