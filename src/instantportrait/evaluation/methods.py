@@ -145,10 +145,13 @@ def parse_method_arg(text: str) -> tuple[str, MethodSpec]:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", label), parsed
 
 
-def model_fingerprint(path: str | os.PathLike | None) -> dict[str, Any]:
+def model_fingerprint(
+    path: str | os.PathLike | None, marker: str = "model_index.json"
+) -> dict[str, Any]:
     """What identifies a model given by path or Hub id, cheaply: for a local file or folder,
     every file's relative path, size and modification time (weights are too large to hash
-    on every run); for a Hub id, the id and the cached snapshot's revision when known."""
+    on every run); for a Hub id, the id and the cached snapshot's revision (found through
+    ``marker``, a file every snapshot has) when known."""
     if path is None:
         return {}
     p = Path(path).expanduser()
@@ -164,7 +167,7 @@ def model_fingerprint(path: str | os.PathLike | None) -> dict[str, Any]:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(str(path), "model_index.json")
+        found = try_to_load_from_cache(str(path), marker)
         if isinstance(found, str):
             revision = Path(found).parent.name
     except Exception:  # noqa: BLE001 - a revision is a best-effort detail of the key

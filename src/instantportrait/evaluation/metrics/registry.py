@@ -141,6 +141,7 @@ class ModelHub:
         self._failures: dict[str, str] = {}
         self.cache: dict[Any, Any] = {}
         self._tokenizer = None
+        self._identities: dict[str, dict[str, Any]] = {}
 
     def source(self, key: str) -> str | None:
         """The path or Hub id model ``key`` loads from (``None``: none given)."""
@@ -211,14 +212,21 @@ class ModelHub:
         variable a loader falls back to, or a hash of a ready model object's parameters."""
         from ..methods import model_fingerprint
 
+        if key in self._identities:
+            return self._identities[key]
         given = self.weights.get(key)
         if given is not None and not isinstance(given, (str, os.PathLike)):
-            return {"object": _object_digest(given)}
+            self._identities[key] = {"object": _object_digest(given)}
+            return self._identities[key]
         src = str(given) if given is not None else (MODELS[key].default if key in MODELS else None)
         env = f"INSTANTPORTRAIT_{key.upper().replace('-', '_')}_WEIGHTS"
-        out: dict[str, Any] = {"key": key, "source": model_fingerprint(src) if src else None}
+        out: dict[str, Any] = {
+            "key": key,
+            "source": model_fingerprint(src, "config.json") if src else None,
+        }
         if src is None and os.environ.get(env):
-            out["env"] = model_fingerprint(os.environ[env])
+            out["env"] = model_fingerprint(os.environ[env], "config.json")
+        self._identities[key] = out
         return out
 
     def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
