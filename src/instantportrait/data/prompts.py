@@ -148,7 +148,8 @@ class PromptConfig:
                 raise InputError(f"prompt list categories: {cat!r} is an identity attribute")
             if cat not in lists:
                 raise InputError(f"prompt list categories: no list named {cat!r} (add --list)")
-        unused = set(lists) - known - set(categories.entries)
+        given = set(extend or {}) | set(replace or {})
+        unused = given - known - set(categories.entries)
         if unused:
             raise InputError(
                 f"prompt lists {', '.join(sorted(unused))}: not an identity attribute nor a "
