@@ -45,17 +45,27 @@ def test_filter_reasons_are_recorded_and_filtered_rows_never_reach_a_shard(
         (faces["a"], faces["noise"]),  # no face in the target
     ]
     out = tmp_path / "out"
-    job = GenerationJob(prompts, out, scripted_backend(script), SMALL, FilterConfig(),
-                        shard_size=3, limit=4)
+    job = GenerationJob(
+        prompts, out, scripted_backend(script), SMALL, FilterConfig(), shard_size=3, limit=4
+    )
     job.prepare()
     manifest = job.run(progress=False)
     assert manifest["pairs"] == 1
-    assert manifest["filtered"] == {"no_face_target": 1, "no_face_input": 1, "small_face": 0,
-                                    "blurry": 0, "identity": 1}
+    assert manifest["filtered"] == {
+        "no_face_target": 1,
+        "no_face_input": 1,
+        "small_face": 0,
+        "blurry": 0,
+        "identity": 1,
+    }
     reports = [json.loads((out / f"shard-00000{s}.json").read_text()) for s in (0, 1)]
     reasons = {r["key"]: r["reason"] for rep in reports for r in rep["rows"]}
-    assert reasons == {"000000000": None, "000000001": "identity", "000000002": "no_face_input",
-                       "000000003": "no_face_target"}
+    assert reasons == {
+        "000000000": None,
+        "000000001": "identity",
+        "000000002": "no_face_input",
+        "000000003": "no_face_target",
+    }
     assert tar_keys(out / "shard-000000.tar") == ["000000000"]
     assert tar_keys(out / "shard-000001.tar") == []
     source = open_pair_source(out)
@@ -79,8 +89,17 @@ def test_two_ranks_take_disjoint_shards_and_the_last_writes_the_manifest(
     backends, manifests = [], []
     for rank in (0, 1):
         backend = scripted_backend([(faces["a"], faces["g"])])
-        job = GenerationJob(prompts, out, backend, SMALL, no_filter, shard_size=3, rank=rank,
-                            world_size=2, pair_filter=quiet)
+        job = GenerationJob(
+            prompts,
+            out,
+            backend,
+            SMALL,
+            no_filter,
+            shard_size=3,
+            rank=rank,
+            world_size=2,
+            pair_filter=quiet,
+        )
         job.prepare()
         manifests.append(job.run(progress=False))
         backends.append(backend)
@@ -105,8 +124,15 @@ def test_resume_redoes_only_unfinished_shards_and_refuses_another_job(
             return super().inputs(rows, targets, edges, generators)
 
     out = tmp_path / "out"
-    job = GenerationJob(prompts, out, Crash([(faces["a"], faces["g"])]), SMALL, no_filter,
-                        shard_size=3, pair_filter=quiet)
+    job = GenerationJob(
+        prompts,
+        out,
+        Crash([(faces["a"], faces["g"])]),
+        SMALL,
+        no_filter,
+        shard_size=3,
+        pair_filter=quiet,
+    )
     job.prepare()
     with pytest.raises(KeyboardInterrupt):
         job.run(progress=False)
@@ -133,12 +159,32 @@ def test_sigkill_mid_shard_then_restart_gives_each_pair_once(
 ):
     """The real CLI on the tiny bundle, killed with SIGKILL while a shard is being drawn."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "instantportrait", "data", "generate", "--prompts",
-           str(prompts), "--models", str(tiny_bundle), "-o", str(out), "--resolution", "64x48",
-           "--steps", "1", "--shard-size", "2", "--no-filter", "--quiet", "--device", "cpu",
-           "--memory", "together"]
-    proc = subprocess.Popen(cmd, env=subprocess_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "instantportrait",
+        "data",
+        "generate",
+        "--prompts",
+        str(prompts),
+        "--models",
+        str(tiny_bundle),
+        "-o",
+        str(out),
+        "--resolution",
+        "64x48",
+        "--steps",
+        "1",
+        "--shard-size",
+        "2",
+        "--no-filter",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--memory",
+        "together",
+    ]
+    proc = subprocess.Popen(cmd, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while not (out / "shard-000000.tar").exists():
         assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]

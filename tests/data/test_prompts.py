@@ -70,8 +70,10 @@ def test_attribute_frequencies_match_configured_weights(tmp_path):
     assert set(cats) == {"makeup", "background"}
     assert _chi_square_p(cats, ["makeup", "background"], [5 / 6, 1 / 6]) > 1e-3
     age = config.identity["age"]
-    assert _chi_square_p(Counter(r["attributes"]["age"] for r in rows), age.entries,
-                         age.probabilities) > 1e-3
+    assert (
+        _chi_square_p(Counter(r["attributes"]["age"] for r in rows), age.entries, age.probabilities)
+        > 1e-3
+    )
     # and the test has power: the swapped weights are rejected
     assert _chi_square_p(gender, ["woman", "man"], [0.75, 0.25]) < 1e-6
 
@@ -91,8 +93,14 @@ def test_user_lists_extend_and_new_categories(tmp_path):
 
 
 def test_identity_prompt_leaves_out_absent_attributes():
-    attrs = {"age": "elderly", "ethnicity": "Irish", "gender": "man", "skin_tone": "fair skin",
-             "hair": "grey hair", "glasses": "-"}
+    attrs = {
+        "age": "elderly",
+        "ethnicity": "Irish",
+        "gender": "man",
+        "skin_tone": "fair skin",
+        "hair": "grey hair",
+        "glasses": "-",
+    }
     assert identity_prompt(attrs) == "a photo of an elderly Irish man, fair skin, with grey hair"
 
 
@@ -110,8 +118,14 @@ def _peak_rss_mib(num: int, path, env) -> float:
         f"write_prompts({str(path)!r}, {num}, seed=0)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 

@@ -95,7 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda...")
     g.add_argument(
-        "--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "float16", "bfloat16"],
         help="auto: float16 on CUDA, float32 on CPU",
     )
     f = gen.add_argument_group("filters")
@@ -289,9 +291,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_pack(args: argparse.Namespace) -> int:
     from ..data.pairs import pack_shards
 
-    for path in pack_shards(
-        args.source, args.output, args.shard_size, overwrite=args.overwrite
-    ):
+    for path in pack_shards(args.source, args.output, args.shard_size, overwrite=args.overwrite):
         print(path)
     return 0
 
@@ -324,6 +324,7 @@ def run_check(args: argparse.Namespace) -> int:
 
         n = count_faceless(source, progress=len(source) >= 50)
         share = 100.0 * n / len(source) if len(source) else 0.0
-        print(f"{n} of {len(source)} inputs show no face ({share:.1f}%): the identity loss "
-              "skips them")
+        print(
+            f"{n} of {len(source)} inputs show no face ({share:.1f}%): the identity loss skips them"
+        )
     return 0 if not bad else 2

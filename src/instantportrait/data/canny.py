@@ -65,7 +65,12 @@ def canny(
     }
     # sector 0: horizontal gradient -> compare left/right; 2: vertical -> up/down;
     # 1 (45 deg, y grows downwards): down-right/up-left; 3: down-left/up-right
-    pairs = {0: ((0, -1), (0, 1)), 1: ((1, 1), (-1, -1)), 2: ((-1, 0), (1, 0)), 3: ((1, -1), (-1, 1))}
+    pairs = {
+        0: ((0, -1), (0, 1)),
+        1: ((1, 1), (-1, -1)),
+        2: ((-1, 0), (1, 0)),
+        3: ((1, -1), (-1, 1)),
+    }
     keep = np.zeros_like(mag, dtype=bool)
     for s, (a, b) in pairs.items():
         m = sector == s

@@ -55,7 +55,9 @@ def parse_resolution(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in str(text).lower().split("x"))
     except ValueError:
-        raise InputError(f"--resolution: expected WIDTHxHEIGHT (e.g. 576x1024), got {text!r}")
+        raise InputError(
+            f"--resolution: expected WIDTHxHEIGHT (e.g. 576x1024), got {text!r}"
+        ) from None
     for side in (w, h):
         if side < 8 or side % 8 or side > 4096:
             raise InputError(f"--resolution: {text}: each side a multiple of 8 in [8, 4096]")
@@ -129,8 +131,14 @@ class Backend:
 class DiffusersBackend(Backend):
     """The SDXL pipelines of :mod:`.models` under a memory mode."""
 
-    def __init__(self, paths, settings: GenerationSettings, device="cpu", dtype=torch.float32,
-                 memory: str = "in-turn"):
+    def __init__(
+        self,
+        paths,
+        settings: GenerationSettings,
+        device="cpu",
+        dtype=torch.float32,
+        memory: str = "in-turn",
+    ):
         from .models import PipelineCache
 
         self.settings = settings
@@ -329,7 +337,9 @@ class GenerationJob:
         report = ShardReport(shard, shard * self.shard_size)
         seconds = Counter()
         gens = [row_generators(s.seed, r["_position"], self.backend.device) for r in rows]
-        batches = [range(i, min(i + s.batch_size, len(rows))) for i in range(0, len(rows), s.batch_size)]
+        batches = [
+            range(i, min(i + s.batch_size, len(rows))) for i in range(0, len(rows), s.batch_size)
+        ]
         targets: list[Image.Image] = []
         with self.backend.phase("target"):
             for b in batches:
@@ -358,8 +368,12 @@ class GenerationJob:
                     row = rows[i]
                     key = f"{row['_position']:09d}"
                     report.rows.append(
-                        {"key": key, "prompt_index": row.get("index"), "reason": verdict.reason,
-                         "metrics": verdict.metrics}
+                        {
+                            "key": key,
+                            "prompt_index": row.get("index"),
+                            "reason": verdict.reason,
+                            "metrics": verdict.metrics,
+                        }
                     )
                     if verdict.kept:
                         t0 = time.perf_counter()
@@ -386,8 +400,13 @@ class GenerationJob:
 
     def _write(self, report: ShardReport, members: list[tuple[str, bytes]]) -> None:
         data = json.dumps(
-            {"shard": report.shard, "first_row": report.first_row, "counts": report.counts,
-             "seconds": report.seconds, "rows": report.rows}
+            {
+                "shard": report.shard,
+                "first_row": report.first_row,
+                "counts": report.counts,
+                "seconds": report.seconds,
+                "rows": report.rows,
+            }
         )
         atomic_write(self.report_path(report.shard), lambda p: p.write_text(data, "utf-8"))
 
@@ -406,9 +425,7 @@ class GenerationJob:
         from tqdm.auto import tqdm
 
         todo = {s for s in self.my_shards() if not self.is_complete(s)}
-        pending_rows = sum(
-            min(self.shard_size, self.total - s * self.shard_size) for s in todo
-        )
+        pending_rows = sum(min(self.shard_size, self.total - s * self.shard_size) for s in todo)
         bar = tqdm(
             total=pending_rows,
             unit="pair",
@@ -477,7 +494,9 @@ def summary_table(manifest: dict[str, Any]) -> str:
         lines.append(f"{'phase':<16}{'seconds':>10}{'share':>9}")
         for name, value in sorted(secs.items(), key=lambda kv: -kv[1]):
             lines.append(f"{name:<16}{value:>10.1f}{100 * value / busy:8.1f}%")
-        lines.append(f"throughput: {rows / busy:.3f} rows/s, {manifest['pairs'] / busy:.3f} kept pairs/s")
+        lines.append(
+            f"throughput: {rows / busy:.3f} rows/s, {manifest['pairs'] / busy:.3f} kept pairs/s"
+        )
     return "\n".join(lines)
 
 

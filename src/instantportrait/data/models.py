@@ -136,7 +136,7 @@ class ModelPaths:
 def _load(fn, what: str, where: str, flag: str):
     try:
         return fn()
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFoundError(
             f"{flag} {where}: could not load the {what} ({first}); pass a diffusers folder or "
@@ -252,8 +252,12 @@ class PipelineCache:
 
 def _tiny_sdxl(seed: int):
     """A tiny SDXL text-to-image pipeline (random weights, SDXL's real structure)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
-    from diffusers import UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from ..components import TINY_TEXT_CONFIG, TINY_VAE_CONFIG, clip_tokenizer
@@ -294,7 +298,7 @@ def ip_adapter_state_dict(
         "image_proj.norm.bias": torch.zeros(cross),
     }
     key = 1
-    for name, proc in unet.attn_processors.items():
+    for name in unet.attn_processors:
         if name.endswith("attn1.processor"):
             continue
         module = unet.get_submodule(name[: -len(".processor")])

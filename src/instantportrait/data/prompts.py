@@ -81,7 +81,9 @@ def parse_list(text: str, where: str) -> list[tuple[str, float]]:
             try:
                 w = float(weight)
             except ValueError:
-                raise InputError(f"{where}:{n}: weight {weight.strip()!r} is not a number") from None
+                raise InputError(
+                    f"{where}:{n}: weight {weight.strip()!r} is not a number"
+                ) from None
             if not np.isfinite(w) or w < 0:
                 raise InputError(f"{where}:{n}: weight must be a non-negative number")
         if not entry:
