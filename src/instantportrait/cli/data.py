@@ -270,15 +270,11 @@ def run_generate(args: argparse.Namespace) -> int:
         describe={**paths.to_dict(), "dtype": str(dtype).replace("torch.", "")},
     )
     if args.overwrite and world > 1:
-        from accelerate import PartialState
-
-        state = PartialState()
-        if state.is_main_process:
-            job.prepare(overwrite=True)
-        state.wait_for_everyone()
-        job.prepare()
-    else:
-        job.prepare(overwrite=args.overwrite)
+        raise InputError(
+            "--overwrite: not under a multi-process launch (the processes would race to remove "
+            "the folder); remove it first, or run without --overwrite to resume"
+        )
+    job.prepare(overwrite=args.overwrite)
     manifest = job.run(progress=not args.quiet)
     if manifest is None:
         print(f"rank {rank}: its shards are done; others are still running")

@@ -402,6 +402,7 @@ class GenerationJob:
         data = json.dumps(
             {
                 "shard": report.shard,
+                "rank": self.rank,
                 "first_row": report.first_row,
                 "counts": report.counts,
                 "seconds": report.seconds,
@@ -439,9 +440,7 @@ class GenerationJob:
                 if shard not in todo:
                     continue
                 report, members = self._generate(shard, rows, bar.update)
-                t0 = time.perf_counter()
                 self._write(report, members)
-                report.seconds["write"] = time.perf_counter() - t0
                 bar.set_postfix(shard=shard, kept=report.counts["kept"])
         if all(self.is_complete(s) for s in range(self.num_shards)):
             return self.write_manifest()
@@ -501,13 +500,18 @@ def summary_table(manifest: dict[str, Any]) -> str:
 
 
 def distributed_rank() -> tuple[int, int, Any]:
-    """``(rank, world_size, device)`` from ``accelerate launch`` (``(0, 1, None)`` alone)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
+    """``(rank, world_size, device)`` of this process under ``accelerate launch`` / torchrun
+    (their ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``); ``(0, 1, None)`` alone.
 
-        state = PartialState()
-        return state.process_index, state.num_processes, state.device
-    return 0, 1, None
+    Shards need no process group: each process derives its share from its rank alone.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return 0, 1, None
+    rank = int(os.environ.get("RANK", "0") or 0)
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    device = torch.device("cuda", local) if torch.cuda.is_available() else None
+    return rank, world, device
 
 
 def iter_reports(output: str | os.PathLike) -> Iterable[dict[str, Any]]:

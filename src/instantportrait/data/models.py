@@ -260,13 +260,13 @@ def _tiny_sdxl(seed: int):
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from ..components import TINY_TEXT_CONFIG, TINY_VAE_CONFIG, clip_tokenizer
+    from ..components import TINY_TEXT_CONFIG, TINY_VAE_CONFIG, _seeded, clip_tokenizer
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**TINY_SDXL_UNET_CONFIG)
-    vae = AutoencoderKL(**{**TINY_VAE_CONFIG, "scaling_factor": 0.13025})
-    te = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
-    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TEXT_CONFIG))
+    with _seeded(seed):
+        unet = UNet2DConditionModel(**TINY_SDXL_UNET_CONFIG)
+        vae = AutoencoderKL(**{**TINY_VAE_CONFIG, "scaling_factor": 0.13025})
+        te = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TEXT_CONFIG))
     return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=te,
@@ -327,12 +327,14 @@ def write_tiny_dataset(directory: Path, *, seed: int = 0) -> None:
     from diffusers import ControlNetModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+    from ..components import _seeded
+
     directory = Path(directory)
     sdxl = _tiny_sdxl(seed)
     sdxl.save_pretrained(directory / "sdxl")
-    torch.manual_seed(seed + 1)
-    ControlNetModel.from_unet(sdxl.unet).save_pretrained(directory / "controlnet_canny")
-    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_IMAGE_ENCODER_CONFIG))
+    with _seeded(seed + 1):
+        ControlNetModel.from_unet(sdxl.unet).save_pretrained(directory / "controlnet_canny")
+        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_IMAGE_ENCODER_CONFIG))
     weight = "ip-adapter_sdxl.safetensors"
     write_ip_adapter(directory / "ip_adapter", sdxl.unet, encoder, seed=seed, weight_name=weight)
     spec = {
