@@ -215,7 +215,8 @@ def test_accelerate_launch_two_processes_share_the_shards(
     starts ONE process): disjoint shards by rank, one complete dataset."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no",
            "-m", "instantportrait", "data", "generate", "--prompts", str(prompts), "--models",
            str(tiny_bundle), "-o", str(out), "--resolution", "64x48", "--steps", "1",
            "--shard-size", "2", "--no-filter", "--quiet", "--memory", "together"]  # fmt: skip
