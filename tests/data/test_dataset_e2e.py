@@ -30,7 +30,7 @@ def test_prompts_generate_check_train(tmp_path, tiny_bundle, capsys):
     code = main(
         ["data", "generate", "--prompts", str(prompts), "--models", str(tiny_bundle), "-o",
          str(data), "--resolution", "64x48", "--steps", "2", "--shard-size", "3", "--no-filter",
-         "--quiet", "--device", "cpu", "--memory", "together", "--batch-size", "2"]
+         "--quiet", "--device", "cpu", "--batch-size", "2"]  # default --memory in-turn
     )  # fmt: skip
     out = capsys.readouterr()
     assert code == 0, out.err
