@@ -228,3 +228,13 @@ def test_accelerate_launch_two_processes_share_the_shards(
     keys = [k for s in range(4) for k in tar_keys(out / f"shard-00000{s}.tar")]
     assert keys == [f"{i:09d}" for i in range(8)]
     assert json.loads((out / "manifest.json").read_text())["pairs"] == 8
+
+
+def test_a_bad_prompt_row_is_refused_before_anything_is_written(tmp_path, prompts):
+    lines = prompts.read_text().splitlines()
+    lines[5] = '{"identity": "x", "instruction": ["a"], "target": "x, a"}'
+    prompts.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"p.jsonl:6: 'instruction' is not a string"):
+        GenerationJob(prompts, out, None, SMALL, FilterConfig(enabled=False))
+    assert not out.exists()

@@ -42,7 +42,7 @@ from ..io import atomic_write, prepare_output
 from .canny import canny_image
 from .filters import REASONS, FilterConfig, PairFilter
 from .pairs import SHARD_PATTERN
-from .prompts import count_prompts, read_prompts
+from .prompts import read_prompts
 
 JOB_FILE = "job.json"
 MANIFEST_FILE = "manifest.json"
@@ -249,7 +249,7 @@ class GenerationJob:
         self.filters = filters or FilterConfig()
         self.filter = pair_filter or PairFilter(self.filters)
         self.shard_size = int(shard_size)
-        total = count_prompts(self.prompts)
+        total = sum(1 for _ in read_prompts(self.prompts))  # every row checked up front
         self.total = total if limit is None else min(total, int(limit))
         if self.total == 0:
             raise InputError(f"{self.prompts}: no prompt rows")
