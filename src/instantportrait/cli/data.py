@@ -202,13 +202,13 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from ..data.filters import FilterConfig
     from ..data.generation import (
-        DiffusersBackend,
         GenerationJob,
         GenerationSettings,
         distributed_rank,
         parse_resolution,
         summary_table,
     )
+    from ..data.models import DiffusersBackend
     from ..errors import InputError
     from .common import quiet_libraries
 

@@ -128,54 +128,6 @@ class Backend:
         raise NotImplementedError
 
 
-class DiffusersBackend(Backend):
-    """The SDXL pipelines of :mod:`.models` under a memory mode."""
-
-    def __init__(
-        self,
-        paths,
-        settings: GenerationSettings,
-        device="cpu",
-        dtype=torch.float32,
-        memory: str = "in-turn",
-    ):
-        from .models import PipelineCache
-
-        self.settings = settings
-        self.cache = PipelineCache(paths, device, dtype, memory, settings.ip_adapter_scale)
-        self.device = self.cache.device
-        self._pipe = None
-
-    @property
-    def load_seconds(self) -> float:  # type: ignore[override]
-        return self.cache.load_seconds
-
-    def phase(self, name: str):
-        from contextlib import contextmanager
-
-        @contextmanager
-        def bracket():
-            with self.cache.use(name) as pipe:
-                self._pipe = pipe
-                try:
-                    yield
-                finally:
-                    self._pipe = None
-
-        return bracket()
-
-    def targets(self, rows, generators):
-        from .models import run_target
-
-        return run_target(self._pipe, [r["target"] for r in rows], generators, self.settings)
-
-    def inputs(self, rows, targets, edges, generators):
-        from .models import run_input
-
-        prompts = [r["identity"] for r in rows]
-        return run_input(self._pipe, prompts, targets, edges, generators, self.settings)
-
-
 @dataclass
 class ShardReport:
     """What one shard did: every row's verdict and the time spent per phase."""
@@ -213,7 +165,7 @@ class GenerationJob:
     Args:
         prompts: a prompts JSONL file (``data prompts``).
         output: the dataset folder (shards, reports, ``job.json``, ``manifest.json``).
-        backend: what draws the images (:class:`DiffusersBackend` for real models).
+        backend: what draws the images (:class:`.models.DiffusersBackend` for real models).
         settings: resolution, steps, seeds, image format.
         filters: the filter thresholds (``FilterConfig(enabled=False)``: ``--no-filter``).
         shard_size: rows per shard.

@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError, ModelNotFoundError
+from .generation import Backend, GenerationSettings
 
 MEMORY_MODES = ("in-turn", "together", "model-offload")
 BUNDLE_FILE = "bundle.json"
@@ -390,3 +391,45 @@ def run_input(
         generator=generators,
     )
     return list(out.images)
+
+
+class DiffusersBackend(Backend):
+    """The SDXL pipelines of :mod:`.models` under a memory mode."""
+
+    def __init__(
+        self,
+        paths,
+        settings: GenerationSettings,
+        device="cpu",
+        dtype=torch.float32,
+        memory: str = "in-turn",
+    ):
+        self.settings = settings
+        self.cache = PipelineCache(paths, device, dtype, memory, settings.ip_adapter_scale)
+        self.device = self.cache.device
+        self._pipe = None
+
+    @property
+    def load_seconds(self) -> float:  # type: ignore[override]
+        return self.cache.load_seconds
+
+    def phase(self, name: str):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def bracket():
+            with self.cache.use(name) as pipe:
+                self._pipe = pipe
+                try:
+                    yield
+                finally:
+                    self._pipe = None
+
+        return bracket()
+
+    def targets(self, rows, generators):
+        return run_target(self._pipe, [r["target"] for r in rows], generators, self.settings)
+
+    def inputs(self, rows, targets, edges, generators):
+        prompts = [r["identity"] for r in rows]
+        return run_input(self._pipe, prompts, targets, edges, generators, self.settings)
