@@ -78,12 +78,6 @@ class StepTimer:
         self.seconds, self.calls = 0.0, 0
 
 
-def free(*objs):
-    for o in objs:
-        del o
-    gc.collect()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=256)
@@ -159,7 +153,8 @@ def main() -> None:
     result["peak_rss_target_gib"] = peak_rss_gib()
     print(f"target: {result['target']}")
     vae = parts.pop("vae")
-    free(pipe, parts, timer)
+    del pipe, parts, timer
+    gc.collect()
 
     # 2. image encoder ---------------------------------------------------------------------
     torch.manual_seed(1)
@@ -171,7 +166,8 @@ def main() -> None:
         t0 = time.perf_counter()
         image_embeds = encoder(pixels).image_embeds
         result["input_image_encode_s"] = time.perf_counter() - t0
-    free(encoder)
+    del encoder
+    gc.collect()
 
     # 3. input phase -------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -224,7 +220,8 @@ def main() -> None:
     result["input"] = {"total_s": fixed + timer.seconds, "step_s": timer.seconds, "fixed_s": fixed}
     result["peak_rss_input_gib"] = peak_rss_gib()
     print(f"input: {result['input']}")
-    free(pipe, unet, controlnet, vae, timer)
+    del pipe, unet, controlnet, vae, timer
+    gc.collect()
 
     # 4. filters on a real portrait pair at this resolution ------------------------------------
     root = Path(__file__).resolve().parents[1]

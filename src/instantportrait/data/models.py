@@ -193,9 +193,8 @@ def load_input_pipeline(paths: ModelPaths, device: Any, dtype: torch.dtype, ip_s
     return pipe.to(device) if device is not None else pipe
 
 
-def free(pipe: Any) -> None:
-    """Drop a pipeline's weights now (before the next one is loaded)."""
-    del pipe
+def release_memory() -> None:
+    """Collect freed pipelines now (they hold reference cycles) and return CUDA's cache."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -248,7 +247,8 @@ class PipelineCache:
             yield self._pipes[which]
         finally:
             if self.memory == "in-turn":
-                free(self._pipes.pop(which))
+                self._pipes.pop(which)
+                release_memory()
 
 
 def _tiny_sdxl(seed: int):
@@ -420,6 +420,7 @@ class DiffusersBackend(Backend):
         def bracket():
             with self.cache.use(name) as pipe:
                 self._pipe = pipe
+                del pipe  # the cache holds the only reference: in-turn can free it
                 try:
                     yield
                 finally:
