@@ -238,3 +238,22 @@ def test_a_bad_prompt_row_is_refused_before_anything_is_written(tmp_path, prompt
     with pytest.raises(InputError, match=r"p.jsonl:6: 'instruction' is not a string"):
         GenerationJob(prompts, out, None, SMALL, FilterConfig(enabled=False))
     assert not out.exists()
+
+
+def test_in_turn_frees_each_pipeline_after_its_phase(tiny_bundle):
+    import weakref
+
+    from instantportrait.data.models import ModelPaths, PipelineCache
+
+    cache = PipelineCache(ModelPaths.from_bundle(tiny_bundle), "cpu", memory="in-turn")
+    with cache.use("target") as pipe:
+        ref = weakref.ref(pipe.unet)
+        del pipe
+    assert ref() is None  # gone before the input pipeline loads
+    together = PipelineCache(ModelPaths.from_bundle(tiny_bundle), "cpu", memory="together")
+    with together.use("target") as pipe:
+        ref = weakref.ref(pipe.unet)
+        del pipe
+    assert ref() is not None
+    with pytest.raises(InputError, match="model-offload: needs a CUDA device"):
+        PipelineCache(ModelPaths.from_bundle(tiny_bundle), "cpu", memory="model-offload")
