@@ -86,9 +86,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--out", default="benchmarks/results/dataset_cpu.json")
     ap.add_argument("--smoke", action="store_true", help="tiny models: check the script runs")
+    ap.add_argument(
+        "--filter-only",
+        action="store_true",
+        help="re-measure only the filters and update --out's projections (no models)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.filter_only:
+        result = json.loads(Path(args.out).read_text())
+        measure_filter(result, result["width"], result["height"])
+        finish(result, args.out)
+        return
 
     from diffusers import (
         ControlNetModel,
@@ -100,7 +110,6 @@ def main() -> None:
 
     from instantportrait.components import build_sdxl, clip_tokenizer, count_parameters
     from instantportrait.data.canny import canny_image
-    from instantportrait.data.filters import FilterConfig, PairFilter
     from instantportrait.data.models import (
         SDXL_SCHEDULER_CONFIG,
         VIT_H_IMAGE_ENCODER_CONFIG,
@@ -226,15 +235,33 @@ def main() -> None:
     gc.collect()
 
     # 4. filters on a real portrait pair at this resolution ------------------------------------
+    measure_filter(result, w, h)
+    finish(result, args.out)
+
+
+def measure_filter(result: dict, w: int, h: int) -> None:
+    """The filters' time on a kept pair: a real portrait (aspect kept) on a w x h canvas."""
+    from instantportrait.data.canny import canny_image
+    from instantportrait.data.filters import FilterConfig, PairFilter
+
     root = Path(__file__).resolve().parents[1]
-    face = Image.open(root / "examples" / "astronaut.png").convert("RGB").resize((w, h))
+    face = Image.open(root / "examples" / "astronaut.png").convert("RGB")
+    side = min(w, h)
+    canvas = Image.new("RGB", (w, h), (128, 128, 128))
+    canvas.paste(face.resize((side, side)), ((w - side) // 2, (h - side) // 3))
+    mirrored = canvas.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     pf = PairFilter(FilterConfig())
-    pf(face, face.transpose(Image.Transpose.FLIP_LEFT_RIGHT))  # loads dlib's models
+    pf(mirrored, canvas)  # loads dlib's models
     t0 = time.perf_counter()
-    verdict = pf(face, face.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    verdict = pf(mirrored, canvas)
     result["filter_s"] = time.perf_counter() - t0
     result["filter_verdict"] = verdict.reason or "kept"
+    t0 = time.perf_counter()
+    canny_image(canvas)
+    result["canny_s"] = time.perf_counter() - t0
 
+
+def finish(result: dict, out_path: str) -> None:
     # summary -----------------------------------------------------------------------------
     def pair_seconds(steps: int) -> dict[str, float]:
         t = result["target"]["fixed_s"] + steps * result["target"]["step_s"]
@@ -280,7 +307,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
-    out = Path(args.out)
+    out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"cpu": cpu, "gpu_projection": gpu, "ratio": ratio}, indent=2))
