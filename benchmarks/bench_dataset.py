@@ -311,7 +311,7 @@ def finish(result: dict, out_path: str) -> None:
         "'with_serial_filters' adds this CPU's filter + canny time at 576x1024 (one core)",
         **gpu,
     }
-    # the model runs machine; --filter-only keeps it
+    # the machine of the model run (a --filter-only run keeps it)
     result.setdefault(
         "machine",
         {
