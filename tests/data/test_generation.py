@@ -257,3 +257,20 @@ def test_in_turn_frees_each_pipeline_after_its_phase(tiny_bundle):
     assert ref() is not None
     with pytest.raises(InputError, match="model-offload: needs a CUDA device"):
         PipelineCache(ModelPaths.from_bundle(tiny_bundle), "cpu", memory="model-offload")
+
+
+def test_a_missing_model_is_refused_before_anything_is_written(tmp_path, prompts, capsys):
+    out = tmp_path / "out"
+    models = [
+        "--target-model",
+        str(tmp_path / "nope"),
+        "--controlnet",
+        "x/y",
+        "--ip-adapter",
+        "a/b",
+    ]
+    args = ["data", "generate", "--prompts", str(prompts), "-o", str(out), "--no-filter", *models]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--target-model" in err and "no model_index.json there" in err
+    assert not out.exists()

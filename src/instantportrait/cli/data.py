@@ -237,6 +237,7 @@ def run_generate(args: argparse.Namespace) -> int:
         min_sharpness=args.min_sharpness,
     )
     paths = _model_paths(args)
+    paths.check()
     rank, world, dist_device = distributed_rank()
     if dist_device is not None:
         device = dist_device

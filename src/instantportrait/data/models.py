@@ -133,6 +133,33 @@ class ModelPaths:
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 
+    def check(self) -> None:
+        """Refuse up front (before any output is written) a local model that is not there.
+
+        A local folder must hold what its loader reads; a name that is not a local path is a
+        Hub id and is left to the loader.
+        """
+        wanted = (
+            ("--target-model", self.target_model, "model_index.json"),
+            ("--input-model", self.input_model, "model_index.json"),
+            ("--controlnet", self.controlnet, "config.json"),
+            (
+                "--ip-adapter",
+                self.ip_adapter,
+                str(Path(self.ip_adapter_subfolder) / self.ip_adapter_weight),
+            ),
+        )
+        for flag, where, needed in wanted:
+            path = Path(where).expanduser()
+            looks_local = path.exists() or where.startswith(("/", ".", "~")) or where.count("/") > 1
+            if not looks_local:
+                continue
+            if not (path / needed).is_file():
+                raise ModelNotFoundError(
+                    f"{flag} {where}: no {needed} there (pass a diffusers folder or a Hub id; "
+                    "`init-tiny DIR --kind dataset` writes a tiny bundle for --models DIR)"
+                )
+
 
 def _load(fn, what: str, where: str, flag: str):
     try:
