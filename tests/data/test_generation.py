@@ -34,8 +34,9 @@ def prompts(tmp_path):
     return path
 
 
+@pytest.mark.parametrize("workers", [0, 1], ids=["inline", "worker-process"])
 def test_filter_reasons_are_recorded_and_filtered_rows_never_reach_a_shard(
-    tmp_path, prompts, faces, scripted_backend
+    tmp_path, prompts, faces, scripted_backend, workers
 ):
     pytest.importorskip("dlib")
     script = [
@@ -46,7 +47,14 @@ def test_filter_reasons_are_recorded_and_filtered_rows_never_reach_a_shard(
     ]
     out = tmp_path / "out"
     job = GenerationJob(
-        prompts, out, scripted_backend(script), SMALL, FilterConfig(), shard_size=3, limit=4
+        prompts,
+        out,
+        scripted_backend(script),
+        SMALL,
+        FilterConfig(),
+        shard_size=3,
+        limit=4,
+        filter_workers=workers,
     )
     job.prepare()
     manifest = job.run(progress=False)
