@@ -25,6 +25,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.components:write_tiny_edit",
         "InstantPortrait editor (IDE-Net/IPNet pipeline folder) for `edit --model`",
     ),
+    "dataset": (
+        "instantportrait.data.models:write_tiny_dataset",
+        "SDXL + canny ControlNet + IP-Adapter bundle for `data generate --models`",
+    ),
 }
 
 DEFAULT_KIND = next(iter(TINY_KINDS))

@@ -127,7 +127,7 @@ def test_dataset_names_the_row_of_a_corrupt_image(pair_dir, tmp_path):
 
 def test_manifest_errors_are_one_line(tmp_path):
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"input": "a.png", "instruction": ""}) + "\n")
-    with pytest.raises(InputError, match="pairs.jsonl:1: missing or empty 'instruction'"):
+    with pytest.raises(InputError, match="pairs.jsonl:1: empty 'instruction'; missing 'target'"):
         open_pair_source(tmp_path)
     (tmp_path / "pairs.jsonl").write_text(
         '{"input": "../../etc/x.png", "instruction": "a", "target": "t.png"}\n'

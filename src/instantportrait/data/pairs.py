@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..io import atomic_write, load_image
+from ..io import atomic_write, load_image, prepare_output
 
 MANIFEST = "pairs.jsonl"
 SHARD_PATTERN = "shard-{:06d}.tar"
@@ -50,42 +50,83 @@ class PairExample:
     target_name: str = "target.png"
 
 
-def _check_row(row: Any, where: str) -> dict[str, Any]:
+def _landmark_problem(lm: Any) -> str | None:
+    """Why ``lm`` is not 5 finite ``[x, y]`` points, or ``None`` when it is."""
+    if not isinstance(lm, list) or len(lm) != 5:
+        return "'landmarks' must be 5 [x, y] points (dlib's 5-point order)"
+    for p in lm:
+        if not isinstance(p, list) or len(p) != 2:
+            return "'landmarks' must be 5 [x, y] points (dlib's 5-point order)"
+        for v in p:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+                return "'landmarks' must hold finite numbers"
+            if v in (float("inf"), float("-inf")):
+                return "'landmarks' must hold finite numbers"
+    return None
+
+
+def _field_problem(row: dict[str, Any], key: str) -> str | None:
+    if key not in row:
+        return f"missing '{key}'"
+    if not isinstance(row[key], str):
+        return f"'{key}' is not a string ({type(row[key]).__name__})"
+    if not row[key].strip():
+        return f"empty '{key}'"
+    return None
+
+
+def row_problems(row: Any) -> list[str]:
+    """Every problem of one manifest row (an empty list: the row is well formed)."""
     if not isinstance(row, dict):
-        raise InputError(f"{where}: expected a JSON object")
-    for key in ("input", "instruction", "target"):
-        if not isinstance(row.get(key), str) or not row[key].strip():
-            raise InputError(f"{where}: missing or empty '{key}'")
-    lm = row.get("landmarks")
-    if lm is not None and (
-        not isinstance(lm, list) or len(lm) != 5 or any(len(p) != 2 for p in lm)
-    ):
-        raise InputError(f"{where}: 'landmarks' must be 5 [x, y] points (dlib's 5-point order)")
+        return ["expected a JSON object"]
+    problems = [p for k in ("input", "instruction", "target") if (p := _field_problem(row, k))]
+    if row.get("landmarks") is not None and (p := _landmark_problem(row["landmarks"])):
+        problems.append(p)
+    if "key" in row and not isinstance(row["key"], (str, int)):
+        problems.append("'key' must be a string or an integer")
+    return problems
+
+
+def _check_row(row: Any, where: str) -> dict[str, Any]:
+    problems = row_problems(row)
+    if problems:
+        raise InputError(f"{where}: {'; '.join(problems)}")
     return row
 
 
 class ManifestSource:
     """A folder with ``pairs.jsonl``; examples read by index."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, strict: bool = True):
         self.root = Path(root)
         manifest = self.root / MANIFEST
         if not manifest.is_file():
             raise InputError(f"{self.root}: no {MANIFEST} in the dataset folder")
         self.rows: list[dict[str, Any]] = []
-        for n, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{manifest}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{where}: not JSON ({exc.msg})") from None
-            row = _check_row(row, where)
-            row.setdefault("key", f"{len(self.rows):09d}")
-            row["_line"] = n
-            self.rows.append(row)
-        if not self.rows:
+        #: one line per malformed row (``strict=False``; with ``strict`` the first raises)
+        self.problems: list[str] = []
+        with open(manifest, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                where = f"{manifest}:{n}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    problem = f"{where}: not JSON ({exc.msg})"
+                else:
+                    found = row_problems(row)
+                    problem = f"{where}: {'; '.join(found)}" if found else None
+                if problem is not None:
+                    if strict:
+                        raise InputError(problem)
+                    self.problems.append(problem)
+                    continue
+                row.setdefault("key", f"{len(self.rows):09d}")
+                row["key"] = str(row["key"])
+                row["_line"] = n
+                self.rows.append(row)
+        if not self.rows and not self.problems:
             raise InputError(f"{manifest}: no pairs")
 
     def __len__(self) -> int:
@@ -174,8 +215,13 @@ class ShardSource:
             meta = json.loads(blobs["json"])
         except json.JSONDecodeError as exc:
             raise InputError(f"{self.describe(index)}: metadata is not JSON ({exc.msg})") from None
-        if not isinstance(meta.get("instruction"), str):
-            raise InputError(f"{self.describe(index)}: metadata lacks 'instruction'")
+        if not isinstance(meta, dict):
+            raise InputError(f"{self.describe(index)}: metadata is not a JSON object")
+        problem = _field_problem(meta, "instruction")
+        if problem is None and meta.get("landmarks") is not None:
+            problem = _landmark_problem(meta["landmarks"])
+        if problem is not None:
+            raise InputError(f"{self.describe(index)}: {problem}")
         extra = {k: v for k, v in meta.items() if k not in ("instruction", "landmarks")}
         return PairExample(
             key=key,
@@ -192,29 +238,43 @@ class ShardSource:
 PairSource = ManifestSource | ShardSource
 
 
-def open_pair_source(path: str | os.PathLike) -> PairSource:
-    """A manifest folder (``pairs.jsonl``) or a folder of shards, whichever ``path`` holds."""
+def open_pair_source(path: str | os.PathLike, strict: bool = True) -> PairSource:
+    """A manifest folder (``pairs.jsonl``) or a folder of shards, whichever ``path`` holds.
+
+    ``strict=False`` keeps going over malformed manifest rows, listing them in
+    ``source.problems`` (``data check``); by default the first one raises.
+    """
     root = Path(path)
     if not root.is_dir():
         raise InputError(f"{root}: dataset folder not found")
     if (root / MANIFEST).is_file():
-        return ManifestSource(root)
+        return ManifestSource(root, strict=strict)
     return ShardSource(root)
 
 
 def pack_shards(
-    source: str | os.PathLike, out_dir: str | os.PathLike, shard_size: int = 1000
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    shard_size: int = 1000,
+    *,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write a dataset (manifest or shards) as tar shards of ``shard_size`` examples each.
 
-    Each shard is written to a temporary file and renamed, so an interrupted pack leaves only
-    complete shards. Image bytes are copied as they are (no re-encoding).
+    Every row is checked first (both images through the gate): a bad dataset raises with
+    its problems and nothing is written. An existing output folder is refused unless
+    ``overwrite``, which removes it (so no stale shard of an earlier pack survives). Each
+    shard is written to a temporary file and renamed. Image bytes are copied unchanged.
     """
     if shard_size < 1:
         raise InputError(f"--shard-size: must be positive, got {shard_size}")
-    src = open_pair_source(source)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    src = open_pair_source(source, strict=False)
+    bad = list(getattr(src, "problems", []))
+    bad += [msg for _, msg in iter_check(src) if msg is not None]
+    if bad:
+        more = f" (and {len(bad) - 1} more; run `data check`)" if len(bad) > 1 else ""
+        raise InputError(f"{source}: {len(bad)} bad rows, nothing written; first: {bad[0]}{more}")
+    out = prepare_output(out_dir, overwrite=overwrite, kind="dir", create=True)
     written: list[Path] = []
     for start in range(0, len(src), shard_size):
         dest = out / SHARD_PATTERN.format(start // shard_size)
@@ -254,8 +314,17 @@ class CheckReport:
         return self.total - len(self.bad)
 
 
+def _located(source: PairSource, index: int, message: str) -> str:
+    """``message`` prefixed with the row's location, unless it already starts with it."""
+    where = source.describe(index)
+    return message if message.startswith(where) else f"{where}: {message}"
+
+
 def iter_check(source: PairSource) -> Iterator[tuple[int, str | None]]:
-    """Validate every example (both images through the gate, the instruction); yield problems."""
+    """Validate every example (both images through the gate, the instruction); yield problems.
+
+    Malformed manifest rows (``source.problems``) are not examples; report them apart.
+    """
     for i in range(len(source)):
         try:
             ex = source[i]
@@ -264,13 +333,14 @@ def iter_check(source: PairSource) -> Iterator[tuple[int, str | None]]:
             load_image(ex.input_bytes, name="input")
             load_image(ex.target_bytes, name="target")
         except InputError as exc:
-            yield i, f"{source.describe(i)}: {exc}"
+            yield i, _located(source, i, str(exc))
         else:
             yield i, None
 
 
 def check_dataset(path: str | os.PathLike) -> CheckReport:
-    """Check every row of a dataset, reporting bad rows without stopping."""
-    source = open_pair_source(path)
-    bad = [msg for _, msg in iter_check(source) if msg is not None]
-    return CheckReport(total=len(source), bad=bad)
+    """Check every row of a dataset, malformed ones included, without stopping."""
+    source = open_pair_source(path, strict=False)
+    bad = list(getattr(source, "problems", []))
+    bad += [msg for _, msg in iter_check(source) if msg is not None]
+    return CheckReport(total=len(source) + len(getattr(source, "problems", [])), bad=bad)

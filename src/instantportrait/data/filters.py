@@ -1,0 +1,194 @@
+"""Filters of generated pairs (App. B.2), each recording why it dropped a pair.
+
+A pair is kept when, in order:
+
+1. ``no_face_target`` / ``no_face_input``: a face is found in the target and in the input
+   (dlib's detector through :mod:`instantportrait.faces`; the largest face counts);
+2. ``small_face``: the input's face box is at least ``min_face_fraction`` of the image's
+   short side (a face a few pixels wide teaches the identity loss nothing);
+3. ``blurry``: the variance of the Laplacian of the input's face region (grey, 0-255) is at
+   least ``min_sharpness`` (the usual focus measure: a blurred face has few high frequencies);
+4. ``identity``: the two faces are the same person. With dlib's ResNet (the default) that is
+   its own rule, the Euclidean distance of the raw 128-D descriptors below 0.6, the threshold
+   dlib's model was trained for; with another embedder (ArcFace...) the cosine distance
+   ``1 - cos`` below ``identity_threshold``.
+
+The first failing check is the pair's reason; the measured values are kept either way. The
+input's 5 landmarks (dlib's order, input pixels) come out of the same detection and are
+stored with each kept pair for the identity loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import InputError
+
+#: Every reason a filter can give, in the order the checks run.
+REASONS = ("no_face_target", "no_face_input", "small_face", "blurry", "identity")
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Thresholds of the pair filters (``enabled=False``: keep every pair, ``--no-filter``)."""
+
+    enabled: bool = True
+    min_face_fraction: float = 0.08
+    min_sharpness: float = 20.0
+    identity_threshold: float = 0.6
+    embedder: str = "dlib"
+    embedder_weights: str | None = None
+    detector: str = "hog"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_face_fraction < 1.0:
+            raise InputError("--min-face-fraction: a fraction in [0, 1)")
+        if self.min_sharpness < 0:
+            raise InputError("--min-sharpness: must be non-negative")
+        if self.identity_threshold <= 0:
+            raise InputError("--identity-threshold: must be positive")
+
+
+@dataclass
+class FilterResult:
+    """One pair's verdict: ``reason`` is ``None`` when kept; ``metrics`` what was measured."""
+
+    reason: str | None
+    landmarks: list[list[float]] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def kept(self) -> bool:
+        return self.reason is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def laplacian_variance(gray: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian of a grey image (0-255): the focus measure."""
+    g = np.asarray(gray, dtype=np.float64)
+    if g.shape[0] < 3 or g.shape[1] < 3:
+        return 0.0
+    lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
+    return float(lap.var())
+
+
+def dlib_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Euclidean distance of two raw dlib descriptors (same person below 0.6)."""
+    return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """``1 - cos(a, b)``."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(1.0 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+class PairFilter:
+    """Checks a generated (input, target) pair; see the module's docstring for the rules.
+
+    The face analyzer (detector + embedder) is built on first use. With ``enabled=False``
+    only the input's landmarks are looked for (when dlib is installed) and every pair is kept.
+    """
+
+    def __init__(self, config: FilterConfig | None = None, analyzer: Any = None):
+        self.config = config or FilterConfig()
+        self._analyzer = analyzer
+
+    @property
+    def analyzer(self):
+        if self._analyzer is None:
+            from ..faces import FaceAnalyzer
+
+            embedder = self.config.embedder if self.config.enabled else None
+            self._analyzer = FaceAnalyzer(
+                detector=self.config.detector,
+                embedder=embedder,
+                weights=self.config.embedder_weights,
+                select="largest",
+                min_size=8,
+            )
+        return self._analyzer
+
+    def _largest(self, image: Image.Image):
+        faces = self.analyzer.detect(image, landmarks=True, raise_if_none=False)
+        if len(faces) == 0:
+            return None
+        return faces
+
+    def landmarks_only(self, image: Image.Image) -> list[list[float]] | None:
+        """The input's 5 landmarks, or ``None`` when no face (or no dlib) is found."""
+        try:
+            det = self._largest(image)
+        except ImportError:
+            return None
+        if det is None or det.landmarks5 is None:
+            return None
+        return [[float(x), float(y)] for x, y in det.landmarks5[0].tolist()]
+
+    def __call__(self, input_image: Image.Image, target_image: Image.Image) -> FilterResult:
+        if not self.config.enabled:
+            return FilterResult(None, self.landmarks_only(input_image))
+        cfg = self.config
+        metrics: dict[str, float] = {}
+        det_t = self._largest(target_image)
+        if det_t is None:
+            return FilterResult("no_face_target", None, metrics)
+        det_i = self._largest(input_image)
+        if det_i is None:
+            return FilterResult("no_face_input", None, metrics)
+        lm = [[float(x), float(y)] for x, y in det_i.landmarks5[0].tolist()]
+        x0, y0, x1, y1 = (float(v) for v in det_i.boxes[0].tolist())
+        side = min(x1 - x0, y1 - y0)
+        metrics["face_fraction"] = side / min(input_image.size)
+        if metrics["face_fraction"] < cfg.min_face_fraction:
+            return FilterResult("small_face", lm, metrics)
+        box = (max(0, int(x0)), max(0, int(y0)), int(x1), int(y1))
+        metrics["sharpness"] = laplacian_variance(np.asarray(input_image.convert("L").crop(box)))
+        if metrics["sharpness"] < cfg.min_sharpness:
+            return FilterResult("blurry", lm, metrics)
+        an = self.analyzer
+        embeddings = []
+        for image, det in ((input_image, det_i), (target_image, det_t)):
+            points = an._preferred_landmarks(det, an.template)
+            crops = an.align(image, points[:1])
+            raw = an.embed(crops, normalize=False)[0].detach().float().cpu().numpy()
+            embeddings.append(raw)
+        if cfg.embedder == "dlib":
+            metrics["identity_distance"] = dlib_distance(*embeddings)
+        else:
+            metrics["identity_distance"] = cosine_distance(*embeddings)
+        if metrics["identity_distance"] >= cfg.identity_threshold:
+            return FilterResult("identity", lm, metrics)
+        return FilterResult(None, lm, metrics)
+
+
+def count_faceless(source: Any, *, detector: str = "hog", progress: bool = False) -> int:
+    """How many inputs of a pair source show no face (dlib's detector; the identity loss is
+    blank for those). Rows whose stored landmarks are all zero count as face-free too."""
+    from tqdm.auto import tqdm
+
+    from ..faces import FaceAnalyzer
+    from ..io import load_image
+
+    analyzer = FaceAnalyzer(detector=detector, embedder=None, select="largest", min_size=8)
+    count = 0
+    for i in tqdm(range(len(source)), desc="faces", unit="pair", disable=not progress):
+        try:
+            ex = source[i]
+            image = load_image(ex.input_bytes, name="input")
+        except InputError:
+            continue  # reported by the row check
+        if ex.landmarks is not None:
+            if not np.allclose(np.asarray(ex.landmarks, dtype=np.float64), 0.0):
+                continue
+            count += 1
+            continue
+        if len(analyzer.detect(image, landmarks=False, raise_if_none=False)) == 0:
+            count += 1
+    return count
