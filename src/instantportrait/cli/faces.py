@@ -149,7 +149,7 @@ def run_detect(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     from ..faces.analyzer import FaceAnalyzer
-    from ..faces.embedders import face_similarity
+    from ..faces.similarity import face_similarity
     from ..io import load_image
     from .common import resolve_device
 
