@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..errors import InputError, ModelNotFoundError
 from .base import IdentityEmbedder
@@ -37,6 +36,7 @@ __all__ = [
 ]
 
 EMBEDDERS = ("dlib", "facenet", "arcface")
+
 
 def _finish(
     embedder: IdentityEmbedder, device: torch.device | str | None, dtype: torch.dtype | None
