@@ -19,21 +19,31 @@ IPNet, 20 steps with scales 7.5 / 1.5 otherwise.
 from __future__ import annotations
 
 import inspect
+import json
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.loaders import FromSingleFileMixin, StableDiffusionLoraLoaderMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ..errors import InputError, ModelNotFoundError
 from ..guidance import instruct_pix2pix_guidance, needs_three_branches
-from ..io import ImageSource, ResolutionPolicy, atomic_directory, check_prompt, load_image
+from ..io import (
+    MAX_RESOLUTION,
+    ImageSource,
+    ResolutionPolicy,
+    atomic_directory,
+    check_prompt,
+    load_image,
+)
 from ..parameterization import predict_x0
 
 PromptInput = str | Sequence[str]
@@ -94,8 +104,39 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
-class InstantPortraitPipeline(DiffusionPipeline):
+#: Components an InstructPix2Pix checkpoint may list that this pipeline does not load.
+NOT_LOADED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
+
+SAFETY_CHECKER_POLICY = (
+    "InstantPortrait does not run the Stable Diffusion safety checker: {name} lists one, and "
+    "it is neither loaded nor run (see docs/editing.md, 'Safety checker'); screen outputs "
+    "yourself where your use needs it"
+)
+
+
+def _listed_components(path: Path) -> list[str]:
+    """Component names a local ``model_index.json`` lists with a class (not ``[null, null]``)."""
+    try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [
+        k
+        for k, v in index.items()
+        if isinstance(v, list) and len(v) == 2 and v[0] is not None and v[1] is not None
+    ]
+
+
+class InstantPortraitPipeline(
+    DiffusionPipeline, StableDiffusionLoraLoaderMixin, FromSingleFileMixin
+):
     """Edit a portrait by instruction: one step with an IPNet, many with an IDE-Net.
+
+    LoRA adapters load through diffusers' ``load_lora_weights`` (PEFT; UNet and text encoder:
+    ``set_adapters``, ``fuse_lora``, ``unload_lora_weights`` as for Stable Diffusion);
+    ``from_single_file`` reads one ``.safetensors`` checkpoint in the original (LDM) layout
+    given ``config=`` a local diffusers folder of the same architecture. Speed features:
+    :meth:`enable_speed`. Safety checker: see :data:`SAFETY_CHECKER_POLICY`.
 
     Args:
         vae: encodes the input image and decodes the result.
@@ -135,6 +176,50 @@ class InstantPortraitPipeline(DiffusionPipeline):
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
+    # Config values as plain attributes (diffusers' attribute fallback to the config warns of a
+    # deprecation on every read).
+    @property
+    def recommended_steps(self) -> int:
+        """Steps used when ``num_inference_steps`` is not given (1 = IPNet)."""
+        return int(self.config.recommended_steps)
+
+    @property
+    def student_timestep(self) -> int:
+        """The timestep of the one-step mode."""
+        return int(self.config.student_timestep)
+
+    @property
+    def default_guidance_scale(self) -> float:
+        """Text guidance used when ``guidance_scale`` is not given."""
+        return float(self.config.default_guidance_scale)
+
+    @property
+    def default_image_guidance_scale(self) -> float:
+        """Image guidance used when ``image_guidance_scale`` is not given."""
+        return float(self.config.default_image_guidance_scale)
+
+    # ------------------------------------------------------------------ speed
+    def enable_speed(
+        self,
+        speed: str | Sequence[str] | None = "safe",
+        *,
+        tiny_vae: str | os.PathLike | None = None,
+    ):
+        """Turn on a speed preset or features (:mod:`instantportrait.speed`); returns the
+        :class:`~instantportrait.speed.SpeedState` (``.describe()``). Call after ``.to()``;
+        a second call first undoes the first."""
+        from ..speed import enable_speed
+
+        self.disable_speed()
+        self._speed_state = enable_speed(self, speed, tiny_vae=tiny_vae)
+        return self._speed_state
+
+    def disable_speed(self) -> None:
+        """Undo :meth:`enable_speed` (back to the plain pipeline)."""
+        state = self.__dict__.pop("_speed_state", None)
+        if state is not None:
+            state.undo()
+
     # ------------------------------------------------------------------ placement
     def _placement(self) -> _Placement:
         """Execution device and dtypes, resolved once and reused while nothing moved.
@@ -168,8 +253,9 @@ class InstantPortraitPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         """Load from a local diffusers folder or a Hub id; one clear line when not found.
 
-        Any InstructPix2Pix-format checkpoint loads (e.g. ``timbrooks/instruct-pix2pix``);
-        components it has beyond ours (safety checker, feature extractor) are ignored.
+        Any InstructPix2Pix-format checkpoint loads (e.g. ``timbrooks/instruct-pix2pix``).
+        Components it has beyond ours (:data:`NOT_LOADED_COMPONENTS`) are not loaded; a
+        listed safety checker is reported once as a warning (:data:`SAFETY_CHECKER_POLICY`).
         """
         name = str(pretrained_model_name_or_path)
         path = Path(name).expanduser()
@@ -180,6 +266,12 @@ class InstantPortraitPipeline(DiffusionPipeline):
         if path.is_dir():
             if not (path / "model_index.json").is_file():
                 raise ModelNotFoundError(f"{name}: folder has no model_index.json; {how}")
+            listed = _listed_components(path)
+            if "safety_checker" in listed:
+                warnings.warn(SAFETY_CHECKER_POLICY.format(name=name), stacklevel=2)
+            for component in NOT_LOADED_COMPONENTS:
+                if component in listed:
+                    kwargs.setdefault(component, None)
         elif path.exists():
             raise ModelNotFoundError(f"{name}: not a folder; {how}")
         elif not _looks_like_hub_id(name):
@@ -395,7 +487,7 @@ class InstantPortraitPipeline(DiffusionPipeline):
         timestep: int | None = None,
     ) -> torch.Tensor:
         """IPNet's one step: the clean latent predicted from pure noise at the student timestep."""
-        t = int(self.config.student_timestep if timestep is None else timestep)
+        t = int(self.student_timestep if timestep is None else timestep)
         t_tensor = torch.full((noise.shape[0],), t, device=noise.device, dtype=torch.long)
         out = self.guided_prediction(
             noise, t_tensor, image_latents, cond, uncond, guidance_scale, image_guidance_scale
@@ -420,8 +512,12 @@ class InstantPortraitPipeline(DiffusionPipeline):
         image_guidance_scale: float,
         num_inference_steps: int,
         generator: GeneratorInput,
+        callback: Callable[[int, Any, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """The scheduler's loop with InstructPix2Pix guidance (IDE-Net, InstructPix2Pix)."""
+        """The scheduler's loop with InstructPix2Pix guidance (IDE-Net, InstructPix2Pix).
+
+        ``callback(step_index, t, latents) -> latents`` runs after each scheduler step.
+        """
         self.scheduler.set_timesteps(num_inference_steps, device=noise.device)
         latents = noise * self.scheduler.init_noise_sigma
         extra = {}
@@ -430,13 +526,96 @@ class InstantPortraitPipeline(DiffusionPipeline):
         branches = self._branch_inputs(
             image_latents, cond, uncond, guidance_scale, image_guidance_scale
         )
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             scaled = self.scheduler.scale_model_input(latents, t)
             out = self._guided(scaled, t, branches, guidance_scale, image_guidance_scale)
             latents = self.scheduler.step(out, t, latents, **extra, return_dict=False)[0]
+            if callback is not None:
+                latents = callback(i, t, latents)
         return latents
 
     # ------------------------------------------------------------------ call
+    def _target_size(
+        self, policy: ResolutionPolicy, size: tuple[int, int], height: int | None, width: int | None
+    ) -> tuple[int, int]:
+        """(width, height) the model sees: ``height``/``width`` if given (one given: the other
+        follows the aspect ratio), else the resolution policy's."""
+        if height is None and width is None:
+            return policy.target_size(*size)
+        w0, h0 = size
+        if width is None:
+            width = max(8, int(round(w0 * height / h0 / 8)) * 8)
+        if height is None:
+            height = max(8, int(round(h0 * width / w0 / 8)) * 8)
+        return width, height
+
+    @staticmethod
+    def _check_size_arguments(height: int | None, width: int | None, resolution: int | None):
+        for name, value in (("height", height), ("width", width)):
+            if value is None:
+                continue
+            if not isinstance(value, int) or value < 8 or value % 8:
+                raise InputError(f"{name}: a multiple of 8, at least 8; got {value}")
+            if value > MAX_RESOLUTION:
+                raise InputError(
+                    f"{name}: {value} is above the limit of {MAX_RESOLUTION} "
+                    "(INSTANTPORTRAIT_MAX_RESOLUTION raises it)"
+                )
+        ResolutionPolicy(long_side=resolution)  # validates resolution
+
+    def _edit(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        generator: GeneratorInput,
+        steps: int,
+        iterations: int,
+        g_text: float,
+        g_image: float,
+        timestep: int | None,
+        output_type: str,
+        callback: Callable[[int, Any, torch.Tensor], torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Edit one batch of same-size pixels ``x`` in [-1, 1]: latents or decoded images."""
+        device = x.device
+        latents = x
+        for n in range(iterations):
+            image_latents = self.encode_image(x)
+            noise = randn_tensor(
+                image_latents.shape, generator=generator, device=device, dtype=image_latents.dtype
+            )
+            offset = n * steps
+            step_callback = None
+            if callback is not None:
+
+                def step_callback(i, t, lat, offset=offset):
+                    return callback(offset + i, t, lat)
+
+            if steps == 1:
+                latents = self.one_step(
+                    noise, image_latents, cond, uncond, g_text, g_image, timestep=timestep
+                )
+                if step_callback is not None:
+                    t = self.student_timestep if timestep is None else int(timestep)
+                    latents = step_callback(0, t, latents)
+            else:
+                latents = self.multi_step(
+                    noise,
+                    image_latents,
+                    cond,
+                    uncond,
+                    g_text,
+                    g_image,
+                    steps,
+                    generator,
+                    step_callback,
+                )
+            if output_type == "latent" and n == iterations - 1:
+                return latents
+            x = self.decode_latents(latents)
+        return x
+
     @torch.no_grad()
     def __call__(
         self,
@@ -454,6 +633,11 @@ class InstantPortraitPipeline(DiffusionPipeline):
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         return_dict: bool = True,
+        num_images_per_prompt: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ):
         """Edit ``image`` by ``prompt``.
 
@@ -461,26 +645,48 @@ class InstantPortraitPipeline(DiffusionPipeline):
             prompt: the instruction, or a list (a batch).
             image: the portrait(s): path, bytes, PIL, numpy, tensor (``(3, H, W)`` in [0, 1])
                 or a list; a ``(B, 3, H, W)`` tensor is a batch. One prompt with many images
-                (or the reverse) is broadcast.
+                (or the reverse) is broadcast. Inputs of different sizes are edited in groups
+                of one size (each at its own size); the results keep the input order.
             num_inference_steps: 1 = one-step mode; default the checkpoint's recommended count.
             guidance_scale: text guidance s_T (default from the checkpoint: 7.5, IPNet 1).
             image_guidance_scale: image guidance s_I (default 1.5, IPNet 1).
             iterations: style boost passes; each output is the next input (§3.2.4).
-            generator: a generator, or one per batch item (then a batch equals its items run
-                one by one with the same generators).
-            output_type: ``pil`` (default), ``np``, ``pt`` or ``latent``.
+            generator: a generator, or one per output image (then a batch equals its items run
+                one by one with the same generators, whatever their sizes).
+            output_type: ``pil`` (default), ``np``, ``pt`` or ``latent``. With inputs of
+                different sizes ``np``/``pt``/``latent`` give a list of per-image arrays.
             negative_prompt: replaces the empty prompt of the unconditional branches.
             resolution: long side the input is resized to (multiple of 8 kept); ``None`` keeps
-                the input's size rounded to a multiple of 8.
+                the input's size rounded to a multiple of 8. At most
+                :data:`~instantportrait.io.MAX_RESOLUTION`.
             timestep: the one-step mode's timestep (default ``student_timestep``).
             prompt_embeds / negative_prompt_embeds: precomputed text embeddings
                 (:meth:`encode_prompt`), e.g. to encode a prompt once for a video.
+            num_images_per_prompt: outputs per (prompt, image) pair, each with its own noise;
+                the outputs of a pair are adjacent.
+            height / width: the exact size the model edits at (multiples of 8), overriding
+                ``resolution``; one alone keeps the aspect ratio.
+            callback_on_step_end: ``fn(pipe, step_index, timestep, callback_kwargs) -> dict``
+                after each denoising step (style-boost passes continue the step count);
+                ``callback_kwargs`` holds the tensors named in
+                ``callback_on_step_end_tensor_inputs`` (``latents``); a returned ``latents``
+                replaces the current one.
         """
-        steps = int(num_inference_steps or self.config.recommended_steps)
+        steps = int(num_inference_steps or self.recommended_steps)
         self.check_inputs(prompt, image, steps, iterations, output_type, prompt_embeds)
-        g_text = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise InputError(
+                f"num_images_per_prompt: a positive integer, got {num_images_per_prompt}"
+            )
+        self._check_size_arguments(height, width, resolution)
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k != "latents"]
+        if unknown:
+            raise InputError(
+                f"callback_on_step_end_tensor_inputs: only 'latents' is offered, got {unknown}"
+            )
+        g_text = self.default_guidance_scale if guidance_scale is None else guidance_scale
         g_image = (
-            self.config.default_image_guidance_scale
+            self.default_image_guidance_scale
             if image_guidance_scale is None
             else image_guidance_scale
         )
@@ -489,18 +695,19 @@ class InstantPortraitPipeline(DiffusionPipeline):
         policy = ResolutionPolicy(long_side=resolution)
         where = self._placement()
         device = where.device
-        pixels = [
-            image_to_tensor(policy.apply(load_image(s, name=f"image[{i}]")))
-            for i, s in enumerate(sources)
-        ]
-        if len({tuple(p.shape) for p in pixels}) > 1:
-            raise InputError(
-                "image: a batch needs inputs of one size after resizing; edit them one by one"
-            )
-        x = torch.cat(pixels).to(device)
-        batch = x.shape[0]
+        pixels = []
+        for i, s in enumerate(sources):
+            img = load_image(s, name=f"image[{i}]")
+            size = self._target_size(policy, img.size, height, width)
+            if size != img.size:
+                img = img.resize(size, Image.Resampling.LANCZOS)
+            pixels.append(image_to_tensor(img))
+        per = num_images_per_prompt
+        batch = len(pixels) * per
         if isinstance(generator, (list, tuple)) and len(generator) != batch:
-            raise InputError(f"generator: {len(generator)} generators for a batch of {batch}")
+            raise InputError(
+                f"generator: {len(generator)} generators for {batch} output images"
+            )
 
         # The unconditional text is encoded only when a guided (three-branch) call needs it.
         guided = needs_three_branches(g_text, g_image)
@@ -513,32 +720,48 @@ class InstantPortraitPipeline(DiffusionPipeline):
             if negative_prompt_embeds is None:
                 negative_prompt_embeds = self._text_embeddings([""], device) if guided else cond
             uncond = negative_prompt_embeds.to(device=device, dtype=where.unet_dtype)
-        if cond.shape[0] == 1 and batch > 1:
-            cond = cond.expand(batch, -1, -1)
-        if uncond.shape[0] != batch:
-            uncond = uncond[:1].expand(batch, -1, -1)
+        n_items = len(pixels)
+        if cond.shape[0] == 1 and n_items > 1:
+            cond = cond.expand(n_items, -1, -1)
+        if uncond.shape[0] != n_items:
+            uncond = uncond[:1].expand(n_items, -1, -1)
 
-        latents = None
-        for _ in range(iterations):
-            image_latents = self.encode_image(x)
-            shape = image_latents.shape
-            noise = randn_tensor(
-                shape, generator=generator, device=device, dtype=image_latents.dtype
+        callback = None
+        if callback_on_step_end is not None:
+
+            def callback(i: int, t: Any, latents: torch.Tensor) -> torch.Tensor:
+                out = callback_on_step_end(self, i, t, {"latents": latents}) or {}
+                return out.get("latents", latents)
+
+        # Items of one size form one batch (the common case: all of them).
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, px in enumerate(pixels):
+            groups.setdefault(tuple(px.shape), []).append(i)
+        results: list[torch.Tensor | None] = [None] * batch
+        for members in groups.values():
+            rows = [i * per + k for i in members for k in range(per)]
+            x = torch.cat([pixels[i] for i in members]).to(device)
+            c, u = cond, uncond
+            if per > 1 or len(members) != n_items:
+                index = [i for i in members for _ in range(per)]
+                x = x.repeat_interleave(per, dim=0)
+                c, u = cond[index], uncond[index]
+            g = [generator[r] for r in rows] if isinstance(generator, (list, tuple)) else generator
+            out = self._edit(
+                x, c, u, g, steps, iterations, g_text, g_image, timestep, output_type, callback
             )
-            if steps == 1:
-                latents = self.one_step(
-                    noise, image_latents, cond, uncond, g_text, g_image, timestep=timestep
-                )
-            else:
-                latents = self.multi_step(
-                    noise, image_latents, cond, uncond, g_text, g_image, steps, generator
-                )
-            if output_type == "latent" and _ == iterations - 1:
-                break
-            x = self.decode_latents(latents)
+            for r, o in zip(rows, out):
+                results[r] = o
 
         self.maybe_free_model_hooks()
-        images = latents if output_type == "latent" else tensor_to_images(x, output_type)
+        if len(groups) == 1:
+            stacked = torch.stack(results)  # type: ignore[arg-type]
+            images = stacked if output_type == "latent" else tensor_to_images(stacked, output_type)
+        elif output_type == "latent":
+            images = [r[None] for r in results]  # type: ignore[index]
+        else:
+            parts = [tensor_to_images(r[None], output_type) for r in results]  # type: ignore[index]
+            images = [p[0] for p in parts]
         if not return_dict:
             return (images,)
         return InstantPortraitPipelineOutput(images=images)
