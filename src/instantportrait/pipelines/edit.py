@@ -18,11 +18,13 @@ IPNet, 20 steps with scales 7.5 / 1.5 otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -125,6 +127,35 @@ def _listed_components(path: Path) -> list[str]:
         for k, v in index.items()
         if isinstance(v, list) and len(v) == 2 and v[0] is not None and v[1] is not None
     ]
+
+
+class _DropNotExpected(logging.Filter):
+    """Drops diffusers' "... are not expected ... will be ignored" lines about ``names``
+    (the policy for them is stated once by :meth:`InstantPortraitPipeline.from_pretrained`)."""
+
+    def __init__(self, names: Sequence[str]):
+        super().__init__()
+        self.names = tuple(names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("not expected" in text and any(n in text for n in self.names))
+
+
+@contextlib.contextmanager
+def _quiet_about(names: Sequence[str]) -> Iterator[None]:
+    loggers = [
+        logging.getLogger("diffusers.configuration_utils"),
+        logging.getLogger("diffusers.pipelines.pipeline_utils"),
+    ]
+    drop = _DropNotExpected(names)
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
 
 
 class InstantPortraitPipeline(
@@ -277,12 +308,46 @@ class InstantPortraitPipeline(
         elif not _looks_like_hub_id(name):
             raise ModelNotFoundError(f"{name}: no such folder; {how}")
         try:
-            return super().from_pretrained(name, **kwargs)
+            with _quiet_about(NOT_LOADED_COMPONENTS):
+                return super().from_pretrained(name, **kwargs)
         except (OSError, ValueError, RuntimeError) as exc:
             offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelNotFoundError(
                 f"{name}: could not load the pipeline{offline}: {first[:200]}; {how}"
+            ) from exc
+
+    @classmethod
+    def from_single_file(cls, pretrained_model_link_or_path: str | os.PathLike, **kwargs: Any):
+        """Load one ``.safetensors`` checkpoint in the original (LDM) layout.
+
+        Offline (this toolkit's rule: nothing is downloaded behind your back) the pipeline's
+        configs must come from ``config=``: a local diffusers folder of the same architecture
+        (e.g. a saved InstructPix2Pix pipeline, or ``instantportrait init-tiny`` for the tiny
+        one); its tokenizer and scheduler are used as they are, and the UNet, VAE and text
+        encoder weights are read from the checkpoint. On a machine that reaches the Hub,
+        ``config="timbrooks/instruct-pix2pix"`` works too.
+        """
+        path = Path(str(pretrained_model_link_or_path)).expanduser()
+        config = kwargs.get("config")
+        how = (
+            "pass config=FOLDER, a local diffusers pipeline folder of the same architecture "
+            "(CLI: --config FOLDER)"
+        )
+        if not path.is_file():
+            raise ModelNotFoundError(f"{path}: no such checkpoint file")
+        if config is None:
+            raise ModelNotFoundError(f"{path}: a single-file checkpoint needs its configs; {how}")
+        if not Path(str(config)).expanduser().is_dir() and (
+            os.environ.get("HF_HUB_OFFLINE") or not _looks_like_hub_id(str(config))
+        ):
+            raise ModelNotFoundError(f"{config}: config folder not found; {how}")
+        try:
+            return super().from_single_file(str(path), **kwargs)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelNotFoundError(
+                f"{path}: could not load the single-file checkpoint: {first[:200]}"
             ) from exc
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
