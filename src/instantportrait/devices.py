@@ -95,7 +95,9 @@ def resolve_dtype(
     return DTYPES[name]
 
 
-def seeded_generator(seed: int | None, device: torch.device | None = None) -> torch.Generator | None:
+def seeded_generator(
+    seed: int | None, device: torch.device | None = None
+) -> torch.Generator | None:
     """A CPU generator seeded with ``seed`` (CPU noise is identical on every device)."""
     if seed is None:
         return None

@@ -442,6 +442,24 @@ def _first_file_ancestor(path: Path) -> Path | None:
     return None
 
 
+def check_output_path(path: str | os.PathLike, *, kind: str = "dir") -> Path:
+    """Check that ``path`` can be written as a ``kind`` (``"dir"`` or ``"file"``) output:
+    not below a file, not a file where a folder is wanted nor the reverse. Existing outputs
+    are not judged here (see :func:`prepare_output`); nothing is created."""
+    if kind not in ("dir", "file"):
+        raise ValueError(f"kind must be 'dir' or 'file', got {kind!r}")
+    p = Path(path)
+    blocker = _first_file_ancestor(p.parent)
+    if blocker is not None:
+        raise InputError(f"{p}: cannot write below {blocker}, which is a file")
+    if p.exists() or p.is_symlink():
+        if kind == "dir" and not p.is_dir():
+            raise InputError(f"{p}: is a file, but an output folder is wanted")
+        if kind == "file" and p.is_dir():
+            raise InputError(f"{p}: is a folder, but an output file is wanted")
+    return p
+
+
 def prepare_output(
     path: str | os.PathLike,
     *,
@@ -460,17 +478,8 @@ def prepare_output(
     the new. Nothing is created unless ``create`` is true (then the folder is made).
     Call it after the inputs have been validated and before the first write.
     """
-    if kind not in ("dir", "file"):
-        raise ValueError(f"kind must be 'dir' or 'file', got {kind!r}")
-    p = Path(path)
-    blocker = _first_file_ancestor(p.parent)
-    if blocker is not None:
-        raise InputError(f"{p}: cannot write below {blocker}, which is a file")
+    p = check_output_path(path, kind=kind)
     if p.exists() or p.is_symlink():
-        if kind == "dir" and not p.is_dir():
-            raise InputError(f"{p}: is a file, but an output folder is wanted")
-        if kind == "file" and p.is_dir():
-            raise InputError(f"{p}: is a folder, but an output file is wanted")
         empty_dir = p.is_dir() and not any(p.iterdir())
         if not (empty_dir and allow_existing_empty):
             if not overwrite:

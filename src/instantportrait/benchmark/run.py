@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..speed import _NO_GPU, applied
+from ..speed import _NO_GPU, PRESETS, applied, resolve_speed
 from ..speed import parse_features as parse_option
 from .cases import ONE_STEP_MODE, BenchContext, available_cases, measure_components
 from .settings import SCHEMA, BenchSettings
@@ -134,6 +134,14 @@ def gpu_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return targets
 
 
+def option_features(spec: str, device: torch.device) -> list:
+    """The speed features of one ``--options`` entry: a preset (``safe``, ``fast``, ``max``:
+    what it applies on ``device``, as ``edit --speed`` would) or features joined by '+'."""
+    if spec in PRESETS:
+        return resolve_speed(spec, device, flag="--options")[0]
+    return parse_option(spec)
+
+
 def run_benchmark(
     settings: BenchSettings, pipe: Any | None = None, *, progress: bool = True
 ) -> dict[str, Any]:
@@ -173,7 +181,7 @@ def run_benchmark(
         "cases": [],
         "options": [],
     }
-    configs = [("plain", [])] + [(spec, parse_option(spec)) for spec in settings.options]
+    configs = [("plain", [])] + [(spec, option_features(spec, device)) for spec in settings.options]
     grid = [(w, h, b) for (w, h) in settings.resolutions or [] for b in settings.batch_sizes]
     bar = tqdm(
         total=len(configs) * len(grid) * len(settings.modes),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
+from ..speed import PRESETS
 from ..speed import parse_features as parse_option
 from .cases import EDIT_MODES, available_cases
 
@@ -98,7 +99,8 @@ class BenchSettings:
         if self.quick and self.size == "real" and self.max_steps is None:
             self.max_steps = QUICK_MAX_STEPS
         for spec in self.options:
-            parse_option(spec)
+            if spec not in PRESETS:
+                parse_option(spec)
         if self.dtype not in ("float32", "float16", "bfloat16"):
             raise InputError(f"--dtype: float32, float16 or bfloat16, got {self.dtype!r}")
         return self

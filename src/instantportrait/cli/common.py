@@ -9,11 +9,13 @@ from ..devices import DTYPES, resolve_device, resolve_dtype, seeded_generator
 __all__ = [
     "DTYPES",
     "add_device_arguments",
+    "add_speed_arguments",
     "quiet_libraries",
     "resolve_device",
     "resolve_dtype",
     "seeded_generator",
 ]
+
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -25,6 +27,25 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         default="auto",
         help="float32, float16, bfloat16 or auto (default: float16 on CUDA, float32 elsewhere)",
+    )
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--speed PRESET`` and ``--tiny-vae PATH`` (:mod:`instantportrait.speed`)."""
+    from ..speed import PRESETS
+
+    parser.add_argument(
+        "--speed",
+        default="none",
+        metavar="PRESET",
+        help=f"speed preset ({', '.join(PRESETS)}; default none) or features joined with '+' "
+        "(e.g. fp16+channels-last); see `instantportrait bench --list`",
+    )
+    parser.add_argument(
+        "--tiny-vae",
+        default=None,
+        metavar="PATH",
+        help="AutoencoderTiny (TAESD) folder: decode with it (presets fast and max use it)",
     )
 
 

@@ -129,33 +129,44 @@ def _listed_components(path: Path) -> list[str]:
     ]
 
 
-class _DropNotExpected(logging.Filter):
-    """Drops diffusers' "... are not expected ... will be ignored" lines about ``names``
-    (the policy for them is stated once by :meth:`InstantPortraitPipeline.from_pretrained`)."""
+class _DropLines(logging.Filter):
+    """Drops log records for which ``drop(message)`` is true."""
 
-    def __init__(self, names: Sequence[str]):
+    def __init__(self, drop: Callable[[str], bool]):
         super().__init__()
-        self.names = tuple(names)
+        self.drop = drop
 
     def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not ("not expected" in text and any(n in text for n in self.names))
+        return not self.drop(record.getMessage())
 
 
 @contextlib.contextmanager
-def _quiet_about(names: Sequence[str]) -> Iterator[None]:
-    loggers = [
-        logging.getLogger("diffusers.configuration_utils"),
-        logging.getLogger("diffusers.pipelines.pipeline_utils"),
-    ]
-    drop = _DropNotExpected(names)
+def _dropping(logger_names: Sequence[str], drop: Callable[[str], bool]) -> Iterator[None]:
+    """Silence the matching lines of some diffusers loggers for the block."""
+    loggers = [logging.getLogger(n) for n in logger_names]
+    filt = _DropLines(drop)
     for logger in loggers:
-        logger.addFilter(drop)
+        logger.addFilter(filt)
     try:
         yield
     finally:
         for logger in loggers:
-            logger.removeFilter(drop)
+            logger.removeFilter(filt)
+
+
+def _quiet_about(names: Sequence[str]):
+    """Diffusers' "... are not expected ... will be ignored" lines about ``names`` (the policy
+    for them is stated once by :meth:`InstantPortraitPipeline.from_pretrained`)."""
+    return _dropping(
+        ["diffusers.configuration_utils", "diffusers.pipelines.pipeline_utils"],
+        lambda text: "not expected" in text and any(n in text for n in names),
+    )
+
+
+def _empty_fp32_notice(text: str) -> bool:
+    # diffusers warns on every cast that "modules ... should be kept in float32: []" even
+    # when the list is empty; only the empty-list form is dropped.
+    return "should be kept in float32: []" in text
 
 
 class InstantPortraitPipeline(
@@ -228,6 +239,11 @@ class InstantPortraitPipeline(
     def default_image_guidance_scale(self) -> float:
         """Image guidance used when ``image_guidance_scale`` is not given."""
         return float(self.config.default_image_guidance_scale)
+
+    def to(self, *args: Any, **kwargs: Any):
+        """``DiffusionPipeline.to`` without diffusers' empty "kept in float32: []" notice."""
+        with _dropping(["diffusers.models.modeling_utils"], _empty_fp32_notice):
+            return super().to(*args, **kwargs)
 
     # ------------------------------------------------------------------ speed
     def enable_speed(
@@ -770,9 +786,7 @@ class InstantPortraitPipeline(
         per = num_images_per_prompt
         batch = len(pixels) * per
         if isinstance(generator, (list, tuple)) and len(generator) != batch:
-            raise InputError(
-                f"generator: {len(generator)} generators for {batch} output images"
-            )
+            raise InputError(f"generator: {len(generator)} generators for {batch} output images")
 
         # The unconditional text is encoded only when a guided (three-branch) call needs it.
         guided = needs_three_branches(g_text, g_image)
