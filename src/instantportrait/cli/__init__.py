@@ -82,7 +82,10 @@ def _one_line_warnings():
         if text in seen:
             return
         seen.add(text)
-        print(f"warning: {text}", file=sys.stderr if file is None else file)
+        from tqdm.auto import tqdm
+
+        # tqdm.write keeps an active progress bar intact (the line goes above it).
+        tqdm.write(f"warning: {text}", file=sys.stderr if file is None else file)
 
     return show
 
