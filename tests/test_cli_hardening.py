@@ -145,3 +145,14 @@ def test_device_and_environment_live_in_the_library():
     assert cli_resolve is resolve_device
     report = environment_report()
     assert report["torch"] and "onnxruntime" in report
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_faces_draw_at_a_file_is_one_line(below, astronaut_path, tmp_path, capsys):
+    pytest.importorskip("dlib")
+    blocker = tmp_path / "f"
+    blocker.write_text("x")
+    target = blocker / "x" if below else blocker
+    rc = main(["faces", "detect", str(astronaut_path), "--draw", str(target)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
