@@ -279,3 +279,15 @@ def test_from_single_file_needs_a_local_config(tmp_path):
         InstantPortraitPipeline.from_single_file(ckpt)
     with pytest.raises(ModelNotFoundError, match="config folder not found"):
         InstantPortraitPipeline.from_single_file(ckpt, config=str(tmp_path / "nowhere"))
+
+
+def test_from_single_file_with_a_local_config_gives_the_same_edit(tmp_path, pipe, faces):
+    from instantportrait.pipelines import load_edit_pipeline
+    from instantportrait.single_file import save_single_file
+
+    pipe.save_pretrained(tmp_path / "config")
+    save_single_file(pipe, tmp_path / "model.safetensors")
+    loaded = load_edit_pipeline(tmp_path / "model.safetensors", config=tmp_path / "config")
+    loaded.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(one(loaded, faces[0], 0), one(pipe, faces[0], 0), atol=0, rtol=0)
+    assert loaded.recommended_steps == pipe.recommended_steps
