@@ -292,6 +292,9 @@ class InstantPortraitPipeline(
             )
             for module in (self.unet, self.vae, self.text_encoder)
         )
+        pinned = self.__dict__.get("_pinned_placement")
+        if pinned is not None:
+            return pinned
         cached = self.__dict__.get("_placement_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -582,8 +585,9 @@ class InstantPortraitPipeline(
             moments = vae.quant_conv(moments)
         return moments[:, : moments.shape[1] // 2].to(where.unet_dtype)
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Clean latents to images in [-1, 1] (by :meth:`set_latent_decoder`'s decoder if set)."""
+    def decode_latents(self, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Clean latents to images in [-1, 1] (by :meth:`set_latent_decoder`'s decoder if set);
+        ``clamp=False`` leaves the clamping to the caller (the output conversion does it)."""
         decoder = getattr(self, "_latent_decoder", None)
         if decoder is None:
             where = self._placement()
@@ -592,7 +596,8 @@ class InstantPortraitPipeline(
             first = next(decoder.parameters())
             device, dtype = first.device, first.dtype
         latents = latents.to(device=device, dtype=dtype) / decoder.config.scaling_factor
-        return decoder.decode(latents, return_dict=False)[0].clamp(-1, 1)
+        images = decoder.decode(latents, return_dict=False)[0]
+        return images.clamp(-1, 1) if clamp else images
 
     def set_latent_decoder(self, decoder: torch.nn.Module | None) -> None:
         """Decode with ``decoder`` instead of the VAE (``None`` goes back to the VAE).
@@ -758,7 +763,8 @@ class InstantPortraitPipeline(
                 )
             if output_type == "latent" and n == iterations - 1:
                 return latents
-            x = self.decode_latents(latents)
+            # The last pass's images are clamped by the conversion to the output type.
+            x = self.decode_latents(latents, clamp=n < iterations - 1)
         return x
 
     @torch.no_grad()
@@ -839,90 +845,103 @@ class InstantPortraitPipeline(
         prompts, sources = self._as_batch(prompt, image, n_embeds)
         policy = ResolutionPolicy(long_side=resolution)
         where = self._placement()
-        device = where.device
-        pixels = []
-        for i, s in enumerate(sources):
-            img = load_image(s, name=f"image[{i}]")
-            size = self._target_size(policy, img.size, height, width)
-            if size != img.size:
-                img = img.resize(size, Image.Resampling.LANCZOS)
-            pixels.append(image_to_tensor(img))
-        per = num_images_per_prompt
-        batch = len(pixels) * per
-        if isinstance(generator, (list, tuple)) and len(generator) != batch:
-            raise InputError(f"generator: {len(generator)} generators for {batch} output images")
+        # Pinned for the call: the encoders and decoders below read it without re-checking.
+        self._pinned_placement = where
+        try:
+            device = where.device
+            pixels = []
+            for i, s in enumerate(sources):
+                img = load_image(s, name=f"image[{i}]")
+                size = self._target_size(policy, img.size, height, width)
+                if size != img.size:
+                    img = img.resize(size, Image.Resampling.LANCZOS)
+                pixels.append(image_to_tensor(img))
+            per = num_images_per_prompt
+            batch = len(pixels) * per
+            if isinstance(generator, (list, tuple)) and len(generator) != batch:
+                raise InputError(
+                    f"generator: {len(generator)} generators for {batch} output images"
+                )
 
-        # The unconditional text is encoded only when a guided (three-branch) call needs it.
-        guided = needs_three_branches(g_text, g_image)
-        if prompt_embeds is None and guided:
-            cond, uncond = self.encode_prompt(prompts, device, negative_prompt)
-        elif prompt_embeds is None:
-            cond = uncond = self._text_embeddings(prompts, device)
-        else:
-            cond = prompt_embeds.to(device=device, dtype=where.unet_dtype)
-            if negative_prompt_embeds is None:
-                negative_prompt_embeds = self._text_embeddings([""], device) if guided else cond
-            uncond = negative_prompt_embeds.to(device=device, dtype=where.unet_dtype)
-        n_items = len(pixels)
-        if cond.shape[0] == 1 and n_items > 1:
-            cond = cond.expand(n_items, -1, -1)
-        if uncond.shape[0] != n_items:
-            uncond = uncond[:1].expand(n_items, -1, -1)
+            # The unconditional text is encoded only when a guided (three-branch) call needs it.
+            guided = needs_three_branches(g_text, g_image)
+            if prompt_embeds is None and guided:
+                cond, uncond = self.encode_prompt(prompts, device, negative_prompt)
+            elif prompt_embeds is None:
+                cond = uncond = self._text_embeddings(prompts, device)
+            else:
+                cond = prompt_embeds.to(device=device, dtype=where.unet_dtype)
+                if negative_prompt_embeds is None:
+                    negative_prompt_embeds = self._text_embeddings([""], device) if guided else cond
+                uncond = negative_prompt_embeds.to(device=device, dtype=where.unet_dtype)
+            n_items = len(pixels)
+            if cond.shape[0] == 1 and n_items > 1:
+                cond = cond.expand(n_items, -1, -1)
+            if uncond.shape[0] != n_items:
+                uncond = uncond[:1].expand(n_items, -1, -1)
 
-        callback = None
-        if callback_on_step_end is not None:
+            callback = None
+            if callback_on_step_end is not None:
 
-            def callback(i: int, t: Any, latents: torch.Tensor) -> torch.Tensor:
-                out = callback_on_step_end(self, i, t, {"latents": latents}) or {}
-                return out.get("latents", latents)
+                def callback(i: int, t: Any, latents: torch.Tensor) -> torch.Tensor:
+                    out = callback_on_step_end(self, i, t, {"latents": latents}) or {}
+                    return out.get("latents", latents)
 
-        # Items of one size form one batch (the common case: all of them).
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, px in enumerate(pixels):
-            groups.setdefault(tuple(px.shape), []).append(i)
-        if len(groups) == 1 and per == 1:  # the common case: one batch, in order
-            g = generator
-            out = self._edit(
-                torch.cat(pixels).to(device) if n_items > 1 else pixels[0].to(device),
-                cond,
-                uncond,
-                g,
-                steps,
-                iterations,
-                g_text,
-                g_image,
-                timestep,
-                output_type,
-                callback,
-            )
+            # Items of one size form one batch (the common case: all of them).
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for i, px in enumerate(pixels):
+                groups.setdefault(tuple(px.shape), []).append(i)
+            if len(groups) == 1 and per == 1:  # the common case: one batch, in order
+                g = generator
+                out = self._edit(
+                    torch.cat(pixels).to(device) if n_items > 1 else pixels[0].to(device),
+                    cond,
+                    uncond,
+                    g,
+                    steps,
+                    iterations,
+                    g_text,
+                    g_image,
+                    timestep,
+                    output_type,
+                    callback,
+                )
+                self.maybe_free_model_hooks()
+                images = out if output_type == "latent" else tensor_to_images(out, output_type)
+                return InstantPortraitPipelineOutput(images=images) if return_dict else (images,)
+            results: list[torch.Tensor | None] = [None] * batch
+            for members in groups.values():
+                rows = [i * per + k for i in members for k in range(per)]
+                x = torch.cat([pixels[i] for i in members]).to(device)
+                c, u = cond, uncond
+                if per > 1 or len(members) != n_items:
+                    index = [i for i in members for _ in range(per)]
+                    x = x.repeat_interleave(per, dim=0)
+                    c, u = cond[index], uncond[index]
+                g = (
+                    [generator[r] for r in rows]
+                    if isinstance(generator, (list, tuple))
+                    else generator
+                )
+                out = self._edit(
+                    x, c, u, g, steps, iterations, g_text, g_image, timestep, output_type, callback
+                )
+                for r, o in zip(rows, out):
+                    results[r] = o
+
             self.maybe_free_model_hooks()
-            images = out if output_type == "latent" else tensor_to_images(out, output_type)
-            return InstantPortraitPipelineOutput(images=images) if return_dict else (images,)
-        results: list[torch.Tensor | None] = [None] * batch
-        for members in groups.values():
-            rows = [i * per + k for i in members for k in range(per)]
-            x = torch.cat([pixels[i] for i in members]).to(device)
-            c, u = cond, uncond
-            if per > 1 or len(members) != n_items:
-                index = [i for i in members for _ in range(per)]
-                x = x.repeat_interleave(per, dim=0)
-                c, u = cond[index], uncond[index]
-            g = [generator[r] for r in rows] if isinstance(generator, (list, tuple)) else generator
-            out = self._edit(
-                x, c, u, g, steps, iterations, g_text, g_image, timestep, output_type, callback
-            )
-            for r, o in zip(rows, out):
-                results[r] = o
-
-        self.maybe_free_model_hooks()
-        if len(groups) == 1:
-            stacked = torch.stack(results)  # type: ignore[arg-type]
-            images = stacked if output_type == "latent" else tensor_to_images(stacked, output_type)
-        elif output_type == "latent":
-            images = [r[None] for r in results]  # type: ignore[index]
-        else:
-            parts = [tensor_to_images(r[None], output_type) for r in results]  # type: ignore[index]
-            images = [p[0] for p in parts]
-        if not return_dict:
-            return (images,)
-        return InstantPortraitPipelineOutput(images=images)
+            if len(groups) == 1:
+                stacked = torch.stack(results)  # type: ignore[arg-type]
+                images = (
+                    stacked if output_type == "latent" else tensor_to_images(stacked, output_type)
+                )
+            elif output_type == "latent":
+                images = [r[None] for r in results]  # type: ignore[index]
+            else:
+                parts = [tensor_to_images(r[None], output_type) for r in results]  # type: ignore[index]
+                images = [p[0] for p in parts]
+            if not return_dict:
+                return (images,)
+            return InstantPortraitPipelineOutput(images=images)
+        finally:
+            self.__dict__.pop("_pinned_placement", None)
