@@ -5,6 +5,8 @@ imports the CLI."""
 from __future__ import annotations
 
 import ast
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,47 @@ def test_faces_draw_at_a_file_is_one_line(below, astronaut_path, tmp_path, capsy
     rc = main(["faces", "detect", str(astronaut_path), "--draw", str(target)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1, err
+
+
+def test_single_multi_step_edit_shows_step_progress_and_plain_modes(
+    tiny_model_dir, astronaut_path, tmp_path, capsys
+):
+    old = os.umask(0o022)
+    try:
+        rc = edit(
+            str(astronaut_path),
+            "--prompt",
+            "hat",
+            "--model",
+            str(tiny_model_dir),
+            "--steps",
+            "2",
+            "--resolution",
+            "32",
+            "--output",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+        )
+    finally:
+        os.umask(old)
+    err = capsys.readouterr().err
+    assert rc == 0 and "denoising" in err
+    assert stat.S_IMODE((tmp_path / "o" / "astronaut.png").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "o").stat().st_mode) == 0o755
+
+
+def test_no_empty_float32_notice_on_to(tiny_pipe, caplog):
+    import diffusers
+    import torch
+
+    level = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_warning()  # a CLI test may have silenced it
+    try:
+        tiny_pipe.to("cpu", torch.float32)
+        tiny_pipe.to(device=torch.device("cpu"), dtype=torch.float32)
+        tiny_pipe.unet.to(dtype=torch.float32)  # the notice itself still reaches the log
+    finally:
+        diffusers.utils.logging.set_verbosity(level)
+    notices = [r for r in caplog.records if "kept in float32" in r.getMessage()]
+    assert len(notices) == 1, [r.getMessage() for r in notices]
