@@ -146,7 +146,7 @@ def test_device_and_environment_live_in_the_library():
 
     assert cli_resolve is resolve_device
     report = environment_report()
-    assert report["torch"] and "onnxruntime" in report
+    assert report["torch"] and any("onnxruntime" in k for k in report)
 
 
 @pytest.mark.parametrize("below", [False, True])

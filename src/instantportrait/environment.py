@@ -62,7 +62,6 @@ def environment_report() -> dict[str, str]:
         "matplotlib": "eval",
         "av": "video",
         "gradio": "app",
-        "onnxruntime": "onnx",
     }
     for module, extra in extras.items():
         found = importlib.util.find_spec(module) is not None
