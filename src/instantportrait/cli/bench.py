@@ -58,6 +58,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "measured against the plain run; join options with '+' to combine "
         "(e.g. fp16 fp16+channels-last+cuda-graphs safe); --list shows all",
     )
+    p.add_argument(
+        "--speed",
+        nargs="+",
+        default=[],
+        metavar="PRESET",
+        help="speed presets to measure against the plain run (as `edit --speed`: none, safe, "
+        "fast, max); the same as listing them in --options",
+    )
     p.add_argument("--tiny-vae", help="AutoencoderTiny (TAESD) folder for the tiny-vae option")
     p.add_argument("--prompt", default=None, help="the instruction edited")
     p.add_argument("--out", default="bench.json", help="JSON results file (default bench.json)")
@@ -94,7 +102,7 @@ def settings_from_args(args: argparse.Namespace):
         max_steps=args.max_steps,
         device=args.device,
         dtype=args.dtype,
-        options=list(args.options),
+        options=list(args.options) + list(getattr(args, "speed", [])),
         tiny_vae=args.tiny_vae,
         prompt=check_prompt(args.prompt, name="--prompt") if args.prompt else DEFAULT_PROMPT,
     ).validate()
