@@ -18,165 +18,56 @@ IPNet, 20 steps with scales 7.5 / 1.5 otherwise.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import json
-import logging
-import os
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.loaders import FromSingleFileMixin, StableDiffusionLoraLoaderMixin
-from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from ..errors import InputError, ModelNotFoundError
+from ..errors import InputError
 from ..guidance import instruct_pix2pix_guidance, needs_three_branches
 from ..io import (
     MAX_RESOLUTION,
     ImageSource,
     ResolutionPolicy,
-    atomic_directory,
-    check_prompt,
     load_image,
 )
 from ..parameterization import predict_x0
+from .edit_inputs import EditInputsMixin
+from .edit_loading import EditLoadingMixin
+from .edit_support import (
+    NOT_LOADED_COMPONENTS,
+    SAFETY_CHECKER_POLICY,
+    InstantPortraitPipelineOutput,
+    _first_parameter,
+    _Placement,
+    image_to_tensor,
+    tensor_to_images,
+)
+
+__all__ = [
+    "NOT_LOADED_COMPONENTS",
+    "SAFETY_CHECKER_POLICY",
+    "InstantPortraitPipeline",
+    "InstantPortraitPipelineOutput",
+    "image_to_tensor",
+    "tensor_to_images",
+]
 
 PromptInput = str | Sequence[str]
 GeneratorInput = torch.Generator | Sequence[torch.Generator] | None
 
 
-class InstantPortraitPipelineOutput(BaseOutput):
-    """``images``: PIL list, ``(B, H, W, 3)`` numpy in [0, 1], ``(B, 3, H, W)`` tensor in [0, 1],
-    or latents (``output_type="latent"``)."""
-
-    images: Any
-
-
-def image_to_tensor(image: Image.Image) -> torch.Tensor:
-    """A PIL RGB image as a ``(1, 3, H, W)`` float tensor in [-1, 1] (the VAE's range)."""
-    arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
-
-
-def tensor_to_images(images: torch.Tensor, output_type: str) -> Any:
-    """Decoded ``[-1, 1]`` images to the requested output type.
-
-    PIL images are quantised on the tensor's device (``round(255 * (x/2 + 1/2))``, clamped)
-    and copied to the host as bytes: four times less to copy, and a few small operations
-    instead of numpy's float round trip.
-    """
-    if output_type == "pil":
-        x = images.float().add(1.0).mul_(127.5).clamp_(0, 255).round_().to(torch.uint8)
-        arr = x.permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(a) for a in arr]
-    x = (images.float() / 2 + 0.5).clamp(0, 1)
-    if output_type == "pt":
-        return x
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _split_images(image: Any) -> list[Any]:
-    if isinstance(image, torch.Tensor) and image.ndim == 4:
-        return list(image)
-    if isinstance(image, np.ndarray) and image.ndim == 4:
-        return list(image)
-    if isinstance(image, (list, tuple)):
-        return list(image)
-    return [image]
-
-
-class _Placement(NamedTuple):
-    """Where the pipeline computes: execution device, UNet dtype, VAE device and dtype."""
-
-    device: torch.device
-    unet_dtype: torch.dtype
-    vae_device: torch.device
-    vae_dtype: torch.dtype
-
-
-def _first_parameter(module: Any) -> torch.Tensor | None:
-    if not isinstance(module, torch.nn.Module):
-        return None
-    return next(module.parameters(), None)
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
-
-
-#: Components an InstructPix2Pix checkpoint may list that this pipeline does not load.
-NOT_LOADED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
-
-SAFETY_CHECKER_POLICY = (
-    "InstantPortrait does not run the Stable Diffusion safety checker: {name} lists one, and "
-    "it is neither loaded nor run (see docs/editing.md, 'Safety checker'); screen outputs "
-    "yourself where your use needs it"
-)
-
-
-def _listed_components(path: Path) -> list[str]:
-    """Component names a local ``model_index.json`` lists with a class (not ``[null, null]``)."""
-    try:
-        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    return [
-        k
-        for k, v in index.items()
-        if isinstance(v, list) and len(v) == 2 and v[0] is not None and v[1] is not None
-    ]
-
-
-class _DropLines(logging.Filter):
-    """Drops log records for which ``drop(message)`` is true."""
-
-    def __init__(self, drop: Callable[[str], bool]):
-        super().__init__()
-        self.drop = drop
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not self.drop(record.getMessage())
-
-
-@contextlib.contextmanager
-def _dropping(logger_names: Sequence[str], drop: Callable[[str], bool]) -> Iterator[None]:
-    """Silence the matching lines of some diffusers loggers for the block."""
-    loggers = [logging.getLogger(n) for n in logger_names]
-    filt = _DropLines(drop)
-    for logger in loggers:
-        logger.addFilter(filt)
-    try:
-        yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(filt)
-
-
-def _quiet_about(names: Sequence[str]):
-    """Diffusers' "... are not expected ... will be ignored" lines about ``names`` (the policy
-    for them is stated once by :meth:`InstantPortraitPipeline.from_pretrained`)."""
-    return _dropping(
-        ["diffusers.configuration_utils", "diffusers.pipelines.pipeline_utils"],
-        lambda text: "not expected" in text and any(n in text for n in names),
-    )
-
-
-def _empty_fp32_notice(text: str) -> bool:
-    # diffusers warns on every cast that "modules ... should be kept in float32: []" even
-    # when the list is empty; only the empty-list form is dropped.
-    return "should be kept in float32: []" in text
-
-
 class InstantPortraitPipeline(
-    DiffusionPipeline, StableDiffusionLoraLoaderMixin, FromSingleFileMixin
+    EditLoadingMixin,
+    EditInputsMixin,
+    DiffusionPipeline,
+    StableDiffusionLoraLoaderMixin,
+    FromSingleFileMixin,
 ):
     """Edit a portrait by instruction: one step with an IPNet, many with an IDE-Net.
 
@@ -246,33 +137,6 @@ class InstantPortraitPipeline(
         """Image guidance used when ``image_guidance_scale`` is not given."""
         return float(self.config.default_image_guidance_scale)
 
-    def to(self, *args: Any, **kwargs: Any):
-        """``DiffusionPipeline.to`` without diffusers' empty "kept in float32: []" notice."""
-        with _dropping(["diffusers.models.modeling_utils"], _empty_fp32_notice):
-            return super().to(*args, **kwargs)
-
-    # ------------------------------------------------------------------ speed
-    def enable_speed(
-        self,
-        speed: str | Sequence[str] | None = "safe",
-        *,
-        tiny_vae: str | os.PathLike | None = None,
-    ):
-        """Turn on a speed preset or features (:mod:`instantportrait.speed`); returns the
-        :class:`~instantportrait.speed.SpeedState` (``.describe()``). Call after ``.to()``;
-        a second call first undoes the first."""
-        from ..speed import enable_speed
-
-        self.disable_speed()
-        self._speed_state = enable_speed(self, speed, tiny_vae=tiny_vae)
-        return self._speed_state
-
-    def disable_speed(self) -> None:
-        """Undo :meth:`enable_speed` (back to the plain pipeline)."""
-        state = self.__dict__.pop("_speed_state", None)
-        if state is not None:
-            state.undo()
-
     # ------------------------------------------------------------------ placement
     def _placement(self) -> _Placement:
         """Execution device and dtypes, resolved once and reused while nothing moved.
@@ -303,211 +167,6 @@ class InstantPortraitPipeline(
         )
         self._placement_cache = (key, placement)
         return placement
-
-    # ------------------------------------------------------------------ loading / saving
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
-        """Load from a local diffusers folder or a Hub id; one clear line when not found.
-
-        Any InstructPix2Pix-format checkpoint loads (e.g. ``timbrooks/instruct-pix2pix``).
-        Components it has beyond ours (:data:`NOT_LOADED_COMPONENTS`) are not loaded; a
-        listed safety checker is reported once as a warning (:data:`SAFETY_CHECKER_POLICY`).
-        """
-        name = str(pretrained_model_name_or_path)
-        path = Path(name).expanduser()
-        how = (
-            "pass a local diffusers pipeline folder (`instantportrait init-tiny DIR` makes one) "
-            "or a Hub id such as timbrooks/instruct-pix2pix on a machine that reaches the Hub"
-        )
-        if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise ModelNotFoundError(f"{name}: folder has no model_index.json; {how}")
-            listed = _listed_components(path)
-            if "safety_checker" in listed:
-                warnings.warn(SAFETY_CHECKER_POLICY.format(name=name), stacklevel=2)
-            for component in NOT_LOADED_COMPONENTS:
-                if component in listed:
-                    kwargs.setdefault(component, None)
-        elif path.exists():
-            raise ModelNotFoundError(f"{name}: not a folder; {how}")
-        elif not _looks_like_hub_id(name):
-            raise ModelNotFoundError(f"{name}: no such folder; {how}")
-        try:
-            with _quiet_about(NOT_LOADED_COMPONENTS):
-                return super().from_pretrained(name, **kwargs)
-        except (OSError, ValueError, RuntimeError) as exc:
-            offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelNotFoundError(
-                f"{name}: could not load the pipeline{offline}: {first[:200]}; {how}"
-            ) from exc
-
-    @classmethod
-    def from_single_file(cls, pretrained_model_link_or_path: str | os.PathLike, **kwargs: Any):
-        """Load one ``.safetensors`` checkpoint in the original (LDM) layout.
-
-        Offline (this toolkit's rule: nothing is downloaded behind your back) the pipeline's
-        configs must come from ``config=``: a local diffusers folder of the same architecture
-        (e.g. a saved InstructPix2Pix pipeline, or ``instantportrait init-tiny`` for the tiny
-        one); its tokenizer and scheduler are used as they are, and the UNet, VAE and text
-        encoder weights are read from the checkpoint. On a machine that reaches the Hub,
-        ``config="timbrooks/instruct-pix2pix"`` works too.
-        """
-        path = Path(str(pretrained_model_link_or_path)).expanduser()
-        config = kwargs.get("config")
-        how = (
-            "pass config=FOLDER, a local diffusers pipeline folder of the same architecture "
-            "(CLI: --config FOLDER)"
-        )
-        if not path.is_file():
-            raise ModelNotFoundError(f"{path}: no such checkpoint file")
-        if config is None:
-            raise ModelNotFoundError(f"{path}: a single-file checkpoint needs its configs; {how}")
-        if not Path(str(config)).expanduser().is_dir() and (
-            os.environ.get("HF_HUB_OFFLINE") or not _looks_like_hub_id(str(config))
-        ):
-            raise ModelNotFoundError(f"{config}: config folder not found; {how}")
-        try:
-            return super().from_single_file(str(path), **kwargs)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelNotFoundError(
-                f"{path}: could not load the single-file checkpoint: {first[:200]}"
-            ) from exc
-
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """Save as safetensors into ``save_directory`` atomically (temp folder, then rename)."""
-        kwargs.setdefault("safe_serialization", True)
-        with atomic_directory(save_directory, overwrite=True) as tmp:
-            super().save_pretrained(tmp, **kwargs)
-
-    # ------------------------------------------------------------------ inputs
-    def check_inputs(
-        self,
-        prompt: PromptInput | None,
-        image: Any,
-        num_inference_steps: int,
-        iterations: int,
-        output_type: str,
-        prompt_embeds: torch.Tensor | None,
-    ) -> None:
-        """Raise :class:`InputError` with one line for any invalid argument."""
-        if prompt is None and prompt_embeds is None:
-            raise InputError("prompt: give `prompt` or `prompt_embeds`")
-        if image is None:
-            raise InputError("image: an input image is required")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise InputError(
-                f"num_inference_steps: must be a positive integer, got {num_inference_steps}"
-            )
-        if not isinstance(iterations, int) or iterations < 1:
-            raise InputError(f"iterations: must be a positive integer, got {iterations}")
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise InputError(f"output_type: one of pil, np, pt, latent; got {output_type!r}")
-
-    def _as_batch(
-        self, prompt: PromptInput | None, image: Any, n_embeds: int | None
-    ) -> tuple[list[str] | None, list[Any]]:
-        images = _split_images(image)
-        prompts = None
-        if prompt is not None:
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            # Each distinct prompt is checked (tokenized for its length) once per pipeline:
-            # a video or a batch job repeats it at every call.
-            checked = self._host_cache("checked_prompts")
-            for i, p in enumerate(prompts):
-                if not (isinstance(p, str) and p in checked):
-                    checked_p = check_prompt(p, self.tokenizer, name=f"prompt[{i}]")
-                    if isinstance(p, str):
-                        checked[p] = checked_p
-                    prompts[i] = checked_p
-                else:
-                    prompts[i] = checked[p]
-        n = max(len(images), len(prompts) if prompts else n_embeds or 1)
-        if len(images) == 1 and n > 1:
-            images = images * n
-        if prompts is not None and len(prompts) == 1 and n > 1:
-            prompts = prompts * n
-        if len(images) != n or (prompts is not None and len(prompts) != n):
-            raise InputError(
-                f"batch: {len(images)} images and {len(prompts or [])} prompts; give equal "
-                "numbers, or one of either"
-            )
-        return prompts, images
-
-    def encode_prompt(
-        self,
-        prompt: PromptInput,
-        device: torch.device | None = None,
-        negative_prompt: PromptInput | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text embeddings ``(cond, uncond)``, each ``(B, 77, D)``; encode once, reuse often."""
-        device = device or self._placement().device
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if negative_prompt is None:
-            negatives = [""] * len(prompts)
-        else:
-            negatives = (
-                [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
-            )
-            if len(negatives) == 1:
-                negatives = negatives * len(prompts)
-        embeds = self._text_embeddings(prompts + negatives, device)
-        return embeds[: len(prompts)], embeds[len(prompts) :]
-
-    def _text_embeddings(self, texts: list[str], device: torch.device) -> torch.Tensor:
-        """Embeddings of ``texts``; each distinct text runs through the encoder once."""
-        unique = list(dict.fromkeys(texts))
-        ids = self._token_ids(unique).to(device)
-        embeds = self.text_encoder(ids)[0].to(dtype=self._placement().unet_dtype)
-        if len(unique) == len(texts):
-            return embeds
-        if len(unique) == 1:
-            return embeds.expand(len(texts), -1, -1)
-        where = {text: i for i, text in enumerate(unique)}
-        # slices, not an index tensor: no host-to-device copy
-        return torch.cat([embeds[where[t] : where[t] + 1] for t in texts])
-
-    def _host_cache(self, name: str) -> dict[str, Any]:
-        """A small per-pipeline cache of host work (prompt checks, token ids), emptied when
-        the tokenizer changes or it grows past 512 entries."""
-        caches = self.__dict__.setdefault("_host_caches", {})
-        if caches.get("_tokenizer") is not self.tokenizer:
-            caches.clear()
-            caches["_tokenizer"] = self.tokenizer
-        cache = caches.setdefault(name, {})
-        if len(cache) > 512:
-            cache.clear()
-        return cache
-
-    def _token_ids(self, texts: list[str]) -> torch.Tensor:
-        """``(len(texts), model_max_length)`` token ids, padded and truncated; each text is
-        tokenized once per pipeline (tokenizing costs ~0.4 ms of host time a call)."""
-        cache = self._host_cache("token_ids")
-        missing = [t for t in texts if t not in cache]
-        if missing:
-            ids = self.tokenizer(
-                missing,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
-            for text, row in zip(missing, ids):
-                cache[text] = row[None]
-        if len(texts) == 1:
-            return cache[texts[0]]
-        return torch.cat([cache[t] for t in texts])
-
-    def maybe_free_model_hooks(self) -> None:
-        """diffusers' end-of-call hook work, without building ``self.components`` (an
-        ``inspect.signature`` walk, ~0.1 ms) when no offloading hook is installed."""
-        modules = (self.unet, self.vae, self.text_encoder, getattr(self, "_latent_decoder", None))
-        for module in modules:
-            if hasattr(module, "_reset_stateful_cache"):
-                module._reset_stateful_cache()
-        if getattr(self, "_all_hooks", None):
-            super().maybe_free_model_hooks()
 
     # ------------------------------------------------------------------ the model
     def guided_prediction(
