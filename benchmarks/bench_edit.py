@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.set_defaults(size="real", out=None)
     args = parser.parse_args(argv)
     if args.out is None:
-        from instantportrait.cli.common import resolve_device
+        from instantportrait.devices import resolve_device
 
         kind = "cuda" if resolve_device(args.device).type == "cuda" else "cpu"
         args.out = str(ROOT / "benchmarks" / "results" / f"edit_{kind}.json")

@@ -87,7 +87,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from instantportrait.cli.env import environment_report
+    from instantportrait.environment import environment_report
     from instantportrait.evaluation.metrics import METRICS, ModelHub
     from instantportrait.evaluation.protocols import Prompt
     from instantportrait.evaluation.runner import EvaluationConfig, Evaluator

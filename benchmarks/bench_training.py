@@ -216,7 +216,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "training_cpu.json"))
     args = parser.parse_args()
     sizes = args.size or ["tiny"]
-    from instantportrait.cli.env import environment_report
+    from instantportrait.environment import environment_report
     from instantportrait.io import atomic_write
 
     report = {

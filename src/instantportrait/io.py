@@ -41,6 +41,10 @@ from .errors import InputError
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray | torch.Tensor
 
 DEFAULT_MAX_PIXELS = int(os.environ.get("INSTANTPORTRAIT_MAX_PIXELS", 64 * 1024 * 1024))
+#: The largest side the model may be asked to work at (``--resolution``, ``height``/``width``):
+#: refused up front, before any memory is spent (a 100000-pixel side would be killed by the
+#: out-of-memory killer instead). ``INSTANTPORTRAIT_MAX_RESOLUTION`` overrides it.
+MAX_RESOLUTION = int(os.environ.get("INSTANTPORTRAIT_MAX_RESOLUTION", 4096))
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
@@ -223,6 +227,11 @@ class ResolutionPolicy:
     def __post_init__(self) -> None:
         if self.long_side is not None and self.long_side < self.multiple:
             raise InputError(f"resolution: long side {self.long_side} is below {self.multiple}")
+        if self.long_side is not None and self.long_side > MAX_RESOLUTION:
+            raise InputError(
+                f"resolution: long side {self.long_side} is above the limit of {MAX_RESOLUTION} "
+                "(INSTANTPORTRAIT_MAX_RESOLUTION raises it)"
+            )
         if self.multiple < 1:
             raise InputError(f"resolution: multiple must be positive, got {self.multiple}")
 
@@ -234,7 +243,14 @@ class ResolutionPolicy:
         def snap(side: float) -> int:
             return max(m, int(round(side * scale / m)) * m)
 
-        return snap(width), snap(height)
+        size = snap(width), snap(height)
+        if max(size) > MAX_RESOLUTION:
+            raise InputError(
+                f"resolution: a {width}x{height} input would be edited at {size[0]}x{size[1]}, "
+                f"above the limit of {MAX_RESOLUTION} per side (give a resolution, or set "
+                "INSTANTPORTRAIT_MAX_RESOLUTION)"
+            )
+        return size
 
     def apply(self, image: Image.Image) -> Image.Image:
         """Resize ``image`` to :meth:`target_size` (Lanczos); unchanged if already there."""
@@ -375,8 +391,9 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
-        # mkdtemp creates 0700; give the folder the mode a plain mkdir would.
-        os.chmod(tmp, 0o777 & ~_umask())
+        # mkdtemp creates 0700, and some writers inside (diffusers' save_pretrained) create
+        # owner-only files: give everything the mode a plain mkdir / open() would.
+        normalise_modes(tmp)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -388,6 +405,27 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def normalise_modes(root: str | os.PathLike) -> None:
+    """Give ``root`` and everything below it the modes a plain write would: folders
+    ``0o777 & ~umask``, files ``0o666 & ~umask`` (``0o777 & ~umask`` if any execute bit is
+    set). Symbolic links are left alone."""
+    mask = _umask()
+    dir_mode, file_mode, exec_mode = 0o777 & ~mask, 0o666 & ~mask, 0o777 & ~mask
+    top = Path(root)
+    os.chmod(top, dir_mode)
+    for folder, dirs, files in os.walk(top):
+        for name in dirs:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, dir_mode)
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            executable = os.stat(path).st_mode & 0o111
+            os.chmod(path, exec_mode if executable else file_mode)
 
 
 def _umask() -> int:
@@ -402,6 +440,24 @@ def _first_file_ancestor(path: Path) -> Path | None:
         if parent.exists():
             return None if parent.is_dir() else parent
     return None
+
+
+def check_output_path(path: str | os.PathLike, *, kind: str = "dir") -> Path:
+    """Check that ``path`` can be written as a ``kind`` (``"dir"`` or ``"file"``) output:
+    not below a file, not a file where a folder is wanted nor the reverse. Existing outputs
+    are not judged here (see :func:`prepare_output`); nothing is created."""
+    if kind not in ("dir", "file"):
+        raise ValueError(f"kind must be 'dir' or 'file', got {kind!r}")
+    p = Path(path)
+    blocker = _first_file_ancestor(p.parent)
+    if blocker is not None:
+        raise InputError(f"{p}: cannot write below {blocker}, which is a file")
+    if p.exists() or p.is_symlink():
+        if kind == "dir" and not p.is_dir():
+            raise InputError(f"{p}: is a file, but an output folder is wanted")
+        if kind == "file" and p.is_dir():
+            raise InputError(f"{p}: is a folder, but an output file is wanted")
+    return p
 
 
 def prepare_output(
@@ -422,17 +478,8 @@ def prepare_output(
     the new. Nothing is created unless ``create`` is true (then the folder is made).
     Call it after the inputs have been validated and before the first write.
     """
-    if kind not in ("dir", "file"):
-        raise ValueError(f"kind must be 'dir' or 'file', got {kind!r}")
-    p = Path(path)
-    blocker = _first_file_ancestor(p.parent)
-    if blocker is not None:
-        raise InputError(f"{p}: cannot write below {blocker}, which is a file")
+    p = check_output_path(path, kind=kind)
     if p.exists() or p.is_symlink():
-        if kind == "dir" and not p.is_dir():
-            raise InputError(f"{p}: is a file, but an output folder is wanted")
-        if kind == "file" and p.is_dir():
-            raise InputError(f"{p}: is a folder, but an output file is wanted")
         empty_dir = p.is_dir() and not any(p.iterdir())
         if not (empty_dir and allow_existing_empty):
             if not overwrite:

@@ -18,9 +18,11 @@ Decisions:
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,6 +38,7 @@ from .io import (
     IMAGE_SUFFIXES,
     atomic_directory,
     atomic_write,
+    check_output_path,
     check_prompt,
     list_images,
     load_image,
@@ -72,6 +75,7 @@ class VideoInfo:
     height: int
     fps: float
     frames: int | None
+    audio_streams: int = 0
 
 
 def is_video_path(path: str | os.PathLike) -> bool:
@@ -99,7 +103,10 @@ def probe(source: str | os.PathLike) -> VideoInfo:
             frame = next(container.decode(stream), None)
             if frame is None:
                 raise InputError(f"{path}: video holds no frames")
-            return VideoInfo(path, False, frame.width, frame.height, fps, stream.frames or None)
+            n_audio = len(container.streams.audio)
+            return VideoInfo(
+                path, False, frame.width, frame.height, fps, stream.frames or None, n_audio
+            )
     except _av_errors(av) as exc:
         raise InputError(f"{path}: unreadable video ({_first_line(exc)})") from None
 
@@ -172,6 +179,16 @@ def check_frame_size(output: str | os.PathLike, codec: str, width: int, height: 
         )
 
 
+def check_fps(fps: float | None) -> float | None:
+    """``None`` (keep the input's rate) or a finite positive rate; else :class:`InputError`."""
+    if fps is None:
+        return None
+    rate = float(fps)
+    if not math.isfinite(rate) or rate <= 0:
+        raise InputError(f"fps: must be a positive number of frames per second, got {fps}")
+    return rate
+
+
 def plan_output(
     output: str | os.PathLike,
     info: VideoInfo,
@@ -183,7 +200,7 @@ def plan_output(
 
     Returns the output path and the encoder (``None`` for a frame folder).
     """
-    out = Path(output)
+    out = check_output_path(output, kind="file" if is_video_path(output) else "dir")
     if out.exists() and not overwrite:
         raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
     if not is_video_path(out):
@@ -296,11 +313,16 @@ def edit_video(
 
     if batch_size < 1:
         raise InputError(f"batch_size: at least 1, got {batch_size}")
+    rate = check_fps(fps)
     info = probe(source)
     out, chosen = plan_output(output, info, codec=codec, overwrite=overwrite)
-    rate = float(fps or info.fps)
-    if rate <= 0:
-        raise InputError(f"fps: must be positive, got {rate}")
+    rate = info.fps if rate is None else rate
+    if info.audio_streams:
+        warnings.warn(
+            f"{info.path}: the input's audio is not copied; {out} holds the edited frames only "
+            "(mux the sound back with e.g. ffmpeg -i edited -i input -map 0:v -map 1:a -c copy)",
+            stacklevel=2,
+        )
     names = [f.stem for f in list_images([info.path])] if info.is_folder else None
     if names is not None and len(set(names)) != len(names):
         names = None  # two frames share a stem (a.png, a.jpg): number them instead

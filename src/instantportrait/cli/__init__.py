@@ -15,6 +15,7 @@ import importlib
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from ..errors import INTERNAL_EXIT_CODE, USAGE_EXIT_CODE, InstantPortraitError
@@ -66,6 +67,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings()
+        return _run(args)
+
+
+def _one_line_warnings():
+    """A ``warnings.showwarning`` that prints ``warning: <message>`` once per message: no
+    file name, no source line, no repeats (a user reads the message, not our code)."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+        text = " ".join(str(message).split())
+        if text in seen:
+            return
+        seen.add(text)
+        from tqdm.auto import tqdm
+
+        # tqdm.write keeps an active progress bar intact (the line goes above it).
+        tqdm.write(f"warning: {text}", file=sys.stderr if file is None else file)
+
+    return show
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except InstantPortraitError as exc:

@@ -54,12 +54,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--options",
         nargs="+",
         default=[],
-        help="speed options, each measured against the plain run; join with '+' to combine "
-        "(e.g. fp16 fp16+channels-last+cuda-graphs); --list shows all",
+        help="speed options or presets (none, safe, fast, max: as `edit --speed`), each "
+        "measured against the plain run; join options with '+' to combine "
+        "(e.g. fp16 fp16+channels-last+cuda-graphs safe); --list shows all",
+    )
+    p.add_argument(
+        "--speed",
+        nargs="+",
+        default=[],
+        metavar="PRESET",
+        help="speed presets to measure against the plain run (as `edit --speed`: none, safe, "
+        "fast, max); the same as listing them in --options",
     )
     p.add_argument("--tiny-vae", help="AutoencoderTiny (TAESD) folder for the tiny-vae option")
     p.add_argument("--prompt", default=None, help="the instruction edited")
     p.add_argument("--out", default="bench.json", help="JSON results file (default bench.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--list", action="store_true", help="list the cases and options, then exit")
     p.add_argument("--dry-run", action="store_true", help="print the resolved settings and exit")
 
@@ -92,7 +102,7 @@ def settings_from_args(args: argparse.Namespace):
         max_steps=args.max_steps,
         device=args.device,
         dtype=args.dtype,
-        options=list(args.options),
+        options=list(args.options) + list(getattr(args, "speed", [])),
         tiny_vae=args.tiny_vae,
         prompt=check_prompt(args.prompt, name="--prompt") if args.prompt else DEFAULT_PROMPT,
     ).validate()
@@ -110,11 +120,22 @@ def run(args: argparse.Namespace) -> int:
         for name, option in benchmark.OPTIONS.items():
             gpu = "  [GPU only]" if option.gpu_only else ""
             print(f"  {name:<26} {option.description}{gpu}")
+        from ..speed import PRESETS
+
+        print("presets (as `edit --speed`; half precision and CUDA-only parts on CUDA only):")
+        for name, features in PRESETS.items():
+            print(f"  {name:<26} {' + '.join(features) or '(nothing)'}")
         return 0
     settings = settings_from_args(args)
     if args.dry_run:
         print(json.dumps(settings.as_dict(), indent=2))
         return 0
+    from ..devices import resolve_device
+    from ..io import prepare_output
+
+    resolve_device(args.device)
+    # The writer policy: an existing results file is not replaced without --overwrite.
+    prepare_output(args.out, kind="file", overwrite=getattr(args, "overwrite", False))
     quiet_libraries()
     results = benchmark.run_benchmark(settings, progress=True)
     print(benchmark.format_tables(results))

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-import torch
+from ..devices import DTYPES, resolve_device, resolve_dtype, seeded_generator
 
-from ..errors import InputError
-
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
+__all__ = [
+    "DTYPES",
+    "add_device_arguments",
+    "add_speed_arguments",
+    "quiet_libraries",
+    "resolve_device",
+    "resolve_dtype",
+    "seeded_generator",
+]
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,37 +30,23 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, then MPS, else CPU; anything else is validated."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device: unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine")
-    return device
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--speed PRESET`` and ``--tiny-vae PATH`` (:mod:`instantportrait.speed`)."""
+    from ..speed import PRESETS
 
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` is float16 on CUDA and float32 elsewhere (CPU half precision is slow)."""
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise InputError(f"--dtype: one of {', '.join(DTYPES)} or auto; got {name!r}")
-    return DTYPES[name]
-
-
-def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    """A generator on the CPU seeded with ``seed`` (CPU noise is identical on every device)."""
-    if seed is None:
-        return None
-    return torch.Generator("cpu").manual_seed(int(seed))
+    parser.add_argument(
+        "--speed",
+        default="none",
+        metavar="PRESET",
+        help=f"speed preset ({', '.join(PRESETS)}; default none) or features joined with '+' "
+        "(e.g. fp16+channels-last); see `instantportrait bench --list`",
+    )
+    parser.add_argument(
+        "--tiny-vae",
+        default=None,
+        metavar="PATH",
+        help="AutoencoderTiny (TAESD) folder: decode with it (presets fast and max use it)",
+    )
 
 
 def quiet_libraries() -> None:

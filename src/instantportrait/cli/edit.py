@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_device_arguments
+from .common import add_device_arguments, add_speed_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,9 +20,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--prompt", help="the instruction, e.g. 'wearing a 1920s flapper dress'")
     src.add_argument("--prompt-file", help="a text file of prompts, one per line ('#' comments)")
     p.add_argument(
+        "--negative-prompt",
+        default=None,
+        help="replaces the empty prompt of the unconditional branches (guided modes only)",
+    )
+    p.add_argument(
         "--model",
         required=True,
-        help="pipeline folder or Hub id (IPNet, IDE-Net or InstructPix2Pix format)",
+        help="pipeline folder or Hub id (IPNet, IDE-Net or InstructPix2Pix format), or a "
+        "single-file .safetensors checkpoint with --config",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="for a single-file --model: a local diffusers folder of the same architecture",
+    )
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:WEIGHT]",
+        help="LoRA weights (diffusers/PEFT format) to load, repeatable (default weight 1)",
     )
     p.add_argument(
         "--steps",
@@ -49,6 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="image guidance s_I (default: the checkpoint's)",
     )
     p.add_argument(
+        "--num-images-per-prompt",
+        type=int,
+        default=1,
+        help="outputs per input and prompt, each with its own noise (default 1)",
+    )
+    p.add_argument(
         "--seed", type=int, default=0, help="noise seed, the same for every input (default 0)"
     )
     p.add_argument("--output", "-o", default="outputs", help="output folder (default outputs/)")
@@ -59,16 +83,55 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="long side the input is resized to, multiple of 8 (default 512)",
     )
     p.add_argument("--keep-size", action="store_true", help="resize results back to the input size")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    done = p.add_mutually_exclusive_group()
+    done.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    done.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave outputs that exist alone and edit the rest (resume an interrupted batch)",
+    )
+    add_speed_arguments(p)
     add_device_arguments(p)
     p.set_defaults(func=run)
+
+
+def output_names(files: list[Path], n_prompts: int, per: int) -> list[list[str]]:
+    """Output file names per input file: ``stem.png``, with ``_PPP`` for several prompts and
+    ``_K`` for several images per prompt."""
+    names = []
+    for f in files:
+        row = []
+        for j in range(n_prompts):
+            stem = f.stem if n_prompts == 1 else f"{f.stem}_{j:03d}"
+            row.append([f"{stem}.png"] if per == 1 else [f"{stem}_{k}.png" for k in range(per)])
+        names.append(row)
+    return names
+
+
+def parse_lora(spec: str) -> tuple[str, float]:
+    """``PATH[:WEIGHT]`` -> (path, weight); a path with a colon keeps it when no number
+    follows."""
+    from ..errors import InputError
+
+    path, _, weight = spec.rpartition(":")
+    if path and weight:
+        try:
+            return path, float(weight)
+        except ValueError:
+            pass
+    if not Path(spec).exists():
+        raise InputError(f"--lora {spec}: no such file or folder")
+    return spec, 1.0
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from ..devices import resolve_device, resolve_dtype, seeded_generator
     from ..errors import InputError
     from ..io import (
+        ResolutionPolicy,
+        check_output_path,
         check_prompt,
         list_images,
         load_image,
@@ -77,37 +140,79 @@ def run(args: argparse.Namespace) -> int:
         safe_output_path,
         save_image,
     )
-    from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
+    from ..speed import resolve_speed
+    from .common import quiet_libraries
 
+    # Every argument, input and output is checked before the model loads or anything is written.
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps: must be at least 1, got {args.steps}")
     if args.iterations < 1:
         raise InputError(f"--iterations: must be at least 1, got {args.iterations}")
+    if args.num_images_per_prompt < 1:
+        raise InputError(f"--num-images-per-prompt: at least 1, got {args.num_images_per_prompt}")
+    try:
+        ResolutionPolicy(long_side=args.resolution)
+    except InputError as exc:
+        raise InputError(f"--{exc}") from None
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    resolve_speed(args.speed, device)
+    loras = [parse_lora(s) for s in args.lora]
     prompts = (
         read_prompt_file(args.prompt_file)
         if args.prompt_file
         else [check_prompt(args.prompt, name="--prompt")]
     )
+    negative = (
+        check_prompt(args.negative_prompt, name="--negative-prompt")
+        if args.negative_prompt is not None
+        else None
+    )
     files = list_images(args.inputs)
-    # Validate every input and every output name before loading the model: bad input fails fast.
     sizes = {f: load_image(f).size for f in files}
-    out_dir = Path(args.output)
-    jobs = []
-    for f in files:
-        for j, prompt in enumerate(prompts):
-            name = f"{f.stem}.png" if len(prompts) == 1 else f"{f.stem}_{j:03d}.png"
-            jobs.append((f, prompt, safe_output_path(out_dir, name, overwrite=args.overwrite)))
-    if len({dest for _, _, dest in jobs}) != len(jobs):
+    # The output folder gathers files: it may exist; each output file is checked on its own.
+    out_dir = check_output_path(args.output, kind="dir")
+    jobs, skipped = [], 0
+    for f, row in zip(files, output_names(files, len(prompts), args.num_images_per_prompt)):
+        for prompt, names in zip(prompts, row):
+            dests = []
+            for name in names:
+                exists = (out_dir / name).exists()
+                dests.append(
+                    safe_output_path(out_dir, name, overwrite=args.overwrite or args.skip_existing)
+                    if not (exists and args.skip_existing)
+                    else None
+                )
+            if all(d is None for d in dests):
+                skipped += len(dests)
+                continue
+            jobs.append((f, prompt, [d or out_dir / n for d, n in zip(dests, names)]))
+    flat = [d for _, _, ds in jobs for d in ds]
+    if len(set(flat)) != len(flat):
         raise InputError("inputs: two inputs share a file name; outputs would collide")
+    if skipped:
+        print(f"skipping {skipped} existing output(s) (--skip-existing)", file=sys.stderr)
+    if not jobs:
+        return 0
 
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    from ..pipelines import InstantPortraitPipeline
+    from ..pipelines import load_edit_pipeline
 
     quiet_libraries()
-    pipe = InstantPortraitPipeline.from_pretrained(args.model).to(device=device, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    steps = args.steps or pipe.config.recommended_steps
+    pipe = load_edit_pipeline(args.model, config=args.config, device=device, dtype=dtype)
+    for i, (path, _weight) in enumerate(loras):
+        pipe.load_lora_weights(path, adapter_name=f"lora{i}")
+    if loras:
+        pipe.set_adapters([f"lora{i}" for i in range(len(loras))], [w for _, w in loras])
+    if args.speed not in (None, "none"):
+        state = pipe.enable_speed(args.speed, tiny_vae=args.tiny_vae)
+        print(state.describe(), file=sys.stderr)
+    elif args.tiny_vae:
+        pipe.enable_speed("tiny-vae", tiny_vae=args.tiny_vae)
+    steps = args.steps or pipe.recommended_steps
+    # One bar over the images when there are several; a bar over the steps for a single
+    # multi-step edit (the pipeline's own).
+    single_multi_step = len(jobs) == 1 and steps * args.iterations > 1
+    pipe.set_progress_bar_config(disable=not single_multi_step, desc="denoising", leave=False)
     bar = tqdm(
         jobs,
         desc=f"editing ({steps} step{'s' * (steps > 1)})",
@@ -115,20 +220,28 @@ def run(args: argparse.Namespace) -> int:
         disable=len(jobs) < 2,
         file=sys.stderr,
     )
-    for f, prompt, dest in bar:
-        image = load_image(f)
-        result = pipe(
+    for f, prompt, dests in bar:
+        per = len(dests)
+        generator = seeded_generator(args.seed, device)
+        if per > 1:
+            generator = [seeded_generator(args.seed + k, device) for k in range(per)]
+        results = pipe(
             prompt,
-            image,
+            load_image(f),
             num_inference_steps=steps,
             guidance_scale=args.guidance_scale,
             image_guidance_scale=args.image_guidance_scale,
+            negative_prompt=negative,
             iterations=args.iterations,
-            generator=seeded_generator(args.seed, device),
+            generator=generator,
             resolution=args.resolution,
-        ).images[0]
-        if args.keep_size:
-            result = restore_size(result, sizes[f])
-        save_image(result, dest)
-        print(dest)
+            num_images_per_prompt=per,
+        ).images
+        for result, dest in zip(results, dests):
+            if dest.exists() and args.skip_existing:
+                continue
+            if args.keep_size:
+                result = restore_size(result, sizes[f])
+            save_image(result, dest)
+            print(dest)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device_arguments
+from .common import add_device_arguments, add_speed_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,9 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=512,
         help="long side frames are edited at (default 512); output keeps the input's size",
     )
-    p.add_argument("--fps", type=float, default=None, help="output frame rate (default: input's)")
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="output frame rate, positive (default: the input's; a frame folder: 25). "
+        "The input's audio is not copied",
+    )
     p.add_argument("--codec", default=None, help="video encoder (default libx264, else mpeg4)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_speed_arguments(p)
     add_device_arguments(p)
     p.set_defaults(func=run)
 
@@ -43,26 +50,42 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from ..devices import resolve_device, resolve_dtype
     from ..errors import InputError
     from ..io import check_prompt
-    from ..video import edit_video, plan_output, probe
-    from .common import quiet_libraries, resolve_device, resolve_dtype
+    from ..speed import resolve_speed
+    from ..video import check_fps, edit_video, plan_output, probe
+    from .common import quiet_libraries
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size: at least 1, got {args.batch_size}")
     if args.steps < 1:
         raise InputError(f"--steps: at least 1, got {args.steps}")
+    try:
+        check_fps(args.fps)
+    except InputError as exc:
+        raise InputError(f"--{exc}") from None
     check_prompt(args.prompt, name="--prompt")
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    resolve_speed(args.speed, device)
     # Bad input or output fails before the model loads.
     info = probe(args.input)
     plan_output(args.output, info, codec=args.codec, overwrite=args.overwrite)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    from ..pipelines import InstantPortraitPipeline
+    from ..io import ResolutionPolicy
+    from ..pipelines import load_edit_pipeline
 
+    try:
+        ResolutionPolicy(long_side=args.resolution).target_size(info.width, info.height)
+    except InputError as exc:
+        raise InputError(f"--{exc}") from None
     quiet_libraries()
-    pipe = InstantPortraitPipeline.from_pretrained(args.model).to(device=device, dtype=dtype)
+    pipe = load_edit_pipeline(args.model, device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
+    if args.speed not in (None, "none"):
+        print(pipe.enable_speed(args.speed, tiny_vae=args.tiny_vae).describe(), file=sys.stderr)
+    elif args.tiny_vae:
+        pipe.enable_speed("tiny-vae", tiny_vae=args.tiny_vae)
     result = edit_video(
         pipe,
         info.path,

@@ -103,7 +103,7 @@ def _draw(arr: Any, det: Any) -> Any:
 
 def run_detect(args: argparse.Namespace) -> int:
     from ..faces.detect import detect, images_to_arrays
-    from ..io import list_images, safe_output_path, save_image
+    from ..io import check_output_path, list_images, safe_output_path, save_image
 
     upsample = _check_upsample(args.upsample)
     files = list_images(args.inputs)
@@ -111,8 +111,8 @@ def run_detect(args: argparse.Namespace) -> int:
     arrays, _, _ = images_to_arrays([str(f) for f in files])
     targets = []
     if args.draw:
-        out_dir = Path(args.draw)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        # A file, or a path below one, is one line; the folder is made by the first write.
+        out_dir = check_output_path(args.draw, kind="dir")
         targets = [
             safe_output_path(out_dir, f"{f.stem}_faces.png", overwrite=args.overwrite)
             for f in files
@@ -149,7 +149,7 @@ def run_detect(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     from ..faces.analyzer import FaceAnalyzer
-    from ..faces.embedders import face_similarity
+    from ..faces.similarity import face_similarity
     from ..io import load_image
     from .common import resolve_device
 

@@ -392,7 +392,7 @@ class EditMethod(Method):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise InputError(f"method {spec.text!r}: {key} must be a positive integer")
         if spec.get("dtype") is not None:
-            from ..cli.common import DTYPES
+            from ..devices import DTYPES
 
             if spec.get("dtype") not in DTYPES:
                 raise InputError(f"method {spec.text!r}: dtype one of {', '.join(DTYPES)}")

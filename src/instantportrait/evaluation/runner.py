@@ -345,7 +345,7 @@ class Evaluator:
             },
         )
         try:
-            from ..cli.env import environment_report
+            from ..environment import environment_report
 
             store.set_meta("environment", environment_report())
         except Exception:  # noqa: BLE001 - the report of the environment is best effort

@@ -4,6 +4,12 @@ Two levels (as facenet-pytorch): :class:`FaceAnalyzer` ``.analyze(image)`` retur
 aligned crops and embeddings; :func:`detect`, :func:`crop_faces`, :func:`face_masks` and
 :func:`get_embedder` are the parts. Names are imported on first use, so importing this
 package loads neither dlib nor any network.
+
+``detect`` is the function: the submodule of the same name is imported here, before the name
+is bound, so the import system can never replace the function by the module (which happened
+when the submodule was first imported after ``from instantportrait.faces import detect``).
+The module stays reachable as ``instantportrait.faces.detect`` in import statements
+(``from instantportrait.faces.detect import FaceDetections``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,13 @@ import importlib
 import importlib.metadata
 import importlib.util
 from typing import Any
+
+# Import the submodule first (this binds the package attribute to the module), then rebind
+# the name to the function: a later `import ...faces.detect` finds the module in sys.modules
+# and leaves the attribute alone. detect.py imports dlib only when a detection runs.
+from . import detect as _detect_module
+
+detect = _detect_module.detect
 
 _EXPORTS = {
     "IdentityEmbedder": "base",
@@ -22,13 +35,12 @@ _EXPORTS = {
     "to_grayscale": "align",
     "FaceDetections": "detect",
     "NoFaceFoundError": "detect",
-    "detect": "detect",
     "detect_landmarks": "detect",
     "FACE_PARTS": "masks",
     "face_mask": "masks",
     "face_masks": "masks",
-    "FaceSimilarity": "embedders",
-    "face_similarity": "embedders",
+    "FaceSimilarity": "similarity",
+    "face_similarity": "similarity",
     "get_embedder": "embedders",
     "Face": "analyzer",
     "FaceAnalyzer": "analyzer",
@@ -41,7 +53,7 @@ _EXPORTS = {
     "DlibResNetEmbedder": "dlib_resnet",
 }
 
-__all__ = sorted([*_EXPORTS, "face_stack_status"])
+__all__ = sorted([*_EXPORTS, "detect", "face_stack_status"])
 
 
 def __getattr__(name: str) -> Any:
@@ -79,5 +91,5 @@ def face_stack_status() -> dict[str, str]:
         except MissingDependencyError as exc:
             info[f"dlib model {kind}"] = f"missing ({exc})"
     found = importlib.util.find_spec("onnxruntime") is not None
-    info["onnxruntime (ArcFace ONNX)"] = "available" if found else "missing (extra [eval])"
+    info["onnxruntime (ArcFace ONNX)"] = "available" if found else "missing (extra [onnx])"
     return info

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import InputError, ModelNotFoundError, optional_import
 from .base import IdentityEmbedder
-from .embedders import load_into, read_state_dict
+from .weights import load_into, read_state_dict
 
 __all__ = [
     "ARCHITECTURES",
@@ -192,7 +192,7 @@ class ArcFaceOnnxEmbedder(IdentityEmbedder):
 
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None) -> None:
         super().__init__()
-        ort = optional_import("onnxruntime", "eval", "the ArcFace ONNX model")
+        ort = optional_import("onnxruntime", "onnx", "the ArcFace ONNX model")
         p = Path(path)
         if not p.is_file():
             raise ModelNotFoundError(f"{p}: ArcFace ONNX model not found (w600k_r50.onnx)")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import IdentityEmbedder
-from .embedders import load_into, read_state_dict
+from .weights import load_into, read_state_dict
 
 __all__ = ["FaceNetEmbedder", "InceptionResnetV1"]
 

@@ -19,83 +19,63 @@ IPNet, 20 steps with scales 7.5 / 1.5 otherwise.
 from __future__ import annotations
 
 import inspect
-import os
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.utils import BaseOutput
+from diffusers.loaders import FromSingleFileMixin, StableDiffusionLoraLoaderMixin
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from ..errors import InputError, ModelNotFoundError
+from ..errors import InputError
 from ..guidance import instruct_pix2pix_guidance, needs_three_branches
-from ..io import ImageSource, ResolutionPolicy, atomic_directory, check_prompt, load_image
+from ..io import (
+    MAX_RESOLUTION,
+    ImageSource,
+    ResolutionPolicy,
+    load_image,
+)
 from ..parameterization import predict_x0
+from .edit_inputs import EditInputsMixin
+from .edit_loading import EditLoadingMixin
+from .edit_support import (
+    NOT_LOADED_COMPONENTS,
+    SAFETY_CHECKER_POLICY,
+    InstantPortraitPipelineOutput,
+    _first_parameter,
+    _Placement,
+    image_to_tensor,
+    tensor_to_images,
+)
+
+__all__ = [
+    "NOT_LOADED_COMPONENTS",
+    "SAFETY_CHECKER_POLICY",
+    "InstantPortraitPipeline",
+    "InstantPortraitPipelineOutput",
+    "image_to_tensor",
+    "tensor_to_images",
+]
 
 PromptInput = str | Sequence[str]
 GeneratorInput = torch.Generator | Sequence[torch.Generator] | None
 
 
-class InstantPortraitPipelineOutput(BaseOutput):
-    """``images``: PIL list, ``(B, H, W, 3)`` numpy in [0, 1], ``(B, 3, H, W)`` tensor in [0, 1],
-    or latents (``output_type="latent"``)."""
-
-    images: Any
-
-
-def image_to_tensor(image: Image.Image) -> torch.Tensor:
-    """A PIL RGB image as a ``(1, 3, H, W)`` float tensor in [-1, 1] (the VAE's range)."""
-    arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
-
-
-def tensor_to_images(images: torch.Tensor, output_type: str) -> Any:
-    """Decoded ``[-1, 1]`` images to the requested output type."""
-    x = (images.float() / 2 + 0.5).clamp(0, 1)
-    if output_type == "pt":
-        return x
-    arr = x.permute(0, 2, 3, 1).cpu().numpy()
-    if output_type == "np":
-        return arr
-    return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
-
-
-def _split_images(image: Any) -> list[Any]:
-    if isinstance(image, torch.Tensor) and image.ndim == 4:
-        return list(image)
-    if isinstance(image, np.ndarray) and image.ndim == 4:
-        return list(image)
-    if isinstance(image, (list, tuple)):
-        return list(image)
-    return [image]
-
-
-class _Placement(NamedTuple):
-    """Where the pipeline computes: execution device, UNet dtype, VAE device and dtype."""
-
-    device: torch.device
-    unet_dtype: torch.dtype
-    vae_device: torch.device
-    vae_dtype: torch.dtype
-
-
-def _first_parameter(module: Any) -> torch.Tensor | None:
-    if not isinstance(module, torch.nn.Module):
-        return None
-    return next(module.parameters(), None)
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
-
-
-class InstantPortraitPipeline(DiffusionPipeline):
+class InstantPortraitPipeline(
+    EditLoadingMixin,
+    EditInputsMixin,
+    DiffusionPipeline,
+    StableDiffusionLoraLoaderMixin,
+    FromSingleFileMixin,
+):
     """Edit a portrait by instruction: one step with an IPNet, many with an IDE-Net.
+
+    LoRA adapters load through diffusers' ``load_lora_weights`` (PEFT; UNet and text encoder:
+    ``set_adapters``, ``fuse_lora``, ``unload_lora_weights`` as for Stable Diffusion);
+    ``from_single_file`` reads one ``.safetensors`` checkpoint in the original (LDM) layout
+    given ``config=`` a local diffusers folder of the same architecture. Speed features:
+    :meth:`enable_speed`. Safety checker: see :data:`SAFETY_CHECKER_POLICY`.
 
     Args:
         vae: encodes the input image and decodes the result.
@@ -135,6 +115,28 @@ class InstantPortraitPipeline(DiffusionPipeline):
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
+    # Config values as plain attributes (diffusers' attribute fallback to the config warns of a
+    # deprecation on every read).
+    @property
+    def recommended_steps(self) -> int:
+        """Steps used when ``num_inference_steps`` is not given (1 = IPNet)."""
+        return int(self.config.recommended_steps)
+
+    @property
+    def student_timestep(self) -> int:
+        """The timestep of the one-step mode."""
+        return int(self.config.student_timestep)
+
+    @property
+    def default_guidance_scale(self) -> float:
+        """Text guidance used when ``guidance_scale`` is not given."""
+        return float(self.config.default_guidance_scale)
+
+    @property
+    def default_image_guidance_scale(self) -> float:
+        """Image guidance used when ``image_guidance_scale`` is not given."""
+        return float(self.config.default_image_guidance_scale)
+
     # ------------------------------------------------------------------ placement
     def _placement(self) -> _Placement:
         """Execution device and dtypes, resolved once and reused while nothing moved.
@@ -154,6 +156,9 @@ class InstantPortraitPipeline(DiffusionPipeline):
             )
             for module in (self.unet, self.vae, self.text_encoder)
         )
+        pinned = self.__dict__.get("_pinned_placement")
+        if pinned is not None:
+            return pinned
         cached = self.__dict__.get("_placement_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -162,133 +167,6 @@ class InstantPortraitPipeline(DiffusionPipeline):
         )
         self._placement_cache = (key, placement)
         return placement
-
-    # ------------------------------------------------------------------ loading / saving
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
-        """Load from a local diffusers folder or a Hub id; one clear line when not found.
-
-        Any InstructPix2Pix-format checkpoint loads (e.g. ``timbrooks/instruct-pix2pix``);
-        components it has beyond ours (safety checker, feature extractor) are ignored.
-        """
-        name = str(pretrained_model_name_or_path)
-        path = Path(name).expanduser()
-        how = (
-            "pass a local diffusers pipeline folder (`instantportrait init-tiny DIR` makes one) "
-            "or a Hub id such as timbrooks/instruct-pix2pix on a machine that reaches the Hub"
-        )
-        if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise ModelNotFoundError(f"{name}: folder has no model_index.json; {how}")
-        elif path.exists():
-            raise ModelNotFoundError(f"{name}: not a folder; {how}")
-        elif not _looks_like_hub_id(name):
-            raise ModelNotFoundError(f"{name}: no such folder; {how}")
-        try:
-            return super().from_pretrained(name, **kwargs)
-        except (OSError, ValueError, RuntimeError) as exc:
-            offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelNotFoundError(
-                f"{name}: could not load the pipeline{offline}: {first[:200]}; {how}"
-            ) from exc
-
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """Save as safetensors into ``save_directory`` atomically (temp folder, then rename)."""
-        kwargs.setdefault("safe_serialization", True)
-        with atomic_directory(save_directory, overwrite=True) as tmp:
-            super().save_pretrained(tmp, **kwargs)
-
-    # ------------------------------------------------------------------ inputs
-    def check_inputs(
-        self,
-        prompt: PromptInput | None,
-        image: Any,
-        num_inference_steps: int,
-        iterations: int,
-        output_type: str,
-        prompt_embeds: torch.Tensor | None,
-    ) -> None:
-        """Raise :class:`InputError` with one line for any invalid argument."""
-        if prompt is None and prompt_embeds is None:
-            raise InputError("prompt: give `prompt` or `prompt_embeds`")
-        if image is None:
-            raise InputError("image: an input image is required")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise InputError(
-                f"num_inference_steps: must be a positive integer, got {num_inference_steps}"
-            )
-        if not isinstance(iterations, int) or iterations < 1:
-            raise InputError(f"iterations: must be a positive integer, got {iterations}")
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise InputError(f"output_type: one of pil, np, pt, latent; got {output_type!r}")
-
-    def _as_batch(
-        self, prompt: PromptInput | None, image: Any, n_embeds: int | None
-    ) -> tuple[list[str] | None, list[Any]]:
-        images = _split_images(image)
-        prompts = None
-        if prompt is not None:
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            checked: dict[str, str] = {}  # each distinct prompt is tokenized (checked) once
-            for i, p in enumerate(prompts):
-                if not (isinstance(p, str) and p in checked):
-                    checked_p = check_prompt(p, self.tokenizer, name=f"prompt[{i}]")
-                    if isinstance(p, str):
-                        checked[p] = checked_p
-                    prompts[i] = checked_p
-                else:
-                    prompts[i] = checked[p]
-        n = max(len(images), len(prompts) if prompts else n_embeds or 1)
-        if len(images) == 1 and n > 1:
-            images = images * n
-        if prompts is not None and len(prompts) == 1 and n > 1:
-            prompts = prompts * n
-        if len(images) != n or (prompts is not None and len(prompts) != n):
-            raise InputError(
-                f"batch: {len(images)} images and {len(prompts or [])} prompts; give equal "
-                "numbers, or one of either"
-            )
-        return prompts, images
-
-    def encode_prompt(
-        self,
-        prompt: PromptInput,
-        device: torch.device | None = None,
-        negative_prompt: PromptInput | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text embeddings ``(cond, uncond)``, each ``(B, 77, D)``; encode once, reuse often."""
-        device = device or self._placement().device
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if negative_prompt is None:
-            negatives = [""] * len(prompts)
-        else:
-            negatives = (
-                [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
-            )
-            if len(negatives) == 1:
-                negatives = negatives * len(prompts)
-        embeds = self._text_embeddings(prompts + negatives, device)
-        return embeds[: len(prompts)], embeds[len(prompts) :]
-
-    def _text_embeddings(self, texts: list[str], device: torch.device) -> torch.Tensor:
-        """Embeddings of ``texts``; each distinct text runs through the encoder once."""
-        unique = list(dict.fromkeys(texts))
-        ids = self.tokenizer(
-            unique,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        embeds = self.text_encoder(ids)[0].to(dtype=self._placement().unet_dtype)
-        if len(unique) == len(texts):
-            return embeds
-        if len(unique) == 1:
-            return embeds.expand(len(texts), -1, -1)
-        where = {text: i for i, text in enumerate(unique)}
-        # slices, not an index tensor: no host-to-device copy
-        return torch.cat([embeds[where[t] : where[t] + 1] for t in texts])
 
     # ------------------------------------------------------------------ the model
     def guided_prediction(
@@ -355,10 +233,20 @@ class InstantPortraitPipeline(DiffusionPipeline):
         """Image latents as InstructPix2Pix conditions on them: the posterior mode, unscaled."""
         where = self._placement()
         image = image.to(device=where.vae_device, dtype=where.vae_dtype)
-        return self.vae.encode(image).latent_dist.mode().to(where.unet_dtype)
+        vae = self.vae
+        if getattr(vae, "use_slicing", True) or getattr(vae, "use_tiling", True):
+            return vae.encode(image).latent_dist.mode().to(where.unet_dtype)
+        # The posterior's mode is the mean: the first half of the moments. Reading it directly
+        # skips building the distribution (its std and var: four tensor operations of host
+        # time per call). Slicing and tiling go through ``vae.encode`` above.
+        moments = vae.encoder(image)
+        if getattr(vae, "quant_conv", None) is not None:
+            moments = vae.quant_conv(moments)
+        return moments[:, : moments.shape[1] // 2].to(where.unet_dtype)
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Clean latents to images in [-1, 1] (by :meth:`set_latent_decoder`'s decoder if set)."""
+    def decode_latents(self, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Clean latents to images in [-1, 1] (by :meth:`set_latent_decoder`'s decoder if set);
+        ``clamp=False`` leaves the clamping to the caller (the output conversion does it)."""
         decoder = getattr(self, "_latent_decoder", None)
         if decoder is None:
             where = self._placement()
@@ -367,7 +255,8 @@ class InstantPortraitPipeline(DiffusionPipeline):
             first = next(decoder.parameters())
             device, dtype = first.device, first.dtype
         latents = latents.to(device=device, dtype=dtype) / decoder.config.scaling_factor
-        return decoder.decode(latents, return_dict=False)[0].clamp(-1, 1)
+        images = decoder.decode(latents, return_dict=False)[0]
+        return images.clamp(-1, 1) if clamp else images
 
     def set_latent_decoder(self, decoder: torch.nn.Module | None) -> None:
         """Decode with ``decoder`` instead of the VAE (``None`` goes back to the VAE).
@@ -395,20 +284,32 @@ class InstantPortraitPipeline(DiffusionPipeline):
         timestep: int | None = None,
     ) -> torch.Tensor:
         """IPNet's one step: the clean latent predicted from pure noise at the student timestep."""
-        t = int(self.config.student_timestep if timestep is None else timestep)
-        t_tensor = torch.full((noise.shape[0],), t, device=noise.device, dtype=torch.long)
+        t = int(self.student_timestep if timestep is None else timestep)
+        t_tensor, ab = self._one_step_constants(t, noise)
         out = self.guided_prediction(
             noise, t_tensor, image_latents, cond, uncond, guidance_scale, image_guidance_scale
         )
-        # abar_t read on the host (alphas_cumprod lives there) and filled on the device: no
-        # device -> host copy of the timestep, so no synchronisation.
-        ab = torch.full(
-            (1,) * noise.ndim,
-            float(self.scheduler.alphas_cumprod[t]),
-            device=noise.device,
-            dtype=noise.dtype,
-        )
         return predict_x0(out, noise, ab, self.scheduler.config.prediction_type)
+
+    def _one_step_constants(self, t: int, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The timestep tensor and abar_t of the one-step mode, made once per (t, batch,
+        device, dtype, scheduler). abar_t is read on the host (alphas_cumprod lives there) and
+        filled on the device: no device -> host copy, so no synchronisation."""
+        cache = self.__dict__.setdefault("_one_step_cache", {})
+        key = (t, noise.shape[0], noise.ndim, noise.device, noise.dtype, id(self.scheduler))
+        if key not in cache:
+            if len(cache) > 16:
+                cache.clear()
+            cache[key] = (
+                torch.full((noise.shape[0],), t, device=noise.device, dtype=torch.long),
+                torch.full(
+                    (1,) * noise.ndim,
+                    float(self.scheduler.alphas_cumprod[t]),
+                    device=noise.device,
+                    dtype=noise.dtype,
+                ),
+            )
+        return cache[key]
 
     def multi_step(
         self,
@@ -420,8 +321,12 @@ class InstantPortraitPipeline(DiffusionPipeline):
         image_guidance_scale: float,
         num_inference_steps: int,
         generator: GeneratorInput,
+        callback: Callable[[int, Any, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """The scheduler's loop with InstructPix2Pix guidance (IDE-Net, InstructPix2Pix)."""
+        """The scheduler's loop with InstructPix2Pix guidance (IDE-Net, InstructPix2Pix).
+
+        ``callback(step_index, t, latents) -> latents`` runs after each scheduler step.
+        """
         self.scheduler.set_timesteps(num_inference_steps, device=noise.device)
         latents = noise * self.scheduler.init_noise_sigma
         extra = {}
@@ -430,13 +335,97 @@ class InstantPortraitPipeline(DiffusionPipeline):
         branches = self._branch_inputs(
             image_latents, cond, uncond, guidance_scale, image_guidance_scale
         )
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             scaled = self.scheduler.scale_model_input(latents, t)
             out = self._guided(scaled, t, branches, guidance_scale, image_guidance_scale)
             latents = self.scheduler.step(out, t, latents, **extra, return_dict=False)[0]
+            if callback is not None:
+                latents = callback(i, t, latents)
         return latents
 
     # ------------------------------------------------------------------ call
+    def _target_size(
+        self, policy: ResolutionPolicy, size: tuple[int, int], height: int | None, width: int | None
+    ) -> tuple[int, int]:
+        """(width, height) the model sees: ``height``/``width`` if given (one given: the other
+        follows the aspect ratio), else the resolution policy's."""
+        if height is None and width is None:
+            return policy.target_size(*size)
+        w0, h0 = size
+        if width is None:
+            width = max(8, int(round(w0 * height / h0 / 8)) * 8)
+        if height is None:
+            height = max(8, int(round(h0 * width / w0 / 8)) * 8)
+        return width, height
+
+    @staticmethod
+    def _check_size_arguments(height: int | None, width: int | None, resolution: int | None):
+        for name, value in (("height", height), ("width", width)):
+            if value is None:
+                continue
+            if not isinstance(value, int) or value < 8 or value % 8:
+                raise InputError(f"{name}: a multiple of 8, at least 8; got {value}")
+            if value > MAX_RESOLUTION:
+                raise InputError(
+                    f"{name}: {value} is above the limit of {MAX_RESOLUTION} "
+                    "(INSTANTPORTRAIT_MAX_RESOLUTION raises it)"
+                )
+        ResolutionPolicy(long_side=resolution)  # validates resolution
+
+    def _edit(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        generator: GeneratorInput,
+        steps: int,
+        iterations: int,
+        g_text: float,
+        g_image: float,
+        timestep: int | None,
+        output_type: str,
+        callback: Callable[[int, Any, torch.Tensor], torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Edit one batch of same-size pixels ``x`` in [-1, 1]: latents or decoded images."""
+        device = x.device
+        latents = x
+        for n in range(iterations):
+            image_latents = self.encode_image(x)
+            noise = randn_tensor(
+                image_latents.shape, generator=generator, device=device, dtype=image_latents.dtype
+            )
+            offset = n * steps
+            step_callback = None
+            if callback is not None:
+
+                def step_callback(i, t, lat, offset=offset):
+                    return callback(offset + i, t, lat)
+
+            if steps == 1:
+                latents = self.one_step(
+                    noise, image_latents, cond, uncond, g_text, g_image, timestep=timestep
+                )
+                if step_callback is not None:
+                    t = self.student_timestep if timestep is None else int(timestep)
+                    latents = step_callback(0, t, latents)
+            else:
+                latents = self.multi_step(
+                    noise,
+                    image_latents,
+                    cond,
+                    uncond,
+                    g_text,
+                    g_image,
+                    steps,
+                    generator,
+                    step_callback,
+                )
+            if output_type == "latent" and n == iterations - 1:
+                return latents
+            # The last pass's images are clamped by the conversion to the output type.
+            x = self.decode_latents(latents, clamp=n < iterations - 1)
+        return x
+
     @torch.no_grad()
     def __call__(
         self,
@@ -454,6 +443,11 @@ class InstantPortraitPipeline(DiffusionPipeline):
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         return_dict: bool = True,
+        num_images_per_prompt: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ):
         """Edit ``image`` by ``prompt``.
 
@@ -461,26 +455,48 @@ class InstantPortraitPipeline(DiffusionPipeline):
             prompt: the instruction, or a list (a batch).
             image: the portrait(s): path, bytes, PIL, numpy, tensor (``(3, H, W)`` in [0, 1])
                 or a list; a ``(B, 3, H, W)`` tensor is a batch. One prompt with many images
-                (or the reverse) is broadcast.
+                (or the reverse) is broadcast. Inputs of different sizes are edited in groups
+                of one size (each at its own size); the results keep the input order.
             num_inference_steps: 1 = one-step mode; default the checkpoint's recommended count.
             guidance_scale: text guidance s_T (default from the checkpoint: 7.5, IPNet 1).
             image_guidance_scale: image guidance s_I (default 1.5, IPNet 1).
             iterations: style boost passes; each output is the next input (§3.2.4).
-            generator: a generator, or one per batch item (then a batch equals its items run
-                one by one with the same generators).
-            output_type: ``pil`` (default), ``np``, ``pt`` or ``latent``.
+            generator: a generator, or one per output image (then a batch equals its items run
+                one by one with the same generators, whatever their sizes).
+            output_type: ``pil`` (default), ``np``, ``pt`` or ``latent``. With inputs of
+                different sizes ``np``/``pt``/``latent`` give a list of per-image arrays.
             negative_prompt: replaces the empty prompt of the unconditional branches.
             resolution: long side the input is resized to (multiple of 8 kept); ``None`` keeps
-                the input's size rounded to a multiple of 8.
+                the input's size rounded to a multiple of 8. At most
+                :data:`~instantportrait.io.MAX_RESOLUTION`.
             timestep: the one-step mode's timestep (default ``student_timestep``).
             prompt_embeds / negative_prompt_embeds: precomputed text embeddings
                 (:meth:`encode_prompt`), e.g. to encode a prompt once for a video.
+            num_images_per_prompt: outputs per (prompt, image) pair, each with its own noise;
+                the outputs of a pair are adjacent.
+            height / width: the exact size the model edits at (multiples of 8), overriding
+                ``resolution``; one alone keeps the aspect ratio.
+            callback_on_step_end: ``fn(pipe, step_index, timestep, callback_kwargs) -> dict``
+                after each denoising step (style-boost passes continue the step count);
+                ``callback_kwargs`` holds the tensors named in
+                ``callback_on_step_end_tensor_inputs`` (``latents``); a returned ``latents``
+                replaces the current one.
         """
-        steps = int(num_inference_steps or self.config.recommended_steps)
+        steps = int(num_inference_steps or self.recommended_steps)
         self.check_inputs(prompt, image, steps, iterations, output_type, prompt_embeds)
-        g_text = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise InputError(
+                f"num_images_per_prompt: a positive integer, got {num_images_per_prompt}"
+            )
+        self._check_size_arguments(height, width, resolution)
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k != "latents"]
+        if unknown:
+            raise InputError(
+                f"callback_on_step_end_tensor_inputs: only 'latents' is offered, got {unknown}"
+            )
+        g_text = self.default_guidance_scale if guidance_scale is None else guidance_scale
         g_image = (
-            self.config.default_image_guidance_scale
+            self.default_image_guidance_scale
             if image_guidance_scale is None
             else image_guidance_scale
         )
@@ -488,57 +504,103 @@ class InstantPortraitPipeline(DiffusionPipeline):
         prompts, sources = self._as_batch(prompt, image, n_embeds)
         policy = ResolutionPolicy(long_side=resolution)
         where = self._placement()
-        device = where.device
-        pixels = [
-            image_to_tensor(policy.apply(load_image(s, name=f"image[{i}]")))
-            for i, s in enumerate(sources)
-        ]
-        if len({tuple(p.shape) for p in pixels}) > 1:
-            raise InputError(
-                "image: a batch needs inputs of one size after resizing; edit them one by one"
-            )
-        x = torch.cat(pixels).to(device)
-        batch = x.shape[0]
-        if isinstance(generator, (list, tuple)) and len(generator) != batch:
-            raise InputError(f"generator: {len(generator)} generators for a batch of {batch}")
-
-        # The unconditional text is encoded only when a guided (three-branch) call needs it.
-        guided = needs_three_branches(g_text, g_image)
-        if prompt_embeds is None and guided:
-            cond, uncond = self.encode_prompt(prompts, device, negative_prompt)
-        elif prompt_embeds is None:
-            cond = uncond = self._text_embeddings(prompts, device)
-        else:
-            cond = prompt_embeds.to(device=device, dtype=where.unet_dtype)
-            if negative_prompt_embeds is None:
-                negative_prompt_embeds = self._text_embeddings([""], device) if guided else cond
-            uncond = negative_prompt_embeds.to(device=device, dtype=where.unet_dtype)
-        if cond.shape[0] == 1 and batch > 1:
-            cond = cond.expand(batch, -1, -1)
-        if uncond.shape[0] != batch:
-            uncond = uncond[:1].expand(batch, -1, -1)
-
-        latents = None
-        for _ in range(iterations):
-            image_latents = self.encode_image(x)
-            shape = image_latents.shape
-            noise = randn_tensor(
-                shape, generator=generator, device=device, dtype=image_latents.dtype
-            )
-            if steps == 1:
-                latents = self.one_step(
-                    noise, image_latents, cond, uncond, g_text, g_image, timestep=timestep
+        # Pinned for the call: the encoders and decoders below read it without re-checking.
+        self._pinned_placement = where
+        try:
+            device = where.device
+            pixels = []
+            for i, s in enumerate(sources):
+                img = load_image(s, name=f"image[{i}]")
+                size = self._target_size(policy, img.size, height, width)
+                if size != img.size:
+                    img = img.resize(size, Image.Resampling.LANCZOS)
+                pixels.append(image_to_tensor(img))
+            per = num_images_per_prompt
+            batch = len(pixels) * per
+            if isinstance(generator, (list, tuple)) and len(generator) != batch:
+                raise InputError(
+                    f"generator: {len(generator)} generators for {batch} output images"
                 )
+
+            # The unconditional text is encoded only when a guided (three-branch) call needs it.
+            guided = needs_three_branches(g_text, g_image)
+            if prompt_embeds is None and guided:
+                cond, uncond = self.encode_prompt(prompts, device, negative_prompt)
+            elif prompt_embeds is None:
+                cond = uncond = self._text_embeddings(prompts, device)
             else:
-                latents = self.multi_step(
-                    noise, image_latents, cond, uncond, g_text, g_image, steps, generator
-                )
-            if output_type == "latent" and _ == iterations - 1:
-                break
-            x = self.decode_latents(latents)
+                cond = prompt_embeds.to(device=device, dtype=where.unet_dtype)
+                if negative_prompt_embeds is None:
+                    negative_prompt_embeds = self._text_embeddings([""], device) if guided else cond
+                uncond = negative_prompt_embeds.to(device=device, dtype=where.unet_dtype)
+            n_items = len(pixels)
+            if cond.shape[0] == 1 and n_items > 1:
+                cond = cond.expand(n_items, -1, -1)
+            if uncond.shape[0] != n_items:
+                uncond = uncond[:1].expand(n_items, -1, -1)
 
-        self.maybe_free_model_hooks()
-        images = latents if output_type == "latent" else tensor_to_images(x, output_type)
-        if not return_dict:
-            return (images,)
-        return InstantPortraitPipelineOutput(images=images)
+            callback = None
+            if callback_on_step_end is not None:
+
+                def callback(i: int, t: Any, latents: torch.Tensor) -> torch.Tensor:
+                    out = callback_on_step_end(self, i, t, {"latents": latents}) or {}
+                    return out.get("latents", latents)
+
+            # Items of one size form one batch (the common case: all of them).
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for i, px in enumerate(pixels):
+                groups.setdefault(tuple(px.shape), []).append(i)
+            if len(groups) == 1 and per == 1:  # the common case: one batch, in order
+                g = generator
+                out = self._edit(
+                    torch.cat(pixels).to(device) if n_items > 1 else pixels[0].to(device),
+                    cond,
+                    uncond,
+                    g,
+                    steps,
+                    iterations,
+                    g_text,
+                    g_image,
+                    timestep,
+                    output_type,
+                    callback,
+                )
+                self.maybe_free_model_hooks()
+                images = out if output_type == "latent" else tensor_to_images(out, output_type)
+                return InstantPortraitPipelineOutput(images=images) if return_dict else (images,)
+            results: list[torch.Tensor | None] = [None] * batch
+            for members in groups.values():
+                rows = [i * per + k for i in members for k in range(per)]
+                x = torch.cat([pixels[i] for i in members]).to(device)
+                c, u = cond, uncond
+                if per > 1 or len(members) != n_items:
+                    index = [i for i in members for _ in range(per)]
+                    x = x.repeat_interleave(per, dim=0)
+                    c, u = cond[index], uncond[index]
+                g = (
+                    [generator[r] for r in rows]
+                    if isinstance(generator, (list, tuple))
+                    else generator
+                )
+                out = self._edit(
+                    x, c, u, g, steps, iterations, g_text, g_image, timestep, output_type, callback
+                )
+                for r, o in zip(rows, out):
+                    results[r] = o
+
+            self.maybe_free_model_hooks()
+            if len(groups) == 1:
+                stacked = torch.stack(results)  # type: ignore[arg-type]
+                images = (
+                    stacked if output_type == "latent" else tensor_to_images(stacked, output_type)
+                )
+            elif output_type == "latent":
+                images = [r[None] for r in results]  # type: ignore[index]
+            else:
+                parts = [tensor_to_images(r[None], output_type) for r in results]  # type: ignore[index]
+                images = [p[0] for p in parts]
+            if not return_dict:
+                return (images,)
+            return InstantPortraitPipelineOutput(images=images)
+        finally:
+            self.__dict__.pop("_pinned_placement", None)

@@ -1,0 +1,132 @@
+"""Loading, saving, moving and speeding up the edit pipeline (a mixin of
+:class:`~instantportrait.pipelines.InstantPortraitPipeline`): ``from_pretrained`` with the
+safety-checker policy, ``from_single_file`` with a local config, atomic ``save_pretrained``,
+``to`` without diffusers' empty float32 notice, ``enable_speed``/``disable_speed``."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelNotFoundError
+from ..io import atomic_directory
+from .edit_support import (
+    NOT_LOADED_COMPONENTS,
+    SAFETY_CHECKER_POLICY,
+    _dropping,
+    _empty_fp32_notice,
+    _listed_components,
+    _looks_like_hub_id,
+    _quiet_about,
+)
+
+
+class EditLoadingMixin:
+    """Loading and placement methods; put before ``DiffusionPipeline`` in the bases."""
+
+    def to(self, *args: Any, **kwargs: Any):
+        """``DiffusionPipeline.to`` without diffusers' empty "kept in float32: []" notice."""
+        with _dropping(["diffusers.models.modeling_utils"], _empty_fp32_notice):
+            return super().to(*args, **kwargs)
+
+    # ------------------------------------------------------------------ speed
+    def enable_speed(
+        self,
+        speed: str | Sequence[str] | None = "safe",
+        *,
+        tiny_vae: str | os.PathLike | None = None,
+    ):
+        """Turn on a speed preset or features (:mod:`instantportrait.speed`); returns the
+        :class:`~instantportrait.speed.SpeedState` (``.describe()``). Call after ``.to()``;
+        a second call first undoes the first."""
+        from ..speed import enable_speed
+
+        self.disable_speed()
+        self._speed_state = enable_speed(self, speed, tiny_vae=tiny_vae)
+        return self._speed_state
+
+    def disable_speed(self) -> None:
+        """Undo :meth:`enable_speed` (back to the plain pipeline)."""
+        state = self.__dict__.pop("_speed_state", None)
+        if state is not None:
+            state.undo()
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        """Load from a local diffusers folder or a Hub id; one clear line when not found.
+
+        Any InstructPix2Pix-format checkpoint loads (e.g. ``timbrooks/instruct-pix2pix``).
+        Components it has beyond ours (:data:`NOT_LOADED_COMPONENTS`) are not loaded; a
+        listed safety checker is reported once as a warning (:data:`SAFETY_CHECKER_POLICY`).
+        """
+        name = str(pretrained_model_name_or_path)
+        path = Path(name).expanduser()
+        how = (
+            "pass a local diffusers pipeline folder (`instantportrait init-tiny DIR` makes one) "
+            "or a Hub id such as timbrooks/instruct-pix2pix on a machine that reaches the Hub"
+        )
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise ModelNotFoundError(f"{name}: folder has no model_index.json; {how}")
+            listed = _listed_components(path)
+            if "safety_checker" in listed:
+                warnings.warn(SAFETY_CHECKER_POLICY.format(name=name), stacklevel=2)
+            for component in NOT_LOADED_COMPONENTS:
+                if component in listed:
+                    kwargs.setdefault(component, None)
+        elif path.exists():
+            raise ModelNotFoundError(f"{name}: not a folder; {how}")
+        elif not _looks_like_hub_id(name):
+            raise ModelNotFoundError(f"{name}: no such folder; {how}")
+        try:
+            with _quiet_about(NOT_LOADED_COMPONENTS):
+                return super().from_pretrained(name, **kwargs)
+        except (OSError, ValueError, RuntimeError) as exc:
+            offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelNotFoundError(
+                f"{name}: could not load the pipeline{offline}: {first[:200]}; {how}"
+            ) from exc
+
+    @classmethod
+    def from_single_file(cls, pretrained_model_link_or_path: str | os.PathLike, **kwargs: Any):
+        """Load one ``.safetensors`` checkpoint in the original (LDM) layout.
+
+        Offline (this toolkit's rule: nothing is downloaded behind your back) the pipeline's
+        configs must come from ``config=``: a local diffusers folder of the same architecture
+        (e.g. a saved InstructPix2Pix pipeline, or ``instantportrait init-tiny`` for the tiny
+        one); its tokenizer and scheduler are used as they are, and the UNet, VAE and text
+        encoder weights are read from the checkpoint. On a machine that reaches the Hub,
+        ``config="timbrooks/instruct-pix2pix"`` works too.
+        """
+        path = Path(str(pretrained_model_link_or_path)).expanduser()
+        config = kwargs.get("config")
+        how = (
+            "pass config=FOLDER, a local diffusers pipeline folder of the same architecture "
+            "(CLI: --config FOLDER)"
+        )
+        if not path.is_file():
+            raise ModelNotFoundError(f"{path}: no such checkpoint file")
+        if config is None:
+            raise ModelNotFoundError(f"{path}: a single-file checkpoint needs its configs; {how}")
+        if not Path(str(config)).expanduser().is_dir() and (
+            os.environ.get("HF_HUB_OFFLINE") or not _looks_like_hub_id(str(config))
+        ):
+            raise ModelNotFoundError(f"{config}: config folder not found; {how}")
+        try:
+            return super().from_single_file(str(path), **kwargs)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelNotFoundError(
+                f"{path}: could not load the single-file checkpoint: {first[:200]}"
+            ) from exc
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Save as safetensors into ``save_directory`` atomically (temp folder, then rename)."""
+        kwargs.setdefault("safe_serialization", True)
+        with atomic_directory(save_directory, overwrite=True) as tmp:
+            super().save_pretrained(tmp, **kwargs)

@@ -1,0 +1,137 @@
+"""Write a pipeline as one ``.safetensors`` file in the original Stable Diffusion (LDM) layout.
+
+The inverse of what diffusers' ``from_single_file`` reads: UNet weights under
+``model.diffusion_model.``, the VAE under ``first_stage_model.``, the CLIP text encoder under
+``cond_stage_model.transformer.``. It serves tools that exchange single files (web UIs,
+model hubs) and lets the tests check :meth:`InstantPortraitPipeline.from_single_file`
+offline on a checkpoint written here. SD1.x-style UNets (down blocks with resnets and
+optional attentions, one mid block) and ``AutoencoderKL`` VAEs are covered.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["original_state_dict", "save_single_file"]
+
+_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+_VAE_ATTENTION = {
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+}
+
+
+def _resnet(rest: str) -> str:
+    head, _, tail = rest.partition(".")
+    return f"{_RESNET.get(head, head)}.{tail}"
+
+
+def _unet_key(key: str, layers: int, n_blocks: int, up_attention: list[bool]) -> str:
+    """One diffusers UNet key in the LDM layout (without the prefix)."""
+    fixed = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0",
+        "conv_norm_out": "out.0",
+        "conv_out": "out.2",
+    }
+    for old, new in fixed.items():
+        if key.startswith(old + "."):
+            return new + key[len(old) :]
+    if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        k = 1 + i * (layers + 1) + j
+        return (
+            f"input_blocks.{k}.0.{_resnet(rest)}"
+            if kind == "resnets"
+            else f"input_blocks.{k}.1.{rest}"
+        )
+    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
+        return f"input_blocks.{(int(m[1]) + 1) * (layers + 1)}.0.op.{m[2]}"
+    if m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", key):
+        return f"middle_block.{2 * int(m[1])}.{_resnet(m[2])}"
+    if m := re.match(r"mid_block\.attentions\.0\.(.*)", key):
+        return f"middle_block.1.{m[1]}"
+    if m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        k = i * (layers + 1) + j
+        return (
+            f"output_blocks.{k}.0.{_resnet(rest)}"
+            if kind == "resnets"
+            else f"output_blocks.{k}.1.{rest}"
+        )
+    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
+        i = int(m[1])
+        slot = 2 if up_attention[i] else 1
+        return f"output_blocks.{i * (layers + 1) + layers}.{slot}.conv.{m[2]}"
+    raise ValueError(f"UNet key {key!r} has no place in the original layout")
+
+
+def _vae_key(key: str, n_blocks: int) -> tuple[str, bool]:
+    """One diffusers AutoencoderKL key in the LDM layout; True when it is a mid-attention
+    linear weight that the LDM layout stores as a 1x1 convolution."""
+    if key.startswith(("quant_conv.", "post_quant_conv.")):
+        return key, False
+    part, _, rest = key.partition(".")
+    rest = rest.replace("conv_norm_out.", "norm_out.")
+    if m := re.match(r"(down|up)_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", rest):
+        i = int(m[2]) if m[1] == "down" else n_blocks - 1 - int(m[2])
+        tail = m[4].replace("conv_shortcut", "nin_shortcut")
+        return f"{part}.{m[1]}.{i}.block.{m[3]}.{tail}", False
+    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", rest):
+        return f"{part}.down.{m[1]}.downsample.conv.{m[2]}", False
+    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", rest):
+        return f"{part}.up.{n_blocks - 1 - int(m[1])}.upsample.conv.{m[2]}", False
+    if m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", rest):
+        tail = m[2].replace("conv_shortcut", "nin_shortcut")
+        return f"{part}.mid.block_{int(m[1]) + 1}.{tail}", False
+    if m := re.match(r"mid_block\.attentions\.0\.(.*)\.(weight|bias)", rest):
+        name = _VAE_ATTENTION[m[1]]
+        return f"{part}.mid.attn_1.{name}.{m[2]}", name != "norm" and m[2] == "weight"
+    return f"{part}.{rest}", False
+
+
+def original_state_dict(pipe: Any) -> dict[str, torch.Tensor]:
+    """The pipeline's UNet, VAE and text encoder weights in the LDM single-file layout."""
+    unet, vae = pipe.unet, pipe.vae
+    layers = int(unet.config.layers_per_block)
+    n_unet = len(unet.config.block_out_channels)
+    up_attention = ["CrossAttn" in t for t in unet.config.up_block_types]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in unet.state_dict().items():
+        out["model.diffusion_model." + _unet_key(key, layers, n_unet, up_attention)] = value
+    n_vae = len(vae.config.block_out_channels)
+    for key, value in vae.state_dict().items():
+        new, as_conv = _vae_key(key, n_vae)
+        out["first_stage_model." + new] = value[..., None, None] if as_conv else value
+    for key, value in pipe.text_encoder.state_dict().items():
+        # The original layout nests CLIP under ``text_model.`` (transformers >= 5.6 flattened
+        # CLIPTextModel's own keys).
+        key = key if key.startswith("text_model.") else "text_model." + key
+        out["cond_stage_model.transformer." + key] = value
+    return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
+
+
+def save_single_file(pipe: Any, path: str | os.PathLike) -> Path:
+    """Write :func:`original_state_dict` to ``path`` (safetensors), atomically."""
+    from safetensors.torch import save_file
+
+    from .io import atomic_write
+
+    tensors = original_state_dict(pipe)
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
