@@ -25,6 +25,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.components:write_tiny_edit",
         "InstantPortrait editor (IDE-Net/IPNet pipeline folder) for `edit --model`",
     ),
+    "fpga": (
+        "instantportrait.pipelines.fpga:write_tiny_fpga",
+        "FPGA pipeline (tiny SD1.5 + ID-ControlNet + resampler) for `generate --method fpga`",
+    ),
 }
 
 DEFAULT_KIND = next(iter(TINY_KINDS))

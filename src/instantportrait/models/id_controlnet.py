@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' pipeline
+# loader finds a custom component's loading method by looking ModelMixin up in its module)
 
 from ..multi_id_attention import (
     IDAttentionCapture,

@@ -136,3 +136,35 @@ def encode_face_crops(
     pixels = pixels.to(enc_param.device, enc_param.dtype)
     hidden = image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
     return ident.to(crops.device), hidden.to(crops.device)
+
+
+#: the side of the aligned face crop every FPGA encoder starts from (CLIP's input size).
+FACE_CROP_SIZE = 224
+
+
+def align_face(
+    image, template: str = "arcface", size: int = FACE_CROP_SIZE, landmarks=None, name: str = "face"
+) -> torch.Tensor:
+    """The aligned crop ``(1, 3, size, size)`` in [0, 1] of the largest face of ``image``.
+
+    ``template`` is the face embedder's alignment template (so the recognition network
+    sees the crops it was trained on); ``landmarks`` (5 or 68 points) skip detection.
+    Raises the face stack's ``NoFaceFoundError`` (one line naming ``name``) when no face.
+    """
+    import numpy as np
+
+    from ..faces.align import crop_faces
+    from ..io import load_image
+
+    img = load_image(image, name=name)
+    if landmarks is None:
+        from ..faces.detect import NoFaceFoundError, detect
+
+        try:
+            found = detect(img, select="largest", landmarks=True)
+        except NoFaceFoundError:
+            raise NoFaceFoundError(f"{name}: no face found") from None
+        landmarks = found.landmarks68[0]
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    lm = torch.as_tensor(np.asarray(landmarks, dtype=np.float32))
+    return crop_faces(x, lm, template, size).clamp(0, 1)
