@@ -24,8 +24,7 @@ from typing import Any
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.configuration_utils import register_to_config
-from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' pipeline
-# loader finds a custom component's loading method by looking ModelMixin up in its module)
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (see below)
 
 from ..multi_id_attention import (
     IDAttentionCapture,
@@ -52,6 +51,10 @@ def _signature() -> inspect.Signature:
 
 
 _init.__signature__ = _signature()  # type: ignore[attr-defined]
+
+
+# diffusers' pipeline loader finds a custom component's loading method by looking
+# ``ModelMixin`` up in the component's module: the import above is what it finds.
 
 
 class IDControlNetModel(ControlNetModel):

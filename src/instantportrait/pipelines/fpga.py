@@ -216,9 +216,7 @@ class FPGAPipeline(DiffusionPipeline):
             num_inference_steps / guidance_scale: default 30 / 5.
             id_scale: weight of the ID term in the ControlNet attention.
         """
-        prompts, k = self.check_inputs(
-            prompt, image, id_embeds, id_images, id_masks, height, width
-        )
+        prompts, k = self.check_inputs(prompt, image, id_embeds, id_images, id_masks, height, width)
         steps = num_inference_steps or self.config.default_steps
         scale = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
         device = self._execution_device
@@ -248,7 +246,9 @@ class FPGAPipeline(DiffusionPipeline):
             text = torch.cat([null, text])
         rows = text.shape[0]
         cond = torch.from_numpy(np.asarray(cond_img, dtype=np.float32) / 255.0)
-        cond = cond.permute(2, 0, 1)[None].to(device, self.controlnet.dtype).expand(rows, -1, -1, -1)
+        cond = (
+            cond.permute(2, 0, 1)[None].to(device, self.controlnet.dtype).expand(rows, -1, -1, -1)
+        )
         ids = id_embeds.expand(rows, -1, -1, -1)
         self.controlnet.set_id_scale(id_scale)
 
