@@ -27,8 +27,13 @@ from PIL import Image
 from ..conditions import box_mask, head_boxes, left_to_right
 from ..errors import InputError
 from ..io import check_prompt, load_image
-from ..models.resampler import FACE_CROP_SIZE, align_face, encode_face_crops
+from ..models.id_controlnet import IDControlNetModel  # noqa: F401  (see below)
+from ..models.resampler import FACE_CROP_SIZE, IDResampler, align_face, encode_face_crops
 from .edit import tensor_to_images
+
+# diffusers loads a pipeline's custom components only from modules already imported: the
+# imports above make ``FPGAPipeline.from_pretrained`` find IDControlNetModel and IDResampler.
+__all__ = ["FPGAPipeline", "FPGAPipelineOutput", "IDControlNetModel", "IDResampler"]
 
 
 class FPGAPipelineOutput(BaseOutput):
