@@ -52,3 +52,22 @@ def portrait_dir(tmp_path_factory):
     meta = {"format": "instantportrait-portraits-1", "face_template": "dlib", "face_size": 224}
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: the tiny models are faster so on a shared, loaded CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_fpga(tmp_path_factory):
+    """A tiny FPGA pipeline folder written by ``init-tiny --kind fpga``'s writer."""
+    from instantportrait.tiny import write_tiny
+
+    return write_tiny(tmp_path_factory.mktemp("tiny") / "fpga", "fpga")
