@@ -369,7 +369,9 @@ def fpga_components(
         controlnet=controlnet.eval(),
         resampler=resampler.eval(),
         image_encoder=image_encoder,
-        scheduler=DDIMScheduler(**SD15_SCHEDULER_CONFIG, clip_sample=False, set_alpha_to_one=False),
+        scheduler=DDIMScheduler(
+            **SD15_SCHEDULER_CONFIG, clip_sample=False, set_alpha_to_one=False, steps_offset=1
+        ),
         face_embedder="dlib" if tiny else "arcface",
     )
     return parts

@@ -261,9 +261,12 @@ class FPGATrainer(Trainer):
 
     log_keys = ("loss", "l_cldm", "l_cfa", "cft", "lr")
 
-    def __init__(self, config: FPGAConfig):
+    def __init__(self, config: FPGAConfig, face_embedder=None):
+        """``face_embedder``: an ``IdentityEmbedder`` instance to use instead of the config's
+        ``model.face_embedder`` name (e.g. a network built in code)."""
         super().__init__(config, config.training, config.optim)
         self.cfg = config
+        self._embedder_override = face_embedder
 
     def setup(self) -> None:
         from diffusers import DDPMScheduler
@@ -281,7 +284,14 @@ class FPGATrainer(Trainer):
         self.tokenizer, self.image_encoder = parts["tokenizer"], parts["image_encoder"]
         self.face_embedder_name = parts.get("face_embedder") or cfg.model.face_embedder
         weights = cfg.model.face_embedder_weights
-        self.face_embedder = get_embedder(self.face_embedder_name, weights=weights, device=dev)
+        self.face_embedder = (
+            get_embedder(
+                self._embedder_override or self.face_embedder_name, weights=weights, device=dev
+            )
+            .to(dev)
+            .requires_grad_(False)
+            .eval()
+        )
         self.train_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
         self.alphas_cumprod = self.train_scheduler.alphas_cumprod.to(dev)
         source = open_portrait_source(cfg.data.path)
