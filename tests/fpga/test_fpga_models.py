@@ -147,3 +147,13 @@ def test_head_boxes_and_left_to_right_order():
     np.testing.assert_allclose(box, [20 - 10.4, 18 - 10.4, 20 + 10.4, 18 + 10.4])
     people[0, :, 2] = 0
     assert head_boxes(people)[0] is None
+
+
+def test_reference_tables_ship_with_the_package():
+    from importlib.resources import files
+
+    ref = json.loads((files("instantportrait") / "protocols" / "fpga_reference.json").read_text())
+    t1 = {r["method"]: r for r in ref["tables"]["single_id_half_body"]["rows"]}
+    assert t1["FPGA"]["face_sim"] == 66.5 and t1["InstantID"]["fid"] == 220.3
+    t3 = ref["tables"]["multi_id_full_body"]["rows"]
+    assert [r["face_sim"] for r in t3 if r["method"] == "FPGA"] == [50.1, 59.1]
