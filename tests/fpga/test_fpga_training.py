@@ -118,3 +118,20 @@ def test_cft_changes_the_gradient_and_is_off_outside_its_stages(portrait_dir, tm
     grads = [p.grad for p in model.controlnet.id_parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)  # L_cfa trains the ID projections
     assert all(p.grad is None for p in trainer.unet.parameters())  # the UNet stays frozen
+
+
+def test_stage_all_dry_run_chains_the_three_stages(portrait_dir, tmp_path, capsys):
+    args = ["train", "fpga", "--stage", "all", "--dry-run", "--set", f"data.path={portrait_dir}",
+            "--set", f"training.output_dir={tmp_path}",
+            "--set", "model.pretrained=tiny"]  # fmt: skip
+    assert main(args) == 0
+    stages = json.loads(capsys.readouterr().out)
+    assert [s["stage"] for s in stages] == ["landmark", "skeleton", "both"]
+    assert [s["training"]["max_steps"] for s in stages] == [50_000, 100_000, 1_000_000]
+    assert [s["training"]["output_dir"] for s in stages] == [
+        str(tmp_path / n) for n in ("landmark", "skeleton", "both")
+    ]
+    assert stages[0]["model"]["pretrained"] == "tiny"
+    assert stages[1]["model"]["pretrained"] == str(tmp_path / "landmark" / "final")
+    assert stages[2]["model"]["pretrained"] == str(tmp_path / "skeleton" / "final")
+    assert stages[2]["cft"] == {**stages[2]["cft"], "every": 10, "lambda_cfa": 0.2}

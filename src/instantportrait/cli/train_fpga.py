@@ -48,14 +48,15 @@ def run_fpga(args: argparse.Namespace) -> int:
     previous = None
     resolved_all = []
     for stage in stages:
-        extra = [f"stage={stage}"]
+        first = [f"stage={stage}"]  # the user's --set may override these ...
         if not user_steps:
-            extra.append(f"training.max_steps={base.stage_steps[stage]}")
+            first.append(f"training.max_steps={base.stage_steps[stage]}")
+        last = []  # ... but not these: a chained stage lives in its own folder
         if len(stages) > 1:
-            extra.append(f"training.output_dir={root / stage}")
+            last.append(f"training.output_dir={root / stage}")
             if previous is not None:
-                extra.append(f"model.pretrained={previous}")
-        cfg, resolved = resolve("fpga", args.config, [*extra, *args.set])
+                last.append(f"model.pretrained={previous}")
+        cfg, resolved = resolve("fpga", args.config, [*first, *args.set, *last])
         resolved_all.append(resolved)
         final = Path(cfg.training.output_dir) / "final"
         previous = str(final)
