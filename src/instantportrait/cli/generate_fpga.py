@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
     pipe = FPGAPipeline.from_pretrained(str(model), dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
-    id_embeds = pipe.encode_identity(faces)
+    id_embeds = pipe.encode_identity(faces, [f"--id-image {p}" for p in args.id_image])
     save_image(cond, out / "condition.png")
     n = 0
     for p in prompts:

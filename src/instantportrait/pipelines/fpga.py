@@ -134,13 +134,17 @@ class FPGAPipeline(DiffusionPipeline):
         return self._face_embedder
 
     @torch.no_grad()
-    def encode_identity(self, faces: Sequence[Any]) -> torch.Tensor:
-        """F_id ``(K, T, D)`` of K face images (the largest face of each is used)."""
+    def encode_identity(
+        self, faces: Sequence[Any], names: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """F_id ``(K, T, D)`` of K face images (the largest face of each is used);
+        ``names`` name them in errors (default "id image N")."""
         emb = self.face_embedder()
+        names = names or [f"id image {i + 1}" for i in range(len(faces))]
         crops = torch.cat(
             [
-                align_face(f, emb.template, FACE_CROP_SIZE, name=f"id image {i + 1}")
-                for i, f in enumerate(faces)
+                align_face(f, emb.template, FACE_CROP_SIZE, name=n)
+                for f, n in zip(faces, names, strict=True)
             ]
         )
         return self.encode_face_crops(crops)
