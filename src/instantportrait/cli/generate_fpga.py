@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             f"--fpga-model {model}: no FPGA pipeline folder (model_index.json); train one with "
             "`instantportrait train fpga` or write a tiny one with `init-tiny --kind fpga`"
         )
-    out = prepare_output(args.output, overwrite=args.overwrite, create=True)
+    out = prepare_output(args.output, overwrite=args.overwrite)  # checked; made when writing
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     quiet_libraries()
@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = FPGAPipeline.from_pretrained(str(model), dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     id_embeds = pipe.encode_identity(faces, [f"--id-image {p}" for p in args.id_image])
+    out.mkdir(parents=True, exist_ok=True)
     save_image(cond, out / "condition.png")
     n = 0
     for p in prompts:
