@@ -89,5 +89,20 @@ def test_generate_cli_pose_image_with_two_identities_needs_masks(tiny_fpga, tmp_
             "--id-image", str(astronaut_path), "--id-image", str(astronaut_path),
             "--pose", str(pose), "--prompt", "x", "-o", str(tmp_path / "o")]  # fmt: skip
     assert main(args) == 2
-    assert "--face-mask" in capsys.readouterr().err
+    assert "--face-mask: a pose image" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_options_step_aside_when_another_method_owns_the_short_name():
+    import argparse
+
+    from instantportrait.cli import generate_fpga
+
+    p = argparse.ArgumentParser()
+    p.add_argument_group("--method other").add_argument("--id-image", dest="other_id_image")
+    generate_fpga.add_arguments(p.add_argument_group("--method fpga"))
+    args = p.parse_args(["--fpga-id-image", "a.png", "--pose", "p.json", "--id-image", "b.png"])
+    assert args.fpga_id_image == ["a.png"] and args.fpga_pose == "p.json"
+    assert args.other_id_image == "b.png"
+    assert generate_fpga.FLAGS["fpga_id_image"] == "--fpga-id-image"
+    assert generate_fpga.FLAGS["fpga_pose"] == "--pose"
