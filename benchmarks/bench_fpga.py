@@ -46,17 +46,21 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
+def interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    """Fastest seconds of each ``fns[name]()`` over ``repeats`` rounds, after one warm-up
+    round; the variants alternate within each round, so a machine shared with other jobs
+    slows them alike, and the minimum is the least disturbed run."""
+    for fn in fns.values():
         fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t)
+    return {k: float(min(v)) for k, v in times.items()}
 
 
 def make_portraits(folder: Path, resolution: int, template: str) -> Path:
@@ -140,8 +144,8 @@ def bench_training(size: str, resolution: int, repeats: int, device: torch.devic
 
         return run
 
-    normal = timed(step(False), repeats)
-    cft = timed(step(True), repeats)
+    t = interleaved({"normal": step(False), "cft": step(True)}, repeats)
+    normal, cft = t["normal"], t["cft"]
     params = sum(p.numel() for p in model.parameters())
     gc.collect()
     return {
@@ -163,7 +167,7 @@ def bench_inference(size: str, resolution: int, repeats: int, device: torch.devi
     pipe.set_progress_bar_config(disable=True)
     width = pipe.controlnet.config.id_dim
     cond = Image.new("RGB", (resolution, resolution))
-    out: dict = {}
+    runs = {}
     for k in (1, 2, 4):
         ids = torch.randn(k, 4, width)
         masks = np.zeros((k, resolution, resolution), np.float32)
@@ -176,7 +180,9 @@ def bench_inference(size: str, resolution: int, repeats: int, device: torch.devi
                  num_inference_steps=1, guidance_scale=5.0, output_type="latent",
                  generator=torch.Generator().manual_seed(0))  # fmt: skip
 
-        out[f"{k}_ids_step_s"] = round(timed(run, repeats), 4)
+        runs[k] = run
+    t = interleaved(runs, repeats)
+    out: dict = {f"{k}_ids_step_s": round(v, 4) for k, v in t.items()}
     for k in (2, 4):
         out[f"{k}_ids_over_1"] = round(out[f"{k}_ids_step_s"] / out["1_ids_step_s"], 3)
     return out
@@ -200,6 +206,7 @@ def main(argv=None) -> int:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
         "repeats": args.repeats,
+        "timing": "minimum over interleaved rounds, after one warm-up round",
     }
     if args.part in ("train", "all"):
         result["training"] = bench_training(args.size, res, args.repeats, device)
