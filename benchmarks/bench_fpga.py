@@ -63,6 +63,15 @@ def interleaved(fns: dict, repeats: int) -> dict[str, float]:
     return {k: float(min(v)) for k, v in times.items()}
 
 
+def flops(fn) -> int:
+    """FLOPs of one ``fn()`` counted by torch's FlopCounterMode (deterministic, load-free)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
 def make_portraits(folder: Path, resolution: int, template: str) -> Path:
     """Two synthetic portrait rows (noise images, a face box, 68 points, keypoints)."""
     from PIL import Image
@@ -146,6 +155,7 @@ def bench_training(size: str, resolution: int, repeats: int, device: torch.devic
 
     t = interleaved({"normal": step(False), "cft": step(True)}, repeats)
     normal, cft = t["normal"], t["cft"]
+    f_normal, f_cft = flops(step(False)), flops(step(True))
     params = sum(p.numel() for p in model.parameters())
     gc.collect()
     return {
@@ -154,6 +164,9 @@ def bench_training(size: str, resolution: int, repeats: int, device: torch.devic
         "cft_over_normal": round(cft / normal, 3),
         "average_step_ratio_with_cft_every_10": round((9 * normal + cft) / (10 * normal), 4),
         "trainable_params_m": round(params / 1e6, 1),
+        "normal_step_gflops": round(f_normal / 1e9, 2),
+        "cft_step_gflops": round(f_cft / 1e9, 2),
+        "cft_over_normal_flops": round(f_cft / f_normal, 4),
     }
 
 
@@ -183,6 +196,10 @@ def bench_inference(size: str, resolution: int, repeats: int, device: torch.devi
         runs[k] = run
     t = interleaved(runs, repeats)
     out: dict = {f"{k}_ids_step_s": round(v, 4) for k, v in t.items()}
+    counted = {k: flops(fn) for k, fn in runs.items()}
+    out.update({f"{k}_ids_step_gflops": round(v / 1e9, 2) for k, v in counted.items()})
+    for k in (2, 4):
+        out[f"{k}_ids_over_1_flops"] = round(counted[k] / counted[1], 4)
     for k in (2, 4):
         out[f"{k}_ids_over_1"] = round(out[f"{k}_ids_step_s"] / out["1_ids_step_s"], 3)
     return out
