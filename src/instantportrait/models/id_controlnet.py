@@ -14,6 +14,9 @@ installed by ``__init__``, so its weights are part of the model's ``state_dict``
 identities, ``id_masks``) are arguments of :meth:`IDControlNetModel.forward`.
 :meth:`IDControlNetModel.from_unet` initialises from any SD1.5-architecture UNet, with the
 ID projections copied from each layer's text ``to_k``/``to_v`` (spec [rec]).
+
+Replacing the attention processors (``set_attn_processor``, ``set_default_attn_processor``)
+removes the ID branch with them: use the model's own processors.
 """
 
 from __future__ import annotations

@@ -129,7 +129,9 @@ class FPGAPipeline(DiffusionPipeline):
             from ..faces.embedders import get_embedder
 
             self._face_embedder = get_embedder(
-                self.config.face_embedder, weights=self.config.face_embedder_weights
+                self.config.face_embedder,
+                weights=self.config.face_embedder_weights,
+                device=self._execution_device,
             )
         return self._face_embedder
 
