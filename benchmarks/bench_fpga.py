@@ -205,13 +205,76 @@ def bench_inference(size: str, resolution: int, repeats: int, device: torch.devi
     return out
 
 
+def bench_meta_flops(resolution: int = 512) -> dict:
+    """FLOPs at real SD1.5 size counted on the meta device (no memory, no weights, no noise).
+
+    Inference: one sampling step (CFG batch of 2) of ID-ControlNet + UNet with 1, 2, 4
+    identities. Training: ControlNet + UNet forward and backward (batch 1) on a normal step
+    and on a CFT step (ID-attention capture with explicit probabilities, eq. 2 loss).
+    """
+    from diffusers import UNet2DConditionModel
+
+    from instantportrait.components import SD15_UNET_CONFIG
+    from instantportrait.losses.clone_face import clone_face_attention_loss
+    from instantportrait.models.id_controlnet import IDControlNetModel
+    from instantportrait.multi_id_attention import IDAttentionCapture
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+        cn = IDControlNetModel(
+            block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, id_dim=768
+        )
+    unet.requires_grad_(False)
+    h = resolution // 8
+
+    def inputs(b: int, k: int):
+        z = torch.randn(b, 4, h, h, device="meta")
+        t = torch.full((b,), 500, device="meta")
+        text = torch.randn(b, 77, 768, device="meta")
+        cond = torch.randn(b, 3, resolution, resolution, device="meta")
+        ids = torch.randn(b, k, 4, 768, device="meta") if k > 1 else torch.randn(b, 4, 768)
+        masks = torch.ones(1, k, resolution, resolution, device="meta") if k > 1 else None
+        return z, t, text, cond, ids.to("meta"), masks
+
+    def step(b: int, k: int, train: bool = False, cft: bool = False):
+        z, t, text, cond, ids, masks = inputs(b, k)
+        cap = IDAttentionCapture((h, h), min_size=h // 2) if cft else None
+        d, m = cn(z, t, text, cond, id_embeds=ids, id_masks=masks, id_capture=cap,
+                  return_dict=False)  # fmt: skip
+        eps = unet(z, t, text, down_block_additional_residuals=d,
+                   mid_block_additional_residual=m).sample  # fmt: skip
+        if train:
+            loss = (eps - z).pow(2).mean()
+            if cft:
+                box = torch.tensor([[resolution * 0.1, resolution * 0.2, resolution * 0.35,
+                                     resolution * 0.45]])  # fmt: skip
+                shift = torch.tensor([resolution / 2, 0, resolution / 2, 0])
+                loss = loss + 0.2 * clone_face_attention_loss(cap.maps, box, box + shift, (h, h))
+            loss.backward()
+
+    out: dict = {"resolution": resolution}
+    per_k = {k: flops(lambda k=k: step(2, k)) for k in (1, 2, 4)}
+    for k, f in per_k.items():
+        out[f"infer_{k}_ids_tflops"] = round(f / 1e12, 4)
+    for k in (2, 4):
+        out[f"infer_{k}_ids_over_1"] = round(per_k[k] / per_k[1], 5)
+    normal = flops(lambda: step(1, 1, train=True))
+    cft = flops(lambda: step(1, 1, train=True, cft=True))
+    out.update(
+        train_normal_tflops=round(normal / 1e12, 4),
+        train_cft_tflops=round(cft / 1e12, 4),
+        train_cft_over_normal=round(cft / normal, 5),
+    )
+    return out
+
+
 def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT / "src"))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=["tiny", "real"], default="tiny")
     ap.add_argument("--resolution", type=int, default=None, help="default 64 tiny, 128 real")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--part", choices=["train", "infer", "all"], default="all")
+    ap.add_argument("--part", choices=["train", "infer", "flops", "all"], default="all")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
     args = ap.parse_args(argv)
     res = args.resolution or (64 if args.size == "tiny" else 128)
@@ -225,6 +288,14 @@ def main(argv=None) -> int:
         "repeats": args.repeats,
         "timing": "minimum over interleaved rounds, after one warm-up round",
     }
+    if args.part in ("flops", "all"):
+        result["flops_meta"] = bench_meta_flops()
+        print(json.dumps(result["flops_meta"]), flush=True)
+        if args.part == "flops":
+            path = ROOT / "benchmarks" / "results" / "fpga_flops_sd15.json"
+            path.write_text(json.dumps(result["flops_meta"], indent=2) + "\n")
+            print(f"wrote {path}")
+            return 0
     if args.part in ("train", "all"):
         result["training"] = bench_training(args.size, res, args.repeats, device)
         print(json.dumps(result["training"]), flush=True)
