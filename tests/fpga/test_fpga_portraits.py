@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -61,9 +62,9 @@ def test_build_counts_each_rejection_by_reason(photo_folder, tmp_path, capsys):
     assert ex.landmarks.shape == (68, 2) and ex.keypoints.shape == (1, 18, 3)
     x0, y0, x1, y1 = ex.face_box
     assert x0 <= ex.landmarks[:, 0].mean() <= x1 and y0 <= ex.landmarks[:, 1].mean() <= y1
-    face = Image.open(__import__("io").BytesIO(ex.face_bytes))
+    face = Image.open(io.BytesIO(ex.face_bytes))
     assert face.size == (224, 224)
-    mask = np.asarray(Image.open(__import__("io").BytesIO(ex.mask_bytes)))
+    mask = np.asarray(Image.open(io.BytesIO(ex.mask_bytes)))
     assert mask.shape == (256, 256) and mask[int((y0 + y1) / 2), int((x0 + x1) / 2)] == 255
     assert mask[5, 5] == 0
 
