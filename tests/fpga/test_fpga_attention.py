@@ -135,3 +135,17 @@ def test_mask_downsampling_keeps_the_aspect():
     d = downsample_masks(m, 8)
     assert d.shape == (1, 1, 8)
     assert d.view(2, 4)[:, :2].eq(1).all() and d.view(2, 4)[:, 2:].eq(0).all()
+
+
+def test_capture_of_id_branch_output_features(layer):
+    attn, proc, x, text = layer
+    ids = torch.randn(2, T, D)
+    cap = IDAttentionCapture(aspect_hw=(8, 8), source="id_branch_output")
+    _run(attn, x, text, id_embeds=ids, id_capture=cap)
+    (m,) = cap.maps
+    assert m.shape == (2, attn.to_k.out_features, H, W)
+    with torch.no_grad():  # to_out is linear: W(text + id) + b - (W text + b) = W id
+        text_only = _run(attn, x, text)
+        full = _run(attn, x, text, id_embeds=ids)
+        id_part = (full - text_only) @ torch.linalg.inv(attn.to_out[0].weight).T
+    torch.testing.assert_close(m.flatten(2).transpose(1, 2), id_part, atol=1e-4, rtol=1e-3)
