@@ -29,6 +29,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.data.models:write_tiny_dataset",
         "SDXL + canny ControlNet + IP-Adapter bundle for `data generate --models`",
     ),
+    "fpga": (
+        "instantportrait.pipelines.fpga:write_tiny_fpga",
+        "FPGA pipeline (tiny SD1.5 + ID-ControlNet + resampler) for `generate --method fpga`",
+    ),
 }
 
 DEFAULT_KIND = next(iter(TINY_KINDS))

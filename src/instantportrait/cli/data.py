@@ -143,6 +143,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also count inputs that show no face (dlib; rows with landmarks are trusted)",
     )
     chk.set_defaults(func=run_check)
+    from .data_portraits import register_portraits
+
+    register_portraits(cmds)
 
 
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:

@@ -18,6 +18,7 @@ from typing import Any
 TRAINERS = {
     "idenet": ("instantportrait.training.idenet", "IDENetConfig", "IDENetTrainer", "idenet.json"),
     "ipnet": ("instantportrait.training.ipnet", "IPNetConfig", "IPNetTrainer", "ipnet.json"),
+    "fpga": ("instantportrait.training.fpga", "FPGAConfig", "FPGATrainer", "fpga.json"),
 }
 
 
@@ -46,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                 choices=["high", "middle", "low", "all"],
                 help="a stage of Table 6, or all three in order (default all)",
             )
+        if name == "fpga":
+            from .train_fpga import add_stage_argument
+
+            add_stage_argument(t)
         t.set_defaults(func=run)
 
 
@@ -87,6 +92,10 @@ def _train(name: str, cfg, resolved, resume: str | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.trainer == "fpga":
+        from .train_fpga import run_fpga
+
+        return run_fpga(args)
     if args.trainer != "ipnet":
         cfg, resolved = resolve(args.trainer, args.config, args.set)
         if args.dry_run:
