@@ -273,22 +273,11 @@ class InstantPortraitPipeline(DiffusionPipeline):
 
     def _text_embeddings(self, texts: list[str], device: torch.device) -> torch.Tensor:
         """Embeddings of ``texts``; each distinct text runs through the encoder once."""
-        unique = list(dict.fromkeys(texts))
-        ids = self.tokenizer(
-            unique,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        embeds = self.text_encoder(ids)[0].to(dtype=self._placement().unet_dtype)
-        if len(unique) == len(texts):
-            return embeds
-        if len(unique) == 1:
-            return embeds.expand(len(texts), -1, -1)
-        where = {text: i for i, text in enumerate(unique)}
-        # slices, not an index tensor: no host-to-device copy
-        return torch.cat([embeds[where[t] : where[t] + 1] for t in texts])
+        from ..text import encode_prompts
+
+        return encode_prompts(
+            self.tokenizer, self.text_encoder, texts, device, self._placement().unet_dtype
+        )
 
     # ------------------------------------------------------------------ the model
     def guided_prediction(
