@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import pytest
@@ -48,7 +47,9 @@ def test_accelerate_state_resumes_model_optimizer_ema_and_progress_exactly(tmp_p
     for _ in range(3):
         _step(model, opt, sched, ema, x)
     progress.step, progress.epoch, progress.position = 3, 1, 2
-    folder = save_training_state(acc, tmp_path / "run" / "checkpoints" / "step-000003", progress, {})
+    folder = save_training_state(
+        acc, tmp_path / "run" / "checkpoints" / "step-000003", progress, {}
+    )
     assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
     names = {p.name for p in folder.iterdir()}
     assert "model.safetensors" in names and "state.json" in names  # weights: safetensors
