@@ -228,9 +228,9 @@ def launch(args, env):
         sys.executable,
         "-m",
         "accelerate.commands.launch",
+        "--multi_gpu",  # + ACCELERATE_USE_CPU: 2 CPU processes on gloo (--cpu runs one)
         "--num_processes",
         "2",
-        "--cpu",
         "--num_machines",
         "1",
         "--mixed_precision",
@@ -264,7 +264,13 @@ def ddp_args(pair_dir, run, steps):
     ]
 
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+    "CUDA_VISIBLE_DEVICES": "",
+    "ACCELERATE_USE_CPU": "1",
+}
 
 
 @pytest.mark.multiprocess

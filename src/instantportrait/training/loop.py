@@ -148,10 +148,9 @@ def check_precision(mixed_precision: str, device: torch.device) -> None:
 def build_accelerator(cfg: RunConfig):
     """An ``Accelerator`` configured from the run settings (precision checked first)."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration
 
-    check_precision(cfg.mixed_precision, PartialState().device)
     if cfg.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -160,11 +159,13 @@ def build_accelerator(cfg: RunConfig):
     shared = AcceleratorState._shared_state
     if shared and shared.get("_mixed_precision", cfg.mixed_precision) != cfg.mixed_precision:
         AcceleratorState._reset_state()
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
         project_config=ProjectConfiguration(project_dir=cfg.output_dir),
     )
+    check_precision(cfg.mixed_precision, accelerator.device)
+    return accelerator
 
 
 class FaceCoverage:
