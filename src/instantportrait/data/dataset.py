@@ -240,7 +240,8 @@ class PairDataset(torch.utils.data.Dataset):
         rng = example_rng(self.seed, epoch, index)
         image = self._decode(ex.input_bytes, "input", index)
         target = self._decode(ex.target_bytes, "target", index)
-        landmarks = None if ex.landmarks is None else np.asarray(ex.landmarks, dtype=np.float32)
+        # all-zero landmarks are the batch format's "no face": treat them as absent
+        landmarks = np.asarray(ex.landmarks, np.float32) if has_landmarks(ex.landmarks) else None
 
         # 1. geometry shared by input, target and landmarks: square crop, resize
         if self.size is not None:
