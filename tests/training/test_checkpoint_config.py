@@ -41,8 +41,14 @@ def _step(model, opt, sched, ema, x):
     ema.update(model)
 
 
-def test_accelerate_state_resumes_model_optimizer_ema_and_progress_exactly(tmp_path):
+def test_accelerate_state_resumes_model_optimizer_ema_and_progress_exactly(tmp_path, monkeypatch):
+    """Through accelerate's save_state/load_state: the path FSDP and DeepSpeed states take."""
     acc, model, opt, sched, progress, ema = _setup(0)
+    calls = []
+    original_save = acc.save_state
+    monkeypatch.setattr(
+        acc, "save_state", lambda d, **kw: (calls.append(("save", kw)), original_save(d, **kw))[1]
+    )
     x = torch.randn(8, 4)
     for _ in range(3):
         _step(model, opt, sched, ema, x)
@@ -51,6 +57,7 @@ def test_accelerate_state_resumes_model_optimizer_ema_and_progress_exactly(tmp_p
         acc, tmp_path / "run" / "checkpoints" / "step-000003", progress, {}
     )
     assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
+    assert calls == [("save", {"safe_serialization": True})]
     names = {p.name for p in folder.iterdir()}
     assert "model.safetensors" in names and "state.json" in names  # weights: safetensors
     acc2, model2, opt2, sched2, progress2, ema2 = _setup(1)  # other weights to start with

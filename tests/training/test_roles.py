@@ -212,3 +212,25 @@ def test_one_discriminator_update_separates_real_and_fake(ipnet):
     # the scores of real (the target) and fake (the student's output) move apart, real above
     # (Adam's first step moves every weight by ~lr, so a shared bias can shift both a little)
     assert real1 - fake1 > real0 - fake0
+
+
+def test_distillation_regresses_the_student_onto_the_teacher(ipnet, monkeypatch):
+    """L_distill's first argument is the student's x_hat (with gradient), the second the
+    teacher's decoded x_hat_theta (no gradient): swapped, the student would get no gradient."""
+    import instantportrait.training.ipnet as module
+
+    seen = []
+    original = module.distillation_loss
+
+    def spy(student, teacher):
+        seen.append((student, teacher))
+        return original(student, teacher)
+
+    monkeypatch.setattr(module, "distillation_loss", spy)
+    batch = ipnet_batch(ipnet)
+    out = ipnet.compute_losses(batch, step_generator(0, 5, 0, ipnet.device))
+    (student, teacher_target) = seen[0]
+    assert student is out["x_hat"] and student.requires_grad
+    assert not teacher_target.requires_grad and teacher_target.shape == student.shape
+    by_hand = float(((student.detach() - teacher_target) ** 2).mean())
+    assert out["l_distill"].item() == pytest.approx(by_hand, rel=1e-5)
