@@ -137,6 +137,7 @@ def test_ipnet_triplet_roles_and_normalised_features(ipnet, monkeypatch, mixed_b
     assert x_out.requires_grad and not f_in.requires_grad and not f_tg.requires_grad
     for f in (f_in, f_tg, f_out):
         torch.testing.assert_close(f.norm(dim=-1), torch.ones(len(rows)))  # L2-normalised
+    f_out = f_out.detach()
     d1 = [float((a - o).norm()) for a, o in zip(f_in, f_out)]  # output vs input
     d2 = [float((t - o).norm()) for t, o in zip(f_tg, f_out)]  # output vs target
     m = ipnet.cfg.triplet.margin
