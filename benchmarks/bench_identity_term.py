@@ -59,20 +59,23 @@ def term(window, margin=0.75):
     return dec.shape[-1]
 
 
-def timed(fn, n=3):
-    fn()
-    ts = []
+def interleaved(fns: dict, n: int = 3) -> dict:
+    """Median seconds of each function, the calls interleaved (a load change hits all alike)."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {k: [] for k in fns}
     for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return sorted(ts)[n // 2]
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: sorted(v)[n // 2] for k, v in times.items()}
 
 
-out = {"resolution": res}
-out["full_decode_s"] = timed(lambda: term(False))
-out["window_side_px"] = term(True)
-out["face_window_s"] = timed(lambda: term(True))
+out = {"resolution": res, "window_side_px": term(True)}
+out.update(
+    interleaved({"full_decode_s": lambda: term(False), "face_window_s": lambda: term(True)}, 5)
+)
 out["window_over_full"] = out["face_window_s"] / out["full_decode_s"]
 out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 print(json.dumps(out, indent=1))
