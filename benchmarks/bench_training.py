@@ -4,7 +4,9 @@ Measures, in one run, on the architectures built from config (speed does not dep
 weight values):
 
 * IDE-Net: one training step (forward + backward) with lambda_aid = 0.7 vs 0; the ratio is
-  the identity term's overhead (a VAE decode with gradients, two face crops, the embedder);
+  the identity term's overhead (a VAE decode with gradients, two face crops, the embedder),
+  with the whole image decoded and with only the face window decoded (``loss.face_window``,
+  the shipped default);
 * IPNet: one student step (student forward, teacher distillation target, discriminator, the
   triplet term in the low stage, generator backward, discriminator forward/backward) for
   each stage of Table 6, as a ratio to one plain teacher UNet forward at the same size.
@@ -14,6 +16,7 @@ seconds; ``--size real`` builds SD1.5-InstructPix2Pix, DINOv2-small (discriminat
 DINOv2-base (triplet) at their real sizes with random weights (CPU: minutes, ~12 GB).
 
     python benchmarks/bench_training.py --size tiny --size real --resolution 256
+    flock /tmp/realsize.lock python benchmarks/bench_training.py --size real --only idenet
 """
 
 from __future__ import annotations
@@ -99,7 +102,13 @@ def timed(fn, warmup: int, repeats: int = 1) -> float:
 
 
 def bench_idenet(
-    size: str, data: Path, resolution: int, out: Path, warmup: int, repeats: int
+    size: str,
+    data: Path,
+    resolution: int,
+    out: Path,
+    warmup: int,
+    repeats: int,
+    full_decode: bool = True,
 ) -> dict:
     from instantportrait.training.config import from_dict
     from instantportrait.training.idenet import IDENetConfig, IDENetTrainer
@@ -129,16 +138,25 @@ def bench_idenet(
     trainer.setup()
     batch = trainer.collate([trainer.dataset[(0, 0)]])
     results = {}
-    for lam in (0.0, 0.7):
+    cases = [("step_s_lambda_0.0", 0.0, False), ("step_s_lambda_0.7", 0.7, True)]
+    if full_decode:
+        cases.insert(1, ("step_s_lambda_0.7_full_decode", 0.7, False))
+    for name, lam, window in cases:
         trainer.cfg.loss.lambda_aid = lam
+        trainer.cfg.loss.face_window = window
 
         def step():
             trainer.model.zero_grad(set_to_none=True)
             terms = trainer.compute_loss(batch, step_generator(0, 0, 0, trainer.device))
             terms["loss"].backward()
 
-        results[f"step_s_lambda_{lam}"] = timed(step, warmup, repeats)
-    results["identity_overhead_ratio"] = results["step_s_lambda_0.7"] / results["step_s_lambda_0.0"]
+        results[name] = timed(step, warmup, repeats)
+    base = results["step_s_lambda_0.0"]
+    if full_decode:
+        full = results["step_s_lambda_0.7_full_decode"]
+        results["identity_overhead_ratio_full_decode"] = full / base
+    results["identity_overhead_ratio"] = results["step_s_lambda_0.7"] / base
+    results["face_window_margin"] = trainer.cfg.loss.window_margin
     trainer.accelerator.free_memory()  # the caller's gc.collect() then frees the models
     return results
 
@@ -213,6 +231,15 @@ def main() -> int:
         default=256,
         help="training resolution of the real-size run (tiny uses 64)",
     )
+    parser.add_argument(
+        "--only", choices=["idenet", "ipnet"], default=None, help="run one trainer's part"
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (median)")
+    parser.add_argument(
+        "--no-full-decode",
+        action="store_true",
+        help="IDE-Net: skip the whole-image-decode case (time only the face window)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "training_cpu.json"))
     args = parser.parse_args()
     sizes = args.size or ["tiny"]
@@ -232,24 +259,38 @@ def main() -> int:
             res = 64 if size == "tiny" else args.resolution
             data = make_dataset(tmp / f"data{res}", res)
             warmup, repeats = (1, 5) if size == "tiny" else (1, 1)
+            repeats = args.repeats or repeats
             entry = {"resolution": res, "warmup": warmup, "repeats": repeats}
-            entry["idenet"] = bench_idenet(size, data, res, tmp, warmup, repeats)
-            gc.collect()
-            entry["ipnet"] = bench_ipnet(size, data, res, tmp, warmup, repeats)
+            if args.only in (None, "idenet"):
+                entry["idenet"] = bench_idenet(
+                    size, data, res, tmp, warmup, repeats, not args.no_full_decode
+                )
+                gc.collect()
+            if args.only in (None, "ipnet"):
+                entry["ipnet"] = bench_ipnet(size, data, res, tmp, warmup, repeats)
             entry["peak_rss_gb"] = peak_rss_gb()
             report["results"][size] = entry
             where = "CUDA" if torch.cuda.is_available() else "CPU"
             print(
                 f"== {size} ({res}x{res}, batch 1, {where}, forward+backward, median of {repeats})"
             )
-            i = entry["idenet"]
-            print(
-                f"IDE-Net step  lambda 0: {i['step_s_lambda_0.0']:.3f} s   lambda 0.7: "
-                f"{i['step_s_lambda_0.7']:.3f} s   overhead x{i['identity_overhead_ratio']:.2f}"
-            )
-            p = entry["ipnet"]
-            print(f"teacher UNet forward: {p['teacher_forward_s']:.3f} s")
-            for name in ("high", "middle", "low"):
+            i = entry.get("idenet")
+            if i:
+                full = (
+                    f"whole image decoded: {i['step_s_lambda_0.7_full_decode']:.3f} s "
+                    f"(x{i['identity_overhead_ratio_full_decode']:.2f})   "
+                    if "step_s_lambda_0.7_full_decode" in i
+                    else ""
+                )
+                print(
+                    f"IDE-Net step  lambda 0: {i['step_s_lambda_0.0']:.3f} s   lambda 0.7 {full}"
+                    f"face window: {i['step_s_lambda_0.7']:.3f} s "
+                    f"(x{i['identity_overhead_ratio']:.2f})"
+                )
+            p = entry.get("ipnet")
+            if p:
+                print(f"teacher UNet forward: {p['teacher_forward_s']:.3f} s")
+            for name in ("high", "middle", "low") if p else ():
                 print(
                     f"IPNet {name:<6} step: {p[f'{name}_step_s']:.3f} s  "
                     f"= x{p[f'{name}_ratio_to_teacher_forward']:.1f} a teacher forward"

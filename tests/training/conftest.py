@@ -70,3 +70,8 @@ def portraits(astronaut_path, grace_hopper_path) -> list[Image.Image]:
 @pytest.fixture(scope="session")
 def pair_dir(tmp_path_factory, portraits) -> Path:
     return make_pairs(tmp_path_factory.mktemp("pairs") / "manifest", portraits)
+
+
+@pytest.fixture(scope="session")
+def pair_dir_no_landmarks(tmp_path_factory, portraits) -> Path:
+    return make_pairs(tmp_path_factory.mktemp("pairs") / "bare", portraits, with_landmarks=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import pytest
@@ -10,69 +9,94 @@ import torch
 
 from instantportrait.errors import InputError
 from instantportrait.training.checkpoint import (
-    join_state,
+    Progress,
     list_checkpoints,
-    load_checkpoint,
+    load_training_state,
     prune_checkpoints,
     resolve_resume,
-    save_checkpoint,
-    split_state,
+    save_training_state,
 )
 from instantportrait.training.config import apply_overrides, from_dict, load_config
+from instantportrait.training.ema import EMA
+from instantportrait.training.loop import RunConfig, build_accelerator
 
 
-def test_split_join_round_trip():
-    state = {
-        "a": torch.arange(3),
-        "b": [1, 2.5, "x", None, (torch.ones(2), True)],
-        7: {"nested": torch.zeros(1, 2)},
-    }
-    tensors, skeleton = split_state(state)
-    json.dumps(skeleton)  # the non-tensor part is plain JSON
-    back = join_state(tensors, json.loads(json.dumps(skeleton)))
-    assert torch.equal(back["a"], state["a"]) and back["b"][:4] == [1, 2.5, "x", None]
-    assert isinstance(back["b"][4], tuple) and torch.equal(back["b"][4][0], torch.ones(2))
-    assert torch.equal(back[7]["nested"], torch.zeros(1, 2))
-
-
-def test_optimizer_and_model_resume_exactly(tmp_path):
-    torch.manual_seed(0)
+def _setup(seed: int):
+    torch.manual_seed(seed)
+    acc = build_accelerator(RunConfig(output_dir="unused"))
     model = torch.nn.Linear(4, 3)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    model, opt, sched = acc.prepare(model, opt, sched)
+    progress, ema = Progress(), EMA(model, 0.9, power=1.0)
+    acc.register_for_checkpointing(progress, ema)
+    return acc, model, opt, sched, progress, ema
+
+
+def _step(model, opt, sched, ema, x):
+    model(x).pow(2).mean().backward()
+    opt.step()
+    sched.step()
+    opt.zero_grad()
+    ema.update(model)
+
+
+def test_accelerate_state_resumes_model_optimizer_ema_and_progress_exactly(tmp_path, monkeypatch):
+    """Through accelerate's save_state/load_state: the path FSDP and DeepSpeed states take."""
+    acc, model, opt, sched, progress, ema = _setup(0)
+    calls = []
+    original_save = acc.save_state
+    monkeypatch.setattr(
+        acc, "save_state", lambda d, **kw: (calls.append(("save", kw)), original_save(d, **kw))[1]
+    )
     x = torch.randn(8, 4)
     for _ in range(3):
-        model(x).pow(2).mean().backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-    save_checkpoint(
-        tmp_path / "run" / "checkpoints" / "step-000003",
-        modules={"model": model},
-        optimizers={"model": opt},
-        schedulers={"model": sched},
-        ema=None,
-        state={"step": 3},
+        _step(model, opt, sched, ema, x)
+    progress.step, progress.epoch, progress.position = 3, 1, 2
+    folder = save_training_state(
+        acc, tmp_path / "run" / "checkpoints" / "step-000003", progress, {}
     )
     assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
-    model2 = torch.nn.Linear(4, 3)
-    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-2)
-    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0 / (1 + s))
-    state, ema = load_checkpoint(
-        resolve_resume(tmp_path / "run", "latest"),
-        modules={"model": model2},
-        optimizers={"model": opt2},
-        schedulers={"model": sched2},
-    )
-    assert state["step"] == 3 and ema is None
-    for m, o, s in ((model, opt, sched), (model2, opt2, sched2)):
-        m(x).pow(2).mean().backward()
-        o.step()
-        s.step()
+    assert calls == [("save", {"safe_serialization": True})]
+    names = {p.name for p in folder.iterdir()}
+    assert "model.safetensors" in names and "state.json" in names  # weights: safetensors
+    acc2, model2, opt2, sched2, progress2, ema2 = _setup(1)  # other weights to start with
+    state = load_training_state(acc2, resolve_resume(tmp_path / "run", "latest"))
+    assert state["step"] == 3 and (progress2.step, progress2.epoch, progress2.position) == (3, 1, 2)
+    for m, o, s, e in ((model, opt, sched, ema), (model2, opt2, sched2, ema2)):
+        _step(m, o, s, e, x)
     for p, q in zip(model.parameters(), model2.parameters()):
         assert torch.equal(p, q)
-    files = sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "step-000003").iterdir())
-    assert all(f.endswith((".safetensors", ".json")) for f in files)  # nothing pickled
+    for a, b in zip(ema.model.shadow_params, ema2.model.shadow_params):
+        assert torch.equal(a, b)
+
+
+def test_progress_refuses_another_number_of_processes():
+    with pytest.raises(InputError, match="written by 2 processes"):
+        Progress(world_size=1).load_state_dict(
+            {"step": 1, "micro_step": 1, "epoch": 0, "position": 1, "world_size": 2}
+        )
+
+
+def test_ema_warms_up_and_tracks_training():
+    """EMA with warm-up (diffusers' EMAModel): d_k = min(decay, 1 - (1 + k - 1) ** -power)."""
+    w = torch.nn.Parameter(torch.zeros(1))
+    module = torch.nn.Module()
+    module.w = w
+    ema = EMA(module, decay=0.9999, power=0.75)
+    shadow, plain = 0.0, 0.0
+    for k in range(1, 201):
+        with torch.no_grad():
+            w.fill_(k / 200)  # training moves the weight from 0 to 1
+        ema.update(module)
+        d = 0.0 if k == 1 else min(0.9999, 1 - k**-0.75)  # by hand
+        shadow = d * shadow + (1 - d) * k / 200
+        plain = 0.9999 * plain + 0.0001 * k / 200  # no warm-up, from the pretrained 0
+    out = torch.nn.Module()
+    out.w = torch.nn.Parameter(torch.zeros(1))
+    ema.copy_to(out)
+    assert abs(out.w.item() - shadow) < 1e-5
+    assert out.w.item() > 0.6 and plain < 0.02  # the export tracks training
 
 
 def test_prune_and_resume_resolution(tmp_path):

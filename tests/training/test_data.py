@@ -140,3 +140,81 @@ def test_data_pack_cli(pair_dir, tmp_path, capsys):
     assert main(["data", "pack", str(pair_dir), str(tmp_path / "s"), "--shard-size", "2"]) == 0
     assert len(capsys.readouterr().out.split()) == 2
     assert main(["data", "check", str(tmp_path / "s")]) == 0
+
+
+def dot_pairs(root, size=(300, 200), point=(150.0, 100.0)):
+    """One pair: a black image with a white 5x5 dot centred on landmark 0."""
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    arr = np.zeros((size[1], size[0], 3), np.uint8)
+    x, y = int(point[0]), int(point[1])
+    arr[y - 2 : y + 3, x - 2 : x + 3] = 255
+    Image.fromarray(arr).save(root / "in.png")
+    Image.fromarray(arr).save(root / "tg.png")
+    lm = [list(point), [120.0, 100.0], [180.0, 100.0], [190.0, 100.0], [150.0, 130.0]]
+    row = {"input": "in.png", "target": "tg.png", "instruction": "x", "landmarks": lm}
+    (root / "pairs.jsonl").write_text(json.dumps(row) + "\n")
+    return root
+
+
+def dot_centre(image: torch.Tensor) -> tuple[float, float]:
+    w = (image.mean(0) + 1).clamp(min=0)
+    ys, xs = torch.meshgrid(torch.arange(w.shape[0]), torch.arange(w.shape[1]), indexing="ij")
+    return float((w * xs).sum() / w.sum()), float((w * ys).sum() / w.sum())
+
+
+def test_non_square_size_crops_resizes_and_flips_landmarks_with_the_image(tmp_path):
+    src = open_pair_source(dot_pairs(tmp_path / "dot"))
+    # 300x200 -> centred crop of aspect 48:64 is 150x200 at x = 75; scale 48 / 150 = 0.32
+    expected = ((150 - 75) * 0.32, 100 * 0.32)  # (24, 32), by hand
+    ds = PairDataset(src, size=(48, 64), random_flip=False, dropout=ConditioningDropout(0, 0, 0))
+    item = ds[(0, 0)]
+    assert item["input"].shape == (3, 64, 48) and item["has_face"]
+    torch.testing.assert_close(item["landmarks"][0], torch.tensor(expected))
+    cx, cy = dot_centre(item["input"])
+    assert abs(cx - expected[0]) < 1.0 and abs(cy - expected[1]) < 1.0  # the dot is there
+    flips = PairDataset(src, size=(48, 64), random_flip=True)
+    flipped = next(
+        flips[(e, 0)]
+        for e in range(30)
+        if not torch.equal(flips[(e, 0)]["input"], ds[(0, 0)]["input"])
+    )
+    # landmark 0 (an eye corner) is now point 2 (eyes swap) at x' = 47 - x
+    torch.testing.assert_close(flipped["landmarks"][2], torch.tensor([47 - expected[0], 32.0]))
+    cx, cy = dot_centre(flipped["input"])
+    assert abs(cx - (47 - expected[0])) < 1.0 and abs(cy - expected[1]) < 1.0
+    batch = collate_pairs([item, flipped])
+    assert batch["input"].shape == (2, 3, 64, 48)
+
+
+def test_zero_landmarks_mean_no_face(tmp_path):
+    root = dot_pairs(tmp_path / "zero")
+    row = json.loads((root / "pairs.jsonl").read_text())
+    row["landmarks"] = [[0.0, 0.0]] * 5
+    (root / "pairs.jsonl").write_text(json.dumps(row) + "\n")
+    item = PairDataset(open_pair_source(root), resolution=64)[(0, 0)]
+    assert not item["has_face"] and float(item["landmarks"].abs().sum()) == 0.0
+
+
+def test_count_faces_uses_given_landmarks_and_the_detector(pair_dir, pair_dir_no_landmarks):
+    from instantportrait.data.dataset import count_faces
+
+    def never(image):
+        raise AssertionError("the detector runs only on rows without landmarks")
+
+    given = count_faces(open_pair_source(pair_dir), landmark_fn=never, progress=False)
+    if given.given != 4:
+        pytest.skip("dlib not installed: no landmarks in the test dataset")
+    assert given.faceless == [] and given.total == 4
+    bare = open_pair_source(pair_dir_no_landmarks)
+    calls = []
+
+    def half(image):  # a stand-in detector: a face in the 1st and 3rd image only
+        calls.append(image.size)
+        return None if len(calls) % 2 == 0 else np.zeros((5, 2), np.float32) + 10
+
+    counted = count_faces(bare, resolution=32, landmark_fn=half, progress=False)
+    assert calls == [(32, 32)] * 4  # detected at the training resolution
+    assert (counted.detected, counted.faceless) == (2, ["p1", "p3"])
+    assert "2 of 4 inputs show no face" in counted.summary()

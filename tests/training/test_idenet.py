@@ -278,16 +278,23 @@ def test_training_stops_with_a_line_naming_a_corrupt_row(pair_dir, tmp_path, cap
     assert len(errors) == 1 and "pairs.jsonl:" in errors[0] and "not an image" in errors[0]
 
 
+@pytest.mark.slow  # test_run_policy.py's 2-process resume test is the unmarked representative
 @pytest.mark.multiprocess
 def test_two_processes_under_accelerate_launch(pair_dir, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "ACCELERATE_USE_CPU": "1",
+    }
     cmd = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
+        "--multi_gpu",  # + ACCELERATE_USE_CPU: 2 CPU processes on gloo (--cpu runs one)
         "--num_processes",
         "2",
-        "--cpu",
         "--num_machines",
         "1",
         "--mixed_precision",

@@ -2,8 +2,13 @@
 
 The same command runs on a CPU, one GPU, or many GPUs/machines:
 ``accelerate launch [--num_processes N ...] -m instantportrait train idenet --config FILE``.
-Settings resolve in this order: the shipped defaults, (IPNet) the stage preset of Table 6,
-the ``--config`` file, then each ``--set KEY=VALUE``.
+Settings resolve in this order: the shipped defaults, the ``--preset`` (``paper``: the
+paper's settings), (IPNet) the stage preset of Table 6, the ``--config`` file, then each
+``--set KEY=VALUE``.
+
+The run folder (``training.output_dir``) follows the one writer policy: a used folder is
+refused unless ``--resume`` (continue it) or ``--overwrite`` (replace it) is given, and
+nothing is written into it before set-up has succeeded.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import importlib
 import json
 from pathlib import Path
 from typing import Any
+
+#: presets beside the shipped defaults: name -> file suffix (``configs/<trainer>_<suffix>.json``)
+PRESETS = ("default", "paper")
 
 #: trainer name -> (module, config class, trainer class, shipped default config)
 TRAINERS = {
@@ -35,9 +43,23 @@ def register(sub: argparse._SubParsersAction) -> None:
             metavar="KEY=VALUE",
             help="override one setting, e.g. --set optim.lr=1e-5 (repeatable)",
         )
-        t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
         t.add_argument(
-            "--resume", help="latest (the run's newest checkpoint) or a checkpoint folder"
+            "--preset",
+            default="default",
+            choices=PRESETS,
+            help="default (small, one device) or paper (the paper's batch, steps, resolution)",
+        )
+        t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+        resume = t.add_mutually_exclusive_group()
+        resume.add_argument(
+            "--resume",
+            help="latest (the run's newest checkpoint; starts fresh if there is none) or a "
+            "checkpoint folder",
+        )
+        resume.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace a used run folder (removed once set-up has succeeded)",
         )
         if name == "ipnet":
             t.add_argument("--teacher", help="the IDE-Net teacher pipeline (sets teacher.path)")
@@ -54,9 +76,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         t.set_defaults(func=run)
 
 
-def default_config(name: str) -> dict[str, Any]:
-    path = Path(__file__).resolve().parent.parent / "configs" / TRAINERS[name][3]
-    return json.loads(path.read_text())
+def default_config(name: str, preset: str = "default") -> dict[str, Any]:
+    """The shipped config of a trainer, with a preset merged over it."""
+    from ..training.config import merge
+
+    folder = Path(__file__).resolve().parent.parent / "configs"
+    base = json.loads((folder / TRAINERS[name][3]).read_text())
+    if preset != "default":
+        extra = json.loads((folder / f"{name}_{preset}.json").read_text())
+        base = merge(base, {k: v for k, v in extra.items() if not k.startswith("_")})
+    return base
 
 
 def resolve(
@@ -65,13 +94,14 @@ def resolve(
     overrides: list[str],
     stage: str | None = None,
     teacher: str | None = None,
+    preset: str = "default",
 ):
-    """The trainer's typed config from defaults, stage preset, file and overrides."""
+    """The trainer's typed config from defaults, preset, stage preset, file and overrides."""
     from ..training.config import load_config, merge, to_dict
 
     module, cfg_name, _, _ = TRAINERS[name]
     cls = getattr(importlib.import_module(module), cfg_name)
-    base = default_config(name)
+    base = default_config(name, preset)
     if stage is not None:
         from ..training.ipnet import STAGES
 
@@ -81,13 +111,13 @@ def resolve(
     return cfg, to_dict(cfg)
 
 
-def _train(name: str, cfg, resolved, resume: str | None) -> Path:
+def _train(name: str, cfg, resolved, resume: str | None, overwrite: bool = False) -> Path:
     from .common import quiet_libraries
 
     quiet_libraries()
     module, _, trainer_name, _ = TRAINERS[name]
     trainer = getattr(importlib.import_module(module), trainer_name)(cfg)
-    final = trainer.fit(resume=resume, resolved_config=resolved)
+    final = trainer.fit(resume=resume, resolved_config=resolved, overwrite=overwrite)
     return final if trainer.accelerator.is_main_process else None
 
 
@@ -97,11 +127,11 @@ def run(args: argparse.Namespace) -> int:
 
         return run_fpga(args)
     if args.trainer != "ipnet":
-        cfg, resolved = resolve(args.trainer, args.config, args.set)
+        cfg, resolved = resolve(args.trainer, args.config, args.set, preset=args.preset)
         if args.dry_run:
             print(json.dumps(resolved, indent=2))
             return 0
-        final = _train(args.trainer, cfg, resolved, args.resume)
+        final = _train(args.trainer, cfg, resolved, args.resume, args.overwrite)
         if final is not None:
             print(final)
         return 0
@@ -121,7 +151,7 @@ def run_ipnet(args: argparse.Namespace) -> int:
     from ..training.ipnet import STAGE_ORDER
 
     stages = STAGE_ORDER if args.stage == "all" else (args.stage,)
-    first, _ = resolve("ipnet", args.config, args.set, stages[0], args.teacher)
+    first, _ = resolve("ipnet", args.config, args.set, stages[0], args.teacher, args.preset)
     root = Path(first.training.output_dir)
     previous = first.student.init
     resolved_all = []
@@ -129,7 +159,9 @@ def run_ipnet(args: argparse.Namespace) -> int:
         extra = [f"training.output_dir={root / stage}"] if len(stages) > 1 else []
         if previous and len(stages) > 1:
             extra.append(f"student.init={previous}")
-        cfg, resolved = resolve("ipnet", args.config, [*args.set, *extra], stage, args.teacher)
+        cfg, resolved = resolve(
+            "ipnet", args.config, [*args.set, *extra], stage, args.teacher, args.preset
+        )
         resolved_all.append(resolved)
         if args.dry_run:
             continue
@@ -137,7 +169,7 @@ def run_ipnet(args: argparse.Namespace) -> int:
         if len(stages) > 1 and args.resume and (final / "model_index.json").is_file():
             print(f"stage {stage}: done, skipped ({final})")
         else:
-            _train("ipnet", cfg, resolved, args.resume)
+            _train("ipnet", cfg, resolved, args.resume, args.overwrite)
         previous = str(final)
     if args.dry_run:
         print(json.dumps(resolved_all if len(stages) > 1 else resolved_all[0], indent=2))

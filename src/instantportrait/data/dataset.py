@@ -9,7 +9,7 @@ data-loader state beyond the position.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,97 @@ class ConditioningDropout:
         return False, False
 
 
+def detect_landmarks5() -> LandmarkFn:
+    """A ``PIL image -> (5, 2) landmarks | None`` function on the face stack's detector
+    (the largest face; ``None`` when none is found)."""
+    from ..faces.detect import NoFaceFoundError, detect
+
+    def find(image: Image.Image) -> np.ndarray | None:
+        try:
+            faces = detect(image, select="largest", landmarks=True)
+        except NoFaceFoundError:
+            return None
+        return np.asarray(faces.landmarks5[0], dtype=np.float32)
+
+    return find
+
+
+def has_landmarks(landmarks: Any) -> bool:
+    """True for 5 given points that are not all zero (all zero is the batch's 'no face')."""
+    if landmarks is None:
+        return False
+    arr = np.asarray(landmarks, dtype=np.float32)
+    return arr.shape == (5, 2) and bool(np.abs(arr).sum() > 0)
+
+
+@dataclass
+class FaceCount:
+    """How many inputs of a pair source show a face, as the trainers will see them."""
+
+    total: int = 0
+    #: rows whose landmarks were given in the data
+    given: int = 0
+    #: rows whose face the detector found
+    detected: int = 0
+    #: keys (or row numbers) of rows showing no face
+    faceless: list[str] = field(default_factory=list)
+
+    @property
+    def with_face(self) -> int:
+        return self.given + self.detected
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.faceless)} of {self.total} inputs show no face "
+            f"({self.given} with given landmarks, {self.detected} detected)"
+        )
+
+
+def count_faces(
+    source,
+    resolution: int | None = None,
+    landmark_fn: LandmarkFn | None = None,
+    progress: bool = True,
+) -> FaceCount:
+    """Count the inputs of ``source`` that show no face, the way training decides it.
+
+    A row with landmarks has a face; a row without is run through ``landmark_fn`` (default:
+    :func:`detect_landmarks5`) on its input resized to ``resolution`` (long side; the training
+    resolution, since small faces are missed at small sizes; ``None`` keeps the stored size).
+    Unreadable rows count as faceless. ``instantportrait data check`` reports this.
+    """
+    from tqdm.auto import tqdm
+
+    find = landmark_fn
+    policy = ResolutionPolicy(long_side=resolution) if resolution else None
+    count = FaceCount()
+    for i in tqdm(range(len(source)), desc="faces", disable=not progress, unit="pair"):
+        count.total += 1
+        try:
+            ex = source[i]
+        except InputError:
+            count.faceless.append(str(i))
+            continue
+        key = str(ex.key if getattr(ex, "key", None) is not None else i)
+        if has_landmarks(ex.landmarks):
+            count.given += 1
+            continue
+        if find is None:
+            find = detect_landmarks5()
+        try:
+            image = load_image(ex.input_bytes, name=source.describe(i))
+        except InputError:
+            count.faceless.append(key)
+            continue
+        if policy is not None:
+            image = policy.apply(image)
+        if find(image) is None:
+            count.faceless.append(key)
+        else:
+            count.detected += 1
+    return count
+
+
 def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The generator of one example's random choices (flip, crop, dropout)."""
     return np.random.default_rng([int(seed), int(epoch), int(index)])
@@ -80,6 +171,9 @@ class PairDataset(torch.utils.data.Dataset):
         landmark_fn: called on the resized input when the example has no landmarks (e.g. a
             face detector); returns ``(5, 2)`` points or ``None`` when no face is found.
         square: crop inputs to a centred square first (so batches share one size).
+        size: ``(width, height)``: train at this exact, possibly non-square size instead (the
+            input is centre-cropped to its aspect ratio, then resized; ``resolution`` and
+            ``square`` are then unused). Landmarks follow every crop, resize and flip.
 
     Items are dicts: ``input``, ``target`` (``(3, H, W)`` in [-1, 1]), ``instruction`` (the
     empty string when text is dropped), ``drop_image`` (bool), ``landmarks`` (``(5, 2)`` float,
@@ -96,6 +190,7 @@ class PairDataset(torch.utils.data.Dataset):
         seed: int = 0,
         landmark_fn: LandmarkFn | None = None,
         square: bool = True,
+        size: tuple[int, int] | None = None,
     ):
         self.source = source
         self.policy = ResolutionPolicy(long_side=resolution)
@@ -106,6 +201,9 @@ class PairDataset(torch.utils.data.Dataset):
         self.epoch = 0
         self.landmark_fn = landmark_fn
         self.square = square
+        if size is not None and (len(size) != 2 or min(size) < 8 or any(v % 8 for v in size)):
+            raise InputError(f"size: (width, height), multiples of 8; got {size}")
+        self.size = None if size is None else (int(size[0]), int(size[1]))
         self._landmark_cache: dict[int, np.ndarray | None] = {}
 
     def set_epoch(self, epoch: int) -> None:
@@ -122,10 +220,18 @@ class PairDataset(torch.utils.data.Dataset):
             raise InputError(f"{self.source.describe(index)}: {exc}") from None
 
     def _square_box(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        return self._aspect_box(size, 1.0)
+
+    @staticmethod
+    def _aspect_box(size: tuple[int, int], aspect: float) -> tuple[int, int, int, int]:
+        """The largest centred box of ``aspect`` = width / height inside an image of ``size``."""
         w, h = size
-        side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
-        return left, top, left + side, top + side
+        if w / h > aspect:
+            cw, ch = max(1, int(round(h * aspect))), h
+        else:
+            cw, ch = w, max(1, int(round(w / aspect)))
+        left, top = (w - cw) // 2, (h - ch) // 2
+        return left, top, left + cw, top + ch
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         """``dataset[i]`` (current epoch) or ``dataset[(epoch, i)]`` (stateless, for workers)."""
@@ -134,12 +240,18 @@ class PairDataset(torch.utils.data.Dataset):
         rng = example_rng(self.seed, epoch, index)
         image = self._decode(ex.input_bytes, "input", index)
         target = self._decode(ex.target_bytes, "target", index)
-        landmarks = None if ex.landmarks is None else np.asarray(ex.landmarks, dtype=np.float32)
+        # all-zero landmarks are the batch format's "no face": treat them as absent
+        landmarks = np.asarray(ex.landmarks, np.float32) if has_landmarks(ex.landmarks) else None
 
         # 1. geometry shared by input, target and landmarks: square crop, resize
-        box = self._square_box(image.size) if self.square else (0, 0, *image.size)
+        if self.size is not None:
+            box = self._aspect_box(image.size, self.size[0] / self.size[1])
+        elif self.square:
+            box = self._square_box(image.size)
+        else:
+            box = (0, 0, *image.size)
         crop_w, crop_h = box[2] - box[0], box[3] - box[1]
-        out_w, out_h = self.policy.target_size(crop_w, crop_h)
+        out_w, out_h = self.size or self.policy.target_size(crop_w, crop_h)
         target_box = self._scaled_box(box, image.size, target.size)
         image = image.crop(box).resize((out_w, out_h), Image.Resampling.LANCZOS)
         target = target.crop(target_box).resize((out_w, out_h), Image.Resampling.LANCZOS)
@@ -178,7 +290,7 @@ class PairDataset(torch.utils.data.Dataset):
 
         # 3. conditioning dropout
         drop_text, drop_image = self.dropout.draw(float(rng.uniform()))
-        has_face = landmarks is not None
+        has_face = has_landmarks(landmarks)
         return {
             "input": pil_to_tensor(image),
             "target": pil_to_tensor(target),
@@ -208,7 +320,9 @@ def collate_pairs(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack a list of :class:`PairDataset` items into a batch."""
     sizes = {tuple(it["input"].shape) for it in items}
     if len(sizes) > 1:
-        raise InputError(f"batch: examples of different sizes {sorted(sizes)}; use square=True")
+        raise InputError(
+            f"batch: examples of different sizes {sorted(sizes)}; use square=True or a size"
+        )
     return {
         "input": torch.stack([it["input"] for it in items]),
         "target": torch.stack([it["target"] for it in items]),

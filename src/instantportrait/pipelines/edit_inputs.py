@@ -94,16 +94,16 @@ class EditInputsMixin:
 
     def _text_embeddings(self, texts: list[str], device: torch.device) -> torch.Tensor:
         """Embeddings of ``texts``; each distinct text runs through the encoder once."""
-        unique = list(dict.fromkeys(texts))
-        ids = self._token_ids(unique).to(device)
-        embeds = self.text_encoder(ids)[0].to(dtype=self._placement().unet_dtype)
-        if len(unique) == len(texts):
-            return embeds
-        if len(unique) == 1:
-            return embeds.expand(len(texts), -1, -1)
-        where = {text: i for i, text in enumerate(unique)}
-        # slices, not an index tensor: no host-to-device copy
-        return torch.cat([embeds[where[t] : where[t] + 1] for t in texts])
+        from ..text import encode_prompts
+
+        return encode_prompts(
+            self.tokenizer,
+            self.text_encoder,
+            texts,
+            device,
+            self._placement().unet_dtype,
+            tokenize=self._token_ids,
+        )
 
     def _host_cache(self, name: str) -> dict[str, Any]:
         """A small per-pipeline cache of host work (prompt checks, token ids), emptied when
@@ -123,13 +123,9 @@ class EditInputsMixin:
         cache = self._host_cache("token_ids")
         missing = [t for t in texts if t not in cache]
         if missing:
-            ids = self.tokenizer(
-                missing,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
+            from ..text import token_ids
+
+            ids = token_ids(self.tokenizer, missing)
             for text, row in zip(missing, ids):
                 cache[text] = row[None]
         if len(texts) == 1:

@@ -4,6 +4,7 @@ decoding, validation edits and the export as an :class:`InstantPortraitPipeline`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,17 +12,22 @@ from typing import Any
 
 import torch
 
-from ..data.dataset import ConditioningDropout, PairDataset, collate_pairs
+from ..data.dataset import ConditioningDropout, PairDataset, collate_pairs, detect_landmarks5
 from ..data.pairs import open_pair_source
 from ..errors import InputError
 from .config import check
 from .loop import Trainer
+from .validation import run_validation, validation_items
 
 
 @dataclass
 class DataConfig:
     path: str = ""
+    #: long side of the (square, centre-cropped) training images
     resolution: int = 256
+    #: ``[width, height]``: train at this non-square size instead (centre crop to its aspect,
+    #: landmarks transformed with every crop, resize and flip); e.g. the paper's 1024 x 576
+    size: list[int] | None = None
     random_flip: bool = True
     crop_jitter: float = 0.0
     dropout_text: float = 0.05
@@ -36,6 +42,11 @@ class DataConfig:
             f"data.resolution: a multiple of 8, got {self.resolution}",
         )
         check(self.crop_jitter >= 0, "data.crop_jitter: must be >= 0")
+        check(
+            self.size is None
+            or (len(self.size) == 2 and all(v >= 8 and v % 8 == 0 for v in self.size)),
+            f"data.size: [width, height], multiples of 8; got {self.size}",
+        )
 
 
 @dataclass
@@ -53,23 +64,30 @@ class ValidationConfig:
     seed: int = 0
 
 
-def face_landmark_detector():
-    """A ``PIL image -> (5, 2) landmarks | None`` function on the face stack's detector."""
-    import numpy as np
-
-    from ..faces.detect import NoFaceFoundError, detect
-
-    def find(image):
-        try:
-            faces = detect(image, select="largest", landmarks=True)
-        except NoFaceFoundError:
-            return None
-        return np.asarray(faces.landmarks5[0], dtype=np.float32)
-
-    return find
+#: the settings that build tiny random stand-ins of the pretrained networks (tests, small machines)
+TINY_SETTINGS = (
+    "model.pretrained=tiny (IDE-Net), teacher.path=tiny, discriminator.backbone=tiny, "
+    "triplet.dino=tiny (IPNet)"
+)
 
 
-def load_edit_components(pretrained: str, seed: int = 0) -> dict[str, Any]:
+@contextlib.contextmanager
+def tiny_hint(setting: str):
+    """Re-raise a model-not-found error naming ``setting`` and the tiny settings."""
+    from ..errors import ModelNotFoundError
+
+    try:
+        yield
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"{setting}: {exc}. To try training without the pretrained models, use the tiny "
+            f"settings: {TINY_SETTINGS}"
+        ) from exc
+
+
+def load_edit_components(
+    pretrained: str, seed: int = 0, setting: str = "model.pretrained"
+) -> dict[str, Any]:
     """vae, text_encoder, tokenizer, unet, scheduler (+ a DDPM ``train_scheduler``).
 
     ``pretrained``: a pipeline folder or Hub id; ``tiny`` (tests, dry runs) or ``random-real``
@@ -85,7 +103,8 @@ def load_edit_components(pretrained: str, seed: int = 0) -> dict[str, Any]:
     else:
         from ..pipelines import InstantPortraitPipeline
 
-        parts = dict(InstantPortraitPipeline.from_pretrained(pretrained).components)
+        with tiny_hint(setting):
+            parts = dict(InstantPortraitPipeline.from_pretrained(pretrained).components)
         parts = {k: parts[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
     if parts["unet"].config.in_channels != 8:
         raise InputError(
@@ -102,9 +121,9 @@ class EditTrainer(Trainer):
 
     pipeline_config: dict[str, Any] = {"recommended_steps": 20}
 
-    def load_components(self, pretrained: str, seed: int = 0):
+    def load_components(self, pretrained: str, seed: int = 0, setting: str = "model.pretrained"):
         """Load the components, freeze VAE and text encoder on the device; return the UNet."""
-        parts = load_edit_components(pretrained, seed)
+        parts = load_edit_components(pretrained, seed, setting)
         self.vae, self.text_encoder = parts["vae"], parts["text_encoder"]
         self.tokenizer, self.scheduler = parts["tokenizer"], parts["scheduler"]
         self.train_scheduler = parts["train_scheduler"]
@@ -126,20 +145,16 @@ class EditTrainer(Trainer):
             crop_jitter=data.crop_jitter,
             dropout=ConditioningDropout(data.dropout_text, data.dropout_image, data.dropout_both),
             seed=self.run.seed,
-            landmark_fn=face_landmark_detector() if need_faces and data.detect_faces else None,
+            landmark_fn=detect_landmarks5() if need_faces and data.detect_faces else None,
+            size=None if data.size is None else tuple(data.size),
         )
         self.collate = collate_pairs
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """CLIP embeddings ``(B, 77, D)`` of instructions (the empty string when dropped)."""
-        ids = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        return self.text_encoder(ids)[0]
+        from ..text import encode_prompts
+
+        return encode_prompts(self.tokenizer, self.text_encoder, texts, self.device)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Clean latents to images in [-1, 1]; differentiable (the VAE is frozen, not detached)."""
@@ -176,8 +191,6 @@ class EditTrainer(Trainer):
             return None
 
     def validate(self, step: int) -> dict[str, float]:
-        from .validation import run_validation, validation_items
-
         if not self.accelerator.is_main_process:
             return {}
         unet = self.accelerator.unwrap_model(self.model)

@@ -31,7 +31,7 @@ from ..losses.identity import (
 from ..parameterization import add_noise, alpha_bar, predict_x0
 from .config import check
 from .editing import DataConfig, EditTrainer, ValidationConfig
-from .loop import OptimConfig, RunConfig
+from .loop import FaceCoverage, OptimConfig, RunConfig
 
 
 @dataclass
@@ -104,7 +104,17 @@ def latent_face_windows(
 class IDENetTrainer(EditTrainer):
     """Stage 1 of InstantPortrait on the shared training layer."""
 
-    log_keys = ("loss", "l_dm", "l_cid", "w_a", "l_aid", "face_fraction", "lr", "val_identity")
+    log_keys = (
+        "loss",
+        "l_dm",
+        "l_cid",
+        "w_a",
+        "l_aid",
+        "face_fraction",
+        "lr",
+        "val_id_distance",
+        "val_same_person",
+    )
 
     def __init__(self, config: IDENetConfig):
         super().__init__(config, config.training, config.optim)
@@ -121,6 +131,8 @@ class IDENetTrainer(EditTrainer):
         if self.embedder is not None:
             self.embedder.requires_grad_(False).eval()
         self.build_dataset(cfg.data, need_faces=cfg.loss.lambda_aid > 0)
+        if cfg.loss.lambda_aid > 0:
+            self.coverage = FaceCoverage("identity")
         optimizer, lr_scheduler = self.make_optimizer(unet.parameters())
         self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
             unet, optimizer, lr_scheduler
@@ -140,9 +152,11 @@ class IDENetTrainer(EditTrainer):
         z0_hat: torch.Tensor,
         landmarks: torch.Tensor,
         t: torch.Tensor,
-        valid: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        """W_a-weighted L_cid (eqs. 3-4) for the samples in ``valid``; logs its parts."""
+        """W_a-weighted L_cid (eqs. 3-4) for rows that all show a face; logs its parts.
+
+        The caller passes only the rows with a face: a row without landmarks has no crop.
+        """
         from ..faces.align import crop_faces, to_grayscale
 
         cfg, emb = self.cfg.loss, self.embedder
@@ -166,7 +180,7 @@ class IDENetTrainer(EditTrainer):
         hat = emb.embed(g(crop_faces(images_hat, lm_hat, emb.template, emb.input_size)))
         l_cid = identity_distance(ref, hat)
         w_a = annealing_weight(t, cfg.t_max, cfg.weighting, cfg.a, cfg.b, cfg.alpha)
-        return {"l_aid": annealed_identity_loss(l_cid, w_a, valid), "l_cid": l_cid, "w_a": w_a}
+        return {"l_aid": annealed_identity_loss(l_cid, w_a), "l_cid": l_cid, "w_a": w_a}
 
     def compute_loss(
         self, batch: dict[str, Any], generator: torch.Generator
@@ -198,13 +212,16 @@ class IDENetTrainer(EditTrainer):
         out = {"l_dm": l_dm}
         valid = batch["has_face"].to(device) & keep_image
         lam = self.cfg.loss.lambda_aid
+        if lam > 0 and self.coverage is not None:
+            self.coverage.update(int(batch["has_face"].sum()), bsz)
         if lam > 0 and bool(valid.any()):
-            z0_hat = predict_x0(pred.float(), z_t.float(), ab.float(), ptype)
-            terms = self.identity_term(x_in, z0_hat, batch["landmarks"], t, valid)
+            # only the rows with a face are cropped and embedded (mixed batches are the rule)
+            rows = valid.nonzero().flatten()
+            z0_hat = predict_x0(pred[rows].float(), z_t[rows].float(), ab[rows].float(), ptype)
+            terms = self.identity_term(x_in[rows], z0_hat, batch["landmarks"][rows.cpu()], t[rows])
             out["l_aid"] = terms["l_aid"]
-            vf = valid.float()
-            out["l_cid"] = (terms["l_cid"] * vf).sum() / vf.sum()
-            out["w_a"] = (terms["w_a"].to(vf) * vf).sum() / vf.sum()
+            out["l_cid"] = terms["l_cid"].mean()
+            out["w_a"] = terms["w_a"].float().mean()
         else:
             out["l_aid"] = torch.zeros((), device=device)
         out["face_fraction"] = valid.float().mean()
@@ -216,6 +233,3 @@ class IDENetTrainer(EditTrainer):
             terms = self.compute_loss(batch, generator)
             self.clip_and_step(terms["loss"], self.model, self.optimizer, self.lr_scheduler)
         return {k: float(v.detach()) for k, v in terms.items()}
-
-    def validation_embedder(self):
-        return self.embedder if self.embedder is not None else super().validation_embedder()

@@ -29,10 +29,10 @@ import torch
 
 from ..losses.adversarial import hinge_discriminator_loss, hinge_generator_loss
 from ..losses.distillation import ddim_inversion, distillation_loss, renoise_epsilon
-from ..losses.triplet import face_style_triplet_loss
+from ..losses.triplet import face_style_distances, face_style_triplet_loss
 from ..parameterization import add_noise, alpha_bar, predict_epsilon, predict_x0
 from .config import check
-from .editing import DataConfig, EditTrainer, ValidationConfig
+from .editing import DataConfig, EditTrainer, ValidationConfig, tiny_hint
 from .loop import OptimConfig, RunConfig
 
 #: Table 6 of InstantPortrait (App. G.2). Global batch = batch_size x accumulation x processes:
@@ -131,6 +131,8 @@ class DiscriminatorConfig:
 class TripletConfig:
     #: DINOv2 folder or Hub id; ``tiny`` for a random tiny model (tests)
     dino: str = "facebook/dinov2-base"
+    #: the margin m of eq. 12, on L2-normalised DINOv2 embeddings (distances in [0, 2]);
+    #: choose it from the logged ``triplet_d1`` / ``triplet_d2`` as the paper does
     margin: float = 0.15
     template: str = "arcface"
     crop_size: int = 112
@@ -167,8 +169,12 @@ class IPNetTrainer(EditTrainer):
         "d_real",
         "d_fake",
         "inversion_fraction",
+        "triplet_d1",
+        "triplet_d2",
+        "face_fraction",
         "lr",
-        "val_identity",
+        "val_id_distance",
+        "val_same_person",
     )
 
     pipeline_config = {
@@ -188,7 +194,7 @@ class IPNetTrainer(EditTrainer):
         from ..pipelines import InstantPortraitPipeline
 
         cfg, acc = self.cfg, self.accelerator
-        teacher_unet = self.load_components(cfg.teacher.path, cfg.teacher.seed)
+        teacher_unet = self.load_components(cfg.teacher.path, cfg.teacher.seed, "teacher.path")
         teacher_unet.requires_grad_(False).eval().to(acc.device)
         self.teacher = InstantPortraitPipeline(
             vae=self.vae,
@@ -207,21 +213,28 @@ class IPNetTrainer(EditTrainer):
         if cfg.training.gradient_checkpointing:
             student.enable_gradient_checkpointing()
         d = cfg.discriminator
-        disc = CropDiscriminator.from_backbone(
-            d.backbone,
-            **(
-                {}
-                if d.backbone == "tiny"
-                else {"crop_size": d.crop_size, "head_channels": d.head_channels}
-            ),
-            **({"layers": d.layers} if d.layers else {}),
-        ).to(acc.device)
+        with tiny_hint("discriminator.backbone"):
+            disc = CropDiscriminator.from_backbone(
+                d.backbone,
+                **(
+                    {}
+                    if d.backbone == "tiny"
+                    else {"crop_size": d.crop_size, "head_channels": d.head_channels}
+                ),
+                **({"layers": d.layers} if d.layers else {}),
+            ).to(acc.device)
         self.dino = None
         if cfg.stage.lambda_triplet > 0:
             from ..models.discriminator import load_dino
 
-            self.dino = load_dino(cfg.triplet.dino).requires_grad_(False).eval().to(acc.device)
+            with tiny_hint("triplet.dino"):
+                dino = load_dino(cfg.triplet.dino)
+            self.dino = dino.requires_grad_(False).eval().to(acc.device)
         self.build_dataset(cfg.data, need_faces=cfg.stage.lambda_triplet > 0)
+        if cfg.stage.lambda_triplet > 0:
+            from .loop import FaceCoverage
+
+            self.coverage = FaceCoverage("triplet")
         opt_g, sched_g = self.make_optimizer(student.parameters())
         opt_d = torch.optim.AdamW(
             disc.heads.parameters(), lr=d.lr, betas=(0.0, 0.99), weight_decay=0.0
@@ -306,6 +319,11 @@ class IPNetTrainer(EditTrainer):
         return {"latent": target, "t": t, "inversion_fraction": len(inv) / bsz}
 
     def face_features(self, images, landmarks) -> torch.Tensor:
+        """F of eq. 11: DINOv2 embeddings of the face crops, L2-normalised.
+
+        DINOv2's raw features have no fixed scale, so a fixed margin would mean nothing;
+        normalised, ``d = ||F(a) - F(b)||`` lies in [0, 2] (``d^2 = 2 - 2 cos``).
+        """
         from ..faces.align import crop_faces
 
         crops = crop_faces(
@@ -314,7 +332,7 @@ class IPNetTrainer(EditTrainer):
             self.cfg.triplet.template,
             self.cfg.triplet.crop_size,
         )
-        return self.dino(crops)
+        return torch.nn.functional.normalize(self.dino(crops).float(), dim=-1)
 
     def compute_losses(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
         """The student's terms of eq. 13 (with graph) and what the discriminator step needs."""
@@ -351,14 +369,20 @@ class IPNetTrainer(EditTrainer):
         else:
             out["l_distill"] = torch.zeros((), device=device)
         valid = batch["has_face"].to(device)
+        out["face_fraction"] = valid.float().mean()
+        if st.lambda_triplet > 0 and self.coverage is not None:
+            self.coverage.update(int(valid.sum()), len(valid))
         if st.lambda_triplet > 0 and bool(valid.any()):
-            lm = batch["landmarks"].to(device)
+            # only the rows with a face are cropped and embedded (mixed batches are the rule)
+            rows = valid.nonzero().flatten()
+            lm = batch["landmarks"].to(device)[rows]
             with torch.no_grad():
-                f_in, f_tg = self.face_features(x_in, lm), self.face_features(x_tg, lm)
-            f_out = self.face_features(x_hat, lm)
-            out["l_triplet"] = face_style_triplet_loss(
-                f_in, f_out, f_tg, self.cfg.triplet.margin, valid
-            )
+                f_in = self.face_features(x_in[rows], lm)
+                f_tg = self.face_features(x_tg[rows], lm)
+            f_out = self.face_features(x_hat[rows], lm)
+            out["l_triplet"] = face_style_triplet_loss(f_in, f_out, f_tg, self.cfg.triplet.margin)
+            d1, d2 = face_style_distances(f_in, f_out, f_tg)
+            out["triplet_d1"], out["triplet_d2"] = d1.mean().detach(), d2.mean().detach()
         else:
             out["l_triplet"] = torch.zeros((), device=device)
         out["loss_g"] = (
@@ -377,7 +401,12 @@ class IPNetTrainer(EditTrainer):
             fake = self.disc(out["x_hat"].detach(), generator=generator)
             loss_d = hinge_discriminator_loss(real, fake)
             self.clip_and_step(loss_d, self.disc, self.opt_d, self.sched_d)
-        logs = {k: float(out[k].detach()) for k in ("loss_g", "l_adv", "l_distill", "l_triplet")}
+        logs = {
+            k: float(out[k].detach())
+            for k in ("loss_g", "l_adv", "l_distill", "l_triplet", "triplet_d1", "triplet_d2")
+            if k in out
+        }
+        logs["face_fraction"] = float(out["face_fraction"])
         logs.update(
             loss_d=float(loss_d.detach()),
             d_real=float(real.detach().mean()),

@@ -9,14 +9,21 @@ here does the rest, the same way for all of them:
 * the data order from :class:`~instantportrait.training.sampler.ResumableSampler` and every
   step's noise/timesteps from a generator seeded by ``(seed, micro-step, rank)``, so a run
   resumed from a checkpoint continues exactly as if never stopped;
-* checkpoints of the full state every N steps, the last K kept, atomically, in safetensors;
+* checkpoints of the full training state every N steps through ``accelerator.save_state``
+  (the progress and the EMA registered for checkpointing), the last K kept, atomically;
 * a CSV + TensorBoard log of every loss term, a progress bar, validation every N steps;
-* the inference-ready export and the resolved config saved in the run folder.
+* the inference-ready export (safetensors) and the resolved config saved in the run folder.
+
+The run folder follows the one writer policy (:func:`instantportrait.io.prepare_output`): a
+used folder is refused unless the run resumes or overwrites, and nothing is written into it
+before set-up (models, data) has succeeded.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +32,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..io import atomic_write
-from .checkpoint import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
+from ..errors import InputError
+from ..io import atomic_write, prepare_output
+from .checkpoint import (
+    Progress,
+    load_training_state,
+    prune_checkpoints,
+    resolve_resume,
+    save_training_state,
+)
 from .config import check
 from .ema import EMA
 from .logger import MetricsLogger
@@ -65,13 +79,19 @@ class RunConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
     ema: bool = False
+    #: the EMA's largest decay; it is reached through diffusers' warm-up schedule
+    #: ``1 - (1 + k) ** -ema_power`` (``ema_warmup``), so early weights are forgotten quickly
     ema_decay: float = 0.9999
+    ema_power: float = 0.75
+    ema_warmup: bool = True
     seed: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     log_every: int = 1
     validate_every: int = 0
-    num_workers: int = 0
+    #: data-loading processes; ``None``: from the machine (its CPUs per training process - 1,
+    #: at most 8)
+    num_workers: int | None = None
     tensorboard: bool = True
     allow_tf32: bool = True
 
@@ -89,7 +109,20 @@ class RunConfig:
         check(self.keep_checkpoints >= 1, "training.keep_checkpoints: must be at least 1")
         check(self.log_every >= 1, "training.log_every: must be at least 1")
         check(0.0 < self.ema_decay < 1.0, "training.ema_decay: must be in (0, 1)")
-        check(self.num_workers >= 0, "training.num_workers: must be >= 0")
+        check(self.ema_power > 0, "training.ema_power: must be positive")
+        check(
+            self.num_workers is None or self.num_workers >= 0,
+            "training.num_workers: must be >= 0 (or null: from the machine)",
+        )
+
+
+def default_num_workers(processes: int = 1) -> int:
+    """Data-loading workers for one training process: its share of the CPUs minus one, <= 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus // max(1, processes) - 1))
 
 
 def step_generator(seed: int, micro_step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -99,19 +132,82 @@ def step_generator(seed: int, micro_step: int, rank: int, device: torch.device) 
     return g
 
 
+def check_precision(mixed_precision: str, device: torch.device) -> None:
+    """Reject a precision the device cannot run, with one line naming the setting.
+
+    fp16 needs a GPU. bf16 runs on a CPU under ``torch.autocast("cpu", bfloat16)`` (the
+    shipped default; correct, if not faster than fp32 on CPUs without native bf16).
+    """
+    if mixed_precision == "fp16" and device.type == "cpu":
+        raise InputError(
+            "training.mixed_precision=fp16: needs a GPU, and this run is on the CPU "
+            "(use bf16 or no)"
+        )
+
+
 def build_accelerator(cfg: RunConfig):
-    """An ``Accelerator`` configured from the run settings."""
+    """An ``Accelerator`` configured from the run settings (precision checked first)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration
 
     if cfg.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Accelerator(
+    # accelerate's state is a per-process singleton; a second trainer in the same process
+    # (tests, a library user) may ask for another precision: only then start it afresh
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision", cfg.mixed_precision) != cfg.mixed_precision:
+        AcceleratorState._reset_state()
+    accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
         project_config=ProjectConfiguration(project_dir=cfg.output_dir),
     )
+    check_precision(cfg.mixed_precision, accelerator.device)
+    return accelerator
+
+
+class FaceCoverage:
+    """Counts how many samples a face-based loss term saw; warns once when (almost) none.
+
+    Args:
+        term: the term's name in the warning (``identity``, ``triplet``).
+        after: samples to see before judging (or the run's end, whichever comes first).
+        minimum: the face fraction below which it warns.
+    """
+
+    def __init__(self, term: str, after: int = 32, minimum: float = 0.1):
+        self.term, self.after, self.minimum = term, after, minimum
+        self.faces = self.seen = 0
+        self.warned = False
+
+    @property
+    def fraction(self) -> float:
+        return self.faces / self.seen if self.seen else 0.0
+
+    def update(self, faces: int, total: int) -> None:
+        """Add one micro-batch's counts."""
+        self.faces += int(faces)
+        self.seen += int(total)
+
+    def check(self, last: bool = False) -> bool:
+        """Warn (once) when enough samples were seen, or at the run's end, and the face fraction
+        is below ``minimum``; returns True when this call warned."""
+        if self.warned or not self.seen or not (self.seen >= self.after or last):
+            return False
+        if self.fraction >= self.minimum:
+            self.warned = True  # judged: enough faces
+            return False
+        self.warned = True
+        warnings.warn(
+            f"the {self.term} term saw a face in {self.faces} of {self.seen} samples "
+            f"(face fraction {self.fraction:.2f}): it is (almost) off. Check the data "
+            "(`instantportrait data check`) or raise data.resolution so faces are found",
+            UserWarning,
+            stacklevel=2,
+        )
+        return True
 
 
 class Trainer:
@@ -130,6 +226,8 @@ class Trainer:
         self.accelerator = build_accelerator(run)
         self.device = self.accelerator.device
         self.ema: EMA | None = None
+        #: set by a trainer whose loss needs faces (identity, triplet terms)
+        self.coverage: FaceCoverage | None = None
 
     # ---- hooks --------------------------------------------------------------------------
     def setup(self) -> None:  # pragma: no cover - abstract
@@ -197,7 +295,11 @@ class Trainer:
             self.dataset,
             batch_sampler=_Batches(),
             collate_fn=self.collate,
-            num_workers=self.run.num_workers,
+            num_workers=(
+                default_num_workers(self.accelerator.num_processes)
+                if self.run.num_workers is None
+                else self.run.num_workers
+            ),
             persistent_workers=False,
         )
         positions = sampler.batches()
@@ -210,35 +312,72 @@ class Trainer:
             text = json.dumps(resolved, indent=2)
             atomic_write(self.run_dir / "config.json", lambda p: p.write_text(text))
 
+    def check_run_dir(self, resume: str | None, overwrite: bool) -> Path | None:
+        """The output-folder policy, checked before anything is built or written.
+
+        A used run folder is refused unless the run resumes (``--resume``) or replaces it
+        (``--overwrite``, removed only once set-up has succeeded). ``--resume latest`` with no
+        checkpoint in the folder says so and starts fresh. Returns the checkpoint to resume.
+        """
+        if resume is not None and overwrite:
+            raise InputError("--resume and --overwrite: choose one")
+        if resume is None:
+            if not overwrite:  # every process reaches the same answer before anyone writes
+                prepare_output(self.run_dir, overwrite=False)
+            return None
+        ckpt = resolve_resume(self.run_dir, resume)
+        if ckpt is None:
+            where = self.run_dir
+            self.accelerator.print(f"--resume latest: no checkpoint in {where}; starting fresh")
+        return ckpt
+
+    def _write_run_dir(self, replace: bool, resolved: dict[str, Any] | None) -> None:
+        """After set-up succeeded: replace the old folder (``--overwrite``), create, save config."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            if replace:
+                prepare_output(self.run_dir, overwrite=True)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        self.save_config(resolved or {})
+
+    def _register_state(self) -> Progress:
+        """The objects accelerate saves beside models/optimizers: progress (and EMA)."""
+        progress = Progress(world_size=self.accelerator.num_processes)
+        self.accelerator.register_for_checkpointing(progress)
+        if self.ema is not None:
+            self.accelerator.register_for_checkpointing(self.ema)
+        return progress
+
     # ---- the loop -----------------------------------------------------------------------
-    def fit(self, resume: str | None = None, resolved_config: dict[str, Any] | None = None) -> Path:
+    def fit(
+        self,
+        resume: str | None = None,
+        resolved_config: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> Path:
         """Train to ``max_steps`` (resuming when asked), export to ``RUN/final``; returns it."""
+        from accelerate.utils import set_seed
         from tqdm.auto import tqdm
 
         acc, run = self.accelerator, self.run
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.save_config(resolved_config or {})
-        from accelerate.utils import set_seed
-
+        ckpt = self.check_run_dir(resume, overwrite)
         set_seed(run.seed)  # new modules (heads, adapters) start the same in every run
         self.setup()
         if run.ema:
-            self.ema = EMA(self.accelerator.unwrap_model(self.model), run.ema_decay)
-
-        step, micro, epoch, position = 0, 0, 0, 0
-        ckpt = resolve_resume(self.run_dir, resume)
-        if ckpt is not None:
-            state, ema_state = load_checkpoint(
-                ckpt,
-                modules=self.trainable(),
-                optimizers=self.optimizers(),
-                schedulers=self.schedulers(),
+            self.ema = EMA(
+                acc.unwrap_model(self.model),
+                run.ema_decay,
+                power=run.ema_power,
+                warmup=run.ema_warmup,
             )
-            if self.ema is not None and ema_state is not None:
-                self.ema.load_state_dict(ema_state)
-            step, micro = state["step"], state["micro_step"]
-            epoch, position = state["epoch"], state["position"]
-            acc.print(f"resumed from {ckpt} at step {step}")
+        progress = self._register_state()
+        if ckpt is not None:
+            load_training_state(acc, ckpt)
+            acc.print(f"resumed from {ckpt} at step {progress.step}")
+        # set-up succeeded: only now is the run folder written
+        self._write_run_dir(overwrite and resume is None, resolved_config)
+        step = progress.step
 
         sampler = ResumableSampler(
             len(self.dataset),
@@ -246,7 +385,7 @@ class Trainer:
             acc.process_index,
             acc.num_processes,
             seed=run.seed,
-            start=(epoch, position),
+            start=(progress.epoch, progress.position),
         )
         logger = (
             MetricsLogger(
@@ -264,31 +403,37 @@ class Trainer:
         )
         window: list[dict[str, float]] = []
         batches = self._batches(sampler)
-        while step < run.max_steps:
+        first_logged = step > 0
+        while progress.step < run.max_steps:
             epoch, position, batch = next(batches)
-            gen = step_generator(run.seed, micro, acc.process_index, self.device)
-            window.append(self.training_step(batch, gen))
-            micro += 1
-            position += 1  # the next batch to read
-            if position >= sampler.batches_per_epoch:
-                epoch, position = epoch + 1, 0
+            gen = step_generator(run.seed, progress.micro_step, acc.process_index, self.device)
+            with acc.autocast():
+                window.append(self.training_step(batch, gen))
+            progress.micro_step += 1
+            progress.epoch, progress.position = epoch, position + 1  # the next batch to read
+            if progress.position >= sampler.batches_per_epoch:
+                progress.epoch, progress.position = epoch + 1, 0
             if not acc.sync_gradients:
                 continue
-            step += 1
+            progress.step += 1
+            step = progress.step
             if self.ema is not None:
                 self.ema.update(acc.unwrap_model(self.model))
             logs = {k: sum(w.get(k, 0.0) for w in window) / len(window) for k in window[0]}
             logs["lr"] = self.schedulers()["model"].get_last_lr()[0]
             window = []
+            self.check_coverage(last=step == run.max_steps)
             validating = bool(run.validate_every) and step % run.validate_every == 0
             if validating:
                 logs.update(self.validate(step))
-            if logger is not None and (step % run.log_every == 0 or validating):
+            due = step % run.log_every == 0 or validating or not first_logged
+            if logger is not None and (due or step == run.max_steps):
                 logger.log(step, logs)
+                first_logged = True
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in self.log_keys[:3]})
             bar.update(1)
             if (run.checkpoint_every and step % run.checkpoint_every == 0) or step == run.max_steps:
-                self._checkpoint(step, micro, epoch, position, resolved_config)
+                self._checkpoint(progress, resolved_config)
         bar.close()
         if logger is not None:
             logger.close()
@@ -300,24 +445,18 @@ class Trainer:
         acc.wait_for_everyone()
         return final
 
-    def _checkpoint(self, step: int, micro: int, epoch: int, position: int, config) -> None:
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            save_checkpoint(
-                self.run_dir / "checkpoints" / f"step-{step:06d}",
-                modules=self.trainable(),
-                optimizers=self.optimizers(),
-                schedulers=self.schedulers(),
-                ema=None if self.ema is None else self.ema.state_dict(),
-                state={
-                    "step": step,
-                    "micro_step": micro,
-                    "epoch": epoch,
-                    "position": position,
-                    "world_size": acc.num_processes,
-                    "config": config or {},
-                },
-            )
+    def check_coverage(self, last: bool = False) -> None:
+        """Warn once when a face-based term saw (almost) no faces (see :class:`FaceCoverage`)."""
+        if self.coverage is not None:
+            self.coverage.check(last)
+
+    def _checkpoint(self, progress: Progress, config) -> None:
+        save_training_state(
+            self.accelerator,
+            self.run_dir / "checkpoints" / f"step-{progress.step:06d}",
+            progress,
+            config,
+        )
+        if self.accelerator.is_main_process:
             prune_checkpoints(self.run_dir, self.run.keep_checkpoints)
-        acc.wait_for_everyone()
+        self.accelerator.wait_for_everyone()
