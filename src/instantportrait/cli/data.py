@@ -140,7 +140,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     chk.add_argument(
         "--faces",
         action="store_true",
-        help="also count inputs that show no face (dlib; rows with landmarks are trusted)",
+        help="also count inputs that show no face, as training decides it (dlib; rows with "
+        "landmarks are trusted)",
+    )
+    chk.add_argument(
+        "--resolution",
+        type=int,
+        default=512,
+        help="with --faces: long side inputs are resized to before detection, the training "
+        "resolution (default 512; small faces are missed at small sizes)",
     )
     chk.set_defaults(func=run_check)
     from .data_portraits import register_portraits
@@ -328,11 +336,10 @@ def run_check(args: argparse.Namespace) -> int:
     total = len(source) + len(problems)
     print(f"{total} pairs, {total - bad} good, {bad} bad")
     if args.faces:
-        from ..data.filters import count_faceless
+        from ..data.dataset import count_faces
 
-        n = count_faceless(source, progress=len(source) >= 50)
-        share = 100.0 * n / len(source) if len(source) else 0.0
-        print(
-            f"{n} of {len(source)} inputs show no face ({share:.1f}%): the identity loss skips them"
-        )
+        counted = count_faces(source, resolution=args.resolution, progress=len(source) >= 50)
+        n, total = len(counted.faceless), counted.total
+        share = 100.0 * n / total if total else 0.0
+        print(f"{n} of {total} inputs show no face ({share:.1f}%): the identity loss skips them")
     return 0 if not bad else 2

@@ -166,29 +166,3 @@ class PairFilter:
         if metrics["identity_distance"] >= cfg.identity_threshold:
             return FilterResult("identity", lm, metrics)
         return FilterResult(None, lm, metrics)
-
-
-def count_faceless(source: Any, *, detector: str = "hog", progress: bool = False) -> int:
-    """How many inputs of a pair source show no face (dlib's detector; the identity loss is
-    blank for those). Rows whose stored landmarks are all zero count as face-free too."""
-    from tqdm.auto import tqdm
-
-    from ..faces import FaceAnalyzer
-    from ..io import load_image
-
-    analyzer = FaceAnalyzer(detector=detector, embedder=None, select="largest", min_size=8)
-    count = 0
-    for i in tqdm(range(len(source)), desc="faces", unit="pair", disable=not progress):
-        try:
-            ex = source[i]
-            image = load_image(ex.input_bytes, name="input")
-        except InputError:
-            continue  # reported by the row check
-        if ex.landmarks is not None:
-            if not np.allclose(np.asarray(ex.landmarks, dtype=np.float64), 0.0):
-                continue
-            count += 1
-            continue
-        if len(analyzer.detect(image, landmarks=False, raise_if_none=False)) == 0:
-            count += 1
-    return count
