@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "train",
     "evaluate",
     "bench",
+    "app",
     "env",
 )
 

@@ -1,0 +1,149 @@
+"""The Gradio app: one tab per method whose model family has landed, and the same operations
+over HTTP (Gradio's API: ``/edit``, ``/live_frame``).
+
+Safe by default: bound to 127.0.0.1; every upload passes through the input gate before a
+handler sees it (a rejected upload becomes a message in the page, the app keeps serving);
+requests queue with a concurrency limit, so a burst is served in order and none is lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import InputError, InstantPortraitError, optional_import
+from . import handlers
+from .models import ModelRegistry
+
+gr = optional_import("gradio", "app", "the web app")
+
+
+class GatedImage(gr.Image):
+    """``gr.Image`` whose uploads pass through :func:`instantportrait.io.load_image` first.
+
+    Gradio would open an upload with PIL before any handler runs; this component runs the
+    project's gate instead (size limit, decompression bombs, empty and non-image files) and
+    turns a rejection into a message for the page. The page draws it as a plain image input
+    (``is_template``: Gradio uses the parent's front-end component).
+    """
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:  # type: ignore[override]
+        from ..io import load_image
+
+        if payload is None:
+            return None
+        try:
+            if payload.url and payload.url.startswith("data:"):
+                data = base64.b64decode(payload.url.split(",", 1)[1])
+                return load_image(data, name="upload")
+            if payload.path is None:
+                raise InputError("upload: no file arrived")
+            return load_image(payload.path, name=payload.orig_name or "upload")
+        except InputError as exc:
+            raise gr.Error(str(exc)) from None
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Show the project's one-line errors as a Gradio message instead of a failed request."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InstantPortraitError as exc:
+            raise gr.Error(str(exc)) from None
+
+    return wrapper
+
+
+def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
+    """The app as ``gr.Blocks`` (call ``.launch()``, or mount it in a FastAPI app)."""
+
+    @_user_errors
+    def edit(image, instructions, steps, iterations, seed, measure):
+        pipe = registry.get("edit")
+        result = handlers.edit_portrait(
+            pipe,
+            image,
+            instructions,
+            steps=int(steps) or None,
+            iterations=int(iterations),
+            seed=int(seed),
+            measure_identity=bool(measure),
+        )
+        lines = [f"{len(result.images)} edit(s) in {result.seconds:.2f} s", *result.similarity]
+        return result.grid, "\n".join(lines)
+
+    @_user_errors
+    def live_frame(frame, instruction, rate):
+        if frame is None:
+            return None, "waiting for the camera", rate
+        rate = rate or handlers.FrameRate()
+        out = handlers.edit_frame(registry.get("edit"), frame, instruction)
+        fps = rate.tick()
+        return out, f"{fps:.1f} frames/s", rate
+
+    status = registry.status()
+    with gr.Blocks(title="InstantPortrait") as demo:
+        gr.Markdown(
+            "# InstantPortrait\nIdentity-preserving portrait edits in one step. Models: "
+            + "; ".join(f"**{k}**: {v}" for k, v in status.items())
+        )
+        with gr.Tab("Edit"):
+            with gr.Row():
+                with gr.Column():
+                    portrait = GatedImage(label="Portrait", type="pil", elem_id="edit-input")
+                    instructions = gr.Textbox(
+                        label="Instruction (one per line for a grid)",
+                        value="wearing a 1920s flapper dress, feathered headband",
+                        lines=3,
+                        elem_id="edit-instruction",
+                    )
+                    with gr.Row():
+                        steps = gr.Number(
+                            label="Steps (0 = the model's own)", value=0, precision=0
+                        )
+                        iterations = gr.Slider(1, 4, value=1, step=1, label="Style boost")
+                        seed = gr.Number(label="Seed", value=0, precision=0)
+                    measure = gr.Checkbox(label="Measure identity (dlib)", value=True)
+                    run = gr.Button("Edit", variant="primary", elem_id="edit-run")
+                with gr.Column():
+                    result = gr.Image(label="Input, then each edit", elem_id="edit-output")
+                    report = gr.Textbox(label="Identity", lines=4, elem_id="edit-report")
+            run.click(
+                edit,
+                [portrait, instructions, steps, iterations, seed, measure],
+                [result, report],
+                api_name="edit",
+                concurrency_limit=concurrency,
+            )
+        with gr.Tab("Live"):
+            gr.Markdown(
+                "The webcam through the one-step editor, frame by frame "
+                f"({handlers.LIVE_RESOLUTION} px long side)."
+            )
+            with gr.Row():
+                camera = gr.Image(
+                    sources=["webcam"], streaming=True, type="numpy", label="Camera",
+                    elem_id="live-input",
+                )
+                live_out = gr.Image(label="Edited", elem_id="live-output")
+            live_instruction = gr.Textbox(
+                label="Instruction", value="as a marble statue", elem_id="live-instruction"
+            )
+            fps = gr.Textbox(label="Speed", elem_id="live-fps")
+            rate = gr.State(None)
+            camera.stream(
+                live_frame,
+                [camera, live_instruction, rate],
+                [live_out, fps, rate],
+                api_name="live_frame",
+                stream_every=0.1,
+                concurrency_limit=concurrency,
+            )
+    demo.queue(default_concurrency_limit=concurrency, max_size=256)
+    return demo
