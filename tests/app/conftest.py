@@ -22,7 +22,9 @@ def png_bomb(path: Path, width: int = 40000, height: int = 40000) -> Path:
     """A valid, tiny PNG file whose header claims ``width x height`` pixels."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     row = b"\x00" + b"\x00" * (3 * 16)
@@ -50,9 +52,7 @@ def running_app(tiny_model_dir):
     registry = ModelRegistry(edit_model=str(tiny_model_dir))
     demo = build_app(registry, concurrency=2)
     port = free_port()
-    demo.launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
-    )
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/", demo
     finally:

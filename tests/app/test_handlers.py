@@ -42,14 +42,20 @@ def test_edit_grid_keeps_the_input_first_and_matches_the_pipeline(tiny_pipe, ast
     import torch
 
     res = handlers.edit_portrait(
-        tiny_pipe, astronaut_path, "a red hat\nblue hair", seed=3, resolution=64,
+        tiny_pipe,
+        astronaut_path,
+        "a red hat\nblue hair",
+        seed=3,
+        resolution=64,
         measure_identity=False,
     )
     assert len(res.images) == 2
     w, h = res.images[0].size
     assert res.grid.size == (3 * w, h)
     direct = tiny_pipe(
-        prompt="blue hair", image=str(astronaut_path), resolution=64,
+        prompt="blue hair",
+        image=str(astronaut_path),
+        resolution=64,
         generator=torch.Generator("cpu").manual_seed(3),
     ).images[0]
     assert np.array_equal(np.asarray(res.images[1]), np.asarray(direct))

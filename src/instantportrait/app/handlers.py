@@ -145,7 +145,10 @@ def edit_frame(
     prompt = check_prompt(instruction, name="instruction")
     generator = torch.Generator("cpu").manual_seed(int(seed))
     out = pipe(
-        prompt=prompt, image=source, num_inference_steps=1, generator=generator,
+        prompt=prompt,
+        image=source,
+        num_inference_steps=1,
+        generator=generator,
         resolution=resolution,
     ).images[0]
     return np.asarray(out)

@@ -20,31 +20,31 @@ from .models import ModelRegistry
 gr = optional_import("gradio", "app", "the web app")
 
 
-class GatedImage(gr.Image):
-    """``gr.Image`` whose uploads pass through :func:`instantportrait.io.load_image` first.
+def gate_upload(payload: Any, name: str = "upload") -> Any:
+    """An image payload as Gradio sends it, through :func:`instantportrait.io.load_image`.
 
-    Gradio would open an upload with PIL before any handler runs; this component runs the
-    project's gate instead (size limit, decompression bombs, empty and non-image files) and
-    turns a rejection into a message for the page. The page draws it as a plain image input
-    (``is_template``: Gradio uses the parent's front-end component).
+    The events that take uploads run with ``preprocess=False``, so Gradio never opens an
+    upload itself: the project's gate sees it first (size limit, decompression bombs, empty
+    and non-image files), and a rejection is one line shown in the page.
     """
+    from ..io import load_image
 
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:  # type: ignore[override]
-        from ..io import load_image
-
-        if payload is None:
-            return None
+    if payload is None:
+        return None
+    if isinstance(payload, dict):
+        url, path = payload.get("url"), payload.get("path")
+        name = payload.get("orig_name") or name
+    else:
+        url, path = getattr(payload, "url", None), getattr(payload, "path", None)
+    if url and str(url).startswith("data:"):
         try:
-            if payload.url and payload.url.startswith("data:"):
-                data = base64.b64decode(payload.url.split(",", 1)[1])
-                return load_image(data, name="upload")
-            if payload.path is None:
-                raise InputError("upload: no file arrived")
-            return load_image(payload.path, name=payload.orig_name or "upload")
-        except InputError as exc:
-            raise gr.Error(str(exc)) from None
+            data = base64.b64decode(str(url).split(",", 1)[1], validate=False)
+        except (ValueError, IndexError):
+            raise InputError(f"{name}: not a valid data URL") from None
+        return load_image(data, name=name)
+    if path is None:
+        raise InputError(f"{name}: no file arrived")
+    return load_image(path, name=name)
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -65,10 +65,12 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
 
     @_user_errors
     def edit(image, instructions, steps, iterations, seed, measure):
-        pipe = registry.get("edit")
+        portrait = gate_upload(image, "portrait")
+        if portrait is None:
+            raise InputError("portrait: upload a portrait first")
         result = handlers.edit_portrait(
-            pipe,
-            image,
+            registry.get("edit"),
+            portrait,
             instructions,
             steps=int(steps) or None,
             iterations=int(iterations),
@@ -83,7 +85,8 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
         if frame is None:
             return None, "waiting for the camera", rate
         rate = rate or handlers.FrameRate()
-        out = handlers.edit_frame(registry.get("edit"), frame, instruction)
+        image = gate_upload(frame, "frame")
+        out = handlers.edit_frame(registry.get("edit"), image, instruction)
         fps = rate.tick()
         return out, f"{fps:.1f} frames/s", rate
 
@@ -96,7 +99,7 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
         with gr.Tab("Edit"):
             with gr.Row():
                 with gr.Column():
-                    portrait = GatedImage(label="Portrait", type="pil", elem_id="edit-input")
+                    portrait = gr.Image(label="Portrait", type="pil", elem_id="edit-input")
                     instructions = gr.Textbox(
                         label="Instruction (one per line for a grid)",
                         value="wearing a 1920s flapper dress, feathered headband",
@@ -104,9 +107,7 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                         elem_id="edit-instruction",
                     )
                     with gr.Row():
-                        steps = gr.Number(
-                            label="Steps (0 = the model's own)", value=0, precision=0
-                        )
+                        steps = gr.Number(label="Steps (0 = the model's own)", value=0, precision=0)
                         iterations = gr.Slider(1, 4, value=1, step=1, label="Style boost")
                         seed = gr.Number(label="Seed", value=0, precision=0)
                     measure = gr.Checkbox(label="Measure identity (dlib)", value=True)
@@ -120,6 +121,7 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                 [result, report],
                 api_name="edit",
                 concurrency_limit=concurrency,
+                preprocess=False,
             )
         with gr.Tab("Live"):
             gr.Markdown(
@@ -128,7 +130,10 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
             )
             with gr.Row():
                 camera = gr.Image(
-                    sources=["webcam"], streaming=True, type="numpy", label="Camera",
+                    sources=["webcam"],
+                    streaming=True,
+                    type="numpy",
+                    label="Camera",
                     elem_id="live-input",
                 )
                 live_out = gr.Image(label="Edited", elem_id="live-output")
@@ -144,6 +149,7 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                 api_name="live_frame",
                 stream_every=0.1,
                 concurrency_limit=concurrency,
+                preprocess=False,
             )
     demo.queue(default_concurrency_limit=concurrency, max_size=256)
     return demo
