@@ -113,7 +113,9 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                     measure = gr.Checkbox(label="Measure identity (dlib)", value=True)
                     run = gr.Button("Edit", variant="primary", elem_id="edit-run")
                 with gr.Column():
-                    result = gr.Image(label="Input, then each edit", elem_id="edit-output")
+                    result = gr.Image(
+                        label="Input, then each edit", elem_id="edit-output", format="png"
+                    )
                     report = gr.Textbox(label="Identity", lines=4, elem_id="edit-report")
             run.click(
                 edit,
