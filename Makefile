@@ -3,11 +3,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= face,train,eval,video,dev
+EXTRAS ?= face,train,eval,video,app,dev
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-all lint style bench clean
+.PHONY: setup demo test test-all test-browser browser-deps app lint style bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,13 +33,25 @@ test: setup
 test-all: setup
 	INSTANTPORTRAIT_SLOW=1 $(PY) -m pytest -q
 
+# Debian's Chromium for the browser test (Playwright's own browser download is not used).
+browser-deps:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test-browser: setup browser-deps
+	$(PY) -m pytest -q -m browser tests/app
+
+# The web app on the tiny bundle (http://127.0.0.1:7860).
+app: setup
+	@test -f .cache/tiny-model/model_index.json || $(VENV)/bin/instantportrait init-tiny .cache/tiny-model
+	$(VENV)/bin/instantportrait app --edit-model .cache/tiny-model
+
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks comfyui
+	$(VENV)/bin/ruff format --check src tests benchmarks comfyui
 
 style: setup
-	$(VENV)/bin/ruff check --fix src tests benchmarks
-	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks comfyui
+	$(VENV)/bin/ruff format src tests benchmarks comfyui
 
 bench: setup
 	$(VENV)/bin/instantportrait bench --quick

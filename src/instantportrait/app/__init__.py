@@ -1,0 +1,20 @@
+"""The web app (Gradio, the ``app`` extra): ``instantportrait app`` or :func:`build_app`.
+
+:mod:`.models` (lazy model slots) and :mod:`.handlers` (the operations) import no UI library;
+:mod:`.ui` builds the Gradio page on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .models import ModelRegistry
+
+__all__ = ["ModelRegistry", "build_app"]
+
+
+def build_app(registry: ModelRegistry, **kwargs: Any) -> Any:
+    """The Gradio app for ``registry`` (see :func:`instantportrait.app.ui.build_app`)."""
+    from .ui import build_app as _build
+
+    return _build(registry, **kwargs)

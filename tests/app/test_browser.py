@@ -1,0 +1,82 @@
+"""The app in a real browser: headless Chromium (Debian's) driven by Playwright.
+
+Runs when Playwright and a Chromium executable are present (``make test-browser`` installs
+them); skipped with the reason otherwise. Screenshots go to ``outputs/test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "outputs" / "test-artifacts"
+
+
+def chromium_path() -> str | None:
+    for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (dev extra)")
+    exe = chromium_path()
+    if exe is None:
+        pytest.skip("needs Chromium (apt-get install chromium, or make test-browser)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=exe,
+            args=[
+                "--no-sandbox",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+            ],
+        )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def test_edit_and_live_tabs_in_chromium(running_app, browser, astronaut_path):
+    url, _ = running_app
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.grant_permissions(["camera"])
+    page = context.new_page()
+    page.goto(url)
+    page.locator("#edit-input input[type=file]").set_input_files(str(astronaut_path))
+    page.locator("#edit-input img").first.wait_for(timeout=30_000)
+    page.locator("#edit-run").click()
+    out = page.locator("#edit-output img").first
+    out.wait_for(timeout=120_000)
+    assert out.get_attribute("src")
+    page.wait_for_function(
+        "() => document.querySelector('#edit-report textarea').value.includes('edit(s)')",
+        timeout=60_000,
+    )
+    page.screenshot(path=str(ARTIFACTS / "app-edit.png"), full_page=True)
+
+    page.get_by_role("tab", name="Live").click()
+    cam = page.locator("#live-input")
+    cam.wait_for(timeout=30_000)
+    access = page.get_by_text("Click to Access Webcam")
+    if access.count():
+        access.first.click()
+    cam.get_by_role("button", name="capture photo").first.click()  # "Record": start streaming
+    page.locator("#live-output img").first.wait_for(timeout=120_000)
+    page.wait_for_function(
+        "() => /frames\\/s/.test(document.querySelector('#live-fps textarea').value)",
+        timeout=60_000,
+    )
+    fps = page.locator("#live-fps textarea").input_value()
+    page.screenshot(path=str(ARTIFACTS / "app-live.png"), full_page=True)
+    assert fps.endswith("frames/s")
+    context.close()
