@@ -14,9 +14,10 @@ VAE decoding it keeps) with its own 4-step loop:
 * :func:`~instantportrait.guidance.decoupled_guidance` combines them with the per-step
   alpha/beta and the rescale at every step; without DCG the family's baseline is used
   (no guidance, one branch; LCM: CFG 1.5, two branches);
-* AM: every IP cross-attention runs :class:`~instantportrait.attention.FastFaceIPAdapterAttnProcessor`;
-  the pipeline sets the preset and the step index on the shared state before each UNet call
-  and clears both after the call.
+* AM: every IP cross-attention runs
+  :class:`~instantportrait.attention.FastFaceIPAdapterAttnProcessor`; the pipeline sets
+  the preset and the step index on the shared state before each UNet call and clears both
+  after the call.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ class FastFacePipeline(StableDiffusionXLPipeline):
             raise ValueError("prompt: a string or a list of strings")
         if arcface.ndim != 2 or arcface.shape[0] != 1:
             raise ValueError(
-                f"ip_adapter_image_embeds: expected (1, D) ArcFace embedding, got {tuple(arcface.shape)}"
+                "ip_adapter_image_embeds: expected a (1, D) ArcFace embedding, "
+                f"got {tuple(arcface.shape)}"
             )
         if steps < 1:
             raise ValueError("num_inference_steps: must be at least 1")

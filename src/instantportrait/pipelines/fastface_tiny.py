@@ -183,7 +183,7 @@ def _faceid_plus_projection(clip_dim: int, dim: int, id_dim: int = 512) -> dict[
     width is ``dim`` (= the UNet's cross-attention dim), 64-d heads, over CLIP states of
     width ``clip_dim``.
     """
-    heads, inner, tokens = max(1, dim // 64), max(1, dim // 64) * 64, 4
+    inner, tokens = max(1, dim // 64) * 64, 4
 
     def w(*shape: int) -> torch.Tensor:
         return torch.randn(*shape) * shape[-1] ** -0.5
