@@ -49,7 +49,6 @@ def pipes(tiny_bundle, fastface_cache):
     import os
 
     os.environ["INSTANTPORTRAIT_CACHE"] = str(fastface_cache)
-    torch.set_num_threads(1)
     return {family: _load(tiny_bundle, family) for family in FAMILIES}
 
 

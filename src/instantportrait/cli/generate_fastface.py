@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--id-image: required for --method fastface")
     if args.steps < 1:
         raise InputError(f"--steps: must be at least 1, got {args.steps}")
-    if args.resolution is not None and (args.resolution < 64 or args.resolution % 8):
-        raise InputError(f"--resolution: a multiple of 8, at least 64; got {args.resolution}")
+    if args.resolution is not None and (args.resolution < 32 or args.resolution % 8):
+        raise InputError(f"--resolution: a multiple of 8, at least 32; got {args.resolution}")
     for flag in ("ip_adapter_scale", "lora_scale"):
         if getattr(args, flag) < 0:
             raise InputError(f"--{flag.replace('_', '-')}: must be >= 0")
@@ -113,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     quiet_libraries()
-    identity = FaceIDEncoder(load_face_model(args.face_model))(args.id_image, name="--id-image")
+    identity = FaceIDEncoder(load_face_model(args.face_model))(
+        args.id_image, name=f"--id-image {args.id_image}"
+    )
     out_dir = prepare_output(args.output, overwrite=args.overwrite, kind="dir")
 
     from ..pipelines.fastface_loading import load_fastface
