@@ -140,6 +140,43 @@ class FastFacePipeline(StableDiffusionXLPipeline):
         scale = spec.baseline_guidance if spec is not None else 1.0
         return (["ti"] if scale == 1.0 else ["u", "ti"]), scale
 
+    def denoise_step(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        step: int,
+        num_branches: int,
+        encoder_states: torch.Tensor,
+        added: dict[str, Any],
+        *,
+        guidance: tuple[Any, float, float] | None,
+        baseline: float = 1.0,
+        extra: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
+        """One denoising step: the branches in one UNet call, the guidance, the scheduler.
+
+        ``guidance``: ``(DCGConfig, alpha_k, beta_k)`` or ``None`` (one branch: no guidance;
+        two: CFG with ``baseline``). The AM state gets the step index first.
+        """
+        self.am_state.at_step(step)
+        model_in = self.scheduler.scale_model_input(torch.cat([latents] * num_branches), t)
+        noise = self.unet(
+            model_in,
+            t,
+            encoder_hidden_states=encoder_states,
+            added_cond_kwargs=added,
+            return_dict=False,
+        )[0]
+        parts = noise.chunk(num_branches)
+        if guidance is not None:
+            dcg, alpha, beta = guidance
+            pred = decoupled_guidance(*parts, alpha, beta, variant=dcg.variant, rescale=dcg.rescale)
+        elif num_branches == 2:
+            pred = classifier_free_guidance(parts[1], parts[0], baseline)
+        else:
+            pred = parts[0]
+        return self.scheduler.step(pred, t, latents, **(extra or {}), return_dict=False)[0]
+
     @torch.no_grad()
     def __call__(  # noqa: C901 - one denoising loop, kept in one place as diffusers does
         self,
@@ -262,25 +299,17 @@ class FastFacePipeline(StableDiffusionXLPipeline):
             betas = step_schedule(dcg.beta, len(timesteps))
         with self.am_state.active(preset.am), self.progress_bar(total=len(timesteps)) as bar:
             for k, t in enumerate(timesteps):
-                self.am_state.at_step(k)
-                model_in = self.scheduler.scale_model_input(torch.cat([latents] * len(branches)), t)
-                noise = self.unet(
-                    model_in,
+                latents = self.denoise_step(
+                    latents,
                     t,
-                    encoder_hidden_states=encoder_states,
-                    added_cond_kwargs=added,
-                    return_dict=False,
-                )[0]
-                parts = noise.chunk(len(branches))
-                if dcg is not None:
-                    pred = decoupled_guidance(
-                        *parts, alphas[k], betas[k], variant=dcg.variant, rescale=dcg.rescale
-                    )
-                elif len(parts) == 2:
-                    pred = classifier_free_guidance(parts[1], parts[0], baseline)
-                else:
-                    pred = parts[0]
-                latents = self.scheduler.step(pred, t, latents, **extra, return_dict=False)[0]
+                    k,
+                    len(branches),
+                    encoder_states,
+                    added,
+                    guidance=(dcg, alphas[k], betas[k]) if dcg is not None else None,
+                    baseline=baseline,
+                    extra=extra,
+                )
                 if callback_on_step_end is not None:
                     callback_on_step_end(k, len(timesteps))
                 bar.update()

@@ -29,6 +29,7 @@ __all__ = [
     "TINY_SDXL_TEXT_CONFIG",
     "TINY_SDXL_UNET_CONFIG",
     "build_tiny_sdxl",
+    "faceid_plus_v2_state_dict",
     "write_tiny_arcface",
     "write_tiny_clip_vision",
     "write_tiny_faceid_plus_v2",
@@ -222,40 +223,48 @@ def _faceid_plus_projection(clip_dim: int, dim: int, id_dim: int = 512) -> dict[
     return sd
 
 
+def faceid_plus_v2_state_dict(
+    unet: torch.nn.Module, clip_dim: int, *, lora_rank: int | None = _ADAPTER_RANK
+) -> dict[str, dict[str, torch.Tensor]]:
+    """A random IP-Adapter FaceID-Plus-v2 checkpoint for ``unet``, in the released layout.
+
+    ``image_proj``: the Plus projection (resampler width = the UNet's cross-attention dim)
+    over CLIP states of width ``clip_dim``; ``ip_adapter``: ``to_k_ip``/``to_v_ip`` of each
+    cross-attention and (unless ``lora_rank`` is ``None``) the LoRA of every attention,
+    numbered as diffusers enumerates the UNet's processors. Uses the global RNG.
+    """
+    cross = unet.config.cross_attention_dim
+    image_proj = _faceid_plus_projection(clip_dim, cross)
+    ip_adapter: dict[str, torch.Tensor] = {}
+    for key_id, name in enumerate(unet.attn_processors):
+        attn = unet.get_submodule(name.removesuffix(".processor"))
+        hidden = attn.to_q.in_features
+        context = attn.to_k.in_features
+        if name.endswith("attn2.processor"):
+            ip_adapter[f"{key_id}.to_k_ip.weight"] = torch.randn(hidden, cross) * cross**-0.5
+            ip_adapter[f"{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross) * cross**-0.5
+        if lora_rank is None:
+            continue
+        for proj, fan_in in (("q", hidden), ("k", context), ("v", context), ("out", hidden)):
+            down, up = f"{key_id}.to_{proj}_lora.down.weight", f"{key_id}.to_{proj}_lora.up.weight"
+            ip_adapter[down] = torch.randn(lora_rank, fan_in) * 0.05
+            ip_adapter[up] = torch.randn(hidden, lora_rank) * 0.05
+    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
+
+
 def write_tiny_faceid_plus_v2(directory: Path, *, seed: int = 0) -> None:
     """``init-tiny --kind faceid-plus-v2``: IP-Adapter FaceID-Plus-v2 for the tiny SDXL.
 
     Written as the release is: ``ip-adapter-faceid-plusv2_sdxl.bin``, a pickle of plain
-    tensors (``image_proj``: the Plus projection over ``clip-vision`` states;
-    ``ip_adapter``: ``to_k_ip``/``to_v_ip`` of each cross-attention and the LoRA of every
-    attention, numbered as diffusers enumerates the UNet's processors), so the conversion to
-    safetensors and ``load_ip_adapter`` run as for the real file.
+    tensors (see :func:`faceid_plus_v2_state_dict`; CLIP width of ``clip-vision``), so the
+    conversion to safetensors and ``load_ip_adapter`` run as for the real file.
     """
     from diffusers import UNet2DConditionModel
 
     with _seeded(seed + 2):
         unet = UNet2DConditionModel(**TINY_SDXL_UNET_CONFIG)
-        cross = unet.config.cross_attention_dim
-        image_proj = _faceid_plus_projection(TINY_CLIP_VISION_CONFIG["hidden_size"], cross)
-        ip_adapter: dict[str, torch.Tensor] = {}
-        for key_id, name in enumerate(unet.attn_processors):
-            attn = unet.get_submodule(name.removesuffix(".processor"))
-            hidden = attn.to_q.in_features
-            context = attn.to_k.in_features
-            if name.endswith("attn2.processor"):
-                ip_adapter[f"{key_id}.to_k_ip.weight"] = torch.randn(hidden, cross) * 0.1
-                ip_adapter[f"{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross) * 0.1
-            for proj, fan_in in (("q", hidden), ("k", context), ("v", context), ("out", hidden)):
-                ip_adapter[f"{key_id}.to_{proj}_lora.down.weight"] = (
-                    torch.randn(_ADAPTER_RANK, fan_in) * 0.05
-                )
-                ip_adapter[f"{key_id}.to_{proj}_lora.up.weight"] = (
-                    torch.randn(hidden, _ADAPTER_RANK) * 0.05
-                )
-    torch.save(
-        {"image_proj": image_proj, "ip_adapter": ip_adapter},
-        directory / "ip-adapter-faceid-plusv2_sdxl.bin",
-    )
+        state = faceid_plus_v2_state_dict(unet, TINY_CLIP_VISION_CONFIG["hidden_size"])
+    torch.save(state, directory / "ip-adapter-faceid-plusv2_sdxl.bin")
 
 
 def write_tiny_arcface(directory: Path, *, seed: int = 0) -> None:
