@@ -1,5 +1,6 @@
 """Pipelines (diffusers ``DiffusionPipeline`` subclasses)."""
 
 from .edit import InstantPortraitPipeline, InstantPortraitPipelineOutput
+from .fastface import FastFacePipeline
 
-__all__ = ["InstantPortraitPipeline", "InstantPortraitPipelineOutput"]
+__all__ = ["FastFacePipeline", "InstantPortraitPipeline", "InstantPortraitPipelineOutput"]
