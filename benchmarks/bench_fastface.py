@@ -168,7 +168,12 @@ def main() -> None:
         "resolution": args.resolution,
         "unet": "SDXL base config, random weights; IP-Adapter FaceID-Plus-v2 real size"
         + (" with rank-128 LoRA" if args.lora else " (LoRA left out)"),
-        "ip_layers_under_am": layers,
+        "ip_layers": layers,
+        "ip_layers_targeted_down_up": sum(
+            1
+            for p in pipe.unet.attn_processors.values()
+            if getattr(p, "part", None) in ("down", "up")
+        ),
         "build_s": round(build_s, 1),
         "repeats": args.repeats,
         "seconds_min": {k: round(v, 3) for k, v in best.items()},
