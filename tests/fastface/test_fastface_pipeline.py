@@ -162,3 +162,25 @@ def test_adapter_bin_converted_once(tiny_bundle, isolated_cache) -> None:
     )
     for key, value in raw["image_proj"].items():
         assert torch.equal(first["image_proj"][key], value)
+
+
+def test_missing_hub_model_is_one_clear_error(tiny_bundle) -> None:
+    from instantportrait.errors import InputError, ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="--base") as info:
+        load_fastface("hyper", base="no-such-org/no-such-sdxl")
+    assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="--family"):
+        load_fastface(tiny_bundle["sdxl"])  # SDXL's Euler scheduler does not tell the family
+
+
+def test_pipeline_folder_with_family(tiny_bundle, isolated_cache) -> None:
+    pipe = load_fastface(
+        tiny_bundle["sdxl"],
+        family="lightning",
+        ip_adapter=tiny_bundle["faceid-plus-v2"],
+        image_encoder=tiny_bundle["clip-vision"],
+    )
+    assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert pipe.scheduler.config.timestep_spacing == "trailing" and pipe.family == "lightning"
+    assert _run(pipe, "fastface-am1").shape == (1, 3, SIZE, SIZE)

@@ -79,8 +79,17 @@ class FastFacePipeline(StableDiffusionXLPipeline):
     ) -> int:
         """Load a FaceID(-Plus) adapter state dict through ``load_ip_adapter``; install AM.
 
-        Returns the number of IP cross-attention layers now under the AM state.
+        Returns the number of IP cross-attention layers now under the AM state. An adapter
+        with LoRA weights needs PEFT (diffusers would skip them with a warning).
         """
+        from diffusers.utils import USE_PEFT_BACKEND
+
+        if not USE_PEFT_BACKEND and any("_lora." in k for k in state_dict["ip_adapter"]):
+            from ..errors import MissingDependencyError
+
+            raise MissingDependencyError(
+                "the FaceID adapter's LoRA needs PEFT: pip install 'peft>=0.13'"
+            )
         self.load_ip_adapter(
             state_dict, subfolder=None, weight_name=None, image_encoder_folder=None
         )
