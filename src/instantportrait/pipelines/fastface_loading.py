@@ -185,9 +185,8 @@ def _set_scheduler(pipe: FastFacePipeline, family: str) -> None:
     import diffusers
 
     spec = FAMILIES[family]
-    if type(pipe.scheduler).__name__ != spec.scheduler:
-        cls = getattr(diffusers, spec.scheduler)
-        pipe.scheduler = cls.from_config(pipe.scheduler.config, **spec.scheduler_options)
+    cls = getattr(diffusers, spec.scheduler)
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, **spec.scheduler_options)
 
 
 def load_fastface(
