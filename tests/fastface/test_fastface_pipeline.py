@@ -130,7 +130,6 @@ def test_dcg_branches_are_batched_in_one_unet_call(pipes, monkeypatch) -> None:
     try:
         _run(pipe, "dcg")
         _run(pipe, "baseline")
-        _run(pipes["lcm"], "baseline")
     finally:
         hook.remove()
     assert batches == [3] * 4 + [1] * 4
