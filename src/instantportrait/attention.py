@@ -274,8 +274,8 @@ def manipulated_ip_attention(
     out = new @ v
     if adain:
         blended = _adain(out, attn @ v, dim=-1, eps=preset.eps)
-        if not torch.isnan(blended).any():
-            out = weight * out + (1 - weight) * blended
+        # skipped when AdaIN gives NaN (the code's rule), decided on device: no host sync
+        out = torch.where(torch.isnan(blended).any(), out, weight * out + (1 - weight) * blended)
     return out.to(dtype)
 
 
