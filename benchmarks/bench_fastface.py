@@ -95,6 +95,66 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+#: SDXL's IP cross-attention layers under AM (down/up): (count, heads, queries at 1024^2).
+SDXL_AM_LAYERS = ((10, 10, 4096), (50, 20, 1024))
+
+
+def _best(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def component_costs(resolution: int, repeats: int = 20) -> dict:
+    """The work FastFace adds, timed alone at SDXL's real layer shapes (little memory, low
+    noise): AM's IP branch vs stock SDPA over the 60 down/up layers, and DCG's guidance +
+    rescale + scheduler step on the latents, for a batch of three."""
+    import torch.nn.functional as F
+    from diffusers import EulerDiscreteScheduler
+
+    from instantportrait.attention import manipulated_ip_attention
+    from instantportrait.guidance import decoupled_guidance
+
+    g = torch.Generator().manual_seed(0)
+    scale = (resolution / 1024) ** 2
+    out: dict = {"resolution": resolution, "per_step_extra_s": {}}
+    totals = {"sdpa": 0.0, "am1": 0.0, "am2": 0.0}
+    with torch.no_grad():
+        for count, heads, queries in SDXL_AM_LAYERS:
+            q = torch.randn(3, heads, max(1, int(queries * scale)), 64, generator=g)
+            k, v = (
+                torch.randn(3, heads, 4, 64, generator=g),
+                torch.randn(3, heads, 4, 64, generator=g),
+            )
+            totals["sdpa"] += count * _best(
+                lambda: F.scaled_dot_product_attention(q, k, v), repeats
+            )
+            for name in ("am1", "am2"):
+                preset = am_preset(name)
+                totals[name] += count * _best(
+                    lambda p=preset: manipulated_ip_attention(q, k, v, p, "down", 1), repeats
+                )
+        side = resolution // 8
+        eps = [torch.randn(1, 4, side, side, generator=g) for _ in range(3)]
+        latents = torch.randn(1, 4, side, side, generator=g)
+        sched = EulerDiscreteScheduler(timestep_spacing="trailing")
+
+        def dcg_tail():
+            sched.set_timesteps(4)
+            pred = decoupled_guidance(*eps, 1.5, 3.0, rescale=0.75)
+            sched.step(pred, sched.timesteps[1], latents)
+
+        out["per_step_extra_s"]["dcg_guidance_rescale_scheduler"] = _best(dcg_tail, repeats)
+    out["ip_branch_s"] = {k: round(v, 5) for k, v in totals.items()}
+    out["per_step_extra_s"]["am1"] = round(totals["am1"] - totals["sdpa"], 5)
+    out["per_step_extra_s"]["am2"] = round(totals["am2"] - totals["sdpa"], 5)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolution", type=int, default=256)
@@ -104,7 +164,33 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true", help="include the adapter's rank-128 LoRA")
     parser.add_argument("--output", default=None)
     parser.add_argument("--tiny", action="store_true", help="smoke run on the tiny SDXL UNet")
+    parser.add_argument(
+        "--components",
+        action="store_true",
+        help="time only what FastFace adds (AM at SDXL's layer shapes, DCG's tail): no UNet",
+    )
+    parser.add_argument(
+        "--unet-batch3-s",
+        type=float,
+        help="with --components: the UNet's batch-3 step time to turn the extras into ratios",
+    )
     args = parser.parse_args()
+    if args.components:
+        result = {"device": "cpu", "threads": torch.get_num_threads()}
+        result |= {f"res{r}": component_costs(r) for r in (args.resolution, 1024)}
+        if args.unet_batch3_s:
+            t3 = args.unet_batch3_s
+            extra = result[f"res{args.resolution}"]["per_step_extra_s"]
+            result["unet_forward_batch3_s"] = t3
+            result["dcg_achieved_over_ideal"] = round(
+                t3 / (t3 + extra["dcg_guidance_rescale_scheduler"]), 5
+            )
+            result["am1_over_no_am"] = round(1 + extra["am1"] / t3, 5)
+            result["am2_over_no_am"] = round(1 + extra["am2"] / t3, 5)
+        out = Path(args.output) if args.output else RESULTS / "fastface_components_cpu.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     t0 = time.perf_counter()
     pipe, layers = build(device, dtype, args.lora, args.tiny)
