@@ -131,12 +131,13 @@ def component_costs(resolution: int, repeats: int = 20) -> dict:
                 torch.randn(3, heads, 4, 64, generator=g),
             )
             totals["sdpa"] += count * _best(
-                lambda: F.scaled_dot_product_attention(q, k, v), repeats
+                lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), repeats
             )
             for name in ("am1", "am2"):
                 preset = am_preset(name)
                 totals[name] += count * _best(
-                    lambda p=preset: manipulated_ip_attention(q, k, v, p, "down", 1), repeats
+                    lambda p=preset, q=q, k=k, v=v: manipulated_ip_attention(q, k, v, p, "down", 1),
+                    repeats,
                 )
         side = resolution // 8
         eps = [torch.randn(1, 4, side, side, generator=g) for _ in range(3)]
