@@ -25,6 +25,26 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.components:write_tiny_edit",
         "InstantPortrait editor (IDE-Net/IPNet pipeline folder) for `edit --model`",
     ),
+    "sdxl": (
+        "instantportrait.pipelines.fastface_tiny:write_tiny_sdxl",
+        "SDXL pipeline folder (base for `generate --model PATH` / `--base`)",
+    ),
+    "sdxl-distilled": (
+        "instantportrait.pipelines.fastface_tiny:write_tiny_sdxl_distilled",
+        "few-step SDXL weights (Hyper/LCM LoRA, Lightning UNet, Turbo unet/) for `--distilled`",
+    ),
+    "faceid-plus-v2": (
+        "instantportrait.pipelines.fastface_tiny:write_tiny_faceid_plus_v2",
+        "IP-Adapter FaceID-Plus-v2 for the tiny SDXL (.bin, as released) for `--ip-adapter`",
+    ),
+    "arcface": (
+        "instantportrait.pipelines.fastface_tiny:write_tiny_arcface",
+        "ArcFace-shaped 512-d face embedder (iresnet safetensors) for `--face-model`",
+    ),
+    "clip-vision": (
+        "instantportrait.pipelines.fastface_tiny:write_tiny_clip_vision",
+        "CLIP vision encoder with its image processor for `--image-encoder`",
+    ),
 }
 
 DEFAULT_KIND = next(iter(TINY_KINDS))

@@ -77,20 +77,23 @@ class IResNet(nn.Module):
     fc_scale = 7 * 7
 
     def __init__(
-        self, layers: tuple[int, ...] = ARCHITECTURES["iresnet50"], num_features: int = 512
+        self,
+        layers: tuple[int, ...] = ARCHITECTURES["iresnet50"],
+        num_features: int = 512,
+        widths: tuple[int, ...] = (64, 128, 256, 512),
     ) -> None:
         super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64, eps=1e-05)
-        self.prelu = nn.PReLU(64)
-        self.layer1 = self._make_layer(64, layers[0])
-        self.layer2 = self._make_layer(128, layers[1])
-        self.layer3 = self._make_layer(256, layers[2])
-        self.layer4 = self._make_layer(512, layers[3])
-        self.bn2 = nn.BatchNorm2d(512, eps=1e-05)
+        self.inplanes = widths[0]
+        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0], eps=1e-05)
+        self.prelu = nn.PReLU(widths[0])
+        self.layer1 = self._make_layer(widths[0], layers[0])
+        self.layer2 = self._make_layer(widths[1], layers[1])
+        self.layer3 = self._make_layer(widths[2], layers[2])
+        self.layer4 = self._make_layer(widths[3], layers[3])
+        self.bn2 = nn.BatchNorm2d(widths[3], eps=1e-05)
         self.dropout = nn.Dropout(p=0.0)
-        self.fc = nn.Linear(512 * self.fc_scale, num_features)
+        self.fc = nn.Linear(widths[3] * self.fc_scale, num_features)
         self.features = nn.BatchNorm1d(num_features, eps=1e-05)
         nn.init.constant_(self.features.weight, 1.0)
         self.features.weight.requires_grad = False
@@ -170,7 +173,14 @@ class ArcFaceEmbedder(IdentityEmbedder):
         else:
             raise InputError(f"arch: one of {', '.join(ARCHITECTURES)}; got {arch!r}")
         num_features = int(state["fc.weight"].shape[0]) if "fc.weight" in state else 512
-        net = IResNet(layers, num_features=num_features)
+        # stage widths from the weights (64-128-256-512 in every published model)
+        widths = tuple(
+            int(state[f"layer{i}.0.conv1.weight"].shape[0])
+            if f"layer{i}.0.conv1.weight" in state
+            else default
+            for i, default in zip(range(1, 5), (64, 128, 256, 512))
+        )
+        net = IResNet(layers, num_features=num_features, widths=widths)
         load_into(net, state, str(path), f"iresnet {list(layers)}")
         return cls(net).eval()
 
