@@ -1,0 +1,227 @@
+"""The ``fastface`` method kind: FastFace (IP-Adapter FaceID-Plus-v2 on few-step SDXL).
+
+SPEC: ``fastface[:MODEL][,key=value...]`` where MODEL is a family name (``hyper``,
+``lightning``, ``lcm``, ``turbo``: SDXL base plus that family's weights) or a few-step SDXL
+pipeline folder (default ``hyper``). Settings (the ``generate --method fastface`` options):
+
+* ``model`` / ``family``: as ``--model`` / ``--family``;
+* ``preset`` (default ``fastface-am1``), ``ip_adapter_scale`` (0.8), ``lora_scale`` (1.0),
+  ``steps`` (4), ``resolution`` (the family's);
+* ``face_model`` (required: insightface ``w600k_r50.onnx`` / ``glintr100.onnx`` or an
+  arcface_torch file), ``base``, ``distilled``, ``ip_adapter``, ``image_encoder``: where the
+  weights are (defaults: the Hub ids of :func:`~instantportrait.pipelines.fastface_loading.
+  load_fastface`);
+* ``dtype``.
+
+The pipeline loads once (on the first item); the identity inputs are computed once per
+subject from its first tuning photo (the identity image). Each item's seed seeds a CPU
+generator, as ``generate --seed``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ...errors import InputError, ModelNotFoundError
+from ..methods import Method, MethodSpec, check_model_path, model_fingerprint
+
+__all__ = ["FastFaceMethod"]
+
+_PATH_SETTINGS = ("face_model", "base", "distilled", "ip_adapter", "image_encoder")
+
+
+class FastFaceMethod(Method):
+    """FastFace under evaluation (see the module docstring for its settings)."""
+
+    options = (
+        "model",
+        "family",
+        "preset",
+        "ip_adapter_scale",
+        "lora_scale",
+        "steps",
+        "resolution",
+        "dtype",
+        *_PATH_SETTINGS,
+    )
+
+    def __init__(self, spec: MethodSpec, device=None, dtype=None) -> None:
+        super().__init__(spec, device, dtype)
+        from ...cli.generate_fastface import FAMILY_NAMES, PRESET_NAMES
+
+        if spec.path and spec.get("model") is not None:
+            raise InputError(
+                f"method {spec.text!r}: give the model once (fastface:MODEL or model=)"
+            )
+        self.model = str(spec.path or spec.get("model") or "hyper")
+        family = spec.get("family")
+        if family is not None and family not in FAMILY_NAMES:
+            raise InputError(f"method {spec.text!r}: family one of {', '.join(FAMILY_NAMES)}")
+        preset = str(spec.get("preset") or "fastface-am1")
+        if preset not in PRESET_NAMES and not Path(preset).is_file():
+            raise InputError(
+                f"method {spec.text!r}: preset one of {', '.join(PRESET_NAMES)} or a JSON file"
+            )
+        for key in ("ip_adapter_scale", "lora_scale"):
+            value = spec.get(key)
+            if value is not None and (not isinstance(value, (int, float)) or value < 0):
+                raise InputError(f"method {spec.text!r}: {key} must be a number >= 0")
+        for key in ("steps", "resolution"):
+            value = spec.get(key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise InputError(f"method {spec.text!r}: {key} must be a positive integer")
+        if spec.get("dtype") is not None:
+            from ...cli.common import DTYPES
+
+            if spec.get("dtype") not in DTYPES:
+                raise InputError(f"method {spec.text!r}: dtype one of {', '.join(DTYPES)}")
+            self.dtype = DTYPES[spec.get("dtype")]
+        self.preset_name = preset
+        self._pipe = None
+        self._encoder = None
+        self._identities: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- settings ---------------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        """Denoising steps (default 4)."""
+        return int(self.spec.get("steps") or 4)
+
+    @property
+    def ip_adapter_scale(self) -> float:
+        """The adapter's strength λ (default 0.8, the paper's tables)."""
+        value = self.spec.get("ip_adapter_scale")
+        return 0.8 if value is None else float(value)
+
+    @property
+    def lora_scale(self) -> float:
+        """The adapter LoRA's strength (default 1.0)."""
+        value = self.spec.get("lora_scale")
+        return 1.0 if value is None else float(value)
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "family": self.spec.get("family"),
+            "preset": self.preset_name,
+            "ip_adapter_scale": self.ip_adapter_scale,
+            "lora_scale": self.lora_scale,
+            "steps": self.steps,
+        }
+
+    # -- checks and loading -----------------------------------------------------------------
+    def check(self) -> None:
+        """Name the first missing model in one line: the face model, then the pipeline's."""
+        from ...pipelines.faceid import FACE_MODEL_HINT
+        from ...pipelines.fastface_presets import FAMILIES
+
+        what = f"method {self.spec.text!r}"
+        face = self.spec.get("face_model")
+        if face is None:
+            raise ModelNotFoundError(
+                f"{what}: {FACE_MODEL_HINT.replace('--face-model', 'face_model=')}"
+            )
+        if not Path(str(face)).expanduser().exists():
+            raise ModelNotFoundError(f"{what}: face_model {face}: no such file or folder")
+        if self.model not in FAMILIES:
+            check_model_path(self.model, f"{what}: model")
+        else:
+            from ...pipelines.fastface_loading import DEFAULT_BASE
+
+            check_model_path(str(self.spec.get("base") or DEFAULT_BASE), f"{what}: base")
+        for key, marker in (("ip_adapter", None), ("image_encoder", "config.json")):
+            value = self.spec.get(key)
+            if value is None:
+                continue
+            p = Path(str(value)).expanduser()
+            if marker is None:
+                if not p.exists() and "/" not in str(value):
+                    raise ModelNotFoundError(f"{what}: {key} {value}: no such file or folder")
+            else:
+                check_model_path(str(value), f"{what}: {key}", marker=marker)
+        distilled = self.spec.get("distilled")
+        missing = distilled is not None and not Path(str(distilled)).expanduser().exists()
+        if missing and ("/" not in str(distilled) or str(distilled).startswith(("/", "."))):
+            raise ModelNotFoundError(f"{what}: distilled {distilled}: no such folder")
+
+    @property
+    def pipe(self):
+        """The :class:`~instantportrait.pipelines.fastface.FastFacePipeline`, loaded once."""
+        if self._pipe is None:
+            from ...pipelines.fastface_loading import load_fastface
+
+            pipe = load_fastface(
+                self.model,
+                family=self.spec.get("family"),
+                base=self.spec.get("base"),
+                distilled=self.spec.get("distilled"),
+                ip_adapter=self.spec.get("ip_adapter"),
+                image_encoder=self.spec.get("image_encoder"),
+                dtype=self.dtype,
+                device=self.device,
+            )
+            pipe.set_progress_bar_config(disable=True)
+            self._pipe = pipe
+        return self._pipe
+
+    @property
+    def preset(self):
+        """The preset object (a name or a JSON file)."""
+        from ...cli.generate_fastface import _preset
+
+        return _preset(self.preset_name)
+
+    def identity(self, image: Image.Image, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(arcface (1, 512), CLIP states)`` of ``image``'s largest face, cached per name."""
+        if name not in self._identities:
+            from ...pipelines.faceid import FaceIDEncoder, load_face_model
+
+            if self._encoder is None:
+                self._encoder = FaceIDEncoder(load_face_model(self.spec.get("face_model")))
+            face = self._encoder(image, name=f"identity image of {name}")
+            clip = self.pipe.encode_face_crop(face.crop.to(self.device))
+            self._identities = {name: (face.arcface.to(self.device), clip)}  # one subject at a time
+        return self._identities[name]
+
+    def generate(self, image: Image.Image, prompt: str, seed: int, **context: Any) -> Image.Image:
+        # the runner passes the subject's first tuning photo (its identity image) as ``image``
+        subject = context.get("subject")
+        name = str(context.get("face") or getattr(subject, "name", "face"))
+        arcface, clip = self.identity(image, name)
+        res = self.spec.get("resolution")
+        return self.pipe(
+            prompt,
+            arcface,
+            clip_embeds=clip,
+            preset=self.preset,
+            num_inference_steps=self.steps,
+            height=res,
+            width=res,
+            ip_adapter_scale=self.ip_adapter_scale,
+            lora_scale=self.lora_scale,
+            generator=torch.Generator("cpu").manual_seed(int(seed)),
+        ).images[0]
+
+    def cost(self) -> dict[str, float | None]:
+        from ...components import count_parameters
+
+        return {"params": count_parameters(self.pipe.unet), "steps": self.steps}
+
+    def fingerprint_data(self) -> dict[str, Any]:
+        data = super().fingerprint_data()
+        data["model"] = model_fingerprint(self.model)
+        data["weights"] = {
+            key: model_fingerprint(self.spec.get(key))
+            for key in _PATH_SETTINGS
+            if self.spec.get(key) is not None
+        }
+        return data
+
+    def close(self) -> None:
+        self._pipe = None
+        self._encoder = None
+        self._identities = {}
