@@ -44,6 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--metrics",
         help="comma list of metrics, 'offline' or 'all' (default: the protocol's)",
     )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...|fastface",
+        help="expand each method having setting KEY into one method per value (repeat: the "
+        "product); 'fastface' = ip_adapter_scale 0.1,0.35,0.5,0.65,0.8,0.95 x lora_scale 1,0.5",
+    )
     p.add_argument("--seeds", type=int, help="seeds 0..N-1 per face and prompt (default: protocol)")
     p.add_argument("--out", help="output folder: store, outputs, report (required)")
     p.add_argument(
@@ -149,6 +157,16 @@ def run(args: argparse.Namespace) -> int:
         if name in methods:
             raise InputError(f"--method: the name {name!r} is given twice")
         methods[name] = spec
+    if args.sweep:
+        from ..evaluation.sweeps import expand_sweeps, parse_sweep
+
+        grid: dict = {}
+        for text in args.sweep:
+            for key, values in parse_sweep(text).items():
+                if key in grid:
+                    raise InputError(f"--sweep: {key} is swept twice")
+                grid[key] = values
+        methods = expand_sweeps(methods, grid)
     metrics = resolve_metric_names(args.metrics) if args.metrics else list(protocol.metrics)
     seeds = args.seeds if args.seeds is not None else protocol.seeds
     if seeds < 1:

@@ -425,17 +425,24 @@ def _sweeps(methods: dict[str, Any]) -> list[tuple[str, list[str]]]:
             continue
         keys = sorted({k for _, s in members for k in s.options})
         varying = [k for k in keys if len({repr(s.options.get(k)) for _, s in members}) > 1]
-        label = ", ".join(varying) or kind
+        # several settings vary (FastFace: ip_adapter_scale x lora_scale): one curve per value
+        # of the others, along the one with the most values (Fig. 8: a curve per LoRA scale)
+        if not varying:
+            continue
+        along = max(varying, key=lambda k: len({repr(s.options.get(k)) for _, s in members}))
+        fixed = [k for k in varying if k != along]
+        curves: dict[str, list[tuple[str, Any]]] = {}
+        for member in members:
+            label = ", ".join([along] + [f"{k}={member[1].options.get(k)}" for k in fixed])
+            curves.setdefault(label or kind, []).append(member)
 
-        def order(member, varying=varying):
-            return tuple(
-                (0, v, "")
-                if isinstance((v := member[1].options.get(k)), (int, float))
-                else (1, 0, str(v))
-                for k in varying
-            )
+        def order(member, along=along):
+            v = member[1].options.get(along)
+            return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
 
-        sweeps.append((label, [n for n, _ in sorted(members, key=order)]))
+        for label, curve in curves.items():
+            if len(curve) > 1:
+                sweeps.append((label, [n for n, _ in sorted(curve, key=order)]))
     return sweeps
 
 
