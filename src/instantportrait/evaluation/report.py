@@ -617,6 +617,18 @@ def write_report(folder: str | os.PathLike, store: ResultStore | None = None) ->
             figures["Contact sheet"] = ("contact_sheet.png", note)
         except Exception as exc:  # noqa: BLE001
             figures["Contact sheet"] = (None, f"not drawn: {exc}")
+        fastface = any(
+            str(m.get("spec", "")).startswith("fastface") for m in run_methods(store).values()
+        )
+        if fastface or store.meta().get("protocol") == "fastface":
+            from .fastface_report import write_fastface_tables
+
+            title = "FastFace Tables 1-3 (published rows beside this run)"
+            try:
+                write_fastface_tables(folder, store, table)
+                figures[title] = (None, "in fastface_tables.md")
+            except Exception as exc:  # noqa: BLE001 - a side table never stops the report
+                figures[title] = (None, f"not written: {exc}")
         _write_md(folder / "report.md", store, table, metrics, figures)
     finally:
         if own:
