@@ -130,10 +130,12 @@ def _value(cells: dict[str, Cell], column: str) -> tuple[str, str | None]:
         if column == "FFC":
             return f"{int(cell.mean)} / {cell.total}", metric
         return f"{cell.mean:.3f}", metric
-    for metric in COLUMN_METRICS[column]:
-        cell = cells.get(metric)
-        if cell is not None and cell.status == "unavailable":
-            return "unavailable", None
+    found = [cells[m] for m in COLUMN_METRICS[column] if m in cells]
+    failed = next((c for c in found if c.failed), None)
+    if failed is not None:  # e.g. ID where no output face was found
+        return f"failed ({failed.failed})", None
+    if found and all(c.status == "unavailable" for c in found):
+        return "unavailable", None
     return "—", None
 
 
