@@ -101,7 +101,11 @@ def test_fastface_kind_generates_and_is_scored_end_to_end(fastface_run, capsys):
     assert "face detector" in tables.lower() and "ava+logos-l14-linearMSE" in tables
 
 
-def test_missing_face_model_or_model_exits_2_naming_it(bundle, tmp_path, astronaut_path, capsys):
+def test_missing_face_model_or_model_exits_2_naming_it(
+    bundle, tmp_path, astronaut_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
     base = ["evaluate", "--faces", str(astronaut_path), "--metrics", "ffc", "--no-progress"]
     spec = _spec(bundle).replace(f",face_model={bundle / 'arcface' / 'arcface.safetensors'}", "")
     code = main([*base, "--method", f"ff={spec}", "--out", str(tmp_path / "a")])
@@ -113,6 +117,13 @@ def test_missing_face_model_or_model_exits_2_naming_it(bundle, tmp_path, astrona
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and str(tmp_path / "nope") in err[0]
     assert not (tmp_path / "b").exists()
+    # offline, a default Hub source that is not cached is named too (here the SDXL base)
+    face = bundle / "arcface" / "arcface.safetensors"
+    code = main([*base, "--method", f"ff=fastface:lightning,face_model={face}", "--out", "c"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        code == 2 and len(err) == 1 and "base: stabilityai/stable-diffusion-xl-base-1.0" in err[0]
+    )
 
 
 def test_sweep_expands_into_the_papers_grid():

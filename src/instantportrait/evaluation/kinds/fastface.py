@@ -117,7 +117,6 @@ class FastFaceMethod(Method):
     def check(self) -> None:
         """Name the first missing model in one line: the face model, then the pipeline's."""
         from ...pipelines.faceid import FACE_MODEL_HINT
-        from ...pipelines.fastface_presets import FAMILIES
 
         what = f"method {self.spec.text!r}"
         face = self.spec.get("face_model")
@@ -127,26 +126,37 @@ class FastFaceMethod(Method):
             )
         if not Path(str(face)).expanduser().exists():
             raise ModelNotFoundError(f"{what}: face_model {face}: no such file or folder")
-        if self.model not in FAMILIES:
-            check_model_path(self.model, f"{what}: model")
-        else:
-            from ...pipelines.fastface_loading import DEFAULT_BASE
+        for key, source, marker in self._sources():
+            check_model_path(source, f"{what}: {key}", marker=marker)
 
-            check_model_path(str(self.spec.get("base") or DEFAULT_BASE), f"{what}: base")
-        for key, marker in (("ip_adapter", None), ("image_encoder", "config.json")):
-            value = self.spec.get(key)
-            if value is None:
-                continue
-            p = Path(str(value)).expanduser()
-            if marker is None:
-                if not p.exists() and "/" not in str(value):
-                    raise ModelNotFoundError(f"{what}: {key} {value}: no such file or folder")
-            else:
-                check_model_path(str(value), f"{what}: {key}", marker=marker)
-        distilled = self.spec.get("distilled")
-        missing = distilled is not None and not Path(str(distilled)).expanduser().exists()
-        if missing and ("/" not in str(distilled) or str(distilled).startswith(("/", "."))):
-            raise ModelNotFoundError(f"{what}: distilled {distilled}: no such folder")
+    def _sources(self) -> list[tuple[str, str, str]]:
+        """``(setting, source, a file it must hold)`` of every model the pipeline reads."""
+        from ...pipelines.fastface_presets import (
+            DEFAULT_ADAPTER,
+            DEFAULT_BASE,
+            DEFAULT_IMAGE_ENCODER,
+            FAMILIES,
+        )
+
+        get = self.spec.get
+        out = []
+        if self.model in FAMILIES:
+            fam = FAMILIES[self.model]
+            out.append(("base", str(get("base") or DEFAULT_BASE), "model_index.json"))
+            marker = fam.weight_name or "unet/config.json"
+            out.append(("distilled", str(get("distilled") or fam.source), marker))
+        else:
+            out.append(("model", self.model, "model_index.json"))
+            if get("distilled") is not None:
+                fam = FAMILIES.get(str(get("family") or ""))
+                marker = (fam.weight_name if fam else None) or "unet/config.json"
+                out.append(("distilled", str(get("distilled")), marker))
+        adapter = str(get("ip_adapter") or DEFAULT_ADAPTER[0])
+        if not Path(adapter).expanduser().is_file():  # a file is used as it is
+            out.append(("ip_adapter", adapter, DEFAULT_ADAPTER[1]))
+        encoder = str(get("image_encoder") or DEFAULT_IMAGE_ENCODER)
+        out.append(("image_encoder", encoder, "config.json"))
+        return out
 
     @property
     def pipe(self):
