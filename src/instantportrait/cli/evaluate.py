@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     local_rank = os.environ.get("LOCAL_RANK")
     if local_rank is not None and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(local_rank))  # accelerate launch: a GPU per process
+        # accelerate launch: a GPU per process (processes share GPUs when there are fewer)
+        device = torch.device("cuda", int(local_rank) % max(1, torch.cuda.device_count()))
     dtype = resolve_dtype(args.dtype, device)
     references = list_images([args.reference]) if args.reference else None
     config = EvaluationConfig(
