@@ -32,6 +32,7 @@ from ..methods import Method, MethodSpec, check_model_path, model_fingerprint
 __all__ = ["FastFaceMethod"]
 
 _PATH_SETTINGS = ("face_model", "base", "distilled", "ip_adapter", "image_encoder")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class FastFaceMethod(Method):
@@ -51,20 +52,21 @@ class FastFaceMethod(Method):
 
     def __init__(self, spec: MethodSpec, device=None, dtype=None) -> None:
         super().__init__(spec, device, dtype)
-        from ...cli.generate_fastface import FAMILY_NAMES, PRESET_NAMES
+        from ...pipelines.fastface_presets import FAMILIES, fastface_presets
 
+        family_names, preset_names = tuple(FAMILIES), tuple(fastface_presets())
         if spec.path and spec.get("model") is not None:
             raise InputError(
                 f"method {spec.text!r}: give the model once (fastface:MODEL or model=)"
             )
         self.model = str(spec.path or spec.get("model") or "hyper")
         family = spec.get("family")
-        if family is not None and family not in FAMILY_NAMES:
-            raise InputError(f"method {spec.text!r}: family one of {', '.join(FAMILY_NAMES)}")
+        if family is not None and family not in family_names:
+            raise InputError(f"method {spec.text!r}: family one of {', '.join(family_names)}")
         preset = str(spec.get("preset") or "fastface-am1")
-        if preset not in PRESET_NAMES and not Path(preset).is_file():
+        if preset not in preset_names and not Path(preset).is_file():
             raise InputError(
-                f"method {spec.text!r}: preset one of {', '.join(PRESET_NAMES)} or a JSON file"
+                f"method {spec.text!r}: preset one of {', '.join(preset_names)} or a JSON file"
             )
         for key in ("ip_adapter_scale", "lora_scale"):
             value = spec.get(key)
@@ -75,13 +77,12 @@ class FastFaceMethod(Method):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise InputError(f"method {spec.text!r}: {key} must be a positive integer")
         if spec.get("dtype") is not None:
-            from ...cli.common import DTYPES
-
             if spec.get("dtype") not in DTYPES:
                 raise InputError(f"method {spec.text!r}: dtype one of {', '.join(DTYPES)}")
             self.dtype = DTYPES[spec.get("dtype")]
         self.preset_name = preset
         self._pipe = None
+        self._preset = None
         self._encoder = None
         self._identities: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -180,10 +181,23 @@ class FastFaceMethod(Method):
 
     @property
     def preset(self):
-        """The preset object (a name or a JSON file)."""
-        from ...cli.generate_fastface import _preset
+        """The preset object (a name or a JSON file), read once."""
+        if self._preset is None:
+            self._preset = self._read_preset()
+        return self._preset
 
-        return _preset(self.preset_name)
+    def _read_preset(self):
+        import json
+
+        from ...pipelines.fastface_presets import fastface_preset, fastface_presets
+
+        if self.preset_name in fastface_presets():
+            return fastface_preset(self.preset_name)
+        path = Path(self.preset_name)
+        try:
+            return fastface_preset(json.loads(path.read_text()) | {"name": path.stem})
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"method {self.spec.text!r}: preset {path}: {exc}") from None
 
     def identity(self, image: Image.Image, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(arcface (1, 512), CLIP states)`` of ``image``'s largest face, cached per name."""
