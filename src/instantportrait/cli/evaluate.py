@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metrics",
         help="comma list of metrics, 'offline' or 'all' (default: the protocol's)",
+    )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...|fastface",
+        help="expand each method having setting KEY into one method per value (repeat: the "
+        "product); 'fastface' = ip_adapter_scale 0.1,0.35,0.5,0.65,0.8,0.95 x lora_scale 1,0.5",
     )
     p.add_argument("--seeds", type=int, help="seeds 0..N-1 per face and prompt (default: protocol)")
     p.add_argument("--out", help="output folder: store, outputs, report (required)")
@@ -125,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.methods import parse_method_arg
     from ..evaluation.metrics import resolve_metric_names
     from ..evaluation.protocols import load_protocol, read_prompts
-    from ..evaluation.runner import EvaluationConfig, Evaluator
+    from ..evaluation.runner import EvaluationConfig, Evaluator, process_rank
     from ..io import list_images
     from .common import quiet_libraries, resolve_device, resolve_dtype
 
@@ -149,11 +158,27 @@ def run(args: argparse.Namespace) -> int:
         if name in methods:
             raise InputError(f"--method: the name {name!r} is given twice")
         methods[name] = spec
+    if args.sweep:
+        from ..evaluation.sweeps import expand_sweeps, parse_sweep
+
+        grid: dict = {}
+        for text in args.sweep:
+            for key, values in parse_sweep(text).items():
+                if key in grid:
+                    raise InputError(f"--sweep: {key} is swept twice")
+                grid[key] = values
+        methods = expand_sweeps(methods, grid)
     metrics = resolve_metric_names(args.metrics) if args.metrics else list(protocol.metrics)
     seeds = args.seeds if args.seeds is not None else protocol.seeds
     if seeds < 1:
         raise InputError(f"--seeds: must be at least 1, got {seeds}")
+    import torch
+
     device = resolve_device(args.device)
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is not None and device.type == "cuda" and device.index is None:
+        # accelerate launch: a GPU per process (processes share GPUs when there are fewer)
+        device = torch.device("cuda", int(local_rank) % max(1, torch.cuda.device_count()))
     dtype = resolve_dtype(args.dtype, device)
     references = list_images([args.reference]) if args.reference else None
     config = EvaluationConfig(
@@ -190,13 +215,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     quiet_libraries()
     summary = evaluator.run()
-    for name, reason in summary.unavailable.items():
-        print(f"unavailable: {name}: {reason}", file=sys.stderr)
+    rank, world = process_rank()
+    for name, reason in summary.unavailable.items() if rank == 0 else ():
+        stand_in = ""
+        if name.startswith("face_sim_") and "face_sim_dlib" in metrics and name != "face_sim_dlib":
+            stand_in = " (face_sim_dlib, offline, stands in for it in the report's ID column)"
+        print(f"unavailable: {name}: {reason}{stand_in}", file=sys.stderr)
     others = f", {summary.by_others} by another run" if summary.by_others else ""
     print(
-        f"{summary.items} items ({summary.already_done} already done, {summary.generated} "
+        (f"rank {rank}/{world}: " if world > 1 else "")
+        + f"{summary.items} items ({summary.already_done} already done, {summary.generated} "
         f"generated, {summary.failed_outputs} failed{others}) in {summary.seconds:.1f} s",
         file=sys.stderr,
     )
-    print(summary.report)
+    if summary.report is not None:
+        print(summary.report)
     return 0

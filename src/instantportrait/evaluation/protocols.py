@@ -137,8 +137,12 @@ def _prompts_from_list(items: list[Any], label: str) -> list[Prompt]:
 
 
 def read_prompts(path: str | os.PathLike) -> list[Prompt]:
-    """Prompts from a ``.txt`` (lines, ``[split]`` headers) or ``.json`` (list) file."""
+    """Prompts from a ``.txt`` (lines, ``[split]`` headers) or ``.json`` (list) file, or from
+    ``SPLIT=FILE,SPLIT=FILE`` (one plain file per split, e.g. FastFace's release:
+    ``realistic=prompts_nostyle.txt,stylistic=prompts_style.txt``)."""
     p = Path(path)
+    if not p.is_file() and "=" in str(path):
+        return _read_split_files(str(path))
     if not p.is_file():
         raise InputError(f"{p}: prompt file not found")
     try:
@@ -156,6 +160,28 @@ def read_prompts(path: str | os.PathLike) -> list[Prompt]:
             raise InputError(f"{p}: expected a list of prompts")
         return _prompts_from_list(data, str(p))
     return _parse_prompt_lines(text.splitlines(), str(p))
+
+
+def _read_split_files(arg: str) -> list[Prompt]:
+    prompts: list[Prompt] = []
+    for part in (x.strip() for x in arg.split(",") if x.strip()):
+        split, eq, file = part.partition("=")
+        if not eq or not re.fullmatch(r"[A-Za-z0-9_.-]+", split.strip()):
+            raise InputError(f"--prompts {arg!r}: expected FILE or SPLIT=FILE,SPLIT=FILE")
+        f = Path(file.strip())
+        if not f.is_file():
+            raise InputError(f"{f}: prompt file not found")
+        try:
+            lines = f.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise InputError(f"{f}: prompt file is not UTF-8 text") from None
+        header = [f"[{split.strip()}]"]
+        prompts += _parse_prompt_lines(header + [ln for ln in lines if ln.strip() != ""], str(f))
+    texts = [p.text for p in prompts]
+    dup = next((t for t in texts if texts.count(t) > 1), None)
+    if dup is not None:
+        raise InputError(f"--prompts {arg!r}: prompt {dup!r} is in two files")
+    return [Prompt(p.text, p.split, i) for i, p in enumerate(prompts)]
 
 
 def _read_text_resource(folder: Any, name: str) -> str:

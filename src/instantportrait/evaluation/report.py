@@ -425,17 +425,24 @@ def _sweeps(methods: dict[str, Any]) -> list[tuple[str, list[str]]]:
             continue
         keys = sorted({k for _, s in members for k in s.options})
         varying = [k for k in keys if len({repr(s.options.get(k)) for _, s in members}) > 1]
-        label = ", ".join(varying) or kind
+        # several settings vary (FastFace: ip_adapter_scale x lora_scale): one curve per value
+        # of the others, along the one with the most values (Fig. 8: a curve per LoRA scale)
+        if not varying:
+            continue
+        along = max(varying, key=lambda k: len({repr(s.options.get(k)) for _, s in members}))
+        fixed = [k for k in varying if k != along]
+        curves: dict[str, list[tuple[str, Any]]] = {}
+        for member in members:
+            label = ", ".join([along] + [f"{k}={member[1].options.get(k)}" for k in fixed])
+            curves.setdefault(label or kind, []).append(member)
 
-        def order(member, varying=varying):
-            return tuple(
-                (0, v, "")
-                if isinstance((v := member[1].options.get(k)), (int, float))
-                else (1, 0, str(v))
-                for k in varying
-            )
+        def order(member, along=along):
+            v = member[1].options.get(along)
+            return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
 
-        sweeps.append((label, [n for n, _ in sorted(members, key=order)]))
+        for label, curve in curves.items():
+            if len(curve) > 1:
+                sweeps.append((label, [n for n, _ in sorted(curve, key=order)]))
     return sweeps
 
 
@@ -610,6 +617,18 @@ def write_report(folder: str | os.PathLike, store: ResultStore | None = None) ->
             figures["Contact sheet"] = ("contact_sheet.png", note)
         except Exception as exc:  # noqa: BLE001
             figures["Contact sheet"] = (None, f"not drawn: {exc}")
+        fastface = any(
+            str(m.get("spec", "")).startswith("fastface") for m in run_methods(store).values()
+        )
+        if fastface or store.meta().get("protocol") == "fastface":
+            from .fastface_report import write_fastface_tables
+
+            title = "FastFace Tables 1-3 (published rows beside this run)"
+            try:
+                write_fastface_tables(folder, store, table)
+                figures[title] = (None, "in fastface_tables.md")
+            except Exception as exc:  # noqa: BLE001 - a side table never stops the report
+                figures[title] = (None, f"not written: {exc}")
         _write_md(folder / "report.md", store, table, metrics, figures)
     finally:
         if own:

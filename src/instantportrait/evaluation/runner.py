@@ -16,6 +16,17 @@ item; at the end a run waits for the items others hold. After the items: method 
 (parameters, steps), group metrics (Intra-LPIPS per subject and seed within each split) and
 set metrics (FID, FD-DINOv2 per split), each recomputed when its *member set* changes; then
 the report.
+
+**Several processes** (``accelerate launch --num_processes N -m instantportrait evaluate ...``,
+or torchrun; one process per GPU, on one or several machines sharing the output folder): each
+process reads its rank from ``RANK`` / ``WORLD_SIZE``, takes the contiguous block
+``items[rank * n // N : (rank + 1) * n // N]`` (so each rank loads few methods), claims and
+computes it, then takes over the unclaimed items of the others' blocks from their ends (a rank
+that finishes early helps; a rank that died leaves stale claims that are taken over). All
+ranks write into the one results store (SQLite in the shared folder; claims keep the items
+disjoint); rank 0 waits until every item is done, then computes the group and set metrics and
+writes the report. No collective call is made, so nothing times out while a slow rank works,
+and a rerun resumes as usual.
 """
 
 from __future__ import annotations
@@ -40,7 +51,16 @@ from .methods import Method, MethodSpec, build_method
 from .protocols import DEFAULT_SPLIT, Prompt
 from .store import ItemKey, ResultRow, ResultStore
 
-__all__ = ["EvaluationConfig", "Evaluator", "Item", "RunSummary", "evaluate", "members_hash"]
+__all__ = [
+    "EvaluationConfig",
+    "Evaluator",
+    "Item",
+    "RunSummary",
+    "evaluate",
+    "members_hash",
+    "process_rank",
+    "rank_block",
+]
 
 ALL = "*"
 #: Seconds between looks at items another run is computing.
@@ -168,6 +188,27 @@ class RunSummary:
     unavailable: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     report: Path | None = None
+
+
+def process_rank() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process from ``RANK`` / ``WORLD_SIZE`` (set by
+    ``accelerate launch`` and torchrun); ``(0, 1)`` when run alone."""
+    import os
+
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise InputError("RANK / WORLD_SIZE: not integers") from None
+    if world < 1 or not 0 <= rank < world:
+        raise InputError(f"RANK={rank} WORLD_SIZE={world}: rank outside the world")
+    return rank, world
+
+
+def rank_block(n: int, rank: int, world: int) -> range:
+    """The item positions of ``rank``: a contiguous block, the blocks of all ranks disjoint
+    and covering ``range(n)`` (sizes differ by at most one)."""
+    return range(rank * n // world, (rank + 1) * n // world)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -384,14 +425,19 @@ class Evaluator:
             items = self.items()
             summary.items = len(items)
             done = {k: store.done_keys(k) for k in set(self.method_keys.values())}
-            todo = [
-                it
-                for it in items
+            todo_at = [
+                (i, it)
+                for i, it in enumerate(items)
                 if not self._is_done(
                     self.key(it), done[self.key(it)[0]].get(self.key(it)[1:], set()), store
                 )
             ]
-            summary.already_done = len(items) - len(todo)
+            summary.already_done = len(items) - len(todo_at)
+            rank, world = process_rank()
+            mine = rank_block(len(items), rank, world)
+            todo = [it for i, it in todo_at if i in mine]
+            # the others' blocks, taken over from their ends once this block is done
+            others = [it for i, it in reversed(todo_at) if i not in mine]
             bar = tqdm(
                 total=len(items),
                 initial=summary.already_done,
@@ -402,8 +448,17 @@ class Evaluator:
                 dynamic_ncols=True,
             )
             inputs: dict[Path, Image.Image] = {}
+            loaded: list[str] = []  # the method whose models are in memory
 
             def process(item: Item) -> None:
+                if loaded and loaded[0] != item.method:
+                    # one method's models in memory at a time (a sweep is many pipelines);
+                    # its cost is stored while it is loaded
+                    prev = loaded.pop()
+                    self._method_metrics(prev, self.methods[prev], store, summary)
+                    self.methods[prev].close()
+                if not loaded:
+                    loaded.append(item.method)
                 if item.face not in inputs:
                     inputs.clear()
                     inputs[item.face] = load_image(item.face)
@@ -415,7 +470,7 @@ class Evaluator:
                     on_item(summary.processed, item)
 
             try:
-                pending: list[Item] = []
+                pending: list[Item] = list(others)
                 for item in todo:
                     key = self.key(item)
                     if not store.claim(key):
@@ -430,6 +485,7 @@ class Evaluator:
                         process(item)
                     finally:
                         store.release(key)
+                pending = pending[len(others) :] + pending[: len(others)]
                 while pending:  # items other runs hold: wait, or take over abandoned ones
                     still = []
                     for item in pending:
@@ -450,8 +506,12 @@ class Evaluator:
             finally:
                 bar.close()
             for name, method in self.methods.items():
-                self._method_metrics(name, method, store, summary)
+                if rank == 0 or name in loaded:
+                    self._method_metrics(name, method, store, summary)
                 method.close()
+            summary.seconds = time.perf_counter() - start
+            if rank != 0:  # rank 0 reports once every item is done
+                return summary
             self._group_metrics(store, summary)
             self._set_metrics(store, summary)
             summary.seconds = time.perf_counter() - start

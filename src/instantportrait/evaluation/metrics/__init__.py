@@ -5,6 +5,7 @@
 * :mod:`.context`: :class:`ItemContext` (what an item metric sees) and the face matchers.
 * :mod:`.identity`: face similarity (dlib, FaceNet, ArcFace) and FFC.
 * :mod:`.clip`: CLIP-T, CLIP-I, FSC (two variants), HPS v2.
+* :mod:`.fastface`: FSC with FastFace's official pixel scaling (``fsc_official``).
 * :mod:`.dino`: DINO (v1) similarity.
 * :mod:`.perceptual`: LPIPS and Intra-LPIPS.
 * :mod:`.fid`: FID and FD-DINOv2.
@@ -18,7 +19,7 @@ it up by name.
 
 from __future__ import annotations
 
-from . import clip, cost, dino, fid, identity, perceptual, quality  # noqa: F401 - registers
+from . import clip, cost, dino, fastface, fid, identity, perceptual, quality  # noqa: F401
 from .context import FACE_MATCHERS, ItemContext, register_face_matcher
 from .registry import (
     METRICS,

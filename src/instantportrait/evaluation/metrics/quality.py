@@ -21,7 +21,7 @@ def _load_aesthetic(src: str | None, device: torch.device):
 def _load_imagereward(src: str | None, device: torch.device):
     from ...errors import optional_import
 
-    rm = optional_import("ImageReward", "eval", "ImageReward (pip install image-reward)")
+    rm = optional_import("ImageReward", "imagereward", "the ImageReward metric")
     return rm.load(src, device=str(device))
 
 
@@ -37,7 +37,8 @@ register_model(
         "imagereward",
         "ImageReward (BLIP reward model)",
         None,
-        "pip install image-reward and --weights imagereward=ImageReward.pt",
+        "pip install 'instantportrait[imagereward]' (image-reward pins old dependencies: "
+        "best in its own environment) and --weights imagereward=ImageReward.pt",
         _load_imagereward,
     )
 )
@@ -46,7 +47,8 @@ register_model(
         "laion-aesthetic",
         "LAION aesthetic predictor v2 (MLP on CLIP ViT-L/14)",
         None,
-        "--weights laion-aesthetic=sac+logos+ava1-l14-linearMSE.pth (improved-aesthetic-predictor)",
+        "--weights laion-aesthetic=ava+logos-l14-linearMSE.pth (FastFace's code; or "
+        "sac+logos+ava1-l14-linearMSE.pth), from improved-aesthetic-predictor",
         _load_aesthetic,
     )
 )
@@ -109,7 +111,7 @@ register_metric(
         family="quality",
         paper="Xu et al. 2023 (ImageReward)",
         requires=("ImageReward",),
-        install_hint="pip install image-reward",
+        install_hint="pip install 'instantportrait[imagereward]'",
         uses_template=True,
     )
 )
