@@ -69,7 +69,7 @@ def test_generate_cli_two_identities_from_keypoints(tiny_fpga, pose_json, tmp_pa
                                                     astronaut_path, grace_hopper_path):  # fmt: skip
     pytest.importorskip("dlib")
     out = tmp_path / "gen"
-    args = ["generate", "--method", "fpga", "--fpga-model", str(tiny_fpga),
+    args = ["generate", "--method", "fpga", "--model", str(tiny_fpga),
             "--id-image", str(astronaut_path), "--id-image", str(grace_hopper_path),
             "--pose", str(pose_json), "--prompt", "two people on a beach", "--fpga-steps", "1",
             "-o", str(out)]  # fmt: skip

@@ -6,7 +6,10 @@ Each method contributes a module of this package (``generate_<method>.py``) expo
 - ``run(args: argparse.Namespace) -> int``: the work, with the shared options below in ``args``.
 
 Shared options (every method): ``--prompt``/``--prompt-file``, ``--seed``,
-``--num-images-per-prompt``, ``-o/--output``, ``--overwrite``, ``--device``, ``--dtype``.
+``--num-images-per-prompt``, ``-o/--output``, ``--overwrite``, ``--device``, ``--dtype``, and
+the two that most methods take, each read by the method as it needs: ``--model`` (the
+method's model; ``None`` when not given) and ``--id-image`` (repeatable; a list or ``None``).
+A method that takes neither refuses them with one line.
 An option that belongs to another method than the selected one is one clear error (exit 2).
 Adding a method is one line in :data:`GENERATE_METHODS`; a module not present is skipped.
 """
@@ -61,6 +64,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--num-images-per-prompt", type=int, default=1, help="images per prompt (default 1)"
     )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="the method's model: a folder or Hub id (FastFace also takes hyper, lightning, "
+        "lcm, turbo; default hyper)",
+    )
+    p.add_argument(
+        "--id-image",
+        action="append",
+        default=None,
+        metavar="FACE",
+        help="a face image of the identity (repeat for several people, FPGA)",
+    )
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_device_arguments(p)
@@ -97,6 +113,29 @@ def prompts_of(args: argparse.Namespace) -> list[str]:
     if args.prompt is None:
         raise InputError("--prompt or --prompt-file: one is required")
     return [check_prompt(args.prompt, name="--prompt")]
+
+
+def single_id_image(args: argparse.Namespace) -> str:
+    """The one ``--id-image`` of a single-identity method (required, at most one)."""
+    from ..errors import InputError
+
+    if not args.id_image:
+        raise InputError(f"--id-image: required for --method {args.method}")
+    if len(args.id_image) > 1:
+        raise InputError(
+            f"--id-image: --method {args.method} takes one identity, got {len(args.id_image)}"
+        )
+    return args.id_image[0]
+
+
+def refuse_shared(args: argparse.Namespace, *names: str, hint: str = "") -> None:
+    """Refuse shared options (``model``, ``id_image``) a method does not take."""
+    from ..errors import InputError
+
+    for name in names:
+        if getattr(args, name, None):
+            flag = "--" + name.replace("_", "-")
+            raise InputError(f"{flag}: not an option of --method {args.method}{hint}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,13 +28,9 @@ PRESET_NAMES = (
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--id-image", help="the identity image (its largest face is used)")
-    group.add_argument(
-        "--model",
-        default="hyper",
-        help="hyper, lightning, lcm, turbo (SDXL base + that family's weights) or a folder "
-        "of a few-step SDXL pipeline (default hyper)",
-    )
+    # --id-image (one; its largest face is used) and --model (hyper, lightning, lcm, turbo:
+    # SDXL base + that family's weights, or a folder of a few-step SDXL pipeline; default
+    # hyper) are the generate command's shared options.
     group.add_argument(
         "--family",
         choices=FAMILY_NAMES,
@@ -97,11 +93,11 @@ def run(args: argparse.Namespace) -> int:
     from ..io import atomic_write, prepare_output, save_image
     from ..pipelines.faceid import FaceIDEncoder, load_face_model
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
-    from .generate import prompts_of
+    from .generate import prompts_of, single_id_image
 
     prompts = prompts_of(args)
-    if not args.id_image:
-        raise InputError("--id-image: required for --method fastface")
+    id_image = single_id_image(args)
+    model = args.model or "hyper"
     if args.steps < 1:
         raise InputError(f"--steps: must be at least 1, got {args.steps}")
     if args.resolution is not None and (args.resolution < 32 or args.resolution % 8):
@@ -114,14 +110,14 @@ def run(args: argparse.Namespace) -> int:
     dtype = resolve_dtype(args.dtype, device)
     quiet_libraries()
     identity = FaceIDEncoder(load_face_model(args.face_model))(
-        args.id_image, name=f"--id-image {args.id_image}"
+        id_image, name=f"--id-image {id_image}"
     )
     out_dir = prepare_output(args.output, overwrite=args.overwrite, kind="dir")
 
     from ..pipelines.fastface_loading import load_fastface
 
     pipe = load_fastface(
-        args.model,
+        model,
         family=args.family,
         base=args.base,
         distilled=args.distilled,
@@ -155,14 +151,14 @@ def run(args: argparse.Namespace) -> int:
         records.append({"file": dest.name, "prompt": prompts[i], "seed": seed})
     settings = {
         "method": "fastface",
-        "model": str(args.model),
+        "model": str(model),
         "family": pipe.family,
         "preset": preset.name,
         "ip_adapter_scale": args.ip_adapter_scale,
         "lora_scale": args.lora_scale,
         "steps": args.steps,
         "dtype": str(dtype).removeprefix("torch."),
-        "id_image": str(args.id_image),
+        "id_image": str(id_image),
         "images": records,
     }
     text = json.dumps(settings, indent=2)

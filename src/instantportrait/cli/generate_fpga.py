@@ -137,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
     from .generate import prompts_of
 
     prompts = prompts_of(args)
+    # the shared --model / --id-image of `generate` stand for --fpga-model / --fpga-id-image
+    args.fpga_model = args.fpga_model or args.model
+    args.fpga_id_image = args.fpga_id_image or args.id_image
     if not args.fpga_model:
         raise InputError(f"{_flag('fpga_model')}: the FPGA pipeline folder is required")
     if not args.fpga_id_image:
