@@ -50,12 +50,13 @@ class ModelSlot:
 
 
 def load_edit_pipeline(source: str, device: torch.device, dtype: torch.dtype) -> Any:
-    """The InstantPortrait editor (IPNet / IDE-Net / InstructPix2Pix format) on ``device``."""
-    from ..pipelines import InstantPortraitPipeline
+    """The InstantPortrait editor (a folder, Hub id or single ``.safetensors`` file) on
+    ``device``, its progress bar off (the app shows its own state)."""
+    from ..pipelines import load_edit_pipeline as load
 
-    pipe = InstantPortraitPipeline.from_pretrained(source, torch_dtype=dtype)
+    pipe = load(source, device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return pipe
 
 
 class ModelRegistry:
