@@ -11,7 +11,6 @@ from instantportrait.losses.attribute import attribute_reconstruction_loss
 from instantportrait.training.loop import step_generator
 
 
-
 def test_eq2_by_hand():
     z = torch.zeros(2, 4, 2, 2)
     out = attribute_reconstruction_loss(z + 1.0, z, z + 2.0, z)
@@ -53,7 +52,9 @@ def test_trainer_loss_matches_an_independent_computation(trainer_factory, tmp_pa
             small = F.interpolate(m, size=z0.shape[-2:], mode="nearest")
             names = ["face", "left eye", "right eye", "nose", "mouth"]
             ids = tr.tokenizer(
-                [f"a woman {names[task]}"] * 2, padding="max_length", max_length=77,
+                [f"a woman {names[task]}"] * 2,
+                padding="max_length",
+                max_length=77,
                 return_tensors="pt",
             ).input_ids
             text = tr.text_encoder(ids)[0].clone()
@@ -82,7 +83,9 @@ def test_one_attribute_per_step_drawn_uniformly(trainer_factory, tmp_path):
     assert chi2 < 16.27, (counts, chi2)  # chi-square, 3 d.o.f., p = 0.001
     # per-sample sampling draws independently, still never the face
     tr2 = trainer_factory(tmp_path / "r2", tuning={"attribute_sampling": "sample"})
-    draws = torch.cat([tr2.draw_attributes(4, step_generator(1, s, 0, tr2.device)) for s in range(50)])
+    draws = torch.cat(
+        [tr2.draw_attributes(4, step_generator(1, s, 0, tr2.device)) for s in range(50)]
+    )
     assert draws.min() >= 1 and draws.max() <= 4 and len(set(draws.tolist())) == 4
 
 

@@ -28,8 +28,11 @@ def test_only_lora_and_feats_get_gradients_and_only_at_their_rows(trainer_factor
             assert p.requires_grad
         else:
             assert p.grad is None, name
-    assert any(p.grad is not None and p.grad.abs().sum() > 0
-               for n, p in model.unet.named_parameters() if "lora_B" in n)
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for n, p in model.unet.named_parameters()
+        if "lora_B" in n
+    )
     assert all(p.grad is None for p in tr.vae.parameters())
     assert all(p.grad is None for p in tr.text_encoder.parameters())
     g = model.feats.vectors.grad
@@ -78,7 +81,17 @@ def run_cli(args, capsys):
 
 def test_cli_requires_gender_and_images(photos, tiny_base, tmp_path, capsys):
     code, out = run_cli(
-        ["train", "faceanet", "--images", photos[0], "--base", tiny_base, "-o", tmp_path, "--dry-run"],
+        [
+            "train",
+            "faceanet",
+            "--images",
+            photos[0],
+            "--base",
+            tiny_base,
+            "-o",
+            tmp_path,
+            "--dry-run",
+        ],
         capsys,
     )
     assert code == 2 and "data.gender" in out.err
@@ -90,8 +103,17 @@ def test_cli_requires_gender_and_images(photos, tiny_base, tmp_path, capsys):
     )
     assert code == 0 and json.loads(out.out)["training"]["max_steps"] == 600
     code, out = run_cli(
-        ["train", "faceanet", "--images", photos[0], "--gender", "man", "--attribute", "nose",
-         "--dry-run"],
+        [
+            "train",
+            "faceanet",
+            "--images",
+            photos[0],
+            "--gender",
+            "man",
+            "--attribute",
+            "nose",
+            "--dry-run",
+        ],
         capsys,
     )
     assert code == 2 and "--from" in out.err
@@ -111,8 +133,19 @@ def test_tuned_identity_files(tuned):
 
 
 def test_killed_and_resumed_matches_uninterrupted(photos, tiny_base, tmp_path, capsys, train_args):
-    common = ["train", "faceanet", "--images", *photos, "--gender", "man", "--base", tiny_base,
-              *train_args, "--set", "training.checkpoint_every=2"]
+    common = [
+        "train",
+        "faceanet",
+        "--images",
+        *photos,
+        "--gender",
+        "man",
+        "--base",
+        tiny_base,
+        *train_args,
+        "--set",
+        "training.checkpoint_every=2",
+    ]
     one, two = tmp_path / "one", tmp_path / "two"
     code, out = run_cli([*common, "-o", one, "--steps", 4], capsys)
     assert code == 0, out.err
@@ -143,22 +176,42 @@ def test_attribute_swap_changes_only_that_attributes_vectors(
 ):
     out_dir = tmp_path / "swap"
     code, out = run_cli(
-        ["train", "faceanet", "--from", tuned, "--images", photos[1], "--attribute", "nose",
-         "--steps", 1, "-o", out_dir, *train_args, "--set", "training.batch_size=1"],
+        [
+            "train",
+            "faceanet",
+            "--from",
+            tuned,
+            "--images",
+            photos[1],
+            "--attribute",
+            "nose",
+            "--steps",
+            1,
+            "-o",
+            out_dir,
+            *train_args,
+            "--set",
+            "training.batch_size=1",
+        ],
         capsys,
     )
     assert code == 0, out.err
-    before = load_file(str(tuned / "final" / "feat_embeddings" / "diffusion_pytorch_model.safetensors"))
-    after = load_file(str(out_dir / "final" / "feat_embeddings" / "diffusion_pytorch_model.safetensors"))
+    before = load_file(
+        str(tuned / "final" / "feat_embeddings" / "diffusion_pytorch_model.safetensors")
+    )
+    after = load_file(
+        str(out_dir / "final" / "feat_embeddings" / "diffusion_pytorch_model.safetensors")
+    )
     changed = [not torch.equal(before["vectors"][k], after["vectors"][k]) for k in range(5)]
     assert changed == [False, False, False, True, False]  # face, l-eye, r-eye, nose, mouth
     rows = read_metrics(out_dir)
     assert rows[0]["l_face"] == 0.0 and rows[0]["attribute"] == TASKS.index("nose")
     meta = json.loads((out_dir / "final" / "faceanet.json").read_text())
     assert meta["steps"] == 3 and meta["history"][-1]["attribute"] == "nose"
-    assert meta["gender"] == "woman" and meta["base"] == json.loads(
-        (tuned / "final" / "faceanet.json").read_text()
-    )["base"]
+    assert (
+        meta["gender"] == "woman"
+        and meta["base"] == json.loads((tuned / "final" / "faceanet.json").read_text())["base"]
+    )
     assert np.isfinite(rows[0]["loss"])
 
 

@@ -59,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     if args.context_image and args.context_model:
         raise InputError("--context-image: give it or --context-model, not both")
     prompts = prompts_of(args)
-    context_image = load_image(args.context_image, name="--context-image") if args.context_image else None
+    context_image = (
+        load_image(args.context_image, name="--context-image") if args.context_image else None
+    )
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     out = prepare_output(args.output, overwrite=args.overwrite, kind="dir")

@@ -87,9 +87,7 @@ def task_masks(
     lm = np.asarray(landmarks68, dtype=np.float64)
     face = face_points(lm, forehead)
     grow = dilate * float(max(np.ptp(face[:, 0]), np.ptp(face[:, 1])))
-    masks = face_masks(
-        torch.from_numpy(lm), size, TASKS, dilate=grow, forehead=forehead
-    )
+    masks = face_masks(torch.from_numpy(lm), size, TASKS, dilate=grow, forehead=forehead)
     return torch.stack([(masks[t][0] > 0.5).float() for t in TASKS])
 
 

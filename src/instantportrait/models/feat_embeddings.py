@@ -121,7 +121,7 @@ class FeatEmbeddings(ModelMixin, ConfigMixin):
 def _substitute(
     hidden: torch.Tensor, p0: torch.Tensor, vectors: torch.Tensor | None
 ) -> torch.Tensor:
-    """``hidden`` (B, L, D) with rows ``p0[b] .. p0[b]+n-1`` replaced by ``vectors[b]`` (B, n, D)."""
+    """``hidden`` (B, L, D) with rows ``p0[b] .. p0[b]+n-1`` replaced by ``vectors[b]``."""
     if vectors is None:
         return hidden
     b, length, _ = hidden.shape

@@ -29,7 +29,8 @@ FACE_PATTERNS: tuple[str, ...] = (
     r"(?:sun)?(?:glasses|eyeglasses|spectacles|goggles)",
     r"(?:wearing |with )?(?:red |dark |heavy |light )?(?:lipstick|makeup|eyeliner|eye shadow)",
     r"(?:wearing |with )?(?:gold |silver |pearl |big )?earrings",
-    r"(?:with (?:a |an )?)?(?:full |short |long |thick )?(?:beard|mustache|moustache|stubble|freckles)",
+    r"(?:with (?:a |an )?)?(?:full |short |long |thick )?"
+    r"(?:beard|mustache|moustache|stubble|freckles)",
     r"(?:with (?:an? )?)?(?:\w+ )?(?:expression|facial expression)",
 )
 STYLE_PATTERNS: tuple[str, ...] = (

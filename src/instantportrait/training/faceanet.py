@@ -327,7 +327,9 @@ class FaceANetTrainer(Trainer):
         self.dataset = PhotoCrops(images, masks, repeats, cfg.data.random_flip, cfg.training.seed)
         self.collate = collate
         lora_params = [p for n, p in unet.named_parameters() if p.requires_grad]
-        groups = [{"params": lora_params, "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay}]
+        groups = [
+            {"params": lora_params, "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay}
+        ]
         if feats is not None:
             groups.append(
                 {
@@ -341,7 +343,9 @@ class FaceANetTrainer(Trainer):
 
     def trainable(self) -> dict[str, nn.Module]:
         model = self.accelerator.unwrap_model(self.model)
-        return {"model": ParameterView([(n, p) for n, p in model.named_parameters() if p.requires_grad])}
+        return {
+            "model": ParameterView([(n, p) for n, p in model.named_parameters() if p.requires_grad])
+        }
 
     # ---- the objective ------------------------------------------------------------------
     def draw_attributes(self, bsz: int, generator: torch.Generator) -> torch.Tensor:
@@ -401,7 +405,12 @@ class FaceANetTrainer(Trainer):
         if len(terms) == 2:
             (ef, nf, mf), (ea, na, ma) = terms["face"], terms["attr"]
             out = attribute_reconstruction_loss(
-                ef, nf, ea, na, mask_face=mf if weighted else None, mask_attr=ma if weighted else None
+                ef,
+                nf,
+                ea,
+                na,
+                mask_face=mf if weighted else None,
+                mask_attr=ma if weighted else None,
             )
         else:
             key, (e, n, m) = next(iter(terms.items()))
