@@ -273,6 +273,8 @@ class FaceANetTrainer(Trainer):
         cfg = self.cfg
         prior = read_identity_meta(cfg.model.init_from) if cfg.model.init_from else {}
         base = cfg.model.base or prior.get("base") or DEFAULT_BASE
+        if Path(base).is_dir():  # a local folder: recorded absolute, so the identity moves
+            base = str(Path(base).resolve())
         gender = cfg.data.gender or prior.get("gender", "")
         if prior and gender != prior.get("gender"):
             raise InputError(
