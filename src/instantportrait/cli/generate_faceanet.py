@@ -40,6 +40,11 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         "--context-size", type=int, default=1024, help="G_c image side (default 1024)"
     )
     group.add_argument(
+        "--trim-padding",
+        action="store_true",
+        help="keep only BOS..EOS (+ [feat] slots) of each T'_id segment",
+    )
+    group.add_argument(
         "--inpaint-base", help="override the identity's base inpainting model (a folder)"
     )
 
@@ -98,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
                     guidance_scale=args.inpaint_guidance_scale,
                     generator=seeded_generator(seed, device),
                     context_kwargs=context_kwargs if context is not None else None,
+                    trim_padding=args.trim_padding,
                 )
             for w in caught:
                 if issubclass(w.category, NoFaceWarning):
