@@ -211,3 +211,41 @@ def test_cli_generate_context_image_and_no_face_warning(tuned, astronaut_path, t
         ]
     )
     assert code == 2 and "--identity" in capsys.readouterr().err
+
+
+def test_face_index_picks_a_face_among_many(pipe, astronaut_path, grace_hopper_path):
+    a = Image.open(astronaut_path).convert("RGB").resize((256, 256))
+    g = Image.open(grace_hopper_path).convert("RGB").crop((0, 30, 512, 542)).resize((256, 256))
+    both = Image.new("RGB", (512, 256))
+    both.paste(a, (0, 0))
+    both.paste(g, (256, 0))
+    kwargs = {"context_image": both, "num_inference_steps": 1}
+    right = pipe("a woman", face_index=1, **kwargs).paste_masks[0]
+    left = pipe("a woman", face_index=0, **kwargs).paste_masks[0]
+    assert right[:, 256:].sum() > 0 and right[:, :256].sum() == 0
+    assert left[:, :256].sum() > 0 and left[:, 256:].sum() == 0
+    with pytest.raises(ValueError, match="face_index: 5 but 2 face"):
+        pipe("a woman", face_index=5, **kwargs)
+
+
+def test_training_photo_without_a_face_is_one_line(tuned, tiny_base, tmp_path, capsys):
+    blank = tmp_path / "wall.png"
+    Image.new("RGB", (128, 128), (120, 120, 120)).save(blank)
+    code = main(
+        [
+            "train",
+            "faceanet",
+            "--images",
+            str(blank),
+            "--gender",
+            "man",
+            "--base",
+            str(tiny_base),
+            "-o",
+            str(tmp_path / "r"),
+            "--set",
+            "data.resolution=64",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "wall.png" in err and "no face" in err

@@ -189,14 +189,18 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 def prepare_crops(data: FaceANetDataConfig):
     """Detect, crop and mask each photo; returns (images [-1,1], masks, FaceCrop list)."""
     from ..data.face_crops import head_and_shoulders_crop, task_masks
-    from ..faces.detect import detect
+    from ..faces.detect import NoFaceFoundError, detect
     from ..io import load_image
 
     images, masks, crops = [], [], []
     for k, src in enumerate(data.images):
         name = f"--images[{k}] {src}"
         img = load_image(src, name=name)
-        det = detect(img, method=data.detector, select="largest", landmarks=68)
+        try:
+            det = detect(img, method=data.detector, select="largest", landmarks=68)
+        except NoFaceFoundError as exc:
+            reason = str(exc).partition(": ")[2]
+            raise NoFaceFoundError(f"{name}: {reason} (FaceA-Net tunes on face photos)") from None
         crop = head_and_shoulders_crop(
             img, det.landmarks68[0].numpy(), resolution=data.resolution, scale=data.crop_scale
         )
