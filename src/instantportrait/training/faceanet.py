@@ -16,6 +16,7 @@ Checkpoints hold only the trainable tensors (LoRA + vectors), never the base UNe
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ from ..pipelines.faceanet_parts import (
 from .config import check
 from .loop import OptimConfig, RunConfig, Trainer
 
+logger = logging.getLogger(__name__)
 AttributeName = Literal["", "left_eye", "right_eye", "nose", "mouth"]
 
 
@@ -94,8 +96,16 @@ class FaceANetDataConfig:
     #: horizontal flips (left/right eye masks swapped with the image)
     random_flip: bool = False
     detector: Literal["hog", "mmod"] = "hog"
+    #: boxes from the face stack's landmarks, or from Grounding-DINO (needs its weights)
+    mask_source: Literal["landmarks", "grounding-dino"] = "landmarks"
+    #: a local Grounding-DINO folder (transformers format) for ``mask_source=grounding-dino``
+    grounding_dino: str = ""
 
     def __post_init__(self) -> None:
+        check(
+            self.mask_source != "grounding-dino" or bool(self.grounding_dino),
+            "data.grounding_dino: the Grounding-DINO folder is needed for that mask source",
+        )
         check(
             self.resolution >= 8 and self.resolution % 8 == 0,
             f"data.resolution: a multiple of 8, got {self.resolution}",
@@ -186,12 +196,42 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
-def prepare_crops(data: FaceANetDataConfig):
+def grounding_masks(
+    detector, crop, size: tuple[int, int], dilate: float
+) -> tuple[torch.Tensor, list[str]]:
+    """Box masks of a crop from Grounding-DINO; parts it misses use the landmark boxes.
+
+    Returns the masks ``(5, 1, H, W)`` and the names of the parts that fell back.
+    """
+    from ..data.face_crops import box_mask, part_boxes
+
+    found = detector.boxes(crop.image)
+    fallback = part_boxes(crop.landmarks68, dilate)
+    face = found["face"] if found["face"] is not None else fallback["face"]
+    grow = dilate * float(max(face[2] - face[0], face[3] - face[1]))
+    masks, missed = [], []
+    for task in TASKS:
+        box = found[task]
+        if box is None:
+            missed.append(task)
+            box = fallback[task]
+        else:
+            box = np.asarray(box) + np.array([-grow, -grow, grow, grow])
+        masks.append(box_mask(box, size))
+    return torch.stack(masks), missed
+
+
+def prepare_crops(data: FaceANetDataConfig, device: torch.device | str = "cpu"):
     """Detect, crop and mask each photo; returns (images [-1,1], masks, FaceCrop list)."""
     from ..data.face_crops import head_and_shoulders_crop, task_masks
     from ..faces.detect import NoFaceFoundError, detect
     from ..io import load_image
 
+    detector = None
+    if data.mask_source == "grounding-dino":
+        from ..data.grounding_boxes import GroundingDinoBoxes
+
+        detector = GroundingDinoBoxes(data.grounding_dino, device=device)
     images, masks, crops = [], [], []
     for k, src in enumerate(data.images):
         name = f"--images[{k}] {src}"
@@ -207,9 +247,15 @@ def prepare_crops(data: FaceANetDataConfig):
         arr = np.asarray(crop.image, dtype=np.float32) / 127.5 - 1.0
         images.append(torch.from_numpy(arr).permute(2, 0, 1).contiguous())
         size = (data.resolution, data.resolution)
-        masks.append(
-            task_masks(crop.landmarks68, size, shape=data.mask_shape, dilate=data.mask_dilate)
-        )
+        if detector is not None:
+            m, missed = grounding_masks(detector, crop, size, data.mask_dilate)
+            if missed:
+                logger.warning(
+                    "%s: Grounding-DINO found no %s; landmark boxes used", name, ", ".join(missed)
+                )
+        else:
+            m = task_masks(crop.landmarks68, size, shape=data.mask_shape, dilate=data.mask_dilate)
+        masks.append(m)
         crops.append(crop)
     return images, masks, crops
 
@@ -327,7 +373,7 @@ class FaceANetTrainer(Trainer):
         model = FaceANetTunable(
             unet, self.text_encoder, ids.to(self.device), self.tokenizer.eos_token_id, feats
         ).to(self.device)
-        images, masks, crops = prepare_crops(cfg.data)
+        images, masks, crops = prepare_crops(cfg.data, self.device)
         self.crops = crops
         repeats = max(1, -(-cfg.training.batch_size * acc.num_processes // len(images)))
         self.dataset = PhotoCrops(images, masks, repeats, cfg.data.random_flip, cfg.training.seed)
@@ -470,6 +516,7 @@ class FaceANetTrainer(Trainer):
             "crop_scale": cfg.data.crop_scale,
             "face_ratio": float(np.median(ratios)),
             "mask_shape": cfg.data.mask_shape,
+            "mask_source": cfg.data.mask_source,
             "mask_dilate": cfg.data.mask_dilate,
             "tuning_seconds": round(time.perf_counter() - self._started, 2),
             "history": history,
