@@ -542,6 +542,8 @@ class FaceANetTrainer(Trainer):
         return pipe
 
     def validate(self, step: int) -> dict[str, float]:
+        from PIL import Image
+
         from ..io import save_image
         from .validation import contact_grid
 
@@ -565,7 +567,10 @@ class FaceANetTrainer(Trainer):
                     generator=torch.Generator().manual_seed(v.seed),
                     landmarks68=crop.landmarks68,
                 )
-                rows.append((crop.image, out.images[0], text))
+                pair = [crop.image, out.images[0]]
+                if crop.image.width < 192:  # small tuning crops: enlarge for the grid
+                    pair = [im.resize((192, 192), Image.Resampling.NEAREST) for im in pair]
+                rows.append((pair[0], pair[1], text))
             save_image(contact_grid(rows), self.run_dir / "validation" / f"step-{step:06d}.png")
         finally:
             model.unet.train()
