@@ -53,6 +53,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.pipelines.fastface_tiny:write_tiny_clip_vision",
         "CLIP vision encoder with its image processor for `--image-encoder`",
     ),
+    "inpaint": (
+        "instantportrait.pipelines.faceanet:write_tiny_inpaint",
+        "SD-inpainting model (9-channel UNet) for `train faceanet --base`",
+    ),
 }
 
 DEFAULT_KIND = next(iter(TINY_KINDS))

@@ -26,8 +26,16 @@ PRESETS = ("default", "paper")
 TRAINERS = {
     "idenet": ("instantportrait.training.idenet", "IDENetConfig", "IDENetTrainer", "idenet.json"),
     "ipnet": ("instantportrait.training.ipnet", "IPNetConfig", "IPNetTrainer", "ipnet.json"),
+    "faceanet": (
+        "instantportrait.training.faceanet",
+        "FaceANetConfig",
+        "FaceANetTrainer",
+        "faceanet.json",
+    ),
     "fpga": ("instantportrait.training.fpga", "FPGAConfig", "FPGATrainer", "fpga.json"),
 }
+#: trainer name -> module of this package with its own flags (``add_arguments``, ``overrides``)
+TRAINER_FLAGS = {"faceanet": "train_faceanet"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                 choices=["high", "middle", "low", "all"],
                 help="a stage of Table 6, or all three in order (default all)",
             )
+        if name in TRAINER_FLAGS:
+            importlib.import_module(f"{__package__}.{TRAINER_FLAGS[name]}").add_arguments(t)
         if name == "fpga":
             from .train_fpga import add_stage_argument
 
@@ -127,7 +137,11 @@ def run(args: argparse.Namespace) -> int:
 
         return run_fpga(args)
     if args.trainer != "ipnet":
-        cfg, resolved = resolve(args.trainer, args.config, args.set, preset=args.preset)
+        extra = []
+        if args.trainer in TRAINER_FLAGS:
+            flags = importlib.import_module(f"{__package__}.{TRAINER_FLAGS[args.trainer]}")
+            extra = flags.overrides(args)
+        cfg, resolved = resolve(args.trainer, args.config, [*extra, *args.set], preset=args.preset)
         if args.dry_run:
             print(json.dumps(resolved, indent=2))
             return 0
