@@ -1,6 +1,6 @@
 """``generate --method faceanet``: a tuned FaceA-Net identity in a new scene.
 
-``--identity runs/alice --prompt "..." --context-model SDXL_FOLDER|tiny -o OUT`` draws the scene
+``--identity runs/alice --prompt "..." --context-model hyper|DIR|tiny -o OUT`` draws the scene
 with the context model and repaints the face; ``--context-image PHOTO`` repaints the face of
 a given photo instead (no context model needed). Writes ``OUT/NNNN.png``, the context images
 ``OUT/NNNN_context.png`` and ``OUT/results.json`` (prompts, split, seeds, faces, timings).
@@ -16,7 +16,9 @@ import warnings
 def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--identity", help="a tuned identity: the run folder of train faceanet")
     group.add_argument(
-        "--context-model", help="G_c: an SDXL folder or Hub id, or tiny (a test model)"
+        "--context-model",
+        help="G_c: hyper, lightning, lcm or turbo (few-step SDXL as FastFace loads it), an SDXL "
+        "folder or Hub id, or tiny (a test model)",
     )
     group.add_argument("--context-image", help="repaint the face of this photo (no G_c)")
     group.add_argument("--context-prompt", help="T_context, instead of the rule-based split")
@@ -31,13 +33,22 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         "--inpaint-steps", type=int, default=50, help="G_id sampler steps (default 50)"
     )
     group.add_argument(
-        "--context-steps", type=int, default=30, help="G_c steps (default 30; 4 for distilled)"
+        "--context-steps",
+        type=int,
+        default=None,
+        help="G_c steps (default: a family's own, e.g. 4 for hyper; else 30)",
     )
     group.add_argument(
-        "--context-guidance-scale", type=float, default=5.0, help="G_c CFG (default 5)"
+        "--context-guidance-scale",
+        type=float,
+        default=None,
+        help="G_c CFG (default: a family's own; else 5)",
     )
     group.add_argument(
-        "--context-size", type=int, default=1024, help="G_c image side (default 1024)"
+        "--context-size",
+        type=int,
+        default=None,
+        help="G_c image side (default: a family's own, e.g. 512 for turbo; else 1024)",
     )
     group.add_argument(
         "--trim-padding",
@@ -78,11 +89,19 @@ def run(args: argparse.Namespace) -> int:
     context = None
     if args.context_model:
         context = load_context_pipeline(args.context_model, device, dtype)
+    from ..pipelines.faceanet_context import context_defaults
+
+    defaults = context_defaults(args.context_model)
+    size = args.context_size or defaults["size"]
     context_kwargs = {
-        "num_inference_steps": args.context_steps,
-        "guidance_scale": args.context_guidance_scale,
-        "height": args.context_size,
-        "width": args.context_size,
+        "num_inference_steps": args.context_steps or defaults["steps"],
+        "guidance_scale": (
+            defaults["guidance_scale"]
+            if args.context_guidance_scale is None
+            else args.context_guidance_scale
+        ),
+        "height": size,
+        "width": size,
     }
     out.mkdir(parents=True, exist_ok=True)
     records = []

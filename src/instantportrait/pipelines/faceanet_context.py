@@ -72,10 +72,21 @@ def tiny_sdxl_pipeline(seed: int = 0):
 def load_context_pipeline(
     spec: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ):
-    """G_c from ``spec``: ``tiny``, or an SDXL folder / Hub id (loaded on ``device``)."""
+    """G_c from ``spec``: ``tiny``, a few-step family name (``hyper``, ``lightning``, ``lcm``,
+    ``turbo``: SDXL base plus the family's weights, as FastFace loads them), or an SDXL
+    folder / Hub id (loaded on ``device``)."""
     if spec == "tiny":
         return tiny_sdxl_pipeline().to(device)
     from diffusers import StableDiffusionXLPipeline
+
+    from .fastface_presets import FAMILIES
+
+    if spec in FAMILIES:
+        from .fastface_loading import load_sdxl_family
+
+        pipe, _ = load_sdxl_family(spec, dtype=dtype, pipeline_class=StableDiffusionXLPipeline)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(device)
 
     try:
         pipe = StableDiffusionXLPipeline.from_pretrained(spec, torch_dtype=dtype)
@@ -87,3 +98,14 @@ def load_context_pipeline(
         ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def context_defaults(spec: str | None) -> dict[str, float | int]:
+    """Steps, guidance and image side for the context model ``spec``: a few-step family's own
+    (e.g. Hyper: 4 steps, CFG 1, 1024), else SDXL's usual 30 steps, CFG 5, 1024."""
+    from .fastface_presets import FAMILIES
+
+    if spec in FAMILIES:
+        fam = FAMILIES[spec]
+        return {"steps": fam.steps, "guidance_scale": fam.baseline_guidance, "size": fam.resolution}
+    return {"steps": 30, "guidance_scale": 5.0, "size": 1024}

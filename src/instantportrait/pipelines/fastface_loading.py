@@ -189,6 +189,52 @@ def _set_scheduler(pipe: FastFacePipeline, family: str) -> None:
     pipe.scheduler = cls.from_config(pipe.scheduler.config, **spec.scheduler_options)
 
 
+def load_sdxl_family(
+    model: str | os.PathLike,
+    *,
+    family: str | None = None,
+    base: str | os.PathLike | None = None,
+    distilled: str | os.PathLike | None = None,
+    dtype: torch.dtype = torch.float32,
+    pipeline_class: Any = None,
+) -> tuple[Any, str]:
+    """``(pipeline, family)``: SDXL in one of the few-step families, without any adapter.
+
+    ``model`` is a family name (SDXL ``base`` plus the family's ``distilled`` weights) or a
+    folder of a few-step SDXL pipeline (its family from ``family`` or its scheduler). Used by
+    FastFace and by every method that wants a fast SDXL (FaceA-Net's context model).
+    ``pipeline_class`` defaults to :class:`FastFacePipeline`.
+    """
+    import diffusers
+
+    cls = pipeline_class or FastFacePipeline
+    name = str(model)
+    if name in FAMILIES:
+        if family is not None and family != name:
+            raise InputError(f"--family {family}: --model {name} is already a family")
+        family = name
+        pipe = _from_pretrained(cls, base or DEFAULT_BASE, "--base", torch_dtype=dtype)
+        _apply_family(pipe, family, str(distilled or FAMILIES[family].source), dtype)
+    else:
+        folder = Path(name).expanduser()
+        if not (folder / "model_index.json").is_file():
+            raise InputError(
+                f"--model {name}: neither a family ({', '.join(FAMILIES)}) nor a diffusers "
+                "pipeline folder (no model_index.json)"
+            )
+        if family is not None and family not in FAMILIES:
+            raise InputError(f"--family {family}: one of {', '.join(FAMILIES)}")
+        family = _family_of_folder(folder, family)
+        pipe = _from_pretrained(cls, folder, "--model", torch_dtype=dtype)
+        if distilled is not None:
+            _apply_family(pipe, family, str(distilled), dtype)
+        else:
+            _set_scheduler(pipe, family)
+    if not isinstance(pipe.scheduler, diffusers.SchedulerMixin):
+        raise InputError(f"--model {name}: no usable scheduler")
+    return pipe, family
+
+
 def load_fastface(
     model: str | os.PathLike,
     *,
@@ -216,33 +262,11 @@ def load_fastface(
         image_encoder: CLIP ViT-H/14 vision model, folder or Hub id (default laion's).
         dtype, device: where the models live (CPU fp32 by default; FastFace used fp16).
     """
-    import diffusers
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    name = str(model)
-    if name in FAMILIES:
-        if family is not None and family != name:
-            raise InputError(f"--family {family}: --model {name} is already a family")
-        family = name
-        pipe = _from_pretrained(FastFacePipeline, base or DEFAULT_BASE, "--base", torch_dtype=dtype)
-        _apply_family(pipe, family, str(distilled or FAMILIES[family].source), dtype)
-    else:
-        folder = Path(name).expanduser()
-        if not (folder / "model_index.json").is_file():
-            raise InputError(
-                f"--model {name}: neither a family ({', '.join(FAMILIES)}) nor a diffusers "
-                "pipeline folder (no model_index.json)"
-            )
-        if family is not None and family not in FAMILIES:
-            raise InputError(f"--family {family}: one of {', '.join(FAMILIES)}")
-        family = _family_of_folder(folder, family)
-        pipe = _from_pretrained(FastFacePipeline, folder, "--model", torch_dtype=dtype)
-        if distilled is not None:
-            _apply_family(pipe, family, str(distilled), dtype)
-        else:
-            _set_scheduler(pipe, family)
-    if not isinstance(pipe.scheduler, diffusers.SchedulerMixin):
-        raise InputError(f"--model {name}: no usable scheduler")
+    pipe, family = load_sdxl_family(
+        model, family=family, base=base, distilled=distilled, dtype=dtype
+    )
     encoder_source = image_encoder or DEFAULT_IMAGE_ENCODER
     encoder = _from_pretrained(
         CLIPVisionModelWithProjection, encoder_source, "--image-encoder", dtype=dtype
