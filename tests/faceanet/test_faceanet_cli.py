@@ -1,5 +1,6 @@
 """FaceA-Net generation options: the context model's defaults."""
 
+
 def test_context_defaults_follow_the_few_step_family():
     from instantportrait.pipelines.faceanet_context import context_defaults
 
