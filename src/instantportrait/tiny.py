@@ -25,6 +25,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.components:write_tiny_edit",
         "InstantPortrait editor (IDE-Net/IPNet pipeline folder) for `edit --model`",
     ),
+    "restore": (
+        "instantportrait.pipelines.restore:write_tiny_restore",
+        "DIIR face restorer (SD1.5-architecture + landmark ControlNet) for `restore --model`",
+    ),
 }
 
 DEFAULT_KIND = next(iter(TINY_KINDS))
