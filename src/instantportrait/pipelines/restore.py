@@ -15,12 +15,14 @@ faces of one image run together; spec §4.2 "multi-ID restoration"):
 4. ``I_R = VAE_dec(Z_0)``.
 
 The identity embedding F_id, when given (``id_embeds``), goes to the ControlNet only: through
-the ControlNet's own ``id_conditioning_kwargs(id_embeds)`` when it defines one (FPGA's
-ID-ControlNet), else as ``cross_attention_kwargs={"id_embeds": ...}`` for its processors.
+the ControlNet's own ``id_conditioning_kwargs(id_embeds)`` when it defines one, as the
+``id_embeds=`` argument of its ``forward`` when it takes one (FPGA's ``IDControlNetModel``),
+else as ``cross_attention_kwargs={"id_embeds": ...}`` for its attention processors.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -167,6 +169,8 @@ class DIIRPipeline(DiffusionPipeline):
         hook = getattr(self.controlnet, "id_conditioning_kwargs", None)
         if callable(hook):
             return hook(id_embeds)
+        if "id_embeds" in inspect.signature(self.controlnet.forward).parameters:
+            return {"id_embeds": id_embeds}
         return {"cross_attention_kwargs": {"id_embeds": id_embeds}}
 
     def predict_noise(
