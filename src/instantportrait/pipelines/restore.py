@@ -136,7 +136,9 @@ class DIIRPipeline(DiffusionPipeline):
             raise InputError(f"image/control_image: all crops must share one size, got {sizes}")
         (w, h) = sizes.pop()
         if w % self.vae_scale_factor or h % self.vae_scale_factor:
-            raise InputError(f"image: crop size {w}x{h} must be a multiple of {self.vae_scale_factor}")
+            raise InputError(
+                f"image: crop size {w}x{h} must be a multiple of {self.vae_scale_factor}"
+            )
         if mask.ndim != 4 or mask.shape[0] not in (1, n) or tuple(mask.shape[-2:]) != (h, w):
             raise InputError(f"mask: expected ({n}, 1, {h}, {w}), got {tuple(mask.shape)}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -149,7 +151,9 @@ class DIIRPipeline(DiffusionPipeline):
         if stats_region not in STATS_REGIONS:
             raise InputError(f"stats_region: one of {', '.join(STATS_REGIONS)}")
         if id_embeds is not None and (id_embeds.ndim != 3 or id_embeds.shape[0] not in (1, n)):
-            raise InputError(f"id_embeds: expected ({n}, tokens, dim), got {tuple(id_embeds.shape)}")
+            raise InputError(
+                f"id_embeds: expected ({n}, tokens, dim), got {tuple(id_embeds.shape)}"
+            )
 
     # ------------------------------------------------------------------ the model
     def encode_text(self, texts: list[str], device: torch.device) -> torch.Tensor:
@@ -248,7 +252,9 @@ class DIIRPipeline(DiffusionPipeline):
         dtype = self.unet.dtype
         prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
         prompts = [prompts[0]] * n if len(prompts) == 1 else prompts
-        prompts = [check_prompt(p, self.tokenizer, name=f"prompt[{i}]") for i, p in enumerate(prompts)]
+        prompts = [
+            check_prompt(p, self.tokenizer, name=f"prompt[{i}]") for i, p in enumerate(prompts)
+        ]
         text = self.encode_text(prompts, device)
         cfg = guidance_scale > 1
         uncond = self.encode_text([negative_prompt or ""] * n, device) if cfg else None

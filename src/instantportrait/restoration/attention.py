@@ -111,7 +111,9 @@ class SelfAttentionFusionProcessor:
         key = (int(store.timestep), self.name)
         if store.mode == "capture":
             kept = out.detach()
-            store.features[key] = kept if store.cache_device is None else kept.to(store.cache_device)
+            store.features[key] = (
+                kept if store.cache_device is None else kept.to(store.cache_device)
+            )
             return out
         cached = store.features[key].to(out.device, out.dtype)
         b, n, c = out.shape
