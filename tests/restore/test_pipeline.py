@@ -30,7 +30,9 @@ def test_outside_the_mask_latents_are_the_inversion_cache(diir_pipe, small_astro
     outside = lmask == 0
     assert outside.any() and (lmask > 0).any()
     diff = (out.latents - cached).abs()
-    assert torch.equal(out.latents.expand_as(diff)[outside.expand_as(diff)], cached[outside.expand_as(diff)])
+    assert torch.equal(
+        out.latents.expand_as(diff)[outside.expand_as(diff)], cached[outside.expand_as(diff)]
+    )
     assert diff[(lmask == 1).expand_as(diff)].max() > 1e-3  # the face was regenerated
     assert isinstance(out.images[0], Image.Image) and out.images[0].size == (64, 64)
 
