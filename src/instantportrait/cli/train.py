@@ -18,6 +18,12 @@ from typing import Any
 TRAINERS = {
     "idenet": ("instantportrait.training.idenet", "IDENetConfig", "IDENetTrainer", "idenet.json"),
     "ipnet": ("instantportrait.training.ipnet", "IPNetConfig", "IPNetTrainer", "ipnet.json"),
+    "repcontrolnet": (
+        "instantportrait.training.repcontrolnet",
+        "RepControlNetConfig",
+        "RepControlNetTrainer",
+        "repcontrolnet.json",
+    ),
 }
 
 
