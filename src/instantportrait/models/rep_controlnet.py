@@ -324,13 +324,15 @@ class RepControlNet(nn.Module):
             ).sample
 
     @torch.no_grad()
-    def merge(self, alpha: float = 1.0, beta: float = 1.0):
+    def merge(self, alpha: float = 1.0, beta: float = 1.0, *, inplace: bool = False):
         """A plain ``UNet2DConditionModel`` with ``Theta' = alpha Theta + beta Theta_m`` (Eq. 6).
 
         Every conv/linear has the base's shape; the ID processors (referencing this model's
         :attr:`id_projections`) are set on it; the adapter stays apart (:attr:`adapter`).
+        ``inplace=True`` folds this model's own UNet (no copy: half the memory at real size;
+        this wrapper is no longer a two-branch model afterwards).
         """
-        merged = copy.deepcopy(self.unet)
+        merged = self.unet if inplace else copy.deepcopy(self.unet)
         for module in list(merged.modules()):
             for child_name, child in list(module.named_children()):
                 if isinstance(child, RepLayer):
