@@ -97,20 +97,20 @@ def main() -> int:
 
     measure("base", base_fn, count_parameters(unet))
 
-    controlnet = ControlNetModel.from_unet(unet).eval()
+    held = {"controlnet": ControlNetModel.from_unet(unet).eval()}
 
     def cn_fn(side):
         x, t, txt, cond, _ = inputs(side)
 
         def run():
-            down, mid = controlnet(x, t, txt, controlnet_cond=cond, return_dict=False)
+            down, mid = held["controlnet"](x, t, txt, controlnet_cond=cond, return_dict=False)
             return unet(x, t, txt, down_block_additional_residuals=down,
                         mid_block_additional_residual=mid)  # fmt: skip
 
         return run
 
-    measure("controlnet+unet", cn_fn, count_parameters(unet) + count_parameters(controlnet))
-    del controlnet
+    measure("controlnet+unet", cn_fn, count_parameters(unet) + count_parameters(held["controlnet"]))
+    held.clear()
     gc.collect()
 
     rep = RepControlNet(unet).eval()  # wraps `unet` in place: the base is not needed after
