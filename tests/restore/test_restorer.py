@@ -92,3 +92,15 @@ def test_several_faces_one_batch_and_face_swap(diir_pipe, small_astronaut, grace
     plain = FaceRestorer(Spy(), num_inference_steps=1, guidance_scale=1.0)
     notes = plain.restore(pair, hopper, name="pair").notes
     assert any("no ID encoder" in n for n in notes)
+
+
+def test_evaluation_restore_method_wraps_another(restore_bundle, small_astronaut):
+    from instantportrait.evaluation.methods import build_method
+
+    spec = f"restore:{restore_bundle},method=identity,restore_steps=1,restore_guidance=1"
+    method = build_method(spec)
+    out = method.generate(small_astronaut, "a prompt", 0, face="astro")
+    assert out.size == small_astronaut.size
+    assert not np.array_equal(np.asarray(out), np.asarray(small_astronaut))
+    assert method.cost() == {"params": 0, "steps": 3}
+    method.close()

@@ -184,6 +184,7 @@ METHOD_MODULES: dict[str, str] = {
     "fastface": "instantportrait.pipelines.fastface:FastFaceMethod",
     "facea-net": "instantportrait.pipelines.decoupled:FaceANetMethod",
     "fpga": "instantportrait.pipelines.fpga:FPGAMethod",
+    "restore": "instantportrait.restoration.evaluation:RestoredMethod",
 }
 
 
