@@ -104,3 +104,19 @@ def test_evaluation_restore_method_wraps_another(restore_bundle, small_astronaut
     assert not np.array_equal(np.asarray(out), np.asarray(small_astronaut))
     assert method.cost() == {"params": 0, "steps": 3}
     method.close()
+
+
+def test_from_pipeline_shares_components_and_takes_the_id_encoder(diir_pipe):
+    from types import SimpleNamespace
+
+    calls = []
+    host = SimpleNamespace(
+        **{k: getattr(diir_pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet")},
+        controlnet=diir_pipe.controlnet,
+        scheduler=diir_pipe.scheduler,
+        encode_identity=lambda images: calls.append(len(images)) or torch.zeros(1, 4, 32),
+    )
+    restorer = FaceRestorer.from_pipeline(host, resolution=64)
+    assert restorer.pipeline.unet is diir_pipe.unet and restorer.resolution == 64
+    restorer.id_encoder([Image.new("RGB", (8, 8))])
+    assert calls == [1]

@@ -120,12 +120,53 @@ class FaceRestorer:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> FaceRestorer:
-        """A restorer on the DIIR pipeline folder ``path``; ``kwargs`` as for the constructor."""
+        """A restorer on the model folder ``path``; ``kwargs`` as for the constructor.
+
+        A DIIR folder (``init-tiny --kind restore``) loads as it is; an FPGA pipeline folder
+        (``_class_name`` ``FPGAPipeline``: SD1.5 + ID-ControlNet + resampler) loads through
+        :meth:`from_pipeline`, so its ``encode_identity`` becomes the ID encoder.
+        """
+        import json
+        from pathlib import Path
+
         from ..pipelines.restore import DIIRPipeline
 
+        index = Path(path).expanduser() / "model_index.json"
+        if index.is_file() and json.loads(index.read_text()).get("_class_name") == "FPGAPipeline":
+            from ..pipelines.fpga import FPGAPipeline  # issue 15
+
+            return cls.from_pipeline(FPGAPipeline.from_pretrained(str(path)), **kwargs)
         pipe = DIIRPipeline.from_pretrained(path)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, **kwargs)
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any, *, resolution: int = 512, **kwargs: Any) -> FaceRestorer:
+        """A restorer sharing the components of another SD1.5 + landmark-ControlNet pipeline.
+
+        ``pipe`` needs ``vae``, ``text_encoder``, ``tokenizer``, ``unet``, ``controlnet`` and
+        ``scheduler`` (a DDIM scheduler is made from its config); when it has
+        ``encode_identity(images) -> F_id`` (FPGA's pipeline) that becomes the ID encoder
+        unless ``id_encoder`` is given.
+        """
+        from diffusers import DDIMScheduler
+
+        from ..pipelines.restore import DIIRPipeline
+
+        diir = DIIRPipeline(
+            vae=pipe.vae,
+            text_encoder=pipe.text_encoder,
+            tokenizer=pipe.tokenizer,
+            unet=pipe.unet,
+            controlnet=pipe.controlnet,
+            scheduler=DDIMScheduler.from_config(pipe.scheduler.config),
+            resolution=resolution,
+        )
+        diir.set_progress_bar_config(disable=True)
+        encode = getattr(pipe, "encode_identity", None)
+        if callable(encode) and kwargs.get("id_encoder") is None:
+            kwargs["id_encoder"] = encode
+        return cls(diir, **kwargs)
 
     @property
     def resolution(self) -> int:
