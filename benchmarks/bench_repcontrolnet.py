@@ -59,6 +59,11 @@ def main() -> int:
     ap.add_argument("--flops-resolution", type=int, default=512, help="image side for FLOPs")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument(
+        "--meta",
+        action="store_true",
+        help="count FLOPs only, on the meta device (no memory, no lock needed; no timings)",
+    )
+    ap.add_argument(
         "--out", default=str(ROOT / "benchmarks" / "results" / "repcontrolnet_cpu.json")
     )
     args = ap.parse_args()
@@ -70,7 +75,13 @@ def main() -> int:
     from instantportrait.models.rep_controlnet import RepControlNet, adapter_injection
 
     torch.manual_seed(0)
-    unet = build_components("sd15", seed=0)["unet"].eval()
+    if args.meta:
+        from instantportrait.components import SD15_UNET_CONFIG, _unet
+
+        torch.set_default_device("meta")
+        unet = _unet(SD15_UNET_CONFIG).eval()
+    else:
+        unet = build_components("sd15", seed=0)["unet"].eval()
 
     def inputs(side: int, batch: int = 1):
         lat = side // 8
@@ -86,10 +97,13 @@ def main() -> int:
 
     def measure(name: str, make_fn, params: int) -> None:
         f = flops(make_fn(args.flops_resolution))
-        t = timed(make_fn(args.resolution), args.repeats)
-        results[name] = {"flops": f, "tflops": round(f / 1e12, 4), "seconds": round(t, 3),
+        t = None if args.meta else timed(make_fn(args.resolution), args.repeats)
+        results[name] = {"flops": f, "tflops": round(f / 1e12, 4), "seconds": None if t is None else round(t, 3),
                          "params_m": round(params / 1e6, 1)}  # fmt: skip
-        print(f"{name:18s} {f / 1e12:7.3f} TFLOPs  {t:7.3f} s  {params / 1e6:8.1f} M", flush=True)
+        print(
+            f"{name:18s} {f / 1e12:7.3f} TFLOPs  {t or float('nan'):7.3f} s  {params / 1e6:8.1f} M",
+            flush=True,
+        )
 
     def base_fn(side):
         x, t, txt, _, _ = inputs(side)
@@ -142,25 +156,31 @@ def main() -> int:
         "merged_vs_controlnet_flops": round(
             r["rep merged"]["flops"] / r["controlnet+unet"]["flops"], 4
         ),
-        "speedup_over_controlnet": round(
-            r["controlnet+unet"]["seconds"] / r["rep merged"]["seconds"], 3
+        "flops_speedup_over_controlnet": round(
+            r["controlnet+unet"]["flops"] / r["rep merged"]["flops"], 3
         ),
-        "merged_vs_base_time": round(r["rep merged"]["seconds"] / r["base"]["seconds"], 3),
         "adapter_tflops_once_per_image": round(adapter_flops / 1e12, 4),
         "paper_table5_tflops": {"sd15": 0.68, "controlnet+sd15": 0.91, "repcontrolnet": 0.69},
     }
+    if not args.meta:
+        summary["speedup_over_controlnet"] = round(
+            r["controlnet+unet"]["seconds"] / r["rep merged"]["seconds"], 3
+        )
+        summary["merged_vs_base_time"] = round(r["rep merged"]["seconds"] / r["base"]["seconds"], 3)
     print(json.dumps(summary, indent=2))
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "environment": environment_report(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "timing_resolution": args.resolution,
+        "timing_resolution": None if args.meta else args.resolution,
         "flops_resolution": args.flops_resolution,
         "torch_threads": torch.get_num_threads(),
         "results": results,
         "summary": summary,
     }
     out = Path(args.out)
+    if args.meta and out.name == "repcontrolnet_cpu.json":
+        out = out.with_name("repcontrolnet_flops.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(out)
