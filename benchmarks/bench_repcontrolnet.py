@@ -98,8 +98,12 @@ def main() -> int:
     def measure(name: str, make_fn, params: int) -> None:
         f = flops(make_fn(args.flops_resolution))
         t = None if args.meta else timed(make_fn(args.resolution), args.repeats)
-        results[name] = {"flops": f, "tflops": round(f / 1e12, 4), "seconds": None if t is None else round(t, 3),
-                         "params_m": round(params / 1e6, 1)}  # fmt: skip
+        results[name] = {
+            "flops": f,
+            "tflops": round(f / 1e12, 4),
+            "seconds": None if t is None else round(t, 3),
+            "params_m": round(params / 1e6, 1),
+        }
         print(
             f"{name:18s} {f / 1e12:7.3f} TFLOPs  {t or float('nan'):7.3f} s  {params / 1e6:8.1f} M",
             flush=True,
