@@ -81,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
         stats_region=args.stats_region,
         **kwargs,
     )
-    restorer.pipeline.to(device=device, dtype=dtype)
+    restorer.pipeline.to(device=device)
+    if dtype != restorer.pipeline.unet.dtype:
+        restorer.pipeline.to(dtype=dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
     for f in tqdm(files, desc="restoring", unit="image", disable=len(files) < 2, file=sys.stderr):
         result = restorer.restore(f, id_image, name=str(f))

@@ -63,7 +63,9 @@ def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
         restore_below=args.restore_below,
         num_inference_steps=args.restore_steps,
     )
-    restorer.pipeline.to(device=device, dtype=dtype)
+    restorer.pipeline.to(device=device)
+    if dtype != restorer.pipeline.unet.dtype:
+        restorer.pipeline.to(dtype=dtype)
     if prompt:
         restorer.prompt = prompt
     args._restorer = restorer
