@@ -53,3 +53,16 @@ def test_edit_restore_needs_a_model(tmp_path, capsys):
     ]
     assert main(argv) == 2
     assert "--restore-model" in capsys.readouterr().err
+
+
+def test_maybe_restore_passes_through_without_the_flag():
+    import argparse
+
+    from instantportrait.cli.restore_option import add_restore_arguments, maybe_restore
+
+    parser = argparse.ArgumentParser()
+    add_restore_arguments(parser)
+    args = parser.parse_args([])
+    images = [Image.new("RGB", (8, 8))]
+    assert maybe_restore(images, args, images) == images
+    assert args.restore_below == 100 and args.restore_steps == 30
