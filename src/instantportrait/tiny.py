@@ -57,6 +57,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.pipelines.faceanet:write_tiny_inpaint",
         "SD-inpainting model (9-channel UNet) for `train faceanet --base`",
     ),
+    "restore": (
+        "instantportrait.pipelines.restore:write_tiny_restore",
+        "DIIR face restorer (SD1.5-architecture + landmark ControlNet) for `restore --model`",
+    ),
 }
 
 DEFAULT_KIND = next(iter(TINY_KINDS))

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "edit",
     "edit_video",
     "generate",
+    "restore",
     "init_tiny",
     "faces",
     "data",

@@ -92,6 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_speed_arguments(p)
     add_device_arguments(p)
+    from .restore_option import add_restore_arguments
+
+    add_restore_arguments(p.add_argument_group("face restoration (DIIR)"))
     p.set_defaults(func=run)
 
 
@@ -142,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..speed import resolve_speed
     from .common import quiet_libraries
+    from .restore_option import build_restorer, maybe_restore
 
     # Every argument, input and output is checked before the model loads or anything is written.
     if args.steps is not None and args.steps < 1:
@@ -195,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
     if not jobs:
         return 0
 
+    if args.restore:
+        build_restorer(args)  # a missing or bad --restore-model fails before any editing
     from ..pipelines import load_edit_pipeline
 
     quiet_libraries()
@@ -225,9 +231,10 @@ def run(args: argparse.Namespace) -> int:
         generator = seeded_generator(args.seed, device)
         if per > 1:
             generator = [seeded_generator(args.seed + k, device) for k in range(per)]
+        source = load_image(f)
         results = pipe(
             prompt,
-            load_image(f),
+            source,
             num_inference_steps=steps,
             guidance_scale=args.guidance_scale,
             image_guidance_scale=args.image_guidance_scale,
@@ -237,6 +244,8 @@ def run(args: argparse.Namespace) -> int:
             resolution=args.resolution,
             num_images_per_prompt=per,
         ).images
+        # the edit's identity is its input's: DIIR restores each small face towards it
+        results = maybe_restore(results, args, [source], prompt=None)
         for result, dest in zip(results, dests):
             if dest.exists() and args.skip_existing:
                 continue

@@ -6,6 +6,7 @@ from .edit import InstantPortraitPipeline, InstantPortraitPipelineOutput
 from .loading import load_edit_pipeline
 
 __all__ = [
+    "DIIRPipeline",
     "FastFacePipeline",
     "InstantPortraitPipeline",
     "InstantPortraitPipelineOutput",
@@ -19,4 +20,8 @@ def __getattr__(name: str) -> Any:
         from .fastface import FastFacePipeline
 
         return FastFacePipeline
+    if name == "DIIRPipeline":
+        from .restore import DIIRPipeline
+
+        return DIIRPipeline
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
