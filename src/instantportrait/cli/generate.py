@@ -11,6 +11,8 @@ the two that most methods take, each read by the method as it needs: ``--model``
 method's model; ``None`` when not given) and ``--id-image`` (repeatable; a list or ``None``).
 A method that takes neither refuses them with one line.
 An option that belongs to another method than the selected one is one clear error (exit 2).
+``--restore [--restore-model PATH ...]`` is shared too: a method passes each output through
+:func:`restored` before saving it, so DIIR repairs its small faces.
 Adding a method is one line in :data:`GENERATE_METHODS`; a module not present is skipped.
 """
 
@@ -80,6 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_device_arguments(p)
+    from .restore_option import add_restore_arguments
+
+    add_restore_arguments(p.add_argument_group("face restoration (DIIR), every method"))
     owners: dict[str, str] = {}
     for method, module in methods.items():
         group = p.add_argument_group(f"--method {method}")
@@ -138,11 +143,26 @@ def refuse_shared(args: argparse.Namespace, *names: str, hint: str = "") -> None
             raise InputError(f"{flag}: not an option of --method {args.method}{hint}")
 
 
+def restored(image, args: argparse.Namespace, id_image=None, prompt: str | None = None):
+    """``image`` with its small faces restored by DIIR when ``--restore`` was given.
+
+    ``id_image``: the identity the faces should have (FastFace's ``--id-image``); ``None``
+    restores each face towards itself (several people, or a tuned identity).
+    """
+    from .restore_option import maybe_restore
+
+    return maybe_restore([image], args, None if id_image is None else [id_image], prompt=prompt)[0]
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
 
     check_method_options(args, args._generate_parser)
     if args.num_images_per_prompt < 1:
         raise InputError("--num-images-per-prompt: must be at least 1")
+    if args.restore:
+        from .restore_option import build_restorer
+
+        build_restorer(args)  # a missing or bad --restore-model fails before generating
     module = available_methods()[args.method]
     return int(module.run(args) or 0)

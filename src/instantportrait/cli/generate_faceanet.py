@@ -66,8 +66,15 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io import load_image, prepare_output, save_image
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
-    from .generate import prompts_of
+    from .generate import prompts_of, refuse_shared, restored
 
+    refuse_shared(
+        args,
+        "model",
+        "id_image",
+        hint=" (it takes --identity RUN, a person tuned with `train faceanet`, and "
+        "--context-model)",
+    )
     if not args.identity:
         raise InputError("--identity: the tuned identity (run folder) is required")
     if not args.context_image and not args.context_model:
@@ -127,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
             for w in caught:
                 if issubclass(w.category, NoFaceWarning):
                     print(f"warning: {prompt!r} seed {seed}: {w.message}", file=sys.stderr)
-            save_image(result.images[0], out / f"{index:04d}.png")
+            image = restored(result.images[0], args, prompt=prompt)
+            save_image(image, out / f"{index:04d}.png")
             save_image(result.context_images[0], out / f"{index:04d}_context.png")
             t_c, t_id = result.prompts[0]
             records.append(

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import atomic_write, prepare_output, save_image
     from ..pipelines.faceid import FaceIDEncoder, load_face_model
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
-    from .generate import prompts_of, single_id_image
+    from .generate import prompts_of, restored, single_id_image
 
     prompts = prompts_of(args)
     id_image = single_id_image(args)
@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             lora_scale=args.lora_scale,
             generator=seeded_generator(seed, device),
         ).images[0]
+        image = restored(image, args, id_image, prompt=prompts[i])
         dest = out_dir / f"{i:03d}_{j:02d}.png"
         save_image(image, dest)
         records.append({"file": dest.name, "prompt": prompts[i], "seed": seed})

@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError, ModelNotFoundError
     from ..io import load_image, prepare_output, save_image
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
-    from .generate import prompts_of
+    from .generate import prompts_of, restored
 
     prompts = prompts_of(args)
     # the shared --model / --id-image of `generate` stand for --fpga-model / --fpga-id-image
@@ -187,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
                 id_scale=args.fpga_id_scale,
                 generator=seeded_generator(args.seed + n, device),
             ).images[0]
+            image = restored(image, args, prompt=p)  # several people: each face towards itself
             path = save_image(image, out / f"{n:04d}.png")
             print(path)
             n += 1
