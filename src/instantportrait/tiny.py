@@ -25,6 +25,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.components:write_tiny_edit",
         "InstantPortrait editor (IDE-Net/IPNet pipeline folder) for `edit --model`",
     ),
+    "inpaint": (
+        "instantportrait.pipelines.faceanet:write_tiny_inpaint",
+        "SD-inpainting model (9-channel UNet) for `train faceanet --base`",
+    ),
 }
 
 DEFAULT_KIND = next(iter(TINY_KINDS))

@@ -18,7 +18,15 @@ from typing import Any
 TRAINERS = {
     "idenet": ("instantportrait.training.idenet", "IDENetConfig", "IDENetTrainer", "idenet.json"),
     "ipnet": ("instantportrait.training.ipnet", "IPNetConfig", "IPNetTrainer", "ipnet.json"),
+    "faceanet": (
+        "instantportrait.training.faceanet",
+        "FaceANetConfig",
+        "FaceANetTrainer",
+        "faceanet.json",
+    ),
 }
+#: trainer name -> module of this package with its own flags (``add_arguments``, ``overrides``)
+TRAINER_FLAGS = {"faceanet": "train_faceanet"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                 choices=["high", "middle", "low", "all"],
                 help="a stage of Table 6, or all three in order (default all)",
             )
+        if name in TRAINER_FLAGS:
+            importlib.import_module(f"{__package__}.{TRAINER_FLAGS[name]}").add_arguments(t)
         t.set_defaults(func=run)
 
 
@@ -88,7 +98,11 @@ def _train(name: str, cfg, resolved, resume: str | None) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     if args.trainer != "ipnet":
-        cfg, resolved = resolve(args.trainer, args.config, args.set)
+        extra = []
+        if args.trainer in TRAINER_FLAGS:
+            flags = importlib.import_module(f"{__package__}.{TRAINER_FLAGS[args.trainer]}")
+            extra = flags.overrides(args)
+        cfg, resolved = resolve(args.trainer, args.config, [*extra, *args.set])
         if args.dry_run:
             print(json.dumps(resolved, indent=2))
             return 0

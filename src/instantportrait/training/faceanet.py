@@ -1,0 +1,591 @@
+"""FaceA-Net test-time tuning (Wang et al., AAAI 2025, §3.2): a PEFT LoRA on an SD-inpainting
+UNet plus the ``[feat]`` vectors, trained on ~3 photos of one person with eq. 2.
+
+Each step (batch of crops drawn from the photos): the **global task** masks the whole face
+and reconstructs it with ``T_face`` ("a woman face" + its feat vectors); the **local task**
+draws one attribute ``v`` of left eye / right eye / nose / mouth uniformly (once per step;
+``tuning.attribute_sampling=sample`` draws per sample), masks it and reconstructs it with
+``T_v``, with its own timestep and noise. ``L_A`` is their sum
+(:func:`~instantportrait.losses.attribute.attribute_reconstruction_loss`). Only the LoRA and
+the vectors learn: the UNet base, VAE and text encoder are frozen.
+
+Attribute swap (the paper's Fig. 7): ``model.init_from`` a tuned identity, new photos,
+``tuning.tasks=local`` and ``tuning.attribute=nose``: about 100 steps of the local task only.
+Checkpoints hold only the trainable tensors (LoRA + vectors), never the base UNet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..losses.attribute import attribute_reconstruction_loss
+from ..models.feat_embeddings import (
+    ATTRIBUTES,
+    DEFAULT_NUM_VECTORS,
+    TASKS,
+    FeatEmbeddings,
+    encode_with_feats,
+    task_prompt,
+    tokenize,
+)
+from ..parameterization import add_noise, alpha_bar
+from ..pipelines.faceanet_parts import (
+    ADAPTER,
+    DEFAULT_BASE,
+    add_lora,
+    inpaint_unet_input,
+    load_identity,
+    masked_image,
+    read_identity_meta,
+    save_identity,
+)
+from .config import check
+from .loop import OptimConfig, RunConfig, Trainer
+
+logger = logging.getLogger(__name__)
+AttributeName = Literal["", "left_eye", "right_eye", "nose", "mouth"]
+
+
+@dataclass
+class FaceANetModelConfig:
+    """G_id, the LoRA and the ``[feat]`` vectors."""
+
+    #: SD-inpainting folder or Hub id; ``tiny`` / ``random-real`` for tests and benchmarks;
+    #: empty: the identity's base with ``init_from``, else runwayml/stable-diffusion-inpainting
+    base: str = ""
+    seed: int = 0
+    lora_rank: int = 48
+    lora_alpha: float = 48.0
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    feat_space: Literal["output", "input"] = "output"
+    #: vectors per task; 0: 3 for a man, 4 for a woman (the paper's n)
+    num_vectors: int = 0
+    #: False: the ablation of Table 2 without embeddings (plain T_face / T_v prompts)
+    use_embeddings: bool = True
+    #: a tuned identity (folder) to continue from: the attribute swap of Fig. 7
+    init_from: str = ""
+
+    def __post_init__(self) -> None:
+        check(self.lora_rank >= 1, "model.lora_rank: must be at least 1")
+        check(self.num_vectors >= 0, "model.num_vectors: must be >= 0 (0: by gender)")
+        check(bool(self.lora_targets), "model.lora_targets: at least one module name")
+
+
+@dataclass
+class FaceANetDataConfig:
+    """The person's photos, cropped around the face; masks from the face stack's landmarks."""
+
+    images: list[str] = field(default_factory=list)
+    #: man or woman (sets "a man/woman ..." and n); empty: taken from ``model.init_from``
+    gender: Literal["", "man", "woman"] = ""
+    resolution: int = 512
+    #: crop side = this x the face box's long side (head and shoulders)
+    crop_scale: float = 2.25
+    mask_shape: Literal["box", "polygon"] = "box"
+    #: boxes grown by this fraction of the face box's side on each side
+    mask_dilate: float = 0.05
+    #: horizontal flips (left/right eye masks swapped with the image)
+    random_flip: bool = False
+    detector: Literal["hog", "mmod"] = "hog"
+    #: boxes from the face stack's landmarks, or from Grounding-DINO (needs its weights)
+    mask_source: Literal["landmarks", "grounding-dino"] = "landmarks"
+    #: a local Grounding-DINO folder (transformers format) for ``mask_source=grounding-dino``
+    grounding_dino: str = ""
+
+    def __post_init__(self) -> None:
+        check(
+            self.mask_source != "grounding-dino" or bool(self.grounding_dino),
+            "data.grounding_dino: the Grounding-DINO folder is needed for that mask source",
+        )
+        check(
+            self.resolution >= 8 and self.resolution % 8 == 0,
+            f"data.resolution: a multiple of 8, got {self.resolution}",
+        )
+        check(self.crop_scale >= 1.0, "data.crop_scale: must be >= 1")
+        check(self.mask_dilate >= 0.0, "data.mask_dilate: must be >= 0")
+
+
+@dataclass
+class FaceANetTuneConfig:
+    """The objective of eq. 2 and its options."""
+
+    #: both terms (eq. 2), only the global face task, or only the local task (attribute swap)
+    tasks: Literal["both", "global", "local"] = "both"
+    #: restrict the local task to one attribute (attribute swap); empty: uniform over all four
+    attribute: AttributeName = ""
+    #: one attribute per step for the whole batch (the paper) or one per sample
+    attribute_sampling: Literal["step", "sample"] = "step"
+    #: mean over the mask instead of the full latent (off: the paper's literal loss)
+    mask_weighted: bool = False
+    lr_embeddings: float = 2e-3
+    weight_decay_embeddings: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self.lr_embeddings > 0, "tuning.lr_embeddings: must be positive")
+
+
+@dataclass
+class FaceANetValidationConfig:
+    """Repaint the first crop's face with T'_id for each prompt; a grid per validation."""
+
+    prompts: list[str] = field(default_factory=lambda: ["a {noun}, smiling"])
+    steps: int = 20
+    guidance_scale: float = 7.5
+    seed: int = 0
+
+
+@dataclass
+class FaceANetConfig:
+    model: FaceANetModelConfig = field(default_factory=FaceANetModelConfig)
+    data: FaceANetDataConfig = field(default_factory=FaceANetDataConfig)
+    tuning: FaceANetTuneConfig = field(default_factory=FaceANetTuneConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1.2e-4))
+    training: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/faceanet"))
+    validation: FaceANetValidationConfig = field(default_factory=FaceANetValidationConfig)
+
+    def __post_init__(self) -> None:
+        check(bool(self.data.images), "data.images: the person's photos are required (--images)")
+        check(
+            bool(self.data.gender) or bool(self.model.init_from),
+            "data.gender: man or woman is required (--gender)",
+        )
+        if self.tuning.attribute:
+            check(self.tuning.tasks == "local", "tuning.attribute: needs tuning.tasks=local")
+
+
+# ---- data -------------------------------------------------------------------------------
+class PhotoCrops(torch.utils.data.Dataset):
+    """The crops and their task masks, indexed by ``(epoch, index)``.
+
+    Its length is ``repeats x`` the number of photos so that a batch of 4 can be drawn from 3
+    photos: the resumable sampler shuffles this virtual list each epoch (photos drawn
+    uniformly, each as often as the others).
+    """
+
+    def __init__(self, images, masks, repeats: int, random_flip: bool, seed: int):
+        self.images, self.masks = images, masks
+        self.repeats, self.random_flip, self.seed = repeats, random_flip, seed
+
+    def __len__(self) -> int:
+        return len(self.images) * self.repeats
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = key
+        i = index % len(self.images)
+        image, masks = self.images[i], self.masks[i]
+        if self.random_flip:
+            g = torch.Generator().manual_seed(self.seed * 7_919 + epoch * 104_729 + index)
+            if bool(torch.rand((), generator=g) < 0.5):
+                image, masks = image.flip(-1), masks.flip(-1)
+                # the subject's left eye is now where a right eye would be
+                order = [TASKS.index(t) for t in ("face", "right_eye", "left_eye", "nose", "mouth")]
+                masks = masks[order]
+        return {"image": image, "masks": masks}
+
+
+def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def grounding_masks(
+    detector, crop, size: tuple[int, int], dilate: float
+) -> tuple[torch.Tensor, list[str]]:
+    """Box masks of a crop from Grounding-DINO; parts it misses use the landmark boxes.
+
+    Returns the masks ``(5, 1, H, W)`` and the names of the parts that fell back.
+    """
+    from ..data.face_crops import box_mask, part_boxes
+
+    found = detector.boxes(crop.image)
+    fallback = part_boxes(crop.landmarks68, dilate)
+    face = found["face"] if found["face"] is not None else fallback["face"]
+    grow = dilate * float(max(face[2] - face[0], face[3] - face[1]))
+    masks, missed = [], []
+    for task in TASKS:
+        box = found[task]
+        if box is None:
+            missed.append(task)
+            box = fallback[task]
+        else:
+            box = np.asarray(box) + np.array([-grow, -grow, grow, grow])
+        masks.append(box_mask(box, size))
+    return torch.stack(masks), missed
+
+
+def prepare_crops(data: FaceANetDataConfig, device: torch.device | str = "cpu"):
+    """Detect, crop and mask each photo; returns (images [-1,1], masks, FaceCrop list)."""
+    from ..data.face_crops import head_and_shoulders_crop, task_masks
+    from ..faces.detect import NoFaceFoundError, detect
+    from ..io import load_image
+
+    detector = None
+    if data.mask_source == "grounding-dino":
+        from ..data.grounding_boxes import GroundingDinoBoxes
+
+        detector = GroundingDinoBoxes(data.grounding_dino, device=device)
+    images, masks, crops = [], [], []
+    for k, src in enumerate(data.images):
+        name = f"--images[{k}] {src}"
+        img = load_image(src, name=name)
+        try:
+            det = detect(img, method=data.detector, select="largest", landmarks=68)
+        except NoFaceFoundError as exc:
+            reason = str(exc).partition(": ")[2]
+            raise NoFaceFoundError(f"{name}: {reason} (FaceA-Net tunes on face photos)") from None
+        crop = head_and_shoulders_crop(
+            img, det.landmarks68[0].numpy(), resolution=data.resolution, scale=data.crop_scale
+        )
+        arr = np.asarray(crop.image, dtype=np.float32) / 127.5 - 1.0
+        images.append(torch.from_numpy(arr).permute(2, 0, 1).contiguous())
+        size = (data.resolution, data.resolution)
+        if detector is not None:
+            m, missed = grounding_masks(detector, crop, size, data.mask_dilate)
+            if missed:
+                logger.warning(
+                    "%s: Grounding-DINO found no %s; landmark boxes used", name, ", ".join(missed)
+                )
+        else:
+            m = task_masks(crop.landmarks68, size, shape=data.mask_shape, dilate=data.mask_dilate)
+        masks.append(m)
+        crops.append(crop)
+    return images, masks, crops
+
+
+# ---- the trainable model ---------------------------------------------------------------
+class ParameterView(nn.Module):
+    """Some parameters of other modules, registered under flat names (for checkpoints).
+
+    The parameters are shared, not copied: loading a state into the view writes into the
+    model. This keeps the base UNet out of every checkpoint.
+    """
+
+    def __init__(self, named: list[tuple[str, nn.Parameter]]):
+        super().__init__()
+        for name, p in named:
+            self.register_parameter(name.replace(".", "__"), p)
+
+
+class FaceANetTunable(nn.Module):
+    """The UNet with its LoRA and the ``[feat]`` conditioning: ``eps_theta(x, t, task)``."""
+
+    def __init__(self, unet, text_encoder, input_ids, eos_token_id, feats):
+        super().__init__()
+        self.unet, self.feats = unet, feats
+        self._text_encoder = [text_encoder]  # frozen; kept out of this module's parameters
+        self.register_buffer("input_ids", input_ids, persistent=False)
+        self.eos_token_id = eos_token_id
+        with torch.no_grad():
+            plain = text_encoder(input_ids.to(text_encoder.device))[0]
+        self.register_buffer("plain", plain, persistent=False)
+
+    def condition(self, task_index: torch.Tensor) -> torch.Tensor:
+        """``E*(T_task)`` per row (``E(T_task)`` without feats)."""
+        if self.feats is None:
+            return self.plain[task_index]
+        text_encoder = self._text_encoder[0]
+        if self.feats.config.space == "output":
+            from ..models.feat_embeddings import _substitute, feat_positions
+
+            ids = self.input_ids[task_index]
+            p0 = feat_positions(ids, self.eos_token_id, self.feats.config.num_vectors)
+            return _substitute(self.plain[task_index], p0, self.feats.vectors[task_index])
+        return encode_with_feats(
+            text_encoder, self.input_ids[task_index], self.feats, task_index, self.eos_token_id
+        )
+
+    def forward(self, unet_input, timestep, task_index):
+        cond = self.condition(task_index).to(self.unet.dtype)
+        return self.unet(unet_input, timestep, encoder_hidden_states=cond).sample
+
+
+class FaceANetTrainer(Trainer):
+    """FaceA-Net's per-person tuning on the shared training layer."""
+
+    log_keys = ("loss", "l_face", "l_attr", "attribute", "lr", "lr_embeddings")
+
+    def __init__(self, config: FaceANetConfig):
+        super().__init__(config, config.training, config.optim)
+        self.cfg = config
+        self._started = time.perf_counter()
+
+    # ---- set-up -------------------------------------------------------------------------
+    def resolve_identity(self) -> tuple[str, str, int]:
+        """(base, gender, n): from the config, else from ``model.init_from``'s identity."""
+        cfg = self.cfg
+        prior = read_identity_meta(cfg.model.init_from) if cfg.model.init_from else {}
+        base = cfg.model.base or prior.get("base") or DEFAULT_BASE
+        if Path(base).is_dir():  # a local folder: recorded absolute, so the identity moves
+            base = str(Path(base).resolve())
+        gender = cfg.data.gender or prior.get("gender", "")
+        if prior and gender != prior.get("gender"):
+            raise InputError(
+                f"data.gender: {gender} differs from the identity's {prior.get('gender')} "
+                f"({cfg.model.init_from}); the prompts and n must stay the same"
+            )
+        n = cfg.model.num_vectors or prior.get("num_vectors") or DEFAULT_NUM_VECTORS[gender]
+        return base, gender, int(n)
+
+    def setup(self) -> None:
+        from ..pipelines.faceanet_parts import load_inpaint_components
+
+        cfg, acc = self.cfg, self.accelerator
+        self.base, self.gender, self.n = self.resolve_identity()
+        parts = load_inpaint_components(self.base, cfg.model.seed)
+        self.vae, self.text_encoder = parts["vae"], parts["text_encoder"]
+        self.tokenizer, self.scheduler = parts["tokenizer"], parts["scheduler"]
+        from diffusers import DDPMScheduler
+
+        self.train_scheduler = DDPMScheduler.from_config(self.scheduler.config)
+        self.alphas_cumprod = self.train_scheduler.alphas_cumprod.to(self.device)
+        unet = parts["unet"]
+        for module in (self.vae, self.text_encoder, unet):
+            module.requires_grad_(False).eval().to(self.device)
+        feats = None
+        if cfg.model.init_from:
+            feats, _ = load_identity(cfg.model.init_from, unet, ADAPTER)
+            for name, p in unet.named_parameters():
+                p.requires_grad_("lora_" in name)
+        else:
+            add_lora(unet, cfg.model.lora_rank, cfg.model.lora_alpha, cfg.model.lora_targets)
+            if cfg.model.use_embeddings:
+                feats = FeatEmbeddings(
+                    tasks=TASKS,
+                    num_vectors=self.n,
+                    dim=self.text_encoder.config.hidden_size,
+                    space=cfg.model.feat_space,
+                ).to(self.device)
+                feats.initialize(self.text_encoder, self.tokenizer, self.gender)
+        if feats is not None:
+            feats.to(self.device).requires_grad_(True)
+        if cfg.training.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        ids = tokenize(self.tokenizer, [task_prompt(self.gender, t) for t in TASKS])
+        model = FaceANetTunable(
+            unet, self.text_encoder, ids.to(self.device), self.tokenizer.eos_token_id, feats
+        ).to(self.device)
+        images, masks, crops = prepare_crops(cfg.data, self.device)
+        self.crops = crops
+        repeats = max(1, -(-cfg.training.batch_size * acc.num_processes // len(images)))
+        self.dataset = PhotoCrops(images, masks, repeats, cfg.data.random_flip, cfg.training.seed)
+        self.collate = collate
+        lora_params = [p for n, p in unet.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": lora_params, "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay}
+        ]
+        if feats is not None:
+            groups.append(
+                {
+                    "params": [feats.vectors],
+                    "lr": cfg.tuning.lr_embeddings,
+                    "weight_decay": cfg.tuning.weight_decay_embeddings,
+                }
+            )
+        optimizer, lr_scheduler = self.make_optimizer(groups)
+        self.model, self.optimizer, self.lr_scheduler = acc.prepare(model, optimizer, lr_scheduler)
+
+    def trainable(self) -> dict[str, nn.Module]:
+        model = self.accelerator.unwrap_model(self.model)
+        return {
+            "model": ParameterView([(n, p) for n, p in model.named_parameters() if p.requires_grad])
+        }
+
+    # ---- the objective ------------------------------------------------------------------
+    def draw_attributes(self, bsz: int, generator: torch.Generator) -> torch.Tensor:
+        """Task indices of the local term: one attribute per step (or per sample), uniform."""
+        tune = self.cfg.tuning
+        if tune.attribute:
+            return torch.full((bsz,), TASKS.index(tune.attribute), dtype=torch.long)
+        count = 1 if tune.attribute_sampling == "step" else bsz
+        v = torch.randint(0, len(ATTRIBUTES), (count,), generator=generator) + 1
+        return v.expand(bsz).clone() if count == 1 else v
+
+    def task_term(
+        self,
+        images: torch.Tensor,
+        z0: torch.Tensor,
+        mask: torch.Tensor,
+        task_index: torch.Tensor,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One reconstruction task: fresh t and eps; returns (eps_hat, eps, latent mask)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        bsz = z0.shape[0]
+        noise = randn_tensor(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+        t = torch.randint(
+            0, self.train_scheduler.config.num_train_timesteps, (bsz,), generator=generator
+        ).to(z0.device)
+        z_t = add_noise(z0, noise, alpha_bar(self.alphas_cumprod, t, z0))
+        with torch.no_grad():
+            masked = self.vae.encode(masked_image(images, mask)).latent_dist.mode()
+            masked = masked * self.vae.config.scaling_factor
+        unet_in = inpaint_unet_input(z_t, mask, masked)
+        eps_hat = self.model(unet_in, t, task_index.to(z0.device))
+        return eps_hat, noise, unet_in[:, 4:5]
+
+    def compute_loss(
+        self, batch: dict[str, Any], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Eq. 2 for one batch; the draws come from ``generator`` in a fixed order."""
+        tune = self.cfg.tuning
+        images = batch["image"].to(self.device)
+        masks = batch["masks"].to(self.device)  # (B, 5, 1, H, W)
+        bsz = images.shape[0]
+        with torch.no_grad():
+            sf = self.vae.config.scaling_factor
+            z0 = self.vae.encode(images).latent_dist.sample(generator=generator) * sf
+        attr = self.draw_attributes(bsz, generator)
+        zero = torch.zeros((), device=self.device)
+        terms = {}
+        if tune.tasks in ("both", "global"):
+            face = torch.zeros(bsz, dtype=torch.long)
+            terms["face"] = self.task_term(images, z0, masks[:, 0], face, generator)
+        if tune.tasks in ("both", "local"):
+            m = masks[torch.arange(bsz), attr.to(self.device)]
+            terms["attr"] = self.task_term(images, z0, m, attr, generator)
+        weighted = tune.mask_weighted
+        if len(terms) == 2:
+            (ef, nf, mf), (ea, na, ma) = terms["face"], terms["attr"]
+            out = attribute_reconstruction_loss(
+                ef,
+                nf,
+                ea,
+                na,
+                mask_face=mf if weighted else None,
+                mask_attr=ma if weighted else None,
+            )
+        else:
+            key, (e, n, m) = next(iter(terms.items()))
+            part = attribute_reconstruction_loss(
+                e, n, e, n, mask_face=m if weighted else None, mask_attr=m if weighted else None
+            )["l_face"]
+            out = {"loss": part, "l_face": part if key == "face" else zero}
+            out["l_attr"] = part if key == "attr" else zero
+        out["attribute"] = attr.float().mean()
+        return out
+
+    def training_step(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, float]:
+        with self.accelerator.accumulate(self.model):
+            terms = self.compute_loss(batch, generator)
+            self.clip_and_step(terms["loss"], self.model, self.optimizer, self.lr_scheduler)
+        logs = {k: float(v.detach()) for k, v in terms.items()}
+        lrs = self.lr_scheduler.get_last_lr()
+        if len(lrs) > 1:
+            logs["lr_embeddings"] = lrs[1]
+        return logs
+
+    # ---- validation and export ----------------------------------------------------------
+    def identity_meta(self) -> dict[str, Any]:
+        cfg = self.cfg
+        prior = read_identity_meta(cfg.model.init_from) if cfg.model.init_from else {}
+        ratios = [c.face_ratio for c in self.crops]
+        history = list(prior.get("history", []))
+        history.append(
+            {
+                "images": list(cfg.data.images),
+                "steps": cfg.training.max_steps,
+                "tasks": cfg.tuning.tasks,
+                "attribute": cfg.tuning.attribute or None,
+            }
+        )
+        return {
+            "method": "faceanet",
+            "gender": self.gender,
+            "noun": self.gender,
+            "num_vectors": self.n,
+            "base": self.base,
+            "steps": int(prior.get("steps", 0)) + cfg.training.max_steps,
+            "feat_space": cfg.model.feat_space if self.feats_module() is not None else None,
+            "use_embeddings": self.feats_module() is not None,
+            "tasks": list(TASKS),
+            "left_right": "the subject's own (iBUG): left_eye is on the image's right",
+            "lora_rank": prior.get("lora_rank", cfg.model.lora_rank),
+            "lora_alpha": prior.get("lora_alpha", cfg.model.lora_alpha),
+            "lora_targets": prior.get("lora_targets", list(cfg.model.lora_targets)),
+            "resolution": cfg.data.resolution,
+            "crop_scale": cfg.data.crop_scale,
+            "face_ratio": float(np.median(ratios)),
+            "mask_shape": cfg.data.mask_shape,
+            "mask_source": cfg.data.mask_source,
+            "mask_dilate": cfg.data.mask_dilate,
+            "tuning_seconds": round(time.perf_counter() - self._started, 2),
+            "history": history,
+        }
+
+    def feats_module(self) -> FeatEmbeddings | None:
+        return self.accelerator.unwrap_model(self.model).feats
+
+    def pipeline(self):
+        """A :class:`FaceANetPipeline` on the current weights (for validation)."""
+        from ..pipelines.faceanet import FaceANetPipeline
+
+        model = self.accelerator.unwrap_model(self.model)
+        pipe = FaceANetPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=model.unet,
+            scheduler=self.scheduler,
+        )
+        pipe.set_identity(model.feats, self.identity_meta())
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def validate(self, step: int) -> dict[str, float]:
+        from PIL import Image
+
+        from ..io import save_image
+        from .validation import contact_grid
+
+        if not self.accelerator.is_main_process:
+            return {}
+        model = self.accelerator.unwrap_model(self.model)
+        model.unet.eval()
+        try:
+            v = self.cfg.validation
+            pipe = self.pipeline()
+            crop = self.crops[0]
+            rows = []
+            for prompt in v.prompts:
+                text = prompt.format(noun=self.gender)
+                out = pipe(
+                    text,
+                    context_image=crop.image,
+                    id_prompt=text,
+                    num_inference_steps=v.steps,
+                    guidance_scale=v.guidance_scale,
+                    generator=torch.Generator().manual_seed(v.seed),
+                    landmarks68=crop.landmarks68,
+                )
+                pair = [crop.image, out.images[0]]
+                if crop.image.width < 192:  # small tuning crops: enlarge for the grid
+                    pair = [im.resize((192, 192), Image.Resampling.NEAREST) for im in pair]
+                rows.append((pair[0], pair[1], text))
+            save_image(contact_grid(rows), self.run_dir / "validation" / f"step-{step:06d}.png")
+        finally:
+            model.unet.train()
+        return {}
+
+    def export(self, folder: Path) -> None:
+        import copy
+
+        model = self.accelerator.unwrap_model(self.model)
+        if self.ema is not None:
+            model = copy.deepcopy(model)
+            self.ema.copy_to(model)
+        meta = self.identity_meta()
+        save_identity(folder, model.unet, model.feats, meta)
+        self.accelerator.print(
+            f"FaceA-Net: tuned {meta['gender']} identity in {meta['tuning_seconds']:.1f} s "
+            f"({self.cfg.training.max_steps} steps)"
+        )
