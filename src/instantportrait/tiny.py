@@ -29,6 +29,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.pipelines.faceanet:write_tiny_inpaint",
         "SD-inpainting model (9-channel UNet) for `train faceanet --base`",
     ),
+    "fpga": (
+        "instantportrait.pipelines.fpga:write_tiny_fpga",
+        "FPGA pipeline (tiny SD1.5 + ID-ControlNet + resampler) for `generate --method fpga`",
+    ),
 }
 
 DEFAULT_KIND = next(iter(TINY_KINDS))

@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     chk = cmds.add_parser("check", help="validate every row; report bad rows without stopping")
     chk.add_argument("dataset", help="a manifest folder or a folder of shards")
     chk.set_defaults(func=run_check)
+    from .data_portraits import register_portraits
+
+    register_portraits(cmds)
 
 
 def run_pack(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ TRAINERS = {
         "FaceANetTrainer",
         "faceanet.json",
     ),
+    "fpga": ("instantportrait.training.fpga", "FPGAConfig", "FPGATrainer", "fpga.json"),
 }
 #: trainer name -> module of this package with its own flags (``add_arguments``, ``overrides``)
 TRAINER_FLAGS = {"faceanet": "train_faceanet"}
@@ -56,6 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             )
         if name in TRAINER_FLAGS:
             importlib.import_module(f"{__package__}.{TRAINER_FLAGS[name]}").add_arguments(t)
+        if name == "fpga":
+            from .train_fpga import add_stage_argument
+
+            add_stage_argument(t)
         t.set_defaults(func=run)
 
 
@@ -97,6 +102,10 @@ def _train(name: str, cfg, resolved, resume: str | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.trainer == "fpga":
+        from .train_fpga import run_fpga
+
+        return run_fpga(args)
     if args.trainer != "ipnet":
         extra = []
         if args.trainer in TRAINER_FLAGS:

@@ -1,0 +1,190 @@
+"""``instantportrait generate --method fpga``: portraits of one or several identities in a pose.
+
+``--pose`` is an OpenPose/COCO keypoints JSON (drawn by the one condition renderer; its head
+points give each person's face region) or a ready condition image (skeleton and/or
+landmarks; several identities then need ``--face-mask``, one per identity). Identities go to
+people left to right unless ``--id-people`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+#: dest -> the flag shown in messages (the short alias when this method owns it)
+FLAGS: dict[str, str] = {}
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    """Every option is ``--fpga-NAME``; the short ``--NAME`` is an alias when no other
+    generation method registered it first (the registry shares one parser)."""
+    taken = set(group._option_string_actions)
+
+    def add(name: str, **kwargs) -> None:
+        dest = "fpga_" + name.replace("-", "_")
+        flags = [f"--fpga-{name}"] + ([] if f"--{name}" in taken else [f"--{name}"])
+        FLAGS[dest] = flags[-1]
+        group.add_argument(*flags, dest=dest, **kwargs)
+
+    add("model", help="an FPGA pipeline folder")
+    add(
+        "id-image",
+        action="append",
+        default=None,
+        metavar="FACE",
+        help="a face image of one identity (repeat for several people)",
+    )
+    add("pose", help="keypoints JSON (OpenPose/COCO) or a condition image")
+    add(
+        "face-mask",
+        action="append",
+        default=None,
+        metavar="MASK",
+        help="face-region mask image per identity, in --id-image order (white = face)",
+    )
+    add(
+        "id-people",
+        help="comma-separated person ranks from the left (1-based) for each --id-image, "
+        "e.g. 2,1 (default: 1,2,...)",
+    )
+    add("width", type=int, help="output width (default: the pose canvas, else 512)")
+    add("height", type=int, help="output height (default: the pose canvas, else 512)")
+    group.add_argument(
+        "--fpga-steps", dest="fpga_steps", type=int, default=30, help="DDIM steps (default 30)"
+    )
+    group.add_argument(
+        "--fpga-guidance-scale",
+        dest="fpga_guidance_scale",
+        type=float,
+        default=5.0,
+        help="classifier-free guidance (default 5)",
+    )
+    add("id-scale", type=float, default=1.0, help="weight of the ID attention (default 1.0)")
+
+
+def _flag(dest: str) -> str:
+    return FLAGS.get(dest, "--" + dest.replace("_", "-"))
+
+
+def _condition(args, count: int):
+    """(condition image, masks (K, H, W) or None) from --pose / --face-mask / --id-people."""
+    import numpy as np
+
+    from ..conditions import load_keypoints, render_condition, scale_keypoints
+    from ..errors import InputError
+    from ..io import load_image
+    from ..pipelines.fpga import face_region_masks
+
+    if not args.fpga_pose:
+        raise InputError(f"{_flag('fpga_pose')}: a keypoints JSON or a condition image is required")
+    masks = None
+    if Path(args.fpga_pose).suffix.lower() == ".json":
+        kps, canvas = load_keypoints(args.fpga_pose)
+        if len(kps) == 0:
+            raise InputError(f"{_flag('fpga_pose')} {args.fpga_pose}: no people in the keypoints")
+        cw, ch = canvas or (args.fpga_width or 512, args.fpga_height or 512)
+        w, h = args.fpga_width or cw, args.fpga_height or ch
+        kps = scale_keypoints(kps, w / cw, h / ch)
+        cond = render_condition((w, h), keypoints=kps, mode="skeleton")
+        if not args.fpga_face_mask:
+            ranks = list(range(count))
+            if args.fpga_id_people:
+                try:
+                    ranks = [int(v) - 1 for v in args.fpga_id_people.split(",")]
+                except ValueError:
+                    raise InputError(
+                        f"{_flag('fpga_id_people')}: comma-separated integers, e.g. 2,1"
+                    ) from None
+                if len(ranks) != count or min(ranks) < 0:
+                    raise InputError(
+                        f"{_flag('fpga_id_people')}: {count} ranks from 1, "
+                        f"got {args.fpga_id_people}"
+                    )
+            if count > 1 or args.fpga_id_people:
+                people = face_region_masks(kps, (w, h), max(ranks) + 1)
+                masks = people[ranks]
+    else:
+        cond = load_image(args.fpga_pose, name=_flag("fpga_pose"))
+        if args.fpga_width or args.fpga_height:
+            cond = cond.resize((args.fpga_width or cond.width, args.fpga_height or cond.height))
+        if count > 1 and not args.fpga_face_mask:
+            raise InputError(
+                f"{_flag('fpga_face_mask')}: a pose image has no keypoints; "
+                "give one mask per identity"
+            )
+    if args.fpga_face_mask:
+        if len(args.fpga_face_mask) != count:
+            raise InputError(
+                f"{_flag('fpga_face_mask')}: {len(args.fpga_face_mask)} masks "
+                f"for {count} identities"
+            )
+        loaded = []
+        for i, m in enumerate(args.fpga_face_mask):
+            img = (
+                load_image(m, name=f"{_flag('fpga_face_mask')} {i + 1}")
+                .convert("L")
+                .resize(cond.size)
+            )
+            loaded.append(np.asarray(img, dtype=np.float32) / 255.0)
+        masks = np.stack(loaded)
+    return cond, masks
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError, ModelNotFoundError
+    from ..io import load_image, prepare_output, save_image
+    from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
+    from .generate import prompts_of
+
+    prompts = prompts_of(args)
+    if not args.fpga_model:
+        raise InputError(f"{_flag('fpga_model')}: the FPGA pipeline folder is required")
+    if not args.fpga_id_image:
+        raise InputError(f"{_flag('fpga_id_image')}: at least one face image is required")
+    faces = [load_image(p, name=f"{_flag('fpga_id_image')} {p}") for p in args.fpga_id_image]
+    for name, v in (
+        (_flag("fpga_width"), args.fpga_width),
+        (_flag("fpga_height"), args.fpga_height),
+    ):
+        if v is not None and (v < 8 or v % 8):
+            raise InputError(f"{name}: a positive multiple of 8, got {v}")
+    if args.fpga_steps < 1:
+        raise InputError("--fpga-steps: at least 1")
+    cond, masks = _condition(args, len(faces))
+    model = Path(args.fpga_model)
+    if not (model / "model_index.json").is_file():
+        raise ModelNotFoundError(
+            f"{_flag('fpga_model')} {model}: no FPGA pipeline folder (model_index.json); "
+            "train one with `instantportrait train fpga` or write a tiny one with "
+            "`init-tiny --kind fpga`"
+        )
+    out = prepare_output(args.output, overwrite=args.overwrite)  # checked; made when writing
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    quiet_libraries()
+    from ..pipelines.fpga import FPGAPipeline
+
+    pipe = FPGAPipeline.from_pretrained(str(model), dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    id_embeds = pipe.encode_identity(
+        faces, [f"{_flag('fpga_id_image')} {p}" for p in args.fpga_id_image]
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    save_image(cond, out / "condition.png")
+    n = 0
+    for p in prompts:
+        for _ in range(args.num_images_per_prompt):
+            image = pipe(
+                p,
+                cond,
+                id_embeds=id_embeds,
+                id_masks=masks,
+                num_inference_steps=args.fpga_steps,
+                guidance_scale=args.fpga_guidance_scale,
+                id_scale=args.fpga_id_scale,
+                generator=seeded_generator(args.seed + n, device),
+            ).images[0]
+            path = save_image(image, out / f"{n:04d}.png")
+            print(path)
+            n += 1
+    return 0

@@ -1,0 +1,108 @@
+"""FPGAPipeline and ``generate --method fpga``: tiny bundle, multi-ID masks, input errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from instantportrait.cli import main
+from instantportrait.errors import InputError
+from instantportrait.pipelines.fpga import FPGAPipeline, face_region_masks
+
+
+def _person(cx: float) -> list[float]:
+    pts = np.zeros((18, 3))
+    pts[:, 0], pts[:, 1], pts[:, 2] = cx, np.linspace(14, 62, 18), 1
+    pts[0, :2], pts[14, :2], pts[15, :2] = (cx, 14), (cx - 2, 12), (cx + 2, 12)
+    pts[16, :2], pts[17, :2] = (cx - 4, 13), (cx + 4, 13)
+    return pts.reshape(-1).tolist()
+
+
+@pytest.fixture(scope="module")
+def pose_json(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pose") / "two.json"
+    people = [{"pose_keypoints_2d": _person(44)}, {"pose_keypoints_2d": _person(16)}]
+    path.write_text(json.dumps({"canvas_width": 64, "canvas_height": 64, "people": people}))
+    return path
+
+
+def test_face_region_masks_assign_left_to_right():
+    kps = np.stack([np.asarray(_person(44)).reshape(18, 3), np.asarray(_person(16)).reshape(18, 3)])
+    masks = face_region_masks(kps, (64, 64), 2)
+    assert masks.shape == (2, 64, 64)
+    assert masks[0, 13, 16] == 1 and masks[0, 13, 44] == 0  # first identity: leftmost person
+    assert masks[1, 13, 44] == 1 and masks[1, 13, 16] == 0
+    assert masks[:, 40:].sum() == 0  # face regions only: no identity on the bodies
+    with pytest.raises(InputError, match="3 identities but 2 people"):
+        face_region_masks(kps, (64, 64), 3)
+
+
+def test_init_tiny_bundle_loads_and_multi_id_generation_follows_the_masks(tiny_fpga):
+    pipe = FPGAPipeline.from_pretrained(str(tiny_fpga))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.config.default_steps == 30 and pipe.config.default_guidance_scale == 5.0
+    g = torch.Generator().manual_seed(0)
+    for conv in [*pipe.controlnet.controlnet_down_blocks, pipe.controlnet.controlnet_mid_block]:
+        torch.nn.init.normal_(conv.weight, std=0.2, generator=g)  # "trained": not zero convs
+    ids = torch.randn(2, 4, 32, generator=g)
+    cond = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
+
+    def run(**kw):
+        return pipe("two people", cond, num_inference_steps=2, output_type="latent",
+                    generator=torch.Generator().manual_seed(1), **kw).images  # fmt: skip
+
+    single = run(id_embeds=ids[:1])
+    ones = run(id_embeds=ids[:1], id_masks=np.ones((1, 64, 64)))
+    torch.testing.assert_close(ones, single)
+    zero = run(id_embeds=ids[:1], id_masks=np.zeros((1, 64, 64)))
+    torch.testing.assert_close(zero, run(id_embeds=ids[:1], id_scale=0.0))  # no ID term
+    assert not torch.allclose(zero, single)
+    with pytest.raises(InputError, match="face-region mask"):
+        run(id_embeds=ids)
+
+
+def test_generate_cli_two_identities_from_keypoints(tiny_fpga, pose_json, tmp_path, capsys,
+                                                    astronaut_path, grace_hopper_path):  # fmt: skip
+    pytest.importorskip("dlib")
+    out = tmp_path / "gen"
+    args = ["generate", "--method", "fpga", "--fpga-model", str(tiny_fpga),
+            "--id-image", str(astronaut_path), "--id-image", str(grace_hopper_path),
+            "--pose", str(pose_json), "--prompt", "two people on a beach", "--fpga-steps", "1",
+            "-o", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0000.png", "condition.png"]
+    assert Image.open(out / "0000.png").size == (64, 64)
+    # again into the same folder: refused without --overwrite, nothing touched
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_generate_cli_pose_image_with_two_identities_needs_masks(tiny_fpga, tmp_path, capsys,
+                                                                 astronaut_path):  # fmt: skip
+    pose = tmp_path / "pose.png"
+    Image.new("RGB", (64, 64)).save(pose)
+    args = ["generate", "--method", "fpga", "--fpga-model", str(tiny_fpga),
+            "--id-image", str(astronaut_path), "--id-image", str(astronaut_path),
+            "--pose", str(pose), "--prompt", "x", "-o", str(tmp_path / "o")]  # fmt: skip
+    assert main(args) == 2
+    assert "--face-mask: a pose image" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_options_step_aside_when_another_method_owns_the_short_name():
+    import argparse
+
+    from instantportrait.cli import generate_fpga
+
+    p = argparse.ArgumentParser()
+    p.add_argument_group("--method other").add_argument("--id-image", dest="other_id_image")
+    generate_fpga.add_arguments(p.add_argument_group("--method fpga"))
+    args = p.parse_args(["--fpga-id-image", "a.png", "--pose", "p.json", "--id-image", "b.png"])
+    assert args.fpga_id_image == ["a.png"] and args.fpga_pose == "p.json"
+    assert args.other_id_image == "b.png"
+    assert generate_fpga.FLAGS["fpga_id_image"] == "--fpga-id-image"
+    assert generate_fpga.FLAGS["fpga_pose"] == "--pose"
