@@ -33,6 +33,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.pipelines.fpga:write_tiny_fpga",
         "FPGA pipeline (tiny SD1.5 + ID-ControlNet + resampler) for `generate --method fpga`",
     ),
+    "restore": (
+        "instantportrait.pipelines.restore:write_tiny_restore",
+        "DIIR face restorer (SD1.5-architecture + landmark ControlNet) for `restore --model`",
+    ),
 }
 
 DEFAULT_KIND = next(iter(TINY_KINDS))

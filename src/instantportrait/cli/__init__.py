@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "edit",
     "edit_video",
     "generate",
+    "restore",
     "init_tiny",
     "faces",
     "data",

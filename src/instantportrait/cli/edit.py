@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-size", action="store_true", help="resize results back to the input size")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_device_arguments(p)
+    from .restore_option import add_restore_arguments
+
+    add_restore_arguments(p.add_argument_group("face restoration (DIIR)"))
     p.set_defaults(func=run)
 
 
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         save_image,
     )
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
+    from .restore_option import build_restorer, maybe_restore
 
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps: must be at least 1, got {args.steps}")
@@ -102,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    if args.restore:
+        build_restorer(args)  # a missing or bad --restore-model fails before any editing
     from ..pipelines import InstantPortraitPipeline
 
     quiet_libraries()
@@ -127,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             generator=seeded_generator(args.seed, device),
             resolution=args.resolution,
         ).images[0]
+        result = maybe_restore([result], args, [image], prompt=None)[0]
         if args.keep_size:
             result = restore_size(result, sizes[f])
         save_image(result, dest)

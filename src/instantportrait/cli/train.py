@@ -25,6 +25,12 @@ TRAINERS = {
         "faceanet.json",
     ),
     "fpga": ("instantportrait.training.fpga", "FPGAConfig", "FPGATrainer", "fpga.json"),
+    "repcontrolnet": (
+        "instantportrait.training.repcontrolnet",
+        "RepControlNetConfig",
+        "RepControlNetTrainer",
+        "repcontrolnet.json",
+    ),
 }
 #: trainer name -> module of this package with its own flags (``add_arguments``, ``overrides``)
 TRAINER_FLAGS = {"faceanet": "train_faceanet"}

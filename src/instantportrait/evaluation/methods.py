@@ -268,6 +268,7 @@ METHOD_KINDS: dict[str, str] = {
     "fastface": "instantportrait.evaluation.kinds.fastface:FastFaceMethod",
     "faceanet": "instantportrait.evaluation.kinds.faceanet:FaceANetMethod",
     "fpga": "instantportrait.evaluation.kinds.fpga:FPGAMethod",
+    "restore": "instantportrait.restoration.evaluation:RestoredMethod",
 }
 
 #: The former name of :data:`METHOD_KINDS` (the same dict).

@@ -1,0 +1,304 @@
+"""FaceRestorer: find the faces too small to trust and restore them all with DIIR.
+
+For one image (FPGA spec §4.1, §7 step 6):
+
+1. detect every face with its 68 landmarks (the face stack; dlib's HOG detector by default);
+2. keep those whose box is smaller than ``restore_below`` pixels (``max(w, h) < 100`` by
+   default); larger faces are left untouched;
+3. per kept face: the square crop of 2x its box resized to the DIIR resolution (I_Bro), its
+   landmarks rendered as the landmark-only condition (I_ldm), the face mask M_B from the
+   landmarks (or from a face parser when given) with its border smoothed by a Gaussian of
+   ``feather`` (2%) of the crop side, and the identity it should have: the id image given for
+   it, else the face itself (another person's id image makes it a face swap);
+4. all kept faces restored in one batch by :class:`~..pipelines.restore.DIIRPipeline`;
+5. each restored crop pasted back through its smoothed mask: pixels outside every mask keep
+   their exact input values.
+
+The identity embedding F_id needs an ID encoder (FPGA's CLIP-vision + ArcFace resampler):
+``id_encoder(images: list[PIL.Image]) -> (B, tokens, dim)``. Without one, the restoration is
+driven by the landmarks, the prompt and the inversion only, and a note says so when an id
+image was given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..io import ImageSource, load_image
+from .paste import CropBox, crop_face, face_crop_box, paste_back
+
+__all__ = ["FaceRestorer", "RestoreResult", "RestoredFace", "default_landmark_renderer"]
+
+LandmarkRenderer = Callable[[np.ndarray, tuple[int, int]], Image.Image]
+IdEncoder = Callable[[list[Image.Image]], torch.Tensor]
+#: ``(crop, landmarks in crop pixels) -> (H, W)`` mask in [0, 1] (e.g. a BiSeNet face parser).
+MaskFn = Callable[[Image.Image, np.ndarray], torch.Tensor]
+
+
+def default_landmark_renderer() -> LandmarkRenderer:
+    """FPGA's landmark renderer (``instantportrait.conditions.render_landmarks``), imported late."""
+    from ..conditions import render_landmarks
+
+    return render_landmarks
+
+
+@dataclass
+class RestoredFace:
+    """One face DIIR restored: its detection box, crop, and where its identity came from."""
+
+    box: tuple[float, float, float, float]
+    crop: CropBox
+    identity: str
+
+
+@dataclass
+class RestoreResult:
+    """The output image, the faces restored and the notes for the user."""
+
+    image: Image.Image
+    faces: list[RestoredFace] = field(default_factory=list)
+    skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class FaceRestorer:
+    """Restore every face smaller than ``restore_below`` pixels with DIIR.
+
+    Args:
+        pipeline: a :class:`~..pipelines.restore.DIIRPipeline`.
+        restore_below: faces whose box's longer side is below this many pixels are restored
+            (default 100, the paper's trigger).
+        prompt: the prompt C (the generation's prompt when called from a generating command).
+        num_inference_steps / guidance_scale: T and the CFG of the regeneration (30 / 5).
+        crop_scale: the crop's side in face-box sides (default 2).
+        feather: standard deviation of the mask border's Gaussian, as a fraction of the crop
+            side (default 0.02).
+        stats_region: MGFF's AdaIN statistics (``global``, ``face``, ``literal``).
+        id_encoder: maps face images to F_id ``(B, tokens, dim)``; ``None``: no identity term.
+        landmark_renderer: draws the landmark condition; default FPGA's renderer.
+        mask_fn: a face parser giving M_B on the crop; default the landmark face mask.
+        detector: keyword arguments of :func:`~..faces.detect` (e.g. ``method="mmod"``).
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        restore_below: float = 100,
+        prompt: str = "a photo of a person's face, high quality",
+        num_inference_steps: int = 30,
+        guidance_scale: float = 5.0,
+        crop_scale: float = 2.0,
+        feather: float = 0.02,
+        stats_region: str = "global",
+        id_encoder: IdEncoder | None = None,
+        landmark_renderer: LandmarkRenderer | None = None,
+        mask_fn: MaskFn | None = None,
+        detector: dict[str, Any] | None = None,
+    ):
+        if restore_below <= 0:
+            raise ValueError(f"restore_below: must be positive, got {restore_below}")
+        self.pipeline = pipeline
+        self.restore_below = float(restore_below)
+        self.prompt = prompt
+        self.num_inference_steps = int(num_inference_steps)
+        self.guidance_scale = float(guidance_scale)
+        self.crop_scale = float(crop_scale)
+        self.feather = float(feather)
+        self.stats_region = stats_region
+        self.id_encoder = id_encoder
+        self._renderer = landmark_renderer
+        self.mask_fn = mask_fn
+        self.detector = {"upsample": 1, **(detector or {})}
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> FaceRestorer:
+        """A restorer on the model folder ``path``; ``kwargs`` as for the constructor.
+
+        A DIIR folder (``init-tiny --kind restore``) loads as it is; an FPGA pipeline folder
+        (``_class_name`` ``FPGAPipeline``: SD1.5 + ID-ControlNet + resampler) loads through
+        :meth:`from_pipeline`, so its ``encode_identity`` becomes the ID encoder.
+        """
+        import json
+        from pathlib import Path
+
+        from ..pipelines.restore import DIIRPipeline
+
+        index = Path(path).expanduser() / "model_index.json"
+        if index.is_file() and json.loads(index.read_text()).get("_class_name") == "FPGAPipeline":
+            from ..pipelines.fpga import FPGAPipeline  # issue 15
+
+            return cls.from_pipeline(FPGAPipeline.from_pretrained(str(path)), **kwargs)
+        pipe = DIIRPipeline.from_pretrained(path)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, **kwargs)
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any, *, resolution: int = 512, **kwargs: Any) -> FaceRestorer:
+        """A restorer sharing the components of another SD1.5 + landmark-ControlNet pipeline.
+
+        ``pipe`` needs ``vae``, ``text_encoder``, ``tokenizer``, ``unet``, ``controlnet`` and
+        ``scheduler`` (a DDIM scheduler is made from its config); when it has
+        ``encode_identity(images) -> F_id`` (FPGA's pipeline) that becomes the ID encoder
+        unless ``id_encoder`` is given.
+        """
+        from diffusers import DDIMScheduler
+
+        from ..pipelines.restore import DIIRPipeline
+
+        diir = DIIRPipeline(
+            vae=pipe.vae,
+            text_encoder=pipe.text_encoder,
+            tokenizer=pipe.tokenizer,
+            unet=pipe.unet,
+            controlnet=pipe.controlnet,
+            scheduler=DDIMScheduler.from_config(pipe.scheduler.config),
+            resolution=resolution,
+        )
+        diir.set_progress_bar_config(disable=True)
+        encode = getattr(pipe, "encode_identity", None)
+        if callable(encode) and kwargs.get("id_encoder") is None:
+            kwargs["id_encoder"] = encode
+        return cls(diir, **kwargs)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.pipeline.config.resolution)
+
+    @property
+    def landmark_renderer(self) -> LandmarkRenderer:
+        if self._renderer is None:
+            self._renderer = default_landmark_renderer()
+        return self._renderer
+
+    # ------------------------------------------------------------------ parts
+    def face_mask(self, crop_image: Image.Image, landmarks: np.ndarray, side: int) -> torch.Tensor:
+        """M_B ``(1, 1, side, side)``: the parser's or the landmarks' face mask, border smoothed."""
+        from ..faces.masks import face_mask, gaussian_blur
+
+        sigma = self.feather * side
+        if self.mask_fn is not None:
+            m = torch.as_tensor(self.mask_fn(crop_image, landmarks)).float()
+            m = torch.nn.functional.interpolate(m.reshape(1, 1, *m.shape[-2:]), size=(side, side))
+            return gaussian_blur(m, sigma).clamp(0, 1)
+        return face_mask(landmarks, (side, side), feather=sigma)
+
+    def select(self, detections) -> list[int]:
+        """Indices of the faces to restore: box's longer side below ``restore_below``."""
+        boxes = detections.boxes
+        sides = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        return [i for i, s in enumerate(sides.tolist()) if s < self.restore_below]
+
+    def _identity_images(
+        self, id_images: Any, faces: list[Image.Image]
+    ) -> tuple[list[Image.Image], list[str]]:
+        """One identity image per face: the given one(s), else the face itself."""
+        n = len(faces)
+        if id_images is None:
+            return faces, ["self"] * n
+        items = list(id_images) if isinstance(id_images, (list, tuple)) else [id_images]
+        if len(items) == 1:
+            items = items * n
+        if len(items) != n:
+            from ..errors import InputError
+
+            raise InputError(f"id_images: {len(items)} id images for {n} faces to restore")
+        out, names = [], []
+        for i, item in enumerate(items):
+            if item is None:
+                out.append(faces[i])
+                names.append("self")
+            else:
+                out.append(load_image(item, name=f"id image {i}"))
+                names.append("id image")
+        return out, names
+
+    # ------------------------------------------------------------------ the work
+    def restore(
+        self,
+        image: ImageSource,
+        id_images: ImageSource | Sequence[ImageSource | None] | None = None,
+        *,
+        prompt: str | None = None,
+        name: str | None = None,
+    ) -> RestoreResult:
+        """Restore every small face of ``image`` in one batch.
+
+        Args:
+            image: the image (any input the input gate accepts).
+            id_images: the identity each face should have: one image for all faces, a list
+                with one per restored face (left to right; ``None`` entries fall back to the face
+                itself), or ``None`` (every face restores its own identity).
+            prompt: the prompt C (default: the restorer's).
+            name: how the image is called in notes.
+        """
+        from ..faces.detect import detect
+
+        img = load_image(image, name=name)
+        label = name or "image"
+        found = detect(img, select="all", landmarks=68, raise_if_none=False, **self.detector)
+        if len(found) == 0:
+            return RestoreResult(img, notes=[f"{label}: no face found; passed through unchanged"])
+        chosen = self.select(found)
+        skipped = len(found) - len(chosen)
+        if not chosen:
+            return RestoreResult(
+                img,
+                skipped=skipped,
+                notes=[
+                    f"{label}: {len(found)} face(s), none smaller than "
+                    f"{self.restore_below:g} px; unchanged"
+                ],
+            )
+        res = self.resolution
+        crops, conds, masks, boxes, paste_masks, faces = [], [], [], [], [], []
+        for i in chosen:
+            box = found.boxes[i]
+            crop = face_crop_box(box, self.crop_scale)
+            lm = found.landmarks68[i].numpy()
+            crop_img = crop_face(img, crop, res)
+            lm_crop = crop.to_crop(lm, res)
+            crops.append(crop_img)
+            conds.append(self.landmark_renderer(lm_crop, (res, res)))
+            masks.append(self.face_mask(crop_img, lm_crop, res))
+            paste_masks.append(self.face_mask(crop_img, crop.to_crop(lm, crop.side), crop.side))
+            boxes.append(crop)
+            faces.append(tuple(float(v) for v in box))
+        identity_images, identity = self._identity_images(id_images, crops)
+        notes: list[str] = []
+        id_embeds = None
+        if self.id_encoder is not None:
+            id_embeds = self.id_encoder(identity_images)
+        elif id_images is not None:
+            notes.append(
+                f"{label}: this model has no ID encoder; the id image is not used (restoration "
+                "from landmarks, prompt and inversion only)"
+            )
+        restored = self.pipeline(
+            prompt or self.prompt,
+            crops,
+            conds,
+            torch.cat(masks),
+            id_embeds=id_embeds,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            stats_region=self.stats_region,
+        ).images
+        out = img
+        for crop, face_img, m in zip(boxes, restored, paste_masks):
+            out = paste_back(out, face_img, crop, m)
+        notes.append(
+            f"{label}: restored {len(chosen)} face(s) smaller than {self.restore_below:g} px"
+            + (f"; {skipped} larger face(s) untouched" if skipped else "")
+        )
+        result_faces = [
+            RestoredFace(box=f, crop=c, identity=who) for f, c, who in zip(faces, boxes, identity)
+        ]
+        return RestoreResult(out, result_faces, skipped, notes)

@@ -1,0 +1,273 @@
+"""RepControlNet training (FPGA §5) on the shared accelerate layer.
+
+The frozen SD1.5-architecture UNet gets a parallel trainable copy of every conv/linear layer
+(Eq. 5, w = 0.1), the condition adapter at its first layer and decoupled ID attention; the
+loss is the diffusion MSE ``||eps - eps_theta(z_t, t, C, F_id, I)||^2`` with 10% null text
+(spec §5 [rec]: the ID-ControlNet's recipe, Adam 1e-4). The export is a
+:class:`~..pipelines.rep_controlnet.RepControlNetPipeline` whose UNet is the **merged** model
+(Eq. 6 with ``merge.alpha``/``merge.beta``), plus ``rep_branches.safetensors`` (the copies and
+the adapter, to merge again with another beta).
+
+Data: a folder with ``metadata.jsonl``, one JSON object a line, diffusers' ControlNet format:
+``{"image": "img/0.png", "conditioning_image": "pose/0.png", "text": "a photo of ...",
+"id_embeds": "ids/0.safetensors"}`` (paths relative to the folder; ``id_embeds`` optional: a
+safetensors file holding ``id_embeds`` ``(tokens, dim)``, e.g. F_id from FPGA's resampler;
+absent: no ID term for that sample).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..losses.diffusion import diffusion_loss, diffusion_target
+from ..parameterization import add_noise, alpha_bar
+from .config import check
+from .loop import OptimConfig, RunConfig, Trainer
+
+
+@dataclass
+class RepModelConfig:
+    #: an SD1.5 diffusers folder (unet/vae/text_encoder/tokenizer/scheduler); ``tiny`` (tests)
+    #: or ``random-real`` (SD1.5's architecture with random weights, benchmarks)
+    pretrained: str = "runwayml/stable-diffusion-v1-5"
+    init_scale: float = 0.1
+    inject_at: Literal["conv_in_output", "latent_input"] = "conv_in_output"
+    adapter_channels: list[int] = field(default_factory=lambda: [16, 32, 96, 256])
+    #: F_id width; 0 disables the ID attention
+    id_dim: int = 768
+    seed: int = 0
+
+
+@dataclass
+class RepDataConfig:
+    path: str = ""
+    resolution: int = 512
+    dropout_text: float = 0.1
+
+    def __post_init__(self) -> None:
+        check(self.resolution % 8 == 0, "data.resolution: a multiple of 8")
+        check(0 <= self.dropout_text <= 1, "data.dropout_text: a probability")
+
+
+@dataclass
+class MergeConfig:
+    """Eq. 6's ratios; alpha = beta = 1 is exactly the trained model."""
+
+    alpha: float = 1.0
+    beta: float = 1.0
+
+
+@dataclass
+class RepControlNetConfig:
+    model: RepModelConfig = field(default_factory=RepModelConfig)
+    data: RepDataConfig = field(default_factory=RepDataConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.0, lr_scheduler="constant")
+    )
+    training: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/repcontrolnet"))
+
+    def __post_init__(self) -> None:
+        check(bool(self.data.path), "data.path: the conditioning dataset folder is required")
+
+
+class ConditionDataset(torch.utils.data.Dataset):
+    """Rows of ``metadata.jsonl``: image, condition image, text (dropped with p), F_id."""
+
+    def __init__(self, folder: str, resolution: int, dropout_text: float, seed: int = 0):
+        self.folder = Path(folder)
+        meta = self.folder / "metadata.jsonl"
+        if not meta.is_file():
+            raise InputError(f"data.path: {self.folder} has no metadata.jsonl")
+        self.rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+        if not self.rows:
+            raise InputError(f"{meta}: no rows")
+        for i, row in enumerate(self.rows):
+            for key in ("image", "conditioning_image", "text"):
+                if key not in row:
+                    raise InputError(f"{meta}: row {i} has no {key!r}")
+        self.resolution, self.dropout_text, self.seed = resolution, dropout_text, seed
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        from ..io import load_image
+
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        row = self.rows[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        size = (self.resolution, self.resolution)
+        img = load_image(self.folder / row["image"]).resize(size)
+        cond = load_image(self.folder / row["conditioning_image"]).resize(size)
+        pixels = torch.from_numpy(np.asarray(img, np.float32) / 127.5 - 1).permute(2, 0, 1)
+        control = torch.from_numpy(np.asarray(cond, np.float32) / 255.0).permute(2, 0, 1)
+        text = "" if rng.random() < self.dropout_text else row["text"]
+        item = {"pixels": pixels, "condition": control, "text": text, "id_embeds": None}
+        if row.get("id_embeds"):
+            from safetensors.torch import load_file
+
+            item["id_embeds"] = load_file(str(self.folder / row["id_embeds"]))["id_embeds"]
+        return item
+
+
+def collate_conditions(items: list[dict[str, Any]]) -> dict[str, Any]:
+    ids = [it["id_embeds"] for it in items]
+    return {
+        "pixels": torch.stack([it["pixels"] for it in items]),
+        "condition": torch.stack([it["condition"] for it in items]),
+        "text": [it["text"] for it in items],
+        "id_embeds": torch.stack(ids) if all(i is not None for i in ids) else None,
+    }
+
+
+def load_sd_components(pretrained: str, seed: int = 0) -> dict[str, Any]:
+    """vae, text_encoder, tokenizer, unet, scheduler of an SD1.5-format model (4-ch UNet)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from ..components import SD15_SCHEDULER_CONFIG, build_components
+
+    sched_kw = dict(clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    if pretrained in ("tiny", "random-real"):
+        parts = build_components(
+            "tiny" if pretrained == "tiny" else "sd15", seed=seed, in_channels=4
+        )
+        parts["scheduler"] = DDIMScheduler(**SD15_SCHEDULER_CONFIG, **sched_kw)
+        return parts
+    try:
+        return {
+            "unet": UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet"),
+            "vae": AutoencoderKL.from_pretrained(pretrained, subfolder="vae"),
+            "text_encoder": CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder"),
+            "tokenizer": CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer"),
+            "scheduler": DDIMScheduler.from_pretrained(pretrained, subfolder="scheduler"),
+        }
+    except (OSError, ValueError) as exc:
+        from ..errors import ModelNotFoundError
+
+        raise ModelNotFoundError(
+            f"model.pretrained={pretrained}: could not load an SD1.5 folder ({exc}); pass a "
+            "diffusers SD1.5 folder, or tiny / random-real"
+        ) from exc
+
+
+class RepControlNetTrainer(Trainer):
+    """Trains the copies, the adapter and the ID projections; exports the merged pipeline."""
+
+    log_keys = ("loss", "lr")
+
+    def __init__(self, config: RepControlNetConfig):
+        super().__init__(config, config.training, config.optim)
+        self.cfg = config
+
+    def setup(self) -> None:
+        from diffusers import DDPMScheduler
+
+        from ..models.rep_controlnet import RepControlNet
+
+        cfg = self.cfg
+        parts = load_sd_components(cfg.model.pretrained, cfg.model.seed)
+        self.vae, self.text_encoder = parts["vae"], parts["text_encoder"]
+        self.tokenizer, self.scheduler = parts["tokenizer"], parts["scheduler"]
+        self.train_scheduler = DDPMScheduler.from_config(self.scheduler.config)
+        self.vae.requires_grad_(False).eval().to(self.device)
+        self.text_encoder.requires_grad_(False).eval().to(self.device)
+        self.alphas_cumprod = self.train_scheduler.alphas_cumprod.to(self.device)
+        model = RepControlNet(
+            parts["unet"],
+            init_scale=cfg.model.init_scale,
+            inject_at=cfg.model.inject_at,
+            adapter_channels=tuple(cfg.model.adapter_channels),
+            id_dim=cfg.model.id_dim,
+        )
+        if cfg.training.gradient_checkpointing:
+            model.unet.enable_gradient_checkpointing()
+        self.dataset = ConditionDataset(
+            cfg.data.path, cfg.data.resolution, cfg.data.dropout_text, cfg.training.seed
+        )
+        self.collate = collate_conditions
+        optimizer, lr_scheduler = self.make_optimizer(model.trainable_parameters())
+        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
+            model, optimizer, lr_scheduler
+        )
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        return self.text_encoder(ids)[0]
+
+    def compute_loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        """L = ||eps - eps_theta(z_t, t, C, F_id, I)||^2 (the diffusion loss of FPGA eq. 3)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        device = self.device
+        with torch.no_grad():
+            sf = self.vae.config.scaling_factor
+            z0 = self.vae.encode(batch["pixels"].to(device)).latent_dist.sample(generator) * sf
+            text = self.encode_text(batch["text"])
+        noise = randn_tensor(z0.shape, generator=generator, device=device, dtype=z0.dtype)
+        t = torch.randint(
+            0, self.train_scheduler.config.num_train_timesteps, (z0.shape[0],), generator=generator
+        ).to(device)
+        ab = alpha_bar(self.alphas_cumprod, t, z0)
+        ids = batch["id_embeds"]
+        pred = self.model(
+            add_noise(z0, noise, ab),
+            t,
+            text,
+            batch["condition"].to(device),
+            None if ids is None else ids.to(device),
+        )
+        ptype = self.train_scheduler.config.prediction_type
+        return diffusion_loss(pred, diffusion_target(noise, z0, ab, ptype)).mean()
+
+    def training_step(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, float]:
+        with self.accelerator.accumulate(self.model):
+            loss = self.compute_loss(batch, generator)
+            self.clip_and_step(loss, self.model, self.optimizer, self.lr_scheduler)
+        return {"loss": float(loss.detach())}
+
+    def pipeline(self):
+        """The merged :class:`RepControlNetPipeline` (Eq. 6 with the config's alpha, beta)."""
+        import copy
+
+        from ..pipelines.rep_controlnet import RepControlNetPipeline
+
+        rep = self.accelerator.unwrap_model(self.model)
+        merged = rep.merge(self.cfg.merge.alpha, self.cfg.merge.beta)
+        return RepControlNetPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=merged,
+            adapter=copy.deepcopy(rep.adapter),
+            id_projections=copy.deepcopy(rep.id_projections),
+            scheduler=self.scheduler,
+        )
+
+    def export(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        from ..io import atomic_write
+
+        self.pipeline().save_pretrained(folder)
+        rep = self.accelerator.unwrap_model(self.model)
+        state = {
+            k: v.detach().cpu().contiguous()
+            for k, v in rep.state_dict().items()
+            if ".branch." in k or k.startswith("adapter.")
+        }
+        atomic_write(folder / "rep_branches.safetensors", lambda p: save_file(state, str(p)))
