@@ -1,0 +1,1 @@
+"""Method kinds of the evaluation harness, one module each (listed in ``METHOD_KINDS``)."""
