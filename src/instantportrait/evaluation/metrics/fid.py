@@ -19,7 +19,14 @@ from PIL import Image
 from .. import metric_fns as fns
 from .registry import Metric, ModelHub, ModelSource, register_metric, register_model
 
-__all__ = ["FDSampleWarning", "face_boxes_crops", "fd_dinov2", "fid", "fid_face", "frechet_with_counts"]
+__all__ = [
+    "FDSampleWarning",
+    "face_boxes_crops",
+    "fd_dinov2",
+    "fid",
+    "fid_face",
+    "frechet_with_counts",
+]
 
 
 class FDSampleWarning(UserWarning):
