@@ -139,7 +139,8 @@ def _ours(out: Path, table: PaperTable) -> tuple[list[tuple[str, dict[str, str]]
                     values[col] = f"{cell.mean * scale:.1f}"
                     used.setdefault(col, metric)
                     break
-        label = name + (" + DIIR" if str(record["spec"]).startswith("restore") else "")
+        restored = str(record["spec"]).startswith("restore") and "diir" not in name.lower()
+        label = name + (" + DIIR" if restored else "")
         rows.append((label, values))
     return rows, used
 
