@@ -92,7 +92,9 @@ def test_restore_key_holds_the_inner_method(tiny_restore, tmp_path):
         build_method(f"restore:{tmp_path / 'nodiir'},method=identity").check()
 
 
-def test_several_identities_restore_by_their_regions(tiny_restore, astronaut_path, grace_hopper_path):
+def test_several_identities_restore_by_their_regions(
+    tiny_restore, astronaut_path, grace_hopper_path
+):
     from types import SimpleNamespace
 
     from instantportrait.evaluation.items import Identity, Subject
