@@ -139,6 +139,9 @@ def _ours(out: Path, table: PaperTable) -> tuple[list[tuple[str, dict[str, str]]
                     values[col] = f"{cell.mean * scale:.1f}"
                     used.setdefault(col, metric)
                     break
+                if cell is not None and cell.failed and col not in values:
+                    values[col] = f"failed ({cell.failed})"  # scored, no value: say so
+                    used.setdefault(col, metric)
         restored = str(record["spec"]).startswith("restore") and "diir" not in name.lower()
         label = name + (" + DIIR" if restored else "")
         rows.append((label, values))

@@ -5,7 +5,9 @@ generated face with the largest IoU with that region scores identity ``k``'s sim
 the IoU exceeds 0.5, else identity ``k`` scores 0 (a missing or misplaced face is a failure of
 identity placement, not a skipped item). The item's value is the mean over identities (the
 harness's rule for every matcher). An identity without a region falls back to the ``best``
-rule for that identity and says so in the row's detail.
+rule for that identity (its ``region_iou`` detail is ``null``), except that an output without
+any face scores 0 here too instead of failing: under this rule a missing face is a placement
+failure, counted in the mean.
 """
 
 from __future__ import annotations
