@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="NAME=SPEC",
         help="a method, e.g. ipnet=edit:runs/ipnet/final,steps=1 (repeat for more); kinds: "
-        "edit, folder, identity (see the README)",
+        "edit, folder, identity, faceanet, fpga, restore (docs/evaluation.md)",
     )
     p.add_argument(
         "--metrics",
