@@ -152,3 +152,14 @@ def test_tuning_key_depends_on_photos_settings_and_base():
     assert k != tuning_key(["a", "b"], {"tune_steps": 3}, {"path": "x"})
     assert k != tuning_key(["a", "b"], {"tune_steps": 2}, {"path": "y"})
     assert k == tuning_key(["a", "b"], {"tune_steps": 2}, {"path": "x"})
+
+
+def test_faceanet_protocol_has_40_front_face_prompts_and_the_paper_metrics():
+    from instantportrait.evaluation.protocols import list_protocols, load_protocol
+
+    p = load_protocol("faceanet")
+    assert len(p.prompts) == 40 and len({q.text for q in p.prompts}) == 40
+    assert all(q.text.endswith(", front face") for q in p.prompts)
+    assert {"clip_t_vitb32", "clip_i", "dino", "face_sim_facenet"} <= set(p.metrics)
+    for name in list_protocols():  # every shipped protocol loads
+        assert load_protocol(name).prompts
