@@ -163,3 +163,24 @@ def test_faceanet_protocol_has_40_front_face_prompts_and_the_paper_metrics():
     assert {"clip_t_vitb32", "clip_i", "dino", "face_sim_facenet"} <= set(p.metrics)
     for name in list_protocols():  # every shipped protocol loads
         assert load_protocol(name).prompts
+
+
+@pytest.mark.slow
+def test_faceanet_kind_with_a_context_model(identity_dir, inpaint_base, tmp_path):
+    """G_c (the tiny SDXL) draws the scene; the tuned G_id repaints its face (if one is found:
+    the tiny G_c draws noise, so the pipeline may warn and return the context unchanged)."""
+    import warnings
+
+    from instantportrait.evaluation.items import subjects_from_files
+    from instantportrait.evaluation.methods import build_method
+
+    subject = subjects_from_files([identity_dir])[0]
+    m = build_method(f"faceanet:{inpaint_base},{SPEC},context_model=tiny")
+    m.cache_dir = tmp_path / "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = m.generate(
+            Image.new("RGB", (8, 8)), "a photo of a person on a beach", 0, subject=subject
+        )
+    assert isinstance(out, Image.Image) and m.tuning_runs == 1
+    assert m.fingerprint_data()["context_model"] == "tiny"
