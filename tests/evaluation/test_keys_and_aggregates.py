@@ -353,8 +353,10 @@ def test_spec_strings_parse_for_the_registry(monkeypatch):
     from instantportrait.evaluation.methods import METHOD_KINDS, method_class
 
     assert {"identity", "edit", "folder", "fastface", "faceanet", "fpga"} <= set(METHOD_KINDS)
+    assert method_class("fpga").__name__ == "FPGAMethod"  # its class has arrived
+    monkeypatch.setitem(METHOD_KINDS, "missing-test", "instantportrait.evaluation.kinds.nosuch:X")
     with pytest.raises(InputError, match="not available in this version"):
-        method_class("fpga")
+        method_class("missing-test")
     monkeypatch.setitem(METHOD_KINDS, "tinted-test", f"{__name__}:Tinted")
     cls = method_class("tinted-test")
     assert cls is Tinted

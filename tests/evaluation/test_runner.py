@@ -305,6 +305,10 @@ def test_methods_not_written_yet_register_by_name(monkeypatch):
 
 def test_shipped_protocols_and_prompt_files(tmp_path):
     assert {"instantportrait", "fastface"} <= set(list_protocols())
+    assert {"faceanet", "fpga_half_body", "fpga_full_body", "fpga_multi_id"} <= set(
+        list_protocols()
+    )
+    assert not any(n.endswith("_reference") for n in list_protocols())  # published rows
     ip = load_protocol("instantportrait")
     assert "wearing a 1920s flapper dress, feathered headband" in [p.text for p in ip.prompts]
     assert ip.metrics[:3] == ["face_sim_facenet", "face_sim_arcface", "face_sim_dlib"]

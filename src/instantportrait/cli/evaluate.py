@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="NAME=SPEC",
         help="a method, e.g. ipnet=edit:runs/ipnet/final,steps=1 (repeat for more); kinds: "
-        "edit, folder, identity (see the README)",
+        "edit, folder, identity, faceanet, fpga, restore (docs/evaluation.md)",
     )
     p.add_argument(
         "--metrics",
@@ -69,6 +69,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retry-failed", action="store_true", help="recompute failed items")
     p.add_argument("--report-only", action="store_true", help="redraw the report of --out and exit")
     p.add_argument("--list-metrics", action="store_true", help="list metrics and models, exit")
+    p.add_argument(
+        "--paper-table",
+        action="append",
+        default=[],
+        metavar="PAPER:TABLE",
+        help="also write a paper's table with its published rows and this run's "
+        "(faceanet:table1, faceanet:table2, fpga:single_id_half_body, ...)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the resolved run and exit")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_device_arguments(p)
@@ -122,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         raise InputError("--out: the output folder is required")
     out = Path(args.out)
+    from ..evaluation.paper_tables import load_paper_table
+
+    for name in args.paper_table:
+        load_paper_table(name)  # an unknown table is refused before anything runs
     if args.report_only:
         from ..evaluation.report import write_report
         from ..evaluation.store import STORE_NAME
@@ -129,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         if not (out / STORE_NAME).is_file():
             raise InputError(f"--out {out}: no {STORE_NAME} to report on")
         print(write_report(out))
+        _paper_tables(args.paper_table, out)
         return 0
 
     from ..evaluation.methods import parse_method_arg
@@ -230,4 +243,17 @@ def run(args: argparse.Namespace) -> int:
     )
     if summary.report is not None:
         print(summary.report)
+    _paper_tables(args.paper_table, out)
     return 0
+
+
+def _paper_tables(names: list[str], out: Path) -> None:
+    """Write and print each ``--paper-table`` (published rows + this run's)."""
+    from ..evaluation.paper_tables import paper_table
+    from ..io import atomic_write
+
+    for name in names:
+        text = paper_table(out, name)
+        path = out / f"paper-{name.replace(':', '-')}.md"
+        atomic_write(path, lambda p, t=text: p.write_text(t, encoding="utf-8"))
+        print(text)

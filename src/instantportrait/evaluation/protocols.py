@@ -90,8 +90,13 @@ def _packaged_dir():
 
 
 def list_protocols() -> list[str]:
-    """The names of the shipped protocols."""
-    return sorted(Path(p.name).stem for p in _packaged_dir().iterdir() if p.name.endswith(".json"))
+    """The names of the shipped protocols (``*_reference.json`` hold papers' published rows,
+    not protocols)."""
+    return sorted(
+        Path(p.name).stem
+        for p in _packaged_dir().iterdir()
+        if p.name.endswith(".json") and not p.name.endswith("_reference.json")
+    )
 
 
 def _parse_prompt_lines(lines: list[str], label: str) -> list[Prompt]:

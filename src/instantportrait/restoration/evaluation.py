@@ -7,8 +7,14 @@ SPEC: ``restore:DIIR_MODEL,method=KIND,model=PATH[,restore_below=100][,restore_s
         --method ipnet+diir=restore:models/diir,method=edit,model=runs/ipnet/final,steps=1
 
 so "method" and "method + DIIR" are scored side by side. Every face of the output smaller
-than ``restore_below`` pixels is restored with the identity of the input portrait (the id the
-generation should have) and pasted back.
+than ``restore_below`` pixels is restored with the identity the generation should have (the
+item's identity photo; for several identities with face regions, each face takes the identity
+whose region it overlaps most, else its own) and pasted back.
+
+The wrapper passes the harness's state through to the inner method (its ``cache_dir`` for
+per-identity caches such as FaceA-Net's tuned identities, the run's ``prompts``), and its key
+holds the inner method's whole fingerprint and the DIIR model's identity, so a changed inner
+model recomputes the "+ DIIR" rows too.
 """
 
 from __future__ import annotations
@@ -19,7 +25,13 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..evaluation.methods import Method, MethodSpec, build_method
+from ..evaluation.methods import (
+    Method,
+    MethodSpec,
+    build_method,
+    check_model_path,
+    model_fingerprint,
+)
 
 OWN = ("method", "model", "restore_below", "restore_steps", "restore_guidance")
 
@@ -29,6 +41,27 @@ class RestoredMethod(Method):
 
     kind = "restore"
     options = OWN
+
+    # the harness sets these on the wrapper; the inner method needs them too
+    @property
+    def cache_dir(self):  # type: ignore[override]
+        return self._cache_dir
+
+    @cache_dir.setter
+    def cache_dir(self, value) -> None:
+        self._cache_dir = value
+        if getattr(self, "inner", None) is not None:
+            self.inner.cache_dir = value
+
+    @property
+    def prompts(self):  # type: ignore[override]
+        return self._prompts
+
+    @prompts.setter
+    def prompts(self, value) -> None:
+        self._prompts = value
+        if getattr(self, "inner", None) is not None:
+            self.inner.prompts = value
 
     def __init__(
         self, spec: MethodSpec, device: torch.device | None = None, dtype: torch.dtype | None = None
@@ -47,7 +80,25 @@ class RestoredMethod(Method):
             device=device,
             dtype=dtype,
         )
+        self.inner.cache_dir, self.inner.prompts = self.cache_dir, self.prompts
         self._restorer = None
+
+    def check(self) -> None:
+        check_model_path(str(self.spec.path), f"method {self.spec.text!r}: DIIR model")
+        self.inner.check()
+
+    def fingerprint_data(self) -> dict[str, Any]:
+        own = {k: self.spec.options[k] for k in sorted(self.spec.options) if k in OWN}
+        return {
+            "kind": "restore",
+            "options": own,
+            "diir": model_fingerprint(self.spec.path),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "inner": self.inner.fingerprint_data(),
+        }
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.spec.options)
 
     @property
     def restorer(self):
@@ -63,9 +114,41 @@ class RestoredMethod(Method):
             self._restorer.pipeline.to(device=self.device, dtype=self.dtype)
         return self._restorer
 
+    def identity_images(self, output: Image.Image, image: Image.Image, subject: Any) -> Any:
+        """What each restored face should look like: the one identity's photo, or, for several
+        identities with regions, per restored face (left to right) the photo of the identity
+        whose region overlaps it most (``None``: the face keeps its own identity)."""
+        from ..io import load_image
+
+        if subject is None:
+            return image
+        ids = subject.identities
+        if len(ids) == 1:
+            return load_image(ids[0].photos[0], name=str(ids[0].photos[0]))
+        if not all(i.region is not None for i in ids):
+            return None  # no placement known: every face restores its own identity
+        from ..evaluation.metrics.regions import box_iou
+        from ..faces.detect import detect
+
+        r = self.restorer
+        found = detect(output, select="all", landmarks=68, raise_if_none=False, **r.detector)
+        if len(found) == 0:
+            return None
+        chosen = r.select(found)
+        per_face = []
+        for i in chosen:
+            box = tuple(float(v) for v in found.boxes[i])
+            overlaps = [box_iou(tuple(ident.region), box) for ident in ids]
+            best = max(range(len(ids)), key=overlaps.__getitem__)
+            photo = ids[best].photos[0]
+            per_face.append(load_image(photo, name=str(photo)) if overlaps[best] > 0 else None)
+        return per_face
+
     def generate(self, image: Image.Image, prompt: str, seed: int, **context: Any) -> Image.Image:
         out = self.inner.generate(image, prompt, seed, **context)
-        return self.restorer.restore(out, image, name=str(context.get("face", "output"))).image
+        id_images = self.identity_images(out, image, context.get("subject"))
+        name = str(context.get("face", "output"))
+        return self.restorer.restore(out, id_images, name=name).image
 
     def cost(self) -> dict[str, float | None]:
         inner = self.inner.cost()

@@ -19,7 +19,7 @@ it up by name.
 
 from __future__ import annotations
 
-from . import clip, cost, dino, fastface, fid, identity, perceptual, quality  # noqa: F401
+from . import clip, cost, dino, fastface, fid, identity, perceptual, quality, regions  # noqa: F401
 from .context import FACE_MATCHERS, ItemContext, register_face_matcher
 from .registry import (
     METRICS,

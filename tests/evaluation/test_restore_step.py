@@ -1,0 +1,122 @@
+"""The harness's ``restore`` step: "method" and "method + DIIR" scored side by side (FPGA
+Table 2), the wrapper passing the harness's state to the inner method."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+pytest.importorskip("dlib")
+
+
+@pytest.fixture(scope="module")
+def tiny_restore(tmp_path_factory):
+    from instantportrait.tiny import write_tiny
+
+    return write_tiny(tmp_path_factory.mktemp("m") / "diir", "restore", seed=0)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory, astronaut_path):
+    """One identity folder: the astronaut (small, so DIIR restores it) and a mirrored crop
+    as its held-out photo."""
+    root = tmp_path_factory.mktemp("faces")
+    a = Image.open(astronaut_path).convert("RGB")
+    (root / "astro" / "reference").mkdir(parents=True)
+    a.resize((160, 160)).save(root / "astro" / "1.png")
+    ImageOps.mirror(a.crop((30, 0, 410, 380))).resize((160, 160)).save(
+        root / "astro" / "reference" / "held.png"
+    )
+    return root
+
+
+def test_method_and_method_plus_diir_side_by_side(faces, tiny_restore, tmp_path):
+    from instantportrait.evaluation import evaluate
+    from instantportrait.evaluation.methods import build_method
+    from instantportrait.evaluation.paper_tables import paper_table
+    from instantportrait.evaluation.report import overall_split, summarize
+    from instantportrait.evaluation.store import ResultStore
+
+    plain = build_method("identity")
+    diir = build_method(
+        f"restore:{tiny_restore},method=identity,restore_below=1000,restore_steps=1"
+    )
+    out = tmp_path / "eval"
+    s = evaluate(
+        faces,
+        ["a person in a park"],
+        {"ident": plain, "ident+diir": diir},
+        "face_sim_dlib,ffc",
+        out,
+        progress=False,
+    )
+    assert s.generated == 2 and s.failed_outputs == 0
+    # the harness's state reaches the inner method
+    assert diir.inner.cache_dir == diir.cache_dir is not None
+    assert diir.inner.prompts == diir.prompts and len(diir.prompts) == 1
+    a = np.asarray(Image.open(next((out / "outputs" / "ident").rglob("*.png"))), dtype=float)
+    b = np.asarray(Image.open(next((out / "outputs" / "ident+diir").rglob("*.png"))), dtype=float)
+    assert a.shape == b.shape
+    diff = np.abs(a - b).sum(axis=2)
+    assert diff.max() > 0  # the face was regenerated and pasted back
+    assert (diff == 0).mean() > 0.2  # ... only around the face: the rest is the input
+
+    store = ResultStore(out)
+    split = overall_split(store)
+    table = summarize(store)
+    store.close()
+    assert table[("ident", split)]["ffc"].total == 1
+    assert table[("ident+diir", split)]["ffc"].total == 1
+    text = paper_table(out, "fpga:single_id_full_body")
+    rows = [ln for ln in text.splitlines() if ln.endswith("| ours |")]
+    assert [r.split(" | ")[0] for r in rows] == ["| ident", "| ident+diir"]
+    assert "| FPGA + DIIR | 86.9 | 23.5 | 74.2 | 95.5 | 270.5 | published |" in text
+    assert "| FPGA | 86.9 | 23.8 | 30.5 | 94.2 | 269.5 | published |" in text
+
+
+def test_restore_key_holds_the_inner_method(tiny_restore, tmp_path):
+    from instantportrait.errors import InputError, ModelNotFoundError
+    from instantportrait.evaluation.methods import build_method
+
+    one = build_method(f"restore:{tiny_restore},method=identity,resolution=64")
+    two = build_method(f"restore:{tiny_restore},method=identity,resolution=96")
+    assert one.fingerprint() != two.fingerprint()
+    assert one.fingerprint_data()["inner"]["options"] == {"resolution": 64}
+    with pytest.raises(InputError, match="method=KIND"):
+        build_method(f"restore:{tiny_restore}")
+    bad = build_method(f"restore:{tiny_restore},method=edit,model={tmp_path / 'nope'}")
+    with pytest.raises(ModelNotFoundError, match="nope"):
+        bad.check()
+    with pytest.raises(ModelNotFoundError, match="DIIR"):
+        build_method(f"restore:{tmp_path / 'nodiir'},method=identity").check()
+
+
+def test_several_identities_restore_by_their_regions(
+    tiny_restore, astronaut_path, grace_hopper_path
+):
+    from types import SimpleNamespace
+
+    from instantportrait.evaluation.items import Identity, Subject
+    from instantportrait.evaluation.methods import build_method
+
+    a = Image.open(astronaut_path).convert("RGB").resize((200, 200))
+    g = Image.open(grace_hopper_path).convert("RGB").crop((0, 30, 512, 542)).resize((200, 200))
+    output = Image.new("RGB", (400, 200))
+    output.paste(g, (0, 0))  # Grace Hopper's face on the left, the astronaut's on the right
+    output.paste(a, (200, 0))
+    subject = Subject(
+        "pair",
+        (
+            Identity("astro", (astronaut_path,), region=(200, 0, 400, 200)),
+            Identity("grace", (grace_hopper_path,), region=(0, 0, 200, 200)),
+        ),
+    )
+    m = build_method(f"restore:{tiny_restore},method=identity")
+    m._restorer = SimpleNamespace(detector={"upsample": 1}, select=lambda f: list(range(len(f))))
+    per_face = m.identity_images(output, a, subject)
+    assert len(per_face) == 2  # left to right: the identity of the region each face is in
+    assert per_face[0].size == Image.open(grace_hopper_path).size
+    assert per_face[1].size == Image.open(astronaut_path).size
+    single = Subject("one", (Identity("astro", (astronaut_path,)),))
+    assert m.identity_images(output, a, single).size == Image.open(astronaut_path).size
