@@ -136,7 +136,7 @@ def current_rows(store: ResultStore) -> dict[str, list]:
     """The current run's rows (``meta.run``: its method keys, subjects with their
     fingerprints, prompts, seeds and metric keys), by method *name*. Group and set rows
     count only when their stored member set is the one the current outputs give."""
-    from .runner import group_members, members_hash, set_members, split_groups
+    from .aggregates import group_members, members_hash, set_members, split_groups
 
     run = store.meta().get("run", {})
     methods = run.get("methods", {})

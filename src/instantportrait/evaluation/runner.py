@@ -31,12 +31,9 @@ and a rerun resumes as usual.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +43,11 @@ from PIL import Image
 from ..errors import InputError
 from ..io import atomic_write, load_image
 from . import metrics as M
-from .items import Subject, file_digest, subjects_from_files
+from .aggregates import AggregateMetrics, first_line, members_hash
+from .items import Subject
 from .methods import Method, MethodSpec, build_method
 from .protocols import DEFAULT_SPLIT, Prompt
+from .run_config import EvaluationConfig, Item, RunSummary, process_rank, rank_block
 from .store import ItemKey, ResultRow, ResultStore
 
 __all__ = [
@@ -62,195 +61,11 @@ __all__ = [
     "rank_block",
 ]
 
-ALL = "*"
 #: Seconds between looks at items another run is computing.
 POLL_SECONDS = 0.5
 
 
-@dataclass(frozen=True)
-class Item:
-    """One (method, subject, prompt, seed) to generate and score."""
-
-    method: str
-    subject: Subject
-    prompt: Prompt
-    seed: int
-
-    @property
-    def face_key(self) -> str:
-        """The subject's name in the store."""
-        return self.subject.name
-
-    @property
-    def face(self) -> Path:
-        """The subject's primary input photo."""
-        return self.subject.input
-
-
-def _to_subjects(faces: Sequence[Any]) -> list[Subject]:
-    subjects: list[Subject] = []
-    paths: list[Any] = []
-    for f in faces:
-        if isinstance(f, Subject):
-            subjects.append(f)
-        else:
-            paths.append(f)
-    if paths:
-        subjects += subjects_from_files(paths)
-    names = [s.name for s in subjects]
-    dup = next((n for n in names if names.count(n) > 1), None)
-    if dup is not None:
-        raise InputError(f"--faces: two inputs are named {dup!r}; outputs would collide")
-    return subjects
-
-
-@dataclass
-class EvaluationConfig:
-    """Everything one evaluation run needs, resolved and validated.
-
-    Attributes:
-        faces: the subjects: image files, folders (of images or identity folders), subjects
-            files (``.json``) or :class:`~.items.Subject` objects.
-        prompts: the prompts with their splits.
-        methods: ``name -> SPEC`` (a :class:`MethodSpec`, a SPEC string, or a ready
-            :class:`Method` object).
-        metrics: metric names (see :data:`~.metrics.METRICS`).
-        seeds: the seeds of every (subject, prompt).
-        out: the output folder (store, outputs, report).
-        weights: model key -> path / Hub id (or a ready model object).
-        device: where methods and metrics run (default CPU).
-        dtype: the methods' dtype (default float32; metrics always run in float32).
-        text_template: what CLIP-T compares with, ``{prompt}`` replaced.
-        references: the reference images of set metrics (FID); default the subjects'
-            reference photos (held-out photos, else the inputs).
-        face_match: the face matcher of face similarity (default: per subject, ``largest``
-            for one identity, ``best`` for several).
-        retry_failed: recompute failed outputs and metric rows.
-        protocol: the protocol's name (recorded).
-        progress: show a progress bar.
-        report: write the report at the end.
-    """
-
-    faces: list[Any]
-    prompts: list[Prompt]
-    methods: dict[str, Any]
-    metrics: list[str]
-    seeds: list[int] = field(default_factory=lambda: [0])
-    out: Path = Path("evaluation")
-    weights: dict[str, Any] = field(default_factory=dict)
-    device: torch.device | str = "cpu"
-    dtype: torch.dtype | None = None
-    text_template: str = "{prompt}"
-    references: list[Path] | None = None
-    face_match: str | None = None
-    retry_failed: bool = False
-    protocol: str = ""
-    progress: bool = True
-    report: bool = True
-
-    def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        if not self.faces:
-            raise InputError("--faces: no input faces")
-        self.subjects: list[Subject] = _to_subjects(self.faces)
-        if not self.prompts:
-            raise InputError("--prompts: no prompts")
-        if not self.methods:
-            raise InputError("--method: give at least one NAME=SPEC")
-        if not self.seeds:
-            raise InputError("--seeds: at least one seed")
-        unknown = [m for m in self.metrics if m not in M.METRICS]
-        if unknown:
-            raise InputError(f"--metrics: unknown metric {unknown[0]!r}")
-        if self.face_match is not None and self.face_match not in M.FACE_MATCHERS:
-            raise InputError(
-                f"face_match {self.face_match!r}: one of {', '.join(sorted(M.FACE_MATCHERS))}"
-            )
-
-    @property
-    def splits(self) -> list[str]:
-        """The prompts' splits in order."""
-        return list(dict.fromkeys(p.split for p in self.prompts))
-
-
-@dataclass
-class RunSummary:
-    """What a run did."""
-
-    items: int = 0
-    already_done: int = 0
-    processed: int = 0
-    by_others: int = 0
-    generated: int = 0
-    reused_outputs: int = 0
-    failed_outputs: int = 0
-    rows_written: int = 0
-    unavailable: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    report: Path | None = None
-
-
-def process_rank() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process from ``RANK`` / ``WORLD_SIZE`` (set by
-    ``accelerate launch`` and torchrun); ``(0, 1)`` when run alone."""
-    import os
-
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-    except ValueError:
-        raise InputError("RANK / WORLD_SIZE: not integers") from None
-    if world < 1 or not 0 <= rank < world:
-        raise InputError(f"RANK={rank} WORLD_SIZE={world}: rank outside the world")
-    return rank, world
-
-
-def rank_block(n: int, rank: int, world: int) -> range:
-    """The item positions of ``rank``: a contiguous block, the blocks of all ranks disjoint
-    and covering ``range(n)`` (sizes differ by at most one)."""
-    return range(rank * n // world, (rank + 1) * n // world)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {(text.splitlines()[0] if text else '')[:300]}"
-
-
-def members_hash(members: Sequence[Any]) -> str:
-    """A hash of a group/set's members (any JSON-able list; order-independent)."""
-    data = sorted(json.dumps(m, sort_keys=True, default=str) for m in members)
-    return hashlib.sha1("\n".join(data).encode()).hexdigest()[:16]
-
-
-def split_groups(prompts: dict[str, tuple[int, str]]) -> list[tuple[str, set[str]]]:
-    """``[(split, prompt texts)]`` of ``prompt -> (index, split)``; with several splits the
-    whole set is added as ``all``."""
-    order = sorted(prompts.items(), key=lambda kv: kv[1][0])
-    splits = list(dict.fromkeys(s for _, (_, s) in order))
-    groups = [(s, {p for p, (_, sp) in order if sp == s}) for s in splits]
-    if len(splits) > 1:
-        groups.append((DEFAULT_SPLIT, set(prompts)))
-    return groups
-
-
-def group_members(outputs: Sequence[dict[str, Any]], texts: set[str]) -> list[list[Any]]:
-    """The members of a group (one method, subject and seed): its ok outputs' prompts."""
-    return sorted([o["prompt"], o["subject_fp"]] for o in outputs if o["prompt"] in texts)
-
-
-def set_members(
-    outputs: Sequence[dict[str, Any]], texts: set[str], reference_digests: Sequence[str]
-) -> list[list[Any]]:
-    """The members of a set metric: its ok outputs' items and the reference files."""
-    items = [
-        ["out", o["face"], o["subject_fp"], o["prompt"], o["seed"]]
-        for o in outputs
-        if o["prompt"] in texts
-    ]
-    return sorted(items) + [["ref", d] for d in reference_digests]
-
-
-class Evaluator:
+class Evaluator(AggregateMetrics):
     """Runs an :class:`EvaluationConfig` into its output folder.
 
     Args:
@@ -549,7 +364,7 @@ class Evaluator:
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - a method failing on one item is recorded
-            error = _first_line(exc)
+            error = first_line(exc)
             store.set_output(key, None, "failed", error, time.perf_counter() - t0)
             rows = [
                 self._row(item, name, value=M.METRICS[name].on_generation_failure)
@@ -625,7 +440,7 @@ class Evaluator:
                 item,
                 name,
                 status="failed",
-                error=_first_line(exc),
+                error=first_line(exc),
                 seconds=time.perf_counter() - t0,
             )
         return self._row(
@@ -636,190 +451,6 @@ class Evaluator:
             n=1,
             detail=dict(ctx.detail) or None,
         )
-
-    # ------------------------------------------------------------------ aggregates
-    def _aggregate_row(self, metric: str, **key: Any) -> dict[str, Any]:
-        return dict(metric=metric, metric_key=self.metric_keys[metric], **key)
-
-    def _method_metrics(self, name: str, method: Method, store, summary) -> None:
-        wanted = [m for m in self.available if M.METRICS[m].scope == "method"]
-        mkey = self.method_keys[name]
-        have = store.done_item((mkey, ALL, "", ALL, -1))
-        missing = [m for m in wanted if (m, self.metric_keys[m]) not in have]
-        if not missing:
-            return
-        try:
-            cost = method.cost()
-        except Exception as exc:  # noqa: BLE001
-            cost, error = {}, _first_line(exc)
-        else:
-            error = None
-            store.set_method_cost(name, cost)
-        rows = []
-        for m in missing:
-            key = self._aggregate_row(m, method=mkey, face=ALL, subject_fp="", prompt=ALL, seed=-1)
-            if error is not None:
-                rows.append(ResultRow(value=None, status="failed", error=error, **key))
-                continue
-            try:
-                rows.append(ResultRow(value=M.METRICS[m].fn(cost), **key))
-            except M.NotApplicable as exc:
-                rows.append(ResultRow(value=None, status="n/a", error=str(exc), **key))
-        store.add_rows(rows)
-        summary.rows_written += len(rows)
-
-    def _ok_outputs(self, store: ResultStore, name: str) -> list[dict[str, Any]]:
-        subjects = {s.name: s.fingerprint() for s in self.config.subjects}
-        seeds = set(self.config.seeds)
-        prompts = {p.text for p in self.config.prompts}
-        return [
-            o
-            for o in store.outputs(self.method_keys[name])
-            if o["status"] == "ok"
-            and subjects.get(o["face"]) == o["subject_fp"]
-            and o["seed"] in seeds
-            and o["prompt"] in prompts
-            and o["path"]
-            and (self.out / o["path"]).is_file()
-        ]
-
-    def _stored_members(self, store: ResultStore, metric: str, **key: Any) -> str | None:
-        for r in store.rows(key["method"], metric):
-            if (
-                r.metric_key == self.metric_keys[metric]
-                and r.face == key["face"]
-                and r.subject_fp == key["subject_fp"]
-                and r.prompt == key["prompt"]
-                and r.seed == key["seed"]
-            ):
-                return r.members
-        return None
-
-    def _prompt_map(self) -> dict[str, tuple[int, str]]:
-        return {p.text: (p.index, p.split) for p in self.config.prompts}
-
-    def _group_metrics(self, store: ResultStore, summary: RunSummary) -> None:
-        wanted = [m for m in self.available if M.METRICS[m].scope == "group"]
-        if not wanted:
-            return
-        for name in self.methods:
-            outputs = self._ok_outputs(store, name)
-            for split, texts in split_groups(self._prompt_map()):
-                for subject in self.config.subjects:
-                    for seed in self.config.seeds:
-                        group = sorted(
-                            (
-                                o
-                                for o in outputs
-                                if o["face"] == subject.name
-                                and o["seed"] == seed
-                                and o["prompt"] in texts
-                            ),
-                            key=lambda o: o["prompt"],
-                        )
-                        if len(group) < 2:
-                            continue
-                        members = members_hash(group_members(group, texts))
-                        for m in wanted:
-                            key = dict(
-                                method=self.method_keys[name],
-                                face=subject.name,
-                                subject_fp=subject.fingerprint(),
-                                prompt=f"{ALL}:{split}",
-                                seed=seed,
-                            )
-                            if self._stored_members(store, m, **key) == members:
-                                continue
-                            row = self._aggregate(m, lambda m=m, g=group: self._group(m, g))
-                            store.add_rows(
-                                [
-                                    ResultRow(
-                                        n=len(group),
-                                        members=members,
-                                        **self._aggregate_row(m, **key),
-                                        **row,
-                                    )
-                                ]
-                            )
-                            summary.rows_written += 1
-
-    def _group(self, metric: str, group: list[dict[str, Any]]) -> float:
-        from .metric_fns import pil_to_tensor
-
-        images = [load_image(self.out / o["path"]) for o in group]
-        size = images[0].size
-        images = [im if im.size == size else im.resize(size, Image.BICUBIC) for im in images]
-        return M.METRICS[metric].fn(pil_to_tensor(images), self.hub)
-
-    def _reference_paths(self) -> list[Path]:
-        if self.config.references:
-            return list(self.config.references)
-        refs = [p for s in self.config.subjects for p in s.reference_photos()]
-        return list(dict.fromkeys(refs))
-
-    def _reference_digests(self) -> list[str]:
-        return sorted(file_digest(p) for p in self._reference_paths())
-
-    def _set_metrics(self, store: ResultStore, summary: RunSummary) -> None:
-        wanted = [m for m in self.available if M.METRICS[m].scope == "set"]
-        if not wanted:
-            return
-        refs = self._reference_paths()
-        digests = self._reference_digests()
-        for name in self.methods:
-            outputs = self._ok_outputs(store, name)
-            for split, texts in split_groups(self._prompt_map()):
-                chosen = [o for o in outputs if o["prompt"] in texts]
-                if len(chosen) < 2 or len(refs) < 2:
-                    continue
-                members = members_hash(set_members(chosen, texts, digests))
-                for m in wanted:
-                    key = dict(
-                        method=self.method_keys[name],
-                        face=ALL,
-                        subject_fp="",
-                        prompt=f"{ALL}:{split}",
-                        seed=-1,
-                    )
-                    if self._stored_members(store, m, **key) == members:
-                        continue
-
-                    def compute(m=m, chosen=chosen) -> float:
-                        outs = [load_image(self.out / o["path"]) for o in chosen]
-                        ref_images = [load_image(r) for r in refs]
-                        return M.METRICS[m].fn(outs, ref_images, self.hub)
-
-                    row = self._aggregate(m, compute)
-                    store.add_rows(
-                        [
-                            ResultRow(
-                                n=len(chosen),
-                                members=members,
-                                **self._aggregate_row(m, **key),
-                                **row,
-                            )
-                        ]
-                    )
-                    summary.rows_written += 1
-
-    @staticmethod
-    def _aggregate(metric: str, compute: Callable[[], Any]) -> dict:
-        t0 = time.perf_counter()
-        try:
-            value = compute()
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # noqa: BLE001 - recorded as a failure of this aggregate
-            return {"value": None, "status": "failed", "error": _first_line(exc)}
-        detail = None
-        if isinstance(value, tuple):
-            value, detail = value
-        return {
-            "value": float(value),
-            "status": "ok",
-            "seconds": time.perf_counter() - t0,
-            "detail": detail,
-        }
 
 
 def _as_list(value: Any) -> list[Any]:
