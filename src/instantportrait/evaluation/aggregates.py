@@ -26,7 +26,7 @@ from .protocols import DEFAULT_SPLIT
 from .store import ResultRow, ResultStore
 
 if TYPE_CHECKING:
-    from .runner import RunSummary
+    from .run_config import RunSummary
 
 __all__ = ["AggregateMetrics", "group_members", "members_hash", "set_members", "split_groups"]
 
