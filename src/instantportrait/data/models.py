@@ -42,33 +42,7 @@ MEMORY_MODES = ("in-turn", "together", "model-offload")
 BUNDLE_FILE = "bundle.json"
 
 #: diffusers' SDXL scheduler configuration (Euler, SD's scaled-linear betas, leading spacing).
-SDXL_SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "prediction_type": "epsilon",
-    "timestep_spacing": "leading",
-    "steps_offset": 1,
-}
 
-TINY_SDXL_UNET_CONFIG: dict[str, Any] = {
-    "sample_size": 8,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
-    "block_out_channels": (32, 64),
-    "layers_per_block": 1,
-    "transformer_layers_per_block": (1, 1),
-    "attention_head_dim": (2, 4),
-    "cross_attention_dim": 64,
-    "use_linear_projection": True,
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 8,
-    "projection_class_embeddings_input_dim": 8 * 6 + 32,
-    "norm_num_groups": 32,
-}
 
 TINY_IMAGE_ENCODER_CONFIG: dict[str, Any] = {
     "hidden_size": 32,
@@ -279,31 +253,13 @@ class PipelineCache:
 
 
 def _tiny_sdxl(seed: int):
-    """A tiny SDXL text-to-image pipeline (random weights, SDXL's real structure)."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    """A tiny SDXL text-to-image pipeline (random weights, SDXL's real structure): the one
+    tiny SDXL of the toolkit (``init-tiny --kind sdxl``)."""
+    from diffusers import StableDiffusionXLPipeline
 
-    from ..components import TINY_TEXT_CONFIG, TINY_VAE_CONFIG, _seeded, clip_tokenizer
+    from ..pipelines.fastface_tiny import build_tiny_sdxl
 
-    with _seeded(seed):
-        unet = UNet2DConditionModel(**TINY_SDXL_UNET_CONFIG)
-        vae = AutoencoderKL(**{**TINY_VAE_CONFIG, "scaling_factor": 0.13025})
-        te = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TEXT_CONFIG))
-    return StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=te,
-        text_encoder_2=te2,
-        tokenizer=clip_tokenizer(),
-        tokenizer_2=clip_tokenizer(),
-        unet=unet,
-        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG),
-    )
+    return StableDiffusionXLPipeline(**build_tiny_sdxl(seed))
 
 
 def ip_adapter_state_dict(
