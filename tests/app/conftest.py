@@ -45,11 +45,16 @@ def hostile_files(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def running_app(tiny_model_dir):
-    """(url, demo): the app on 127.0.0.1 with the tiny editor, two requests at a time."""
-    from instantportrait.app import ModelRegistry, build_app
+def running_app(tiny_model_dir, method_bundles, tmp_path_factory):
+    """(url, demo): the app on 127.0.0.1 with every tab's tiny model, two requests at a time."""
+    from instantportrait.app import build_app
 
-    registry = ModelRegistry(edit_model=str(tiny_model_dir))
+    registry = method_registry(
+        tiny_model_dir,
+        method_bundles,
+        fastface_resolution=32,
+        workdir=str(tmp_path_factory.mktemp("app_workdir")),
+    )
     demo = build_app(registry, concurrency=2)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)

@@ -130,6 +130,7 @@ class ModelRegistry:
         restore_model: a DIIR model folder (``--restore-model``).
         faceanet_base / faceanet_context_model: FaceA-Net's inpainting model and context
             model (``--faceanet-base``, ``--faceanet-context-model``).
+        fastface_resolution: FastFace's image side (default: the family's).
         workdir: where tuned identities are kept.
     """
 
@@ -143,6 +144,7 @@ class ModelRegistry:
         restore_model: str | None = None,
         faceanet_base: str | None = None,
         faceanet_context_model: str | None = None,
+        fastface_resolution: int | None = None,
         workdir: str | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
@@ -151,6 +153,7 @@ class ModelRegistry:
 
         self.device = torch.device(device)
         self.dtype = dtype
+        self.fastface_resolution = fastface_resolution
         self.faceanet_base = faceanet_base
         self.faceanet_context_model = faceanet_context_model
         self.workdir = workdir
