@@ -78,9 +78,14 @@ def method_bundles(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("app_methods")
     bundles = {kind: write_tiny(root / kind, kind) for kind in METHOD_KINDS}
     bundles["restore"] = write_tiny(root / "restore", "restore")
+    bundles["inpaint"] = write_tiny(root / "inpaint", "inpaint")
     bundles["cache"] = root / "cache"
     os.environ.setdefault("INSTANTPORTRAIT_CACHE", str(bundles["cache"]))
     return bundles
+
+
+#: FaceA-Net's tuning on the tiny inpainting model: a small LoRA
+TINY_FACEANET = {"model": {"lora_rank": 4, "lora_alpha": 4.0}}
 
 
 def method_registry(tiny_model_dir, bundles, **kwargs):
@@ -99,6 +104,8 @@ def method_registry(tiny_model_dir, bundles, **kwargs):
         },
         fpga_model=str(bundles["fpga"]),
         restore_model=str(bundles["restore"]),
+        faceanet_base=str(bundles["inpaint"]),
+        faceanet={"tune_steps": 1, "resolution": 64, "overrides": TINY_FACEANET},
         **kwargs,
     )
 

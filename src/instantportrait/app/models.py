@@ -118,6 +118,13 @@ def load_restorer(source: str, device: torch.device, dtype: torch.dtype) -> Any:
     return restorer
 
 
+def load_personaliser(source: str, device: torch.device, dtype: torch.dtype, **kwargs: Any) -> Any:
+    """FaceA-Net's :class:`.personalise.Personaliser` on the inpainting base ``source``."""
+    from .personalise import Personaliser
+
+    return Personaliser(source, device=device, dtype=dtype, **kwargs)
+
+
 class ModelRegistry:
     """The models of every method the app offers, keyed by method name.
 
@@ -131,6 +138,8 @@ class ModelRegistry:
         faceanet_base / faceanet_context_model: FaceA-Net's inpainting model and context
             model (``--faceanet-base``, ``--faceanet-context-model``).
         fastface_resolution: FastFace's image side (default: the family's).
+        faceanet: more :class:`.personalise.Personaliser` arguments (``tune_steps``,
+            ``resolution``, ``overrides``).
         workdir: where tuned identities are kept.
     """
 
@@ -145,6 +154,7 @@ class ModelRegistry:
         faceanet_base: str | None = None,
         faceanet_context_model: str | None = None,
         fastface_resolution: int | None = None,
+        faceanet: dict[str, Any] | None = None,
         workdir: str | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
@@ -168,6 +178,17 @@ class ModelRegistry:
             ),
             "fpga": ModelSlot("fpga", "--fpga-model", fpga_model, load_fpga_pipeline),
             "restore": ModelSlot("restore", "--restore-model", restore_model, load_restorer),
+            "faceanet": ModelSlot(
+                "faceanet",
+                "--faceanet-base",
+                faceanet_base,
+                functools.partial(
+                    load_personaliser,
+                    context_model=faceanet_context_model,
+                    workdir=workdir,
+                    **(faceanet or {}),
+                ),
+            ),
         }
 
     def get(self, method: str) -> Any:
