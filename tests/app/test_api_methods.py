@@ -49,3 +49,20 @@ def test_restore_endpoint_passes_a_face_free_image_through(client, tmp_path):
         gradio_client.handle_file(str(flat)), None, 100, 1, api_name="/restore"
     )
     assert Image.open(image).size == (48, 40) and "no face found" in report
+
+
+def test_personalise_endpoints_tune_then_generate(client, astronaut_path, grace_hopper_path):
+    photo = gradio_client.handle_file(str(astronaut_path))
+    update, status = client.predict([photo], "woman", 1, api_name="/personalise_tune")
+    identity = status.removeprefix("tuned: ")  # the first output updates the page's list
+    assert update["value"] == identity and identity in str(update["choices"])
+    image, report = client.predict(
+        identity,
+        "a woman, smiling",
+        gradio_client.handle_file(str(grace_hopper_path)),
+        0,
+        1,
+        api_name="/personalise",
+    )
+    assert Image.open(image).size == Image.open(grace_hopper_path).size
+    assert f"identity {identity}" in report

@@ -153,6 +153,26 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
         return res.image, "\n".join([f"{res.seconds:.2f} s", *res.notes])
 
     @_user_errors
+    def personalise_tune(photos, gender, steps, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        personaliser = registry.get("faceanet")
+        faces = gate_uploads(photos, "photo")
+        progress(0, desc="tuning")
+        identity = personaliser.tune(faces, gender, steps=int(steps) or None)
+        choices = personaliser.identities()
+        return gr.update(choices=choices, value=identity), f"tuned: {identity}"
+
+    @_user_errors
+    def personalise(identity, prompt, context, seed, steps):
+        res = registry.get("faceanet").generate(
+            identity,
+            prompt,
+            context_image=gate_upload(context, "context image"),
+            seed=int(seed),
+            steps=int(steps),
+        )
+        return res.image, "\n".join([f"{res.seconds:.2f} s", *res.notes])
+
+    @_user_errors
     def group(photos, pose, masks, prompt, seed, steps, guidance):
         from . import methods
 
@@ -274,6 +294,52 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                 [ff_photo, ff_prompt, ff_preset, ff_scale, ff_seed, ff_steps],
                 [ff_out, ff_report],
                 api_name="generate",
+                concurrency_limit=concurrency,
+                preprocess=False,
+            )
+        with gr.Tab("Personalise"):
+            gr.Markdown(
+                "## Personalise (FaceA-Net)\nUpload 1–3 photos of one person and tune (a few "
+                "steps; the bar shows the progress), then generate: the face of a context "
+                "photo repainted as that person, or a context model's image for the prompt. "
+                f"Model: {status['faceanet']}."
+            )
+            with gr.Row():
+                with gr.Column():
+                    pz_photos = gr.File(
+                        label="Photos of the person (1-3)", file_count="multiple",
+                        elem_id="pz-photos",
+                    )  # fmt: skip
+                    with gr.Row():
+                        pz_gender = gr.Radio(["woman", "man"], value="woman", label="Gender")
+                        pz_tune_steps = gr.Number(
+                            label="Tuning steps (0 = the app's default)", value=0, precision=0
+                        )
+                    pz_tune = gr.Button("Tune", elem_id="pz-tune")
+                    pz_identity = gr.Dropdown([], label="Tuned identity", allow_custom_value=True)
+                    pz_status = gr.Textbox(label="Tuning", elem_id="pz-status")
+                    pz_prompt = gr.Textbox(label="Prompt", value="a woman, smiling")
+                    pz_context = gr.Image(label="Context photo to repaint", type="pil")
+                    with gr.Row():
+                        pz_seed = gr.Number(label="Seed", value=0, precision=0)
+                        pz_steps = gr.Number(label="Steps", value=30, precision=0)
+                    pz_run = gr.Button("Generate", variant="primary", elem_id="pz-run")
+                with gr.Column():
+                    pz_out = gr.Image(label="Personalised", elem_id="pz-output", format="png")
+                    pz_report = gr.Textbox(label="Report", lines=3, elem_id="pz-report")
+            pz_tune.click(
+                personalise_tune,
+                [pz_photos, pz_gender, pz_tune_steps],
+                [pz_identity, pz_status],
+                api_name="personalise_tune",
+                concurrency_limit=1,
+                preprocess=False,
+            )
+            pz_run.click(
+                personalise,
+                [pz_identity, pz_prompt, pz_context, pz_seed, pz_steps],
+                [pz_out, pz_report],
+                api_name="personalise",
                 concurrency_limit=concurrency,
                 preprocess=False,
             )

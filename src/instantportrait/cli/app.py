@@ -33,6 +33,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     ff.add_argument("--fastface-ip-adapter", help="FaceID-Plus-v2 adapter, folder or Hub id")
     ff.add_argument("--fastface-image-encoder", help="CLIP ViT-H/14 vision model")
     ff.add_argument("--fastface-resolution", type=int, help="image side (default: the family's)")
+    fa = p.add_argument_group("Personalise tab (FaceA-Net)")
+    fa.add_argument("--faceanet-base", help="SD-inpainting model, folder or Hub id (G_id)")
+    fa.add_argument(
+        "--faceanet-context-model",
+        help="context model (hyper, lightning, lcm, turbo or an SDXL folder); without it a "
+        "request repaints the context photo it uploads",
+    )
+    fa.add_argument(
+        "--faceanet-tune-steps",
+        type=int,
+        default=20,
+        help="tuning steps per person (default 20: a CPU demo; the paper uses 1000)",
+    )
+    fa.add_argument(
+        "--faceanet-resolution", type=int, default=512, help="tuning crop side (default 512)"
+    )
+    p.add_argument(
+        "--workdir",
+        help="where tuned identities are kept (default: a new temporary folder)",
+    )
     p.add_argument("--fpga-model", help="Group tab: an FPGA pipeline folder")
     p.add_argument("--restore-model", help="Restore tab: a DIIR model folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -57,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     r = args.fastface_resolution
     if r is not None and (r < 32 or r % 8):
         raise InputError(f"--fastface-resolution: a multiple of 8, at least 32; got {r}")
+    if args.faceanet_tune_steps < 1:
+        raise InputError("--faceanet-tune-steps: must be at least 1")
+    if args.faceanet_resolution < 8 or args.faceanet_resolution % 8:
+        raise InputError(f"--faceanet-resolution: a multiple of 8; got {args.faceanet_resolution}")
     if args.concurrency < 1:
         raise InputError("--concurrency: must be at least 1")
     quiet_libraries()
@@ -73,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
             "image_encoder": args.fastface_image_encoder,
         },
         fastface_resolution=args.fastface_resolution,
+        faceanet_base=args.faceanet_base,
+        faceanet_context_model=args.faceanet_context_model,
+        faceanet={"tune_steps": args.faceanet_tune_steps, "resolution": args.faceanet_resolution},
+        workdir=args.workdir,
         fpga_model=args.fpga_model,
         restore_model=args.restore_model,
         device=device,
