@@ -49,7 +49,12 @@ def test_restore_keeps_the_size_of_an_image_with_a_small_face(methods, astronaut
 
 @pytest.mark.parametrize(
     ("method", "option"),
-    [("fastface", "--fastface-model"), ("fpga", "--fpga-model"), ("restore", "--restore-model")],
+    [
+        ("fastface", "--fastface-model"),
+        ("faceanet", "--faceanet-base"),
+        ("fpga", "--fpga-model"),
+        ("restore", "--restore-model"),
+    ],
 )
 def test_registry_names_the_missing_option(method, option):
     registry = ModelRegistry()
