@@ -66,3 +66,17 @@ def test_personalise_endpoints_tune_then_generate(client, astronaut_path, grace_
     )
     assert Image.open(image).size == Image.open(grace_hopper_path).size
     assert f"identity {identity}" in report
+
+
+def test_hostile_upload_to_a_method_tab_is_a_message(client, hostile_files, tmp_path):
+    with pytest.raises(Exception, match="pixels"):  # gradio_client raises AppError
+        client.predict(
+            gradio_client.handle_file(str(hostile_files["pixel bomb"])), None, 100, 1,
+            api_name="/restore",
+        )  # fmt: skip
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (24, 16), (10, 20, 30)).save(flat)
+    image, _ = client.predict(
+        gradio_client.handle_file(str(flat)), None, 100, 1, api_name="/restore"
+    )
+    assert Image.open(image).size == (24, 16)
