@@ -10,6 +10,7 @@ Tuned identities are run folders ``WORKDIR/faceanet/<id>/run`` (the photos besid
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -117,8 +118,11 @@ class Personaliser:
         }
         for section, values in self.overrides.items():
             config.setdefault(section, {}).update(values)
-        trainer = FaceANetTrainer(from_dict(FaceANetConfig, config))
-        trainer.fit()
+        try:
+            FaceANetTrainer(from_dict(FaceANetConfig, config)).fit()
+        except BaseException:
+            shutil.rmtree(run, ignore_errors=True)  # no half-tuned identity is left behind
+            raise
         return identity
 
     def _pipe(self, identity: str) -> Any:
