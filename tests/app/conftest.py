@@ -45,11 +45,16 @@ def hostile_files(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def running_app(tiny_model_dir):
-    """(url, demo): the app on 127.0.0.1 with the tiny editor, two requests at a time."""
-    from instantportrait.app import ModelRegistry, build_app
+def running_app(tiny_model_dir, method_bundles, tmp_path_factory):
+    """(url, demo): the app on 127.0.0.1 with every tab's tiny model, two requests at a time."""
+    from instantportrait.app import build_app
 
-    registry = ModelRegistry(edit_model=str(tiny_model_dir))
+    registry = method_registry(
+        tiny_model_dir,
+        method_bundles,
+        fastface_resolution=32,
+        workdir=str(tmp_path_factory.mktemp("app_workdir")),
+    )
     demo = build_app(registry, concurrency=2)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -57,3 +62,75 @@ def running_app(tiny_model_dir):
         yield f"http://127.0.0.1:{port}/", demo
     finally:
         demo.close()
+
+
+#: the tiny bundles of the Generate (FastFace), Group (FPGA) and Restore (DIIR) tabs
+METHOD_KINDS = ("sdxl", "sdxl-distilled", "faceid-plus-v2", "arcface", "clip-vision", "fpga")
+
+
+@pytest.fixture(scope="session")
+def method_bundles(tmp_path_factory) -> dict[str, Path]:
+    """kind -> folder of its tiny bundle (written once per session); ``cache``: FastFace's."""
+    import os
+
+    from instantportrait.tiny import write_tiny
+
+    root = tmp_path_factory.mktemp("app_methods")
+    bundles = {kind: write_tiny(root / kind, kind) for kind in METHOD_KINDS}
+    bundles["restore"] = write_tiny(root / "restore", "restore")
+    bundles["inpaint"] = write_tiny(root / "inpaint", "inpaint")
+    bundles["cache"] = root / "cache"
+    os.environ.setdefault("INSTANTPORTRAIT_CACHE", str(bundles["cache"]))
+    return bundles
+
+
+#: FaceA-Net's tuning on the tiny inpainting model: a small LoRA
+TINY_FACEANET = {"model": {"lora_rank": 4, "lora_alpha": 4.0}}
+
+
+def method_registry(tiny_model_dir, bundles, **kwargs):
+    """A registry with every tab's model from the tiny bundles (FastFace: Turbo family)."""
+    from instantportrait.app import ModelRegistry
+
+    return ModelRegistry(
+        edit_model=str(tiny_model_dir),
+        fastface_model="turbo",
+        fastface={
+            "face_model": str(bundles["arcface"] / "arcface.safetensors"),
+            "base": str(bundles["sdxl"]),
+            "distilled": str(bundles["sdxl-distilled"]),
+            "ip_adapter": str(bundles["faceid-plus-v2"]),
+            "image_encoder": str(bundles["clip-vision"]),
+        },
+        fpga_model=str(bundles["fpga"]),
+        restore_model=str(bundles["restore"]),
+        faceanet_base=str(bundles["inpaint"]),
+        faceanet={"tune_steps": 1, "resolution": 64, "overrides": TINY_FACEANET},
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="session")
+def methods(tiny_model_dir, method_bundles):
+    """The registry of the method tests, its models loaded once per session."""
+    import torch
+
+    torch.set_num_threads(1)
+    return method_registry(tiny_model_dir, method_bundles)
+
+
+@pytest.fixture(scope="session")
+def two_person_pose(tmp_path_factory) -> Path:
+    """OpenPose keypoints of two people on a 64x64 canvas (heads at x=16 and x=44)."""
+    import json
+
+    def person(cx: float) -> list[float]:
+        pts = [[cx, 14 + i * 48 / 17, 1.0] for i in range(18)]
+        pts[0][:2], pts[14][:2], pts[15][:2] = [cx, 14], [cx - 2, 12], [cx + 2, 12]
+        pts[16][:2], pts[17][:2] = [cx - 4, 13], [cx + 4, 13]
+        return [v for p in pts for v in p]
+
+    path = tmp_path_factory.mktemp("pose") / "two.json"
+    people = [{"pose_keypoints_2d": person(44)}, {"pose_keypoints_2d": person(16)}]
+    path.write_text(json.dumps({"canvas_width": 64, "canvas_height": 64, "people": people}))
+    return path

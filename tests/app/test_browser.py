@@ -17,6 +17,15 @@ pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parents[2] / "outputs" / "test-artifacts"
 
 
+#: the method tabs and their headings (each says which model it runs or which option gives it)
+METHOD_TABS = {
+    "Generate": "Generate (FastFace)",
+    "Personalise": "Personalise (FaceA-Net)",
+    "Group": "Group (FPGA)",
+    "Restore": "Restore (DIIR)",
+}
+
+
 def chromium_path() -> str | None:
     for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
         if name and shutil.which(name):
@@ -45,7 +54,7 @@ def browser():
             b.close()
 
 
-def test_edit_and_live_tabs_in_chromium(running_app, browser, astronaut_path):
+def test_edit_live_and_method_tabs_in_chromium(running_app, browser, astronaut_path):
     url, _ = running_app
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -80,4 +89,10 @@ def test_edit_and_live_tabs_in_chromium(running_app, browser, astronaut_path):
     fps = page.locator("#live-fps textarea").input_value()
     page.screenshot(path=str(ARTIFACTS / "app-live.png"), full_page=True)
     assert fps.endswith("frames/s") and float(fps.split()[0]) > 0
+
+    for tab, heading in METHOD_TABS.items():
+        page.get_by_role("tab", name=tab).click()
+        page.get_by_role("heading", name=heading).wait_for(timeout=10_000)
+    page.get_by_role("tab", name="Generate").click()
+    page.screenshot(path=str(ARTIFACTS / "app-generate.png"), full_page=True)
     context.close()

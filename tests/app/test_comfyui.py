@@ -49,3 +49,55 @@ def test_edit_node_equals_the_pipeline(pack, tiny_model_dir, astronaut_path):
         generator=torch.Generator("cpu").manual_seed(5),
     ).images[0]
     np.testing.assert_allclose(out[0].numpy() * 255.0, np.asarray(direct), atol=1e-3)
+
+
+def _batch(*images):
+    return torch.from_numpy(np.stack([np.asarray(i, dtype=np.float32) / 255.0 for i in images]))
+
+
+def _call(pack, name, *args, **kwargs):
+    node = pack.NODE_CLASS_MAPPINGS[name]()
+    return getattr(node, node.FUNCTION)(*args, **kwargs)
+
+
+def test_fastface_nodes(pack, method_bundles, astronaut_path):
+    b = method_bundles
+    (model,) = _call(
+        pack,
+        "InstantPortraitFastFaceLoader",
+        "turbo",
+        str(b["arcface"] / "arcface.safetensors"),
+        "cpu",
+        "float32",
+        base=str(b["sdxl"]),
+        distilled=str(b["sdxl-distilled"]),
+        ip_adapter=str(b["faceid-plus-v2"]),
+        image_encoder=str(b["clip-vision"]),
+    )
+    face = _batch(Image.open(astronaut_path).convert("RGB"))
+    (out,) = _call(pack, "InstantPortraitFastFaceGenerate", model, face, "a portrait", steps=1,
+                   resolution=32)  # fmt: skip
+    assert out.shape == (1, 32, 32, 3) and 0.0 <= float(out.min()) <= float(out.max()) <= 1.0
+
+
+def test_fpga_node_two_identities_from_keypoints_text(
+    pack, method_bundles, astronaut_path, two_person_pose
+):
+    (pipe,) = _call(
+        pack, "InstantPortraitFPGALoader", str(method_bundles["fpga"]), "cpu", "float32"
+    )
+    face = Image.open(astronaut_path).convert("RGB").resize((256, 256))
+    (out,) = _call(pack, "InstantPortraitFPGAGenerate", pipe, _batch(face, face), "two people",
+                   two_person_pose.read_text(), steps=1)  # fmt: skip
+    assert out.shape == (1, 64, 64, 3)
+
+
+def test_diir_node_leaves_a_face_free_batch_unchanged(pack, method_bundles):
+    (restorer,) = _call(
+        pack, "InstantPortraitDIIRLoader", str(method_bundles["restore"]), "cpu", "float32"
+    )
+    flat = Image.new("RGB", (40, 32), (120, 130, 140))
+    batch = _batch(flat, flat)
+    (out,) = _call(pack, "InstantPortraitDIIRRestore", restorer, batch, steps=1)
+    assert out.shape == (2, 32, 40, 3)
+    np.testing.assert_allclose(out.numpy(), batch.numpy(), atol=1e-6)

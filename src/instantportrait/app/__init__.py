@@ -1,6 +1,7 @@
 """The web app (Gradio, the ``app`` extra): ``instantportrait app`` or :func:`build_app`.
 
-:mod:`.models` (lazy model slots) and :mod:`.handlers` (the operations) import no UI library;
+:mod:`.models` (lazy model slots) and the operations -- :mod:`.handlers` (edit, live),
+:mod:`.methods` (FastFace, FPGA, DIIR), :mod:`.personalise` (FaceA-Net) -- import no UI library;
 :mod:`.ui` builds the Gradio page on them.
 """
 

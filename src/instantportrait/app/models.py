@@ -59,20 +59,136 @@ def load_edit_pipeline(source: str, device: torch.device, dtype: torch.dtype) ->
     return pipe
 
 
+@dataclass(frozen=True)
+class FastFaceModel:
+    """FastFace's pipeline and the ArcFace encoder that turns a photo into its inputs."""
+
+    pipe: Any
+    encoder: Any
+
+
+def load_fastface_model(
+    source: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    face_model: str | None = None,
+    **sources: Any,
+) -> FastFaceModel:
+    """FastFace as ``generate --method fastface`` loads it: :func:`load_fastface` on
+    ``source`` (a family name or a folder) with the component ``sources`` (``family``,
+    ``base``, ``distilled``, ``ip_adapter``, ``image_encoder``), and the ArcFace model."""
+    from ..pipelines.faceid import FaceIDEncoder, load_face_model
+    from ..pipelines.fastface_loading import load_fastface
+
+    if face_model is None:
+        raise InputError("fastface: no face model; restart the app with --fastface-face-model")
+    encoder = FaceIDEncoder(load_face_model(face_model))
+    pipe = load_fastface(source, dtype=dtype, device=device, **sources)
+    pipe.set_progress_bar_config(disable=True)
+    return FastFaceModel(pipe, encoder)
+
+
+def load_fpga_pipeline(source: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """An FPGA pipeline folder (``train fpga`` or ``init-tiny --kind fpga``)."""
+    from pathlib import Path
+
+    from ..errors import ModelNotFoundError
+    from ..pipelines.fpga import FPGAPipeline
+
+    if not (Path(source) / "model_index.json").is_file():
+        raise ModelNotFoundError(
+            f"--fpga-model {source}: no FPGA pipeline folder (model_index.json); train one "
+            "with `instantportrait train fpga` or write a tiny one with `init-tiny --kind fpga`"
+        )
+    pipe = FPGAPipeline.from_pretrained(source, dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_restorer(source: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """DIIR's :class:`~..restoration.restorer.FaceRestorer` on a model folder (as ``restore``)."""
+    from ..restoration.restorer import FaceRestorer
+
+    restorer = FaceRestorer.from_pretrained(source)
+    restorer.pipeline.to(device=device)
+    if dtype != restorer.pipeline.unet.dtype:
+        restorer.pipeline.to(dtype=dtype)
+    restorer.pipeline.set_progress_bar_config(disable=True)
+    return restorer
+
+
+def load_personaliser(source: str, device: torch.device, dtype: torch.dtype, **kwargs: Any) -> Any:
+    """FaceA-Net's :class:`.personalise.Personaliser` on the inpainting base ``source``."""
+    from .personalise import Personaliser
+
+    return Personaliser(source, device=device, dtype=dtype, **kwargs)
+
+
 class ModelRegistry:
-    """The models of every method the app offers, keyed by method name."""
+    """The models of every method the app offers, keyed by method name.
+
+    Args:
+        edit_model: the one-step editor (``--edit-model``).
+        fastface_model: FastFace's model (``--fastface-model``: hyper, lightning, lcm, turbo
+            or a folder); ``fastface`` holds its other sources (``face_model``, ``base``,
+            ``distilled``, ``ip_adapter``, ``image_encoder``, ``family``).
+        fpga_model: an FPGA pipeline folder (``--fpga-model``).
+        restore_model: a DIIR model folder (``--restore-model``).
+        faceanet_base / faceanet_context_model: FaceA-Net's inpainting model and context
+            model (``--faceanet-base``, ``--faceanet-context-model``).
+        fastface_resolution: FastFace's image side (default: the family's).
+        faceanet: more :class:`.personalise.Personaliser` arguments (``tune_steps``,
+            ``resolution``, ``overrides``).
+        workdir: where tuned identities are kept.
+    """
 
     def __init__(
         self,
         *,
         edit_model: str | None = None,
+        fastface_model: str | None = None,
+        fastface: dict[str, Any] | None = None,
+        fpga_model: str | None = None,
+        restore_model: str | None = None,
+        faceanet_base: str | None = None,
+        faceanet_context_model: str | None = None,
+        fastface_resolution: int | None = None,
+        faceanet: dict[str, Any] | None = None,
+        workdir: str | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
+        import functools
+
         self.device = torch.device(device)
         self.dtype = dtype
+        self.fastface_resolution = fastface_resolution
+        self.faceanet_base = faceanet_base
+        self.faceanet_context_model = faceanet_context_model
+        self.workdir = workdir
+        ff = {k: v for k, v in (fastface or {}).items() if v is not None}
         self.slots: dict[str, ModelSlot] = {
             "edit": ModelSlot("edit", "--edit-model", edit_model, load_edit_pipeline),
+            "fastface": ModelSlot(
+                "fastface",
+                "--fastface-model",
+                fastface_model,
+                functools.partial(load_fastface_model, **ff),
+            ),
+            "fpga": ModelSlot("fpga", "--fpga-model", fpga_model, load_fpga_pipeline),
+            "restore": ModelSlot("restore", "--restore-model", restore_model, load_restorer),
+            "faceanet": ModelSlot(
+                "faceanet",
+                "--faceanet-base",
+                faceanet_base,
+                functools.partial(
+                    load_personaliser,
+                    context_model=faceanet_context_model,
+                    workdir=workdir,
+                    **(faceanet or {}),
+                ),
+            ),
         }
 
     def get(self, method: str) -> Any:

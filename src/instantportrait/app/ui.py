@@ -1,5 +1,6 @@
-"""The Gradio app: one tab per method whose model family has landed, and the same operations
-over HTTP (Gradio's API: ``/edit``, ``/live_frame``).
+"""The Gradio app: one tab per method, and the same operations over HTTP (Gradio's API:
+``/edit``, ``/live_frame``, ``/generate``, ``/personalise_tune``, ``/personalise``, ``/group``,
+``/restore``). A tab whose model was not given says which option provides it.
 
 Safe by default: bound to 127.0.0.1; every upload passes through the input gate before a
 handler sees it (a rejected upload becomes a message in the page, the app keeps serving);
@@ -18,6 +19,18 @@ from . import handlers
 from .models import ModelRegistry
 
 gr = optional_import("gradio", "app", "the web app")
+
+#: FastFace's published presets (the Generate tab's choices)
+FASTFACE_PRESETS = (
+    "fastface-am1",
+    "fastface-am2",
+    "baseline",
+    "am1",
+    "am1_paper",
+    "am2",
+    "am2_noadain",
+    "dcg",
+)
 
 
 def gate_upload(payload: Any, name: str = "upload") -> Any:
@@ -45,6 +58,36 @@ def gate_upload(payload: Any, name: str = "upload") -> Any:
     if path is None:
         raise InputError(f"{name}: no file arrived")
     return load_image(path, name=name)
+
+
+#: Largest pose keypoints JSON accepted (bytes).
+MAX_POSE_JSON = 1 << 20
+
+
+def gate_uploads(payloads: Any, name: str) -> list[Any]:
+    """Several uploads (a multi-file field) through :func:`gate_upload`, numbered in messages."""
+    if payloads is None:
+        return []
+    items = payloads if isinstance(payloads, list) else [payloads]
+    return [gate_upload(p, f"{name} {i + 1}") for i, p in enumerate(items) if p is not None]
+
+
+def gate_pose(payload: Any) -> Any:
+    """A pose upload: a keypoints JSON's bytes (size-capped), or an image through the gate."""
+    if payload is None:
+        return None
+    if isinstance(payload, dict):
+        path, orig = payload.get("path"), payload.get("orig_name") or ""
+    else:
+        path, orig = getattr(payload, "path", None), getattr(payload, "orig_name", "") or ""
+    if path and (str(orig) or str(path)).lower().endswith(".json"):
+        import os
+
+        if os.path.getsize(path) > MAX_POSE_JSON:
+            raise InputError(f"pose: a keypoints JSON over {MAX_POSE_JSON} bytes")
+        with open(path, "rb") as f:
+            return f.read()
+    return gate_upload(payload, "pose")
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -89,6 +132,78 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
         out = handlers.edit_frame(registry.get("edit"), image, instruction)
         fps = rate.tick()
         return out, f"{fps:.1f} frames/s", rate
+
+    @_user_errors
+    def generate(photo, prompt, preset, scale, seed, steps):
+        from . import methods
+
+        face = gate_upload(photo, "identity photo")
+        if face is None:
+            raise InputError("identity photo: upload a photo of the person first")
+        res = methods.generate_fastface(
+            registry.get("fastface"),
+            face,
+            prompt,
+            preset=str(preset),
+            ip_adapter_scale=float(scale),
+            seed=int(seed),
+            steps=int(steps),
+            resolution=registry.fastface_resolution,
+        )
+        return res.image, "\n".join([f"{res.seconds:.2f} s", *res.notes])
+
+    @_user_errors
+    def personalise_tune(photos, gender, steps, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        personaliser = registry.get("faceanet")
+        faces = gate_uploads(photos, "photo")
+        progress(0, desc="tuning")
+        identity = personaliser.tune(faces, gender, steps=int(steps) or None)
+        choices = personaliser.identities()
+        return gr.update(choices=choices, value=identity), f"tuned: {identity}"
+
+    @_user_errors
+    def personalise(identity, prompt, context, seed, steps):
+        res = registry.get("faceanet").generate(
+            identity,
+            prompt,
+            context_image=gate_upload(context, "context image"),
+            seed=int(seed),
+            steps=int(steps),
+        )
+        return res.image, "\n".join([f"{res.seconds:.2f} s", *res.notes])
+
+    @_user_errors
+    def group(photos, pose, masks, prompt, seed, steps, guidance):
+        from . import methods
+
+        faces = gate_uploads(photos, "identity")
+        res = methods.generate_group(
+            registry.get("fpga"),
+            faces,
+            gate_pose(pose),
+            prompt,
+            masks=gate_uploads(masks, "mask") or None,
+            seed=int(seed),
+            steps=int(steps),
+            guidance_scale=float(guidance),
+        )
+        return res.image, "\n".join([f"{res.seconds:.2f} s", *res.notes])
+
+    @_user_errors
+    def restore(image, photo, below, steps):
+        from . import methods
+
+        img = gate_upload(image, "image")
+        if img is None:
+            raise InputError("image: upload an image first")
+        res = methods.restore_faces(
+            registry.get("restore"),
+            img,
+            gate_upload(photo, "identity photo"),
+            restore_below=float(below),
+            steps=int(steps),
+        )
+        return res.image, "\n".join([f"{res.seconds:.2f} s", *res.notes])
 
     status = registry.status()
     with gr.Blocks(title="InstantPortrait") as demo:
@@ -150,6 +265,139 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                 [live_out, fps, rate],
                 api_name="live_frame",
                 stream_every=0.1,
+                concurrency_limit=concurrency,
+                preprocess=False,
+            )
+        with gr.Tab("Generate"):
+            gr.Markdown(
+                "## Generate (FastFace)\nA photo of a person and a prompt: a few-step SDXL "
+                f"portrait of that person. Model: {status['fastface']}."
+            )
+            with gr.Row():
+                with gr.Column():
+                    ff_photo = gr.Image(label="Identity photo", type="pil", elem_id="ff-input")
+                    ff_prompt = gr.Textbox(
+                        label="Prompt", value="a portrait in a garden", elem_id="ff-prompt"
+                    )
+                    with gr.Row():
+                        ff_preset = gr.Dropdown(FASTFACE_PRESETS, value="fastface-am1",
+                                                label="Preset")  # fmt: skip
+                        ff_scale = gr.Slider(0, 2, value=0.8, step=0.05, label="ip_adapter_scale")
+                        ff_seed = gr.Number(label="Seed", value=0, precision=0)
+                        ff_steps = gr.Number(label="Steps", value=4, precision=0)
+                    ff_run = gr.Button("Generate", variant="primary", elem_id="ff-run")
+                with gr.Column():
+                    ff_out = gr.Image(label="Portrait", elem_id="ff-output", format="png")
+                    ff_report = gr.Textbox(label="Report", lines=2, elem_id="ff-report")
+            ff_run.click(
+                generate,
+                [ff_photo, ff_prompt, ff_preset, ff_scale, ff_seed, ff_steps],
+                [ff_out, ff_report],
+                api_name="generate",
+                concurrency_limit=concurrency,
+                preprocess=False,
+            )
+        with gr.Tab("Personalise"):
+            gr.Markdown(
+                "## Personalise (FaceA-Net)\nUpload 1–3 photos of one person and tune (a few "
+                "steps; the bar shows the progress), then generate: the face of a context "
+                "photo repainted as that person, or a context model's image for the prompt. "
+                f"Model: {status['faceanet']}."
+            )
+            with gr.Row():
+                with gr.Column():
+                    pz_photos = gr.File(
+                        label="Photos of the person (1-3)", file_count="multiple",
+                        elem_id="pz-photos",
+                    )  # fmt: skip
+                    with gr.Row():
+                        pz_gender = gr.Radio(["woman", "man"], value="woman", label="Gender")
+                        pz_tune_steps = gr.Number(
+                            label="Tuning steps (0 = the app's default)", value=0, precision=0
+                        )
+                    pz_tune = gr.Button("Tune", elem_id="pz-tune")
+                    pz_identity = gr.Dropdown([], label="Tuned identity", allow_custom_value=True)
+                    pz_status = gr.Textbox(label="Tuning", elem_id="pz-status")
+                    pz_prompt = gr.Textbox(label="Prompt", value="a woman, smiling")
+                    pz_context = gr.Image(label="Context photo to repaint", type="pil")
+                    with gr.Row():
+                        pz_seed = gr.Number(label="Seed", value=0, precision=0)
+                        pz_steps = gr.Number(label="Steps", value=30, precision=0)
+                    pz_run = gr.Button("Generate", variant="primary", elem_id="pz-run")
+                with gr.Column():
+                    pz_out = gr.Image(label="Personalised", elem_id="pz-output", format="png")
+                    pz_report = gr.Textbox(label="Report", lines=3, elem_id="pz-report")
+            pz_tune.click(
+                personalise_tune,
+                [pz_photos, pz_gender, pz_tune_steps],
+                [pz_identity, pz_status],
+                api_name="personalise_tune",
+                concurrency_limit=1,
+                preprocess=False,
+            )
+            pz_run.click(
+                personalise,
+                [pz_identity, pz_prompt, pz_context, pz_seed, pz_steps],
+                [pz_out, pz_report],
+                api_name="personalise",
+                concurrency_limit=concurrency,
+                preprocess=False,
+            )
+        with gr.Tab("Group"):
+            gr.Markdown(
+                "## Group (FPGA)\n1–4 identity photos and a pose: an OpenPose/COCO keypoints "
+                "JSON (identities go to the people left to right) or a pose image with one "
+                f"face mask per identity. Model: {status['fpga']}."
+            )
+            with gr.Row():
+                with gr.Column():
+                    gp_photos = gr.File(
+                        label="Identity photos (1-4)", file_count="multiple", elem_id="gp-input"
+                    )
+                    gp_pose = gr.File(label="Pose: keypoints JSON or image", elem_id="gp-pose")
+                    gp_masks = gr.File(
+                        label="Face masks (pose image only, one per identity)",
+                        file_count="multiple",
+                    )
+                    gp_prompt = gr.Textbox(label="Prompt", value="two people on a beach")
+                    with gr.Row():
+                        gp_seed = gr.Number(label="Seed", value=0, precision=0)
+                        gp_steps = gr.Number(label="Steps", value=30, precision=0)
+                        gp_guidance = gr.Number(label="Guidance scale", value=5.0)
+                    gp_run = gr.Button("Generate group", variant="primary", elem_id="gp-run")
+                with gr.Column():
+                    gp_out = gr.Image(label="Group portrait", elem_id="gp-output", format="png")
+                    gp_report = gr.Textbox(label="Report", lines=2, elem_id="gp-report")
+            gp_run.click(
+                group,
+                [gp_photos, gp_pose, gp_masks, gp_prompt, gp_seed, gp_steps, gp_guidance],
+                [gp_out, gp_report],
+                api_name="group",
+                concurrency_limit=concurrency,
+                preprocess=False,
+            )
+        with gr.Tab("Restore"):
+            gr.Markdown(
+                "## Restore (DIIR)\nEvery face smaller than *restore below* pixels is "
+                "regenerated (towards the identity photo when given, else itself) and pasted "
+                f"back; the rest of the image stays bit-identical. Model: {status['restore']}."
+            )
+            with gr.Row():
+                with gr.Column():
+                    rs_image = gr.Image(label="Image", type="pil", elem_id="rs-input")
+                    rs_photo = gr.Image(label="Identity photo (optional)", type="pil")
+                    with gr.Row():
+                        rs_below = gr.Number(label="Restore below (px)", value=100)
+                        rs_steps = gr.Number(label="Steps", value=30, precision=0)
+                    rs_run = gr.Button("Restore", variant="primary", elem_id="rs-run")
+                with gr.Column():
+                    rs_out = gr.Image(label="Restored", elem_id="rs-output", format="png")
+                    rs_report = gr.Textbox(label="Report", lines=3, elem_id="rs-report")
+            rs_run.click(
+                restore,
+                [rs_image, rs_photo, rs_below, rs_steps],
+                [rs_out, rs_report],
+                api_name="restore",
                 concurrency_limit=concurrency,
                 preprocess=False,
             )

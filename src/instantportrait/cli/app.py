@@ -16,6 +16,45 @@ def register(sub: argparse._SubParsersAction) -> None:
         "127.0.0.1 unless --host says otherwise.",
     )
     p.add_argument("--edit-model", help="InstantPortrait editor (IPNet/IDE-Net) folder or Hub id")
+    ff = p.add_argument_group("Generate tab (FastFace; as generate --method fastface)")
+    ff.add_argument(
+        "--fastface-model",
+        help="hyper, lightning, lcm, turbo (SDXL base + that family's weights) or a folder of "
+        "a few-step SDXL pipeline",
+    )
+    ff.add_argument(
+        "--fastface-family",
+        choices=("hyper", "lightning", "lcm", "turbo"),
+        help="the family of a --fastface-model folder when it does not say",
+    )
+    ff.add_argument("--fastface-face-model", help="ArcFace model (.onnx / .pth / .safetensors)")
+    ff.add_argument("--fastface-base", help="SDXL base, folder or Hub id")
+    ff.add_argument("--fastface-distilled", help="the family's weights, folder or Hub id")
+    ff.add_argument("--fastface-ip-adapter", help="FaceID-Plus-v2 adapter, folder or Hub id")
+    ff.add_argument("--fastface-image-encoder", help="CLIP ViT-H/14 vision model")
+    ff.add_argument("--fastface-resolution", type=int, help="image side (default: the family's)")
+    fa = p.add_argument_group("Personalise tab (FaceA-Net)")
+    fa.add_argument("--faceanet-base", help="SD-inpainting model, folder or Hub id (G_id)")
+    fa.add_argument(
+        "--faceanet-context-model",
+        help="context model (hyper, lightning, lcm, turbo or an SDXL folder); without it a "
+        "request repaints the context photo it uploads",
+    )
+    fa.add_argument(
+        "--faceanet-tune-steps",
+        type=int,
+        default=20,
+        help="tuning steps per person (default 20: a CPU demo; the paper uses 1000)",
+    )
+    fa.add_argument(
+        "--faceanet-resolution", type=int, default=512, help="tuning crop side (default 512)"
+    )
+    p.add_argument(
+        "--workdir",
+        help="where tuned identities are kept (default: a new temporary folder)",
+    )
+    p.add_argument("--fpga-model", help="Group tab: an FPGA pipeline folder")
+    p.add_argument("--restore-model", help="Restore tab: a DIIR model folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument(
@@ -35,12 +74,37 @@ def run(args: argparse.Namespace) -> int:
 
     if not 1 <= args.port <= 65535:
         raise InputError(f"--port: {args.port}; between 1 and 65535")
+    r = args.fastface_resolution
+    if r is not None and (r < 32 or r % 8):
+        raise InputError(f"--fastface-resolution: a multiple of 8, at least 32; got {r}")
+    if args.faceanet_tune_steps < 1:
+        raise InputError("--faceanet-tune-steps: must be at least 1")
+    if args.faceanet_resolution < 8 or args.faceanet_resolution % 8:
+        raise InputError(f"--faceanet-resolution: a multiple of 8; got {args.faceanet_resolution}")
     if args.concurrency < 1:
         raise InputError("--concurrency: must be at least 1")
     quiet_libraries()
     device = resolve_device(args.device)
     registry = ModelRegistry(
-        edit_model=args.edit_model, device=device, dtype=resolve_dtype(args.dtype, device)
+        edit_model=args.edit_model,
+        fastface_model=args.fastface_model,
+        fastface={
+            "family": args.fastface_family,
+            "face_model": args.fastface_face_model,
+            "base": args.fastface_base,
+            "distilled": args.fastface_distilled,
+            "ip_adapter": args.fastface_ip_adapter,
+            "image_encoder": args.fastface_image_encoder,
+        },
+        fastface_resolution=args.fastface_resolution,
+        faceanet_base=args.faceanet_base,
+        faceanet_context_model=args.faceanet_context_model,
+        faceanet={"tune_steps": args.faceanet_tune_steps, "resolution": args.faceanet_resolution},
+        workdir=args.workdir,
+        fpga_model=args.fpga_model,
+        restore_model=args.restore_model,
+        device=device,
+        dtype=resolve_dtype(args.dtype, device),
     )
     demo = build_app(registry, concurrency=args.concurrency)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size="50mb")
