@@ -161,14 +161,9 @@ class FPGAPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ inputs
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str], device: torch.device) -> torch.Tensor:
-        ids = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        return self.text_encoder(ids)[0]
+        from ..text import encode_prompts
+
+        return encode_prompts(self.tokenizer, self.text_encoder, prompts, device)
 
     def check_inputs(self, prompt, image, id_embeds, id_images, id_masks, height, width):
         if isinstance(prompt, str):

@@ -58,14 +58,9 @@ class RepControlNetPipeline(DiffusionPipeline):
             super().save_pretrained(tmp, **kwargs)
 
     def encode_text(self, texts: list[str], device: torch.device) -> torch.Tensor:
-        ids = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        return self.text_encoder(ids)[0].to(self.unet.dtype)
+        from ..text import encode_prompts
+
+        return encode_prompts(self.tokenizer, self.text_encoder, texts, device, self.unet.dtype)
 
     @torch.no_grad()
     def __call__(

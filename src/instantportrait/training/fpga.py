@@ -329,14 +329,9 @@ class FPGATrainer(Trainer):
         return self.cfg.stage in c.stages and cft_due(self.optimizer_steps(), c.every)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        return self.text_encoder(ids)[0]
+        from ..text import encode_prompts
+
+        return encode_prompts(self.tokenizer, self.text_encoder, texts, self.device)
 
     def compute_loss(self, batch: dict[str, Any], generator: torch.Generator, cft: bool):
         """Every term of eq. 4 for one batch (``cft``: the clone-spliced iteration)."""

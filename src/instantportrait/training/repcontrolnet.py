@@ -200,14 +200,9 @@ class RepControlNetTrainer(Trainer):
         )
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        return self.text_encoder(ids)[0]
+        from ..text import encode_prompts
+
+        return encode_prompts(self.tokenizer, self.text_encoder, texts, self.device)
 
     def compute_loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         """L = ||eps - eps_theta(z_t, t, C, F_id, I)||^2 (the diffusion loss of FPGA eq. 3)."""
