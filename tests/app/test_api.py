@@ -10,6 +10,10 @@ from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
 
+#: httpx's default 5 s is shorter than a loaded 2-core machine may take to accept a request
+#: while the queue's workers run: the client gets the patience a burst needs.
+CLIENT_HTTPX = {"timeout": 120}
+
 
 def _edit(client, path, instruction="a red hat", seed=0):
     return client.submit(
@@ -26,7 +30,9 @@ def test_twenty_concurrent_edits_all_complete(running_app, astronaut_path):
     url, _ = running_app
     # The outputs are read from the server's own files (same machine): what is tested is the
     # queue serving a burst, not twenty parallel downloads of 1 MB PNGs through one test client.
-    client = gradio_client.Client(url, verbose=False, download_files=False)
+    client = gradio_client.Client(
+        url, verbose=False, download_files=False, httpx_kwargs=dict(CLIENT_HTTPX)
+    )
     start = time.monotonic()
     jobs = [_edit(client, astronaut_path, seed=i % 3) for i in range(20)]
     results = [job.result(timeout=300) for job in jobs]
@@ -50,7 +56,7 @@ def test_hostile_upload_is_a_message_and_the_app_keeps_serving(
     running_app, hostile_files, astronaut_path
 ):
     url, _ = running_app
-    client = gradio_client.Client(url, verbose=False)
+    client = gradio_client.Client(url, verbose=False, httpx_kwargs=dict(CLIENT_HTTPX))
     for what, path in hostile_files.items():
         with pytest.raises(Exception) as info:  # gradio_client raises AppError
             _edit(client, path).result(timeout=60)

@@ -11,7 +11,7 @@ gradio_client = pytest.importorskip("gradio_client")
 @pytest.fixture(scope="module")
 def client(running_app):
     url, _ = running_app
-    return gradio_client.Client(url, verbose=False)
+    return gradio_client.Client(url, verbose=False, httpx_kwargs={"timeout": 120})
 
 
 def test_generate_endpoint(client, astronaut_path):
