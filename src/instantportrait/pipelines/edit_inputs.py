@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..io import check_prompt
+from ..io import MAX_RESOLUTION, ResolutionPolicy, check_prompt
 from .edit_support import _split_images
 
 PromptInput = Any
@@ -141,3 +141,31 @@ class EditInputsMixin:
                 module._reset_stateful_cache()
         if getattr(self, "_all_hooks", None):
             super().maybe_free_model_hooks()
+
+    def _target_size(
+        self, policy: ResolutionPolicy, size: tuple[int, int], height: int | None, width: int | None
+    ) -> tuple[int, int]:
+        """(width, height) the model sees: ``height``/``width`` if given (one given: the other
+        follows the aspect ratio), else the resolution policy's."""
+        if height is None and width is None:
+            return policy.target_size(*size)
+        w0, h0 = size
+        if width is None:
+            width = max(8, int(round(w0 * height / h0 / 8)) * 8)
+        if height is None:
+            height = max(8, int(round(h0 * width / w0 / 8)) * 8)
+        return width, height
+
+    @staticmethod
+    def _check_size_arguments(height: int | None, width: int | None, resolution: int | None):
+        for name, value in (("height", height), ("width", width)):
+            if value is None:
+                continue
+            if not isinstance(value, int) or value < 8 or value % 8:
+                raise InputError(f"{name}: a multiple of 8, at least 8; got {value}")
+            if value > MAX_RESOLUTION:
+                raise InputError(
+                    f"{name}: {value} is above the limit of {MAX_RESOLUTION} "
+                    "(INSTANTPORTRAIT_MAX_RESOLUTION raises it)"
+                )
+        ResolutionPolicy(long_side=resolution)  # validates resolution
