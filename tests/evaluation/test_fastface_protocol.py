@@ -16,10 +16,11 @@ from PIL import Image
 from instantportrait.cli import main
 from instantportrait.errors import InputError
 from instantportrait.evaluation import fastface_report as FR
+from instantportrait.evaluation.figures import _sweeps, pareto_front
 from instantportrait.evaluation.methods import parse_method_spec
 from instantportrait.evaluation.metrics.fastface import official_fsc_pixels
 from instantportrait.evaluation.protocols import load_protocol, read_prompts
-from instantportrait.evaluation.report import Cell, _sweeps, pareto_front
+from instantportrait.evaluation.report import Cell
 from instantportrait.evaluation.runner import rank_block
 from instantportrait.evaluation.store import ResultStore
 from instantportrait.evaluation.sweeps import FASTFACE_SWEEP, expand_sweeps, parse_sweep

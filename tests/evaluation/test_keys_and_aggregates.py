@@ -325,7 +325,8 @@ def test_evaluate_from_python_takes_a_folder_and_offline(tmp_path, faces):
 
 
 def test_pareto_with_a_single_real_split_and_its_dominance(tmp_path, faces, monkeypatch):
-    from instantportrait.evaluation.report import pareto_front, pareto_plot, summarize
+    from instantportrait.evaluation.figures import pareto_front, pareto_plot
+    from instantportrait.evaluation.report import summarize
 
     assert pareto_front({"a": (1, 1), "b": (2, 0.5), "c": (0.5, 0.5), "d": (2, 0.4)}) == ["a", "b"]
 

@@ -360,7 +360,7 @@ class SweepMethod(Method):
 
 
 def test_pareto_joins_a_swept_setting(tmp_path, small_faces, monkeypatch):
-    from instantportrait.evaluation.report import _sweeps
+    from instantportrait.evaluation.figures import _sweeps
 
     # cheap stand-ins for the two axes: identity falls and text fidelity rises with steps
     def face(ctx):
