@@ -1,6 +1,8 @@
 """Decoupled ID cross-attention and its mask-guided multi-ID form (FPGA eq. 1 and §3).
 
-Every ``attn2`` of the ID-ControlNet gets an :class:`IDAttnProcessor`: the text attention of
+Every ``attn2`` of the ID-ControlNet gets an :class:`IDAttnProcessor` (RepControlNet's merged
+UNet an :class:`ExternalIDAttnProcessor`, the same computation with projections it does not
+own, :func:`decoupled_id_attention`): the text attention of
 the layer plus, for each identity k, an attention of the same queries on that identity's
 tokens F_id^k through new projections ``to_k_id`` / ``to_v_id`` (IP-Adapter-style decoupled
 attention: two softmaxes), each weighted by its face-region mask downsampled to the layer::
@@ -145,8 +147,83 @@ class IDPassThroughAttnProcessor(AttnProcessor2_0):
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
+def decoupled_id_attention(
+    attn: Attention,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    temb: torch.Tensor | None,
+    to_k_id: nn.Linear,
+    to_v_id: nn.Linear,
+    scale: float,
+    id_embeds: torch.Tensor | None = None,
+    id_masks: torch.Tensor | None = None,
+    id_capture: IDAttentionCapture | None = None,
+) -> torch.Tensor:
+    """One ``attn2`` with the decoupled, mask-guided ID term (module docstring; FPGA eq. 1, §3).
+
+    The computation of both processors below; they differ only in who owns ``to_k_id`` /
+    ``to_v_id``. ``id_embeds`` ``None`` (or ``scale`` 0) is the layer's plain text attention.
+    """
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    input_ndim = hidden_states.ndim
+    if input_ndim == 4:
+        b, c, h, w = hidden_states.shape
+        hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+    batch, length, _ = hidden_states.shape
+    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+    if attention_mask is not None:
+        attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
+        attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    if encoder_hidden_states is not None and attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+
+    query = split_heads(attn.to_q(hidden_states), attn.heads)
+    key = split_heads(attn.to_k(context), attn.heads)
+    value = split_heads(attn.to_v(context), attn.heads)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+    out = merge_heads(out).to(query.dtype)
+
+    if id_embeds is not None and scale != 0:
+        ids = _as_identities(id_embeds.to(query.dtype), batch)
+        k = ids.shape[1]
+        masks = None
+        if id_masks is not None:
+            masks = downsample_masks(_as_masks(id_masks, batch, k), length)
+        elif k > 1:
+            raise ValueError(f"id_masks: {k} identities need one face mask each")
+        capture = id_capture is not None and id_capture.wants(length)
+        id_outs = []
+        for i in range(k):
+            id_key = split_heads(to_k_id(ids[:, i]), attn.heads)
+            id_value = split_heads(to_v_id(ids[:, i]), attn.heads)
+            if capture and id_capture.source == "id_probs":
+                probs = (query @ id_key.transpose(-1, -2) * attn.scale).softmax(dim=-1)
+                id_capture.add(probs.mean(dim=1).transpose(1, 2))  # (B, T, L)
+                o = probs @ id_value
+            else:
+                o = F.scaled_dot_product_attention(query, id_key, id_value)
+            o = merge_heads(o).to(query.dtype)
+            if capture and id_capture.source == "id_branch_output":
+                id_capture.add(o.transpose(1, 2))  # (B, C, L)
+            id_outs.append(o)
+        out = multi_id_cross_attention(out, torch.stack(id_outs, dim=1), masks, scale)
+
+    out = attn.to_out[1](attn.to_out[0](out))
+    if input_ndim == 4:
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
+
+
 class IDAttnProcessor(nn.Module):
-    """Decoupled, mask-guided ID cross-attention for one ``attn2`` (module docstring).
+    """Decoupled, mask-guided ID cross-attention for one ``attn2`` that owns its projections
+    (the ID-ControlNet: they are saved with the model).
 
     Args:
         hidden_size: the layer's inner dimension (output of ``to_k``).
@@ -177,60 +254,35 @@ class IDAttnProcessor(nn.Module):
         id_masks: torch.Tensor | None = None,
         id_capture: IDAttentionCapture | None = None,
     ) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-        batch, length, _ = hidden_states.shape
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
-            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        if encoder_hidden_states is not None and attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
+        return decoupled_id_attention(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+            self.to_k_id, self.to_v_id, self.scale, id_embeds, id_masks, id_capture,
+        )  # fmt: skip
 
-        query = split_heads(attn.to_q(hidden_states), attn.heads)
-        key = split_heads(attn.to_k(context), attn.heads)
-        value = split_heads(attn.to_v(context), attn.heads)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
-        out = merge_heads(out).to(query.dtype)
 
-        if id_embeds is not None and self.scale != 0:
-            ids = _as_identities(id_embeds.to(query.dtype), batch)
-            k = ids.shape[1]
-            masks = None
-            if id_masks is not None:
-                masks = downsample_masks(_as_masks(id_masks, batch, k), length)
-            elif k > 1:
-                raise ValueError(f"id_masks: {k} identities need one face mask each")
-            capture = id_capture is not None and id_capture.wants(length)
-            id_outs = []
-            for i in range(k):
-                id_key = split_heads(self.to_k_id(ids[:, i]), attn.heads)
-                id_value = split_heads(self.to_v_id(ids[:, i]), attn.heads)
-                if capture and id_capture.source == "id_probs":
-                    probs = (query @ id_key.transpose(-1, -2) * attn.scale).softmax(dim=-1)
-                    id_capture.add(probs.mean(dim=1).transpose(1, 2))  # (B, T, L)
-                    o = probs @ id_value
-                else:
-                    o = F.scaled_dot_product_attention(query, id_key, id_value)
-                o = merge_heads(o).to(query.dtype)
-                if capture and id_capture.source == "id_branch_output":
-                    id_capture.add(o.transpose(1, 2))  # (B, C, L)
-                id_outs.append(o)
-            out = multi_id_cross_attention(out, torch.stack(id_outs, dim=1), masks, self.scale)
+class ExternalIDAttnProcessor:
+    """The same attention with projections owned elsewhere (RepControlNet's
+    :class:`~instantportrait.models.rep_controlnet.IDProjections`): not a module, so the UNet it
+    is set on keeps exactly the base's parameters and ``state_dict``."""
 
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+    def __init__(self, to_k_id: nn.Linear, to_v_id: nn.Linear, scale: float = 1.0):
+        self.to_k_id, self.to_v_id, self.scale = to_k_id, to_v_id, scale
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        id_embeds: torch.Tensor | None = None,
+        id_masks: torch.Tensor | None = None,
+        id_capture: IDAttentionCapture | None = None,
+    ) -> torch.Tensor:
+        return decoupled_id_attention(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+            self.to_k_id, self.to_v_id, self.scale, id_embeds, id_masks, id_capture,
+        )  # fmt: skip
 
 
 def install_id_processors(model: nn.Module, id_dim: int, scale: float = 1.0) -> None:
@@ -249,9 +301,10 @@ def install_id_processors(model: nn.Module, id_dim: int, scale: float = 1.0) -> 
     model.set_attn_processor(procs)
 
 
-def id_processors(model: nn.Module) -> dict[str, IDAttnProcessor]:
-    """The model's ID processors by name."""
-    return {k: p for k, p in model.attn_processors.items() if isinstance(p, IDAttnProcessor)}
+def id_processors(model: nn.Module) -> dict[str, IDAttnProcessor | ExternalIDAttnProcessor]:
+    """The model's ID processors (owning or external projections) by name."""
+    kinds = (IDAttnProcessor, ExternalIDAttnProcessor)
+    return {k: p for k, p in model.attn_processors.items() if isinstance(p, kinds)}
 
 
 def set_id_scale(model: nn.Module, scale: float) -> None:

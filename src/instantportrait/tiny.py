@@ -61,6 +61,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.pipelines.restore:write_tiny_restore",
         "DIIR face restorer (SD1.5-architecture + landmark ControlNet) for `restore --model`",
     ),
+    "repcontrolnet": (
+        "instantportrait.pipelines.rep_controlnet:write_tiny_repcontrolnet",
+        "merged RepControlNet with FPGA's identity encoder for `generate --method fpga --model`",
+    ),
 }
 
 DEFAULT_KIND = next(iter(TINY_KINDS))

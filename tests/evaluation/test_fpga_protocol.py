@@ -249,3 +249,42 @@ def test_fid_face_compares_face_crops_only(astronaut_path, grace_hopper_path):
     assert detail["faceless_outputs"] == 1 and detail["n_outputs"] == 2
     with pytest.raises(ValueError, match="at least 2 faces"):
         fid_face([blank, blank], refs, hub)
+
+
+def test_repcontrolnet_kind_scores_beside_the_id_controlnet_for_table_6(
+    subjects, tiny_fpga, tmp_path, tiny_clip
+):
+    """Paper Table 6: the merged RepControlNet and the ID-ControlNet on the same items, the
+    published rows above ours; the kind refuses an FPGA folder."""
+    from instantportrait.errors import InputError
+    from instantportrait.evaluation import evaluate
+    from instantportrait.evaluation.methods import build_method
+    from instantportrait.evaluation.paper_tables import paper_table
+    from instantportrait.evaluation.protocols import load_protocol
+    from instantportrait.tiny import write_tiny
+
+    rep = write_tiny(tmp_path / "rep", "repcontrolnet", seed=0)
+    protocol = load_protocol("fpga_repcontrolnet")
+    out = tmp_path / "eval"
+    s = evaluate(
+        subjects,
+        protocol.prompts[:1],
+        {
+            "fpga": f"fpga:{tiny_fpga},steps=1",
+            "rep": f"repcontrolnet:{rep},steps=1,control_strength=0.5",
+        },
+        "face_sim_dlib,clip_t_vitl14,fid",
+        out,
+        weights={"clip-vit-l-14": tiny_clip, "inception": TinyInception()},
+        progress=False,
+    )
+    assert s.generated == 4 and s.failed_outputs == 0
+    assert len(list((out / "outputs" / "rep").rglob("*.png"))) == 2
+    table = paper_table(out, "fpga:repcontrolnet")
+    lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
+    assert lines[0] == "| Method | CLIP-T | Face Sim | FID ↓ | Source |"
+    assert "| RepControlNet | 21 | 60.7 | 195.8 | published |" in lines
+    assert [ln.split(" | ")[0] for ln in lines[-2:]] == ["| fpga", "| rep"]
+    assert "CLIP-score on a 0-1 scale" in table
+    with pytest.raises(InputError, match="not a merged RepControlNet"):
+        build_method(f"repcontrolnet:{tiny_fpga}").check()

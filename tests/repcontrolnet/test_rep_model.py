@@ -10,12 +10,12 @@ from torch import nn
 
 from instantportrait.components import build_components, count_parameters
 from instantportrait.models.rep_controlnet import (
-    IDAttnProcessor,
     RepControlNet,
     RepLayer,
     adapter_injection,
     merge_weights,
 )
+from instantportrait.multi_id_attention import ExternalIDAttnProcessor
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_id_attention_against_a_hand_written_reference(base_unet):
     rep = RepControlNet(copy.deepcopy(base_unet), adapter_channels=(8, 16, 16, 32))
     name, attn = next((n, m) for n, m in rep.unet.named_modules() if n.endswith("attn2"))
     proc = attn.processor
-    assert isinstance(proc, IDAttnProcessor)
+    assert isinstance(proc, ExternalIDAttnProcessor)
     torch.nn.init.normal_(proc.to_v_id.weight)
     h = torch.randn(2, 16, attn.to_q.base.in_features)
     ctx, ids = torch.randn(2, 77, 32), torch.randn(2, 4, 32)

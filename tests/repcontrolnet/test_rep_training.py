@@ -23,10 +23,14 @@ def _dataset(folder, astronaut_path):
 
 
 def test_train_repcontrolnet_smoke(tmp_path, astronaut_path, capsys):
+    from instantportrait.tiny import write_tiny
+
     data = _dataset(tmp_path / "data", astronaut_path)
     out = tmp_path / "run"
+    encoder = write_tiny(tmp_path / "fpga", "fpga")  # the FPGA encoder that "made" the F_id
     sets = [
         "model.pretrained=tiny", "model.id_dim=32", "model.adapter_channels=[8,16,16,32]",
+        f"model.identity_encoder={encoder}",
         f"data.path={data}", "data.resolution=64", f"training.output_dir={out}",
         "training.max_steps=2", "training.batch_size=2", "training.mixed_precision=no",
         "training.gradient_checkpointing=false", "training.tensorboard=false",
@@ -49,6 +53,8 @@ def test_train_repcontrolnet_smoke(tmp_path, astronaut_path, capsys):
 
     pipe = RepControlNetPipeline.from_pretrained(final)
     pipe.set_progress_bar_config(disable=True)
+    # the export carries the identity encoder: it takes face images, like the FPGA pipeline
+    assert pipe.has_identity_encoder and pipe.config.face_embedder == "dlib"
     img = pipe(
         "an astronaut", Image.new("RGB", (64, 64)), id_embeds=torch.randn(1, 4, 32),
         num_inference_steps=2, generator=torch.Generator().manual_seed(0),

@@ -1,5 +1,10 @@
 """``instantportrait generate --method fpga``: portraits of one or several identities in a pose.
 
+``--model`` is an FPGA pipeline folder (ID-ControlNet + SD1.5) or a merged RepControlNet folder
+(``train repcontrolnet``): the command reads which from the folder's ``model_index.json``.
+A RepControlNet also takes ``--control-strength`` (Eq. 6's beta, re-merged at load from the
+trained copies beside it) and ``--adapter-scale``.
+
 ``--pose`` is an OpenPose/COCO keypoints JSON (drawn by the one condition renderer; its head
 points give each person's face region) or a ready condition image (skeleton and/or
 landmarks; several identities then need ``--face-mask``, one per identity). Identities go to
@@ -26,7 +31,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         FLAGS[dest] = flags[-1]
         group.add_argument(*flags, dest=dest, **kwargs)
 
-    add("model", help="an FPGA pipeline folder")
+    add("model", help="an FPGA pipeline folder, or a merged RepControlNet folder")
     add(
         "id-image",
         action="append",
@@ -60,6 +65,19 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         help="classifier-free guidance (default 5)",
     )
     add("id-scale", type=float, default=1.0, help="weight of the ID attention (default 1.0)")
+    add(
+        "control-strength",
+        type=float,
+        default=None,
+        help="RepControlNet only: beta of the merge (Theta' = Theta + beta Theta_m; default: "
+        "the folder's own merge, usually 1)",
+    )
+    add(
+        "adapter-scale",
+        type=float,
+        default=1.0,
+        help="RepControlNet only: weight of the condition adapter's residual (default 1.0)",
+    )
 
 
 def _flag(dest: str) -> str:
@@ -131,7 +149,7 @@ def _condition(args, count: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError, ModelNotFoundError
+    from ..errors import InputError
     from ..io import load_image, prepare_output, save_image
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
     from .generate import prompts_of, restored
@@ -142,6 +160,16 @@ def run(args: argparse.Namespace) -> int:
     args.fpga_id_image = args.fpga_id_image or args.id_image
     if not args.fpga_model:
         raise InputError(f"{_flag('fpga_model')}: the FPGA pipeline folder is required")
+    from ..pipelines.fpga_family import load_fpga_family, pipeline_class
+
+    model = Path(args.fpga_model)
+    rep = pipeline_class(model, name=_flag("fpga_model")) == "RepControlNetPipeline"
+    if not rep:
+        for dest in ("fpga_control_strength",):
+            if getattr(args, dest) is not None:
+                raise InputError(f"{_flag(dest)}: only for a RepControlNet model")
+        if args.fpga_adapter_scale != 1.0:
+            raise InputError(f"{_flag('fpga_adapter_scale')}: only for a RepControlNet model")
     if not args.fpga_id_image:
         raise InputError(f"{_flag('fpga_id_image')}: at least one face image is required")
     faces = [load_image(p, name=f"{_flag('fpga_id_image')} {p}") for p in args.fpga_id_image]
@@ -154,21 +182,18 @@ def run(args: argparse.Namespace) -> int:
     if args.fpga_steps < 1:
         raise InputError("--fpga-steps: at least 1")
     cond, masks = _condition(args, len(faces))
-    model = Path(args.fpga_model)
-    if not (model / "model_index.json").is_file():
-        raise ModelNotFoundError(
-            f"{_flag('fpga_model')} {model}: no FPGA pipeline folder (model_index.json); "
-            "train one with `instantportrait train fpga` or write a tiny one with "
-            "`init-tiny --kind fpga`"
-        )
     out = prepare_output(args.output, overwrite=args.overwrite)  # checked; made when writing
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     quiet_libraries()
-    from ..pipelines.fpga import FPGAPipeline
-
-    pipe = FPGAPipeline.from_pretrained(str(model), dtype=dtype).to(device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_fpga_family(
+        model,
+        dtype=dtype,
+        device=device,
+        control_strength=args.fpga_control_strength,
+        name=_flag("fpga_model"),
+    )
+    extra = {"adapter_scale": args.fpga_adapter_scale} if rep else {}
     id_embeds = pipe.encode_identity(
         faces, [f"{_flag('fpga_id_image')} {p}" for p in args.fpga_id_image]
     )
@@ -186,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
                 guidance_scale=args.fpga_guidance_scale,
                 id_scale=args.fpga_id_scale,
                 generator=seeded_generator(args.seed + n, device),
+                **extra,
             ).images[0]
             image = restored(image, args, prompt=p)  # several people: each face towards itself
             path = save_image(image, out / f"{n:04d}.png")

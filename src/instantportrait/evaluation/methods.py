@@ -15,8 +15,8 @@ Kinds (:data:`METHOD_KINDS`, ``kind -> "module:Class"``, imported on first use):
   ``prompt_index``, ``prompt_hash``, ``seed``) -- the layout ``evaluate`` itself writes under
   ``OUT/outputs/NAME/``, so ``folder:OUT/outputs/NAME`` re-reads a run's outputs.
 * ``identity``: the input unchanged (a reference row: face similarity 1).
-* ``fastface``, ``faceanet``, ``fpga``: registered by name; their classes arrive with their
-  methods.
+* ``fastface``, ``faceanet``, ``fpga``, ``repcontrolnet``: registered by name; their classes
+  arrive with their methods.
 
 **Adding a kind** is one class and one line: subclass :class:`Method` (set ``options``,
 implement ``generate``; optionally ``check``, ``cost``, ``fingerprint_data``, ``close``) and
@@ -268,6 +268,7 @@ METHOD_KINDS: dict[str, str] = {
     "fastface": "instantportrait.evaluation.kinds.fastface:FastFaceMethod",
     "faceanet": "instantportrait.evaluation.kinds.faceanet:FaceANetMethod",
     "fpga": "instantportrait.evaluation.kinds.fpga:FPGAMethod",
+    "repcontrolnet": "instantportrait.evaluation.kinds.repcontrolnet:RepControlNetMethod",
     "restore": "instantportrait.restoration.evaluation:RestoredMethod",
 }
 

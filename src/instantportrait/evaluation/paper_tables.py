@@ -96,7 +96,8 @@ def load_paper_table(name: str) -> PaperTable:
             raise InputError(f"--paper-table {name}: one of {', '.join(list_paper_tables())}")
         cols = [c for c in data["columns"] if any(c in r for r in t["rows"])]
         title = f"Table {t.get('table')}: {key.replace('_', ' ')} ({t.get('dataset', '')})"
-        return PaperTable(paper, key, title, cols, t["rows"], source, str(data.get("note", "")))
+        note = " ".join(str(n) for n in (data.get("note"), t.get("note")) if n)
+        return PaperTable(paper, key, title, cols, t["rows"], source, note)
     rows = data.get(key)
     if not isinstance(rows, list):
         raise InputError(f"--paper-table {name}: one of {', '.join(list_paper_tables())}")

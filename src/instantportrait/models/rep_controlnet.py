@@ -10,9 +10,9 @@ Training time (:class:`RepControlNet`):
   the condition image once per image; its output is **added** at the UNet's first layer: to
   the ``conv_in`` output (``inject_at="conv_in_output"``, default) or to the noisy latent
   (``"latent_input"``, paper-literal);
-* the identity F_id enters through decoupled ID cross-attention (:class:`IDProjections` +
-  :class:`IDAttnProcessor` on every ``attn2``:
-  ``softmax(Q K_text) V_text + s softmax(Q K_id) V_id``,
+* the identity F_id enters through decoupled ID cross-attention (:class:`IDProjections`, used
+  by FPGA's multi-ID processor on every ``attn2``:
+  ``softmax(Q K_text) V_text + s sum_k M_k softmax(Q K_id^k) V_id^k``,
   new ``to_k_id``/``to_v_id`` initialised from ``to_k``/``to_v``); it is not re-parameterised.
 
 After training, :meth:`RepControlNet.merge` folds every copy into the base weights,
@@ -31,15 +31,15 @@ from collections.abc import Iterator
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from ..multi_id_attention import ExternalIDAttnProcessor, IDPassThroughAttnProcessor
+
 __all__ = [
     "ConditionAdapter",
-    "IDAttnProcessor",
     "IDProjections",
     "RepControlNet",
     "RepLayer",
@@ -155,73 +155,22 @@ def _plain(layer: nn.Module) -> nn.Linear:
     return layer.base if isinstance(layer, RepLayer) else layer
 
 
-class IDAttnProcessor:
-    """``attn2`` with the decoupled ID term (IP-Adapter style, FPGA §5 identity):
-    ``Attn(Q, K_text, V_text) + scale * Attn(Q, K_id(F_id), V_id(F_id))``.
-
-    ``id_embeds`` ``(B, T, D)`` comes through ``cross_attention_kwargs``; ``None`` drops the term.
-    Holds references to its projections (not a module: the weights live in
-    :class:`IDProjections`, so the UNet's own parameter count stays the base's).
-    """
-
-    def __init__(self, to_k_id: nn.Linear, to_v_id: nn.Linear, scale: float = 1.0):
-        self.to_k_id, self.to_v_id, self.scale = to_k_id, to_v_id, scale
-
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        id_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        b = hidden_states.shape[0]
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        heads = attn.heads
-
-        def split(x: torch.Tensor) -> torch.Tensor:
-            return x.view(b, -1, heads, x.shape[-1] // heads).transpose(1, 2)
-
-        q = split(attn.to_q(hidden_states))
-        out = F.scaled_dot_product_attention(
-            q, split(attn.to_k(context)), split(attn.to_v(context))
-        )
-        if id_embeds is not None and self.scale != 0:
-            ids = id_embeds.to(q.dtype)
-            out_id = F.scaled_dot_product_attention(
-                q, split(self.to_k_id(ids)), split(self.to_v_id(ids))
-            )
-            out = out + self.scale * out_id
-        out = out.transpose(1, 2).reshape(b, -1, heads * q.shape[-1])
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + hidden_states
-        return out / attn.rescale_output_factor
-
-
-class _SelfAttnProcessor(AttnProcessor2_0):
-    """``attn1``: plain attention that accepts (and ignores) the ``id_embeds`` keyword."""
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 temb=None, id_embeds=None):  # fmt: skip
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-
-
 def set_id_processors(unet: nn.Module, projections: IDProjections, scale: float = 1.0) -> int:
-    """Put :class:`IDAttnProcessor` on every ``attn2`` of ``unet``; returns how many.
+    """Put the decoupled ID attention on every ``attn2`` of ``unet``; returns how many.
 
-    ``attn1`` layers get plain attention that accepts the ``id_embeds`` keyword (no warning).
+    The processor is FPGA's multi-ID one (:class:`~..multi_id_attention.ExternalIDAttnProcessor`,
+    projections referenced from ``projections``), so a merged model also takes ``id_masks``
+    for several people. ``attn1`` layers get plain attention that accepts the ID keywords.
     """
     count = 0
     for name, module in unet.named_modules():
         key = name.replace(".", "__")
         plain = isinstance(module, Attention) and type(module.processor) is AttnProcessor2_0
         if plain and name.endswith("attn1") and len(projections.to_k):
-            module.set_processor(_SelfAttnProcessor())
+            module.set_processor(IDPassThroughAttnProcessor())
         if isinstance(module, Attention) and name.endswith("attn2") and key in projections.to_k:
             module.set_processor(
-                IDAttnProcessor(projections.to_k[key], projections.to_v[key], scale)
+                ExternalIDAttnProcessor(projections.to_k[key], projections.to_v[key], scale)
             )
             count += 1
     return count

@@ -28,8 +28,9 @@ from ..conditions import box_mask, head_boxes, left_to_right
 from ..errors import InputError
 from ..io import check_prompt, load_image
 from ..models.id_controlnet import IDControlNetModel  # noqa: F401  (see below)
-from ..models.resampler import FACE_CROP_SIZE, IDResampler, align_face, encode_face_crops
+from ..models.resampler import IDResampler
 from .edit import tensor_to_images
+from .id_encoding import IDEncodingMixin
 
 # diffusers loads a pipeline's custom components only from modules already imported: the
 # imports above make ``FPGAPipeline.from_pretrained`` find IDControlNetModel and IDResampler.
@@ -65,7 +66,7 @@ def face_region_masks(
     return np.stack(masks)
 
 
-class FPGAPipeline(DiffusionPipeline):
+class FPGAPipeline(IDEncodingMixin, DiffusionPipeline):
     """Text-to-portrait with identities and a pose/landmark condition (ID-ControlNet).
 
     Args:
@@ -117,46 +118,6 @@ class FPGAPipeline(DiffusionPipeline):
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self._face_embedder = None
-
-    # ------------------------------------------------------------------ identity
-    def set_face_embedder(self, embedder) -> None:
-        """Use this face-stack embedder (an ``IdentityEmbedder``) for F_id."""
-        self._face_embedder = embedder
-
-    def face_embedder(self):
-        """The recognition network of F_id (loaded from the config on first use)."""
-        if self._face_embedder is None:
-            from ..faces.embedders import get_embedder
-
-            self._face_embedder = get_embedder(
-                self.config.face_embedder,
-                weights=self.config.face_embedder_weights,
-                device=self._execution_device,
-            )
-        return self._face_embedder
-
-    @torch.no_grad()
-    def encode_identity(
-        self, faces: Sequence[Any], names: Sequence[str] | None = None
-    ) -> torch.Tensor:
-        """F_id ``(K, T, D)`` of K face images (the largest face of each is used);
-        ``names`` name them in errors (default "id image N")."""
-        emb = self.face_embedder()
-        names = names or [f"id image {i + 1}" for i in range(len(faces))]
-        crops = torch.cat(
-            [
-                align_face(f, emb.template, FACE_CROP_SIZE, name=n)
-                for f, n in zip(faces, names, strict=True)
-            ]
-        )
-        return self.encode_face_crops(crops)
-
-    @torch.no_grad()
-    def encode_face_crops(self, crops: torch.Tensor) -> torch.Tensor:
-        """F_id ``(B, T, D)`` of aligned face crops ``(B, 3, S, S)`` in [0, 1]."""
-        ident, tokens = encode_face_crops(crops, self.face_embedder(), self.image_encoder)
-        p = next(self.resampler.parameters())
-        return self.resampler(ident.to(p.device, p.dtype), tokens.to(p.device, p.dtype))
 
     # ------------------------------------------------------------------ inputs
     @torch.no_grad()

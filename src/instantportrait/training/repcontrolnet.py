@@ -42,6 +42,10 @@ class RepModelConfig:
     adapter_channels: list[int] = field(default_factory=lambda: [16, 32, 96, 256])
     #: F_id width; 0 disables the ID attention
     id_dim: int = 768
+    #: the FPGA pipeline folder whose identity encoder (resampler + CLIP vision + face
+    #: embedder) made the dataset's F_id; copied into the export so that the merged model
+    #: takes face images (``generate --method fpga --id-image``). Empty: the export takes F_id.
+    identity_encoder: str = ""
     seed: int = 0
 
 
@@ -181,6 +185,17 @@ class RepControlNetTrainer(Trainer):
         self.vae.requires_grad_(False).eval().to(self.device)
         self.text_encoder.requires_grad_(False).eval().to(self.device)
         self.alphas_cumprod = self.train_scheduler.alphas_cumprod.to(self.device)
+        self.identity = None
+        if cfg.model.identity_encoder:
+            from ..pipelines.id_encoding import load_identity_encoder
+
+            self.identity = load_identity_encoder(cfg.model.identity_encoder)
+            width = self.identity["resampler"].config.cross_attention_dim
+            if cfg.model.id_dim != width:
+                raise InputError(
+                    f"model.identity_encoder: its F_id is {width} wide, model.id_dim is "
+                    f"{cfg.model.id_dim}"
+                )
         model = RepControlNet(
             parts["unet"],
             init_scale=cfg.model.init_scale,
@@ -237,32 +252,21 @@ class RepControlNetTrainer(Trainer):
 
     def pipeline(self):
         """The merged :class:`RepControlNetPipeline` (Eq. 6 with the config's alpha, beta)."""
-        import copy
-
-        from ..pipelines.rep_controlnet import RepControlNetPipeline
+        from ..pipelines.rep_controlnet import merged_pipeline
 
         rep = self.accelerator.unwrap_model(self.model)
-        merged = rep.merge(self.cfg.merge.alpha, self.cfg.merge.beta)
-        return RepControlNetPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=merged,
-            adapter=copy.deepcopy(rep.adapter),
-            id_projections=copy.deepcopy(rep.id_projections),
-            scheduler=self.scheduler,
+        parts = {
+            "vae": self.vae,
+            "text_encoder": self.text_encoder,
+            "tokenizer": self.tokenizer,
+            "scheduler": self.scheduler,
+        }
+        return merged_pipeline(
+            rep, parts, alpha=self.cfg.merge.alpha, beta=self.cfg.merge.beta, identity=self.identity
         )
 
     def export(self, folder: Path) -> None:
-        from safetensors.torch import save_file
+        from ..pipelines.rep_controlnet import save_merged
 
-        from ..io import atomic_write
-
-        self.pipeline().save_pretrained(folder)
         rep = self.accelerator.unwrap_model(self.model)
-        state = {
-            k: v.detach().cpu().contiguous()
-            for k, v in rep.state_dict().items()
-            if ".branch." in k or k.startswith("adapter.")
-        }
-        atomic_write(folder / "rep_branches.safetensors", lambda p: save_file(state, str(p)))
+        save_merged(self.pipeline(), rep, folder, self.cfg.merge.alpha, self.cfg.merge.beta)

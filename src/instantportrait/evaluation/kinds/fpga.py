@@ -97,13 +97,21 @@ class FPGAMethod(Method):
     def pipe(self):
         """The pipeline, loaded on first use."""
         if self._pipe is None:
-            from ...pipelines.fpga import FPGAPipeline
-
-            pipe = FPGAPipeline.from_pretrained(str(self.spec.path), dtype=self.dtype)
-            pipe = pipe.to(self.device)
-            pipe.set_progress_bar_config(disable=True)
-            self._pipe = pipe
+            self._pipe = self.load_pipeline()
         return self._pipe
+
+    def load_pipeline(self):
+        """The FPGA pipeline of the spec's folder (a subclass may load another family member)."""
+        from ...pipelines.fpga import FPGAPipeline
+
+        pipe = FPGAPipeline.from_pretrained(str(self.spec.path), dtype=self.dtype)
+        pipe = pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def call_options(self) -> dict[str, Any]:
+        """Extra keyword arguments of the pipeline call (none for FPGA)."""
+        return {}
 
     @property
     def steps(self) -> int:
@@ -136,6 +144,7 @@ class FPGAMethod(Method):
             guidance_scale=self.spec.get("guidance_scale"),
             id_scale=float(self.spec.get("id_scale", 1.0)),
             generator=torch.Generator("cpu").manual_seed(int(seed)),
+            **self.call_options(),
         ).images[0]
 
     def cost(self) -> dict[str, float | None]:
