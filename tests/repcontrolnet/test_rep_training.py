@@ -74,3 +74,47 @@ def test_train_repcontrolnet_dry_run_and_bad_data(tmp_path, capsys):
            "--set", "training.mixed_precision=no"]  # fmt: skip
     assert main(bad) == 2
     assert "metadata.jsonl" in capsys.readouterr().err
+
+
+def test_train_repcontrolnet_encodes_face_photos_with_the_fpga_encoder(
+    tmp_path, astronaut_path, capsys, monkeypatch
+):
+    """Rows may give a face photo instead of a precomputed F_id: the frozen FPGA encoder turns
+    it into F_id once per file; without the encoder it is one error line."""
+    import pytest
+
+    pytest.importorskip("dlib")
+    from instantportrait.pipelines.id_encoding import IdentityEncoder
+    from instantportrait.tiny import write_tiny
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.open(astronaut_path).convert("RGB").resize((64, 64)).save(data / "a.png")
+    Image.open(astronaut_path).convert("RGB").save(data / "face.png")
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(data / "c.png")
+    row = {"image": "a.png", "conditioning_image": "c.png", "text": "x", "face": "face.png"}
+    (data / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in [row, row]))
+    calls = []
+    real = IdentityEncoder.encode_identity
+
+    def counted(self, faces, names=None):
+        calls.append(names)
+        return real(self, faces, names)
+
+    monkeypatch.setattr(IdentityEncoder, "encode_identity", counted)
+    sets = [
+        "model.pretrained=tiny", "model.id_dim=32", "model.adapter_channels=[8,16,16,32]",
+        f"data.path={data}", "data.resolution=64", f"training.output_dir={tmp_path / 'r'}",
+        "training.max_steps=2", "training.batch_size=2", "training.mixed_precision=no",
+        "training.tensorboard=false", "training.gradient_checkpointing=false",
+    ]  # fmt: skip
+    argv = ["train", "repcontrolnet", *[a for s in sets for a in ("--set", s)]]
+    assert main(argv) == 2
+    assert "set model.identity_encoder" in capsys.readouterr().err
+    encoder = write_tiny(tmp_path / "fpga", "fpga")
+    assert main([*argv, "--set", f"model.identity_encoder={encoder}", "--overwrite"]) == 0
+    assert len(calls) == 1  # one face file: encoded once, then cached
+    mixed = data / "metadata.jsonl"
+    mixed.write_text("\n".join(json.dumps(r) for r in [row, {**row, "face": ""}]))
+    assert main([*argv, "--set", f"model.identity_encoder={encoder}", "--overwrite"]) == 2
+    assert "row 1 gives no identity" in capsys.readouterr().err

@@ -12,6 +12,7 @@ RepControlNet pipeline use the same encoder).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,7 +20,39 @@ import torch
 from ..errors import ModelNotFoundError
 from ..models.resampler import FACE_CROP_SIZE, align_face, encode_face_crops
 
-__all__ = ["IDEncodingMixin"]
+__all__ = ["IDEncodingMixin", "IdentityEncoder", "load_identity_encoder"]
+
+
+@dataclass
+class IdentityEncoder:
+    """Face images -> F_id: a face-stack ``embedder`` (ArcFace, dlib, ...), a CLIP vision
+    tower ``image_encoder`` and the ``resampler`` (all frozen here)."""
+
+    resampler: Any
+    image_encoder: Any
+    embedder: Any
+
+    @torch.no_grad()
+    def encode_identity(
+        self, faces: Sequence[Any], names: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """F_id ``(K, T, D)`` of K face images (the largest face of each is used);
+        ``names`` name them in errors (default "id image N")."""
+        names = names or [f"id image {i + 1}" for i in range(len(faces))]
+        crops = torch.cat(
+            [
+                align_face(f, self.embedder.template, FACE_CROP_SIZE, name=n)
+                for f, n in zip(faces, names, strict=True)
+            ]
+        )
+        return self.encode_face_crops(crops)
+
+    @torch.no_grad()
+    def encode_face_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """F_id ``(B, T, D)`` of aligned face crops ``(B, 3, S, S)`` in [0, 1]."""
+        ident, tokens = encode_face_crops(crops, self.embedder, self.image_encoder)
+        p = next(self.resampler.parameters())
+        return self.resampler(ident.to(p.device, p.dtype), tokens.to(p.device, p.dtype))
 
 
 class IDEncodingMixin:
@@ -51,33 +84,24 @@ class IDEncodingMixin:
             getattr(self, "image_encoder", None) is not None
         )
 
-    @torch.no_grad()
-    def encode_identity(
-        self, faces: Sequence[Any], names: Sequence[str] | None = None
-    ) -> torch.Tensor:
-        """F_id ``(K, T, D)`` of K face images (the largest face of each is used);
-        ``names`` name them in errors (default "id image N")."""
+    def identity_encoder(self) -> IdentityEncoder:
+        """This pipeline's :class:`IdentityEncoder` (its modules, on their current device)."""
         if not self.has_identity_encoder:
             raise ModelNotFoundError(
                 f"{type(self).__name__}: this model folder has no identity encoder "
                 "(resampler + image_encoder); pass F_id as id_embeds"
             )
-        emb = self.face_embedder()
-        names = names or [f"id image {i + 1}" for i in range(len(faces))]
-        crops = torch.cat(
-            [
-                align_face(f, emb.template, FACE_CROP_SIZE, name=n)
-                for f, n in zip(faces, names, strict=True)
-            ]
-        )
-        return self.encode_face_crops(crops)
+        return IdentityEncoder(self.resampler, self.image_encoder, self.face_embedder())
 
-    @torch.no_grad()
+    def encode_identity(
+        self, faces: Sequence[Any], names: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """F_id ``(K, T, D)`` of K face images (:meth:`IdentityEncoder.encode_identity`)."""
+        return self.identity_encoder().encode_identity(faces, names)
+
     def encode_face_crops(self, crops: torch.Tensor) -> torch.Tensor:
-        """F_id ``(B, T, D)`` of aligned face crops ``(B, 3, S, S)`` in [0, 1]."""
-        ident, tokens = encode_face_crops(crops, self.face_embedder(), self.image_encoder)
-        p = next(self.resampler.parameters())
-        return self.resampler(ident.to(p.device, p.dtype), tokens.to(p.device, p.dtype))
+        """F_id ``(B, T, D)`` of aligned face crops (:meth:`IdentityEncoder.encode_face_crops`)."""
+        return self.identity_encoder().encode_face_crops(crops)
 
 
 def load_identity_encoder(folder: str) -> dict[str, Any]:

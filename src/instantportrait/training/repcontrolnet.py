@@ -10,9 +10,11 @@ the adapter, to merge again with another beta).
 
 Data: a folder with ``metadata.jsonl``, one JSON object a line, diffusers' ControlNet format:
 ``{"image": "img/0.png", "conditioning_image": "pose/0.png", "text": "a photo of ...",
-"id_embeds": "ids/0.safetensors"}`` (paths relative to the folder; ``id_embeds`` optional: a
-safetensors file holding ``id_embeds`` ``(tokens, dim)``, e.g. F_id from FPGA's resampler;
-absent: no ID term for that sample).
+"face": "faces/0.png"}`` (paths relative to the folder). The identity, optional, is either
+``"face"``: a photo of the person, encoded to F_id on the fly by the frozen identity encoder
+of ``model.identity_encoder`` (an FPGA pipeline folder; F_id cached per file), or
+``"id_embeds"``: a safetensors file holding a precomputed ``id_embeds`` ``(tokens, dim)``.
+Every row gives an identity, or none does (then no ID term is trained).
 """
 
 from __future__ import annotations
@@ -97,6 +99,13 @@ class ConditionDataset(torch.utils.data.Dataset):
             for key in ("image", "conditioning_image", "text"):
                 if key not in row:
                     raise InputError(f"{meta}: row {i} has no {key!r}")
+        with_id = [bool(r.get("id_embeds") or r.get("face")) for r in self.rows]
+        if any(with_id) and not all(with_id):
+            raise InputError(
+                f"{meta}: row {with_id.index(False)} gives no identity (id_embeds or face) "
+                "while others do; give one in every row or in none"
+            )
+        self.uses_faces = any(bool(r.get("face")) for r in self.rows)
         self.resolution, self.dropout_text, self.seed = resolution, dropout_text, seed
 
     def __len__(self) -> int:
@@ -115,6 +124,7 @@ class ConditionDataset(torch.utils.data.Dataset):
         control = torch.from_numpy(np.asarray(cond, np.float32) / 255.0).permute(2, 0, 1)
         text = "" if rng.random() < self.dropout_text else row["text"]
         item = {"pixels": pixels, "condition": control, "text": text, "id_embeds": None}
+        item["face"] = str(self.folder / row["face"]) if row.get("face") else None
         if row.get("id_embeds"):
             from safetensors.torch import load_file
 
@@ -123,12 +133,13 @@ class ConditionDataset(torch.utils.data.Dataset):
 
 
 def collate_conditions(items: list[dict[str, Any]]) -> dict[str, Any]:
-    ids = [it["id_embeds"] for it in items]
+    """Images stacked; the identities per row (a precomputed F_id, or a face file, or None)."""
     return {
         "pixels": torch.stack([it["pixels"] for it in items]),
         "condition": torch.stack([it["condition"] for it in items]),
         "text": [it["text"] for it in items],
-        "id_embeds": torch.stack(ids) if all(i is not None for i in ids) else None,
+        "id_embeds": [it["id_embeds"] for it in items],
+        "faces": [it["face"] for it in items],
     }
 
 
@@ -209,6 +220,28 @@ class RepControlNetTrainer(Trainer):
             cfg.data.path, cfg.data.resolution, cfg.data.dropout_text, cfg.training.seed
         )
         self.collate = collate_conditions
+        self.face_cache: dict[str, torch.Tensor] = {}
+        self.id_encoder = None
+        if self.dataset.uses_faces:
+            if self.identity is None:
+                raise InputError(
+                    "data: rows give face photos; set model.identity_encoder to the FPGA "
+                    "pipeline folder whose encoder turns them into F_id"
+                )
+            from ..faces.embedders import get_embedder
+            from ..pipelines.id_encoding import IdentityEncoder
+
+            for part in ("resampler", "image_encoder"):
+                self.identity[part].requires_grad_(False).to(self.device)
+            self.id_encoder = IdentityEncoder(
+                self.identity["resampler"],
+                self.identity["image_encoder"],
+                get_embedder(
+                    self.identity["face_embedder"],
+                    weights=self.identity["face_embedder_weights"],
+                    device=self.device,
+                ),
+            )
         optimizer, lr_scheduler = self.make_optimizer(model.trainable_parameters())
         self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
             model, optimizer, lr_scheduler
@@ -218,6 +251,23 @@ class RepControlNetTrainer(Trainer):
         from ..text import encode_prompts
 
         return encode_prompts(self.tokenizer, self.text_encoder, texts, self.device)
+
+    def identity_embeds(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """F_id ``(B, T, D)`` of the batch: precomputed, or from each row's face photo through
+        the frozen identity encoder (cached per file); ``None`` when the rows give none."""
+        rows = []
+        for pre, face in zip(batch["id_embeds"], batch["faces"]):
+            if pre is None and face is not None:
+                if face not in self.face_cache:
+                    from ..io import load_image
+
+                    image = load_image(face, name=f"data face {face}")
+                    self.face_cache[face] = self.id_encoder.encode_identity([image], [face])[0]
+                pre = self.face_cache[face]
+            rows.append(pre)
+        if all(r is None for r in rows):
+            return None
+        return torch.stack([r.to(self.device) for r in rows])
 
     def compute_loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         """L = ||eps - eps_theta(z_t, t, C, F_id, I)||^2 (the diffusion loss of FPGA eq. 3)."""
@@ -233,14 +283,8 @@ class RepControlNetTrainer(Trainer):
             0, self.train_scheduler.config.num_train_timesteps, (z0.shape[0],), generator=generator
         ).to(device)
         ab = alpha_bar(self.alphas_cumprod, t, z0)
-        ids = batch["id_embeds"]
-        pred = self.model(
-            add_noise(z0, noise, ab),
-            t,
-            text,
-            batch["condition"].to(device),
-            None if ids is None else ids.to(device),
-        )
+        ids = self.identity_embeds(batch)
+        pred = self.model(add_noise(z0, noise, ab), t, text, batch["condition"].to(device), ids)
         ptype = self.train_scheduler.config.prediction_type
         return diffusion_loss(pred, diffusion_target(noise, z0, ab, ptype)).mean()
 
