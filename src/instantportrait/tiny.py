@@ -61,6 +61,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.pipelines.restore:write_tiny_restore",
         "DIIR face restorer (SD1.5-architecture + landmark ControlNet) for `restore --model`",
     ),
+    "face-parser": (
+        "instantportrait.faces.parsing:write_tiny_face_parser",
+        "BiSeNet face parser (face-parsing.PyTorch layout) for `restore --face-parser`",
+    ),
 }
 
 DEFAULT_KIND = next(iter(TINY_KINDS))
