@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +26,7 @@ from instantportrait.faces.parsing import (
 )
 
 KEYS = Path(__file__).parent / "data" / "bisenet_official_keys.txt"
+GOLDEN = Path(__file__).parent / "data" / "bisenet_official_golden.json"
 
 TINY = {
     "block_out_channels": (8, 16, 32, 64),
@@ -61,6 +63,46 @@ def test_default_config_has_the_official_keys_and_shapes():
     assert len(official) == 191
     ours = [(k, tuple(v.shape)) for k, v in BiSeNet().state_dict().items()]
     assert ours == official
+
+
+def _formula_state(keys_shapes) -> dict[str, torch.Tensor]:
+    """Deterministic weights for a key list: He-scaled convs, BatchNorm near identity."""
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for k, shape in keys_shapes:
+        if k.endswith("num_batches_tracked"):
+            out[k] = torch.tensor(0)
+        elif k.endswith("running_var"):
+            out[k] = 0.5 + torch.rand(shape, generator=g)
+        else:
+            t = torch.randn(shape, generator=g)
+            if len(shape) == 4:
+                out[k] = t * (2.0 / (shape[1] * shape[2] * shape[3])) ** 0.5
+            else:
+                out[k] = 1.0 + 0.1 * t if k.endswith(".weight") else 0.1 * t
+    return out
+
+
+def test_forward_matches_the_official_code():
+    """Our network against the official code's outputs (a fixture computed outside the repo,
+    see its provenance) under the same formula weights, on a non-square input."""
+    golden = json.loads(GOLDEN.read_text())
+    model = BiSeNet().eval()
+    model.load_state_dict(_formula_state(_official_layout()))
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        main, aux16, aux32 = model(x, return_aux=True)
+    pool = torch.nn.functional.avg_pool2d
+    for name, got in (
+        ("main_pool8", pool(main, 8)),
+        ("aux16_pool16", pool(aux16, 16)),
+        ("aux32_pool16", pool(aux32, 16)),
+    ):
+        want = torch.tensor(golden[name])
+        assert got.numel() == want.numel()
+        assert torch.allclose(got.flatten(), want, rtol=1e-4, atol=2e-3), name
+    counts = torch.bincount(main.argmax(1).flatten(), minlength=19).tolist()
+    assert counts == golden["main_argmax_counts"]
 
 
 def test_class_names_are_celebamask_hq_as_numbered_by_the_official_preprocessing():
