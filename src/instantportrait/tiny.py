@@ -65,6 +65,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.pipelines.rep_controlnet:write_tiny_repcontrolnet",
         "merged RepControlNet with FPGA's identity encoder for `generate --method fpga --model`",
     ),
+    "face-parser": (
+        "instantportrait.faces.parsing:write_tiny_face_parser",
+        "BiSeNet face parser (face-parsing.PyTorch layout) for `restore --face-parser`",
+    ),
 }
 
 DEFAULT_KIND = next(iter(TINY_KINDS))

@@ -39,6 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["global", "face", "literal"],
         help="AdaIN statistics of the fusion (default global)",
     )
+    # --- face parser (BiSeNet M_B) ---
+    p.add_argument(
+        "--face-parser",
+        default=None,
+        metavar="PATH",
+        help="BiSeNet face-parsing weights (79999_iter.pth, facexlib's parsing_bisenet.pth or "
+        "a save_pretrained folder): the face mask from its parse, classes 1-13 (default: the "
+        "landmark face mask)",
+    )
+    # --- end face parser ---
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_device_arguments(p)
@@ -73,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     kwargs = {"prompt": prompt} if prompt else {}
+    # --- face parser (BiSeNet M_B) ---
+    if args.face_parser:
+        from ..faces.parsing import load_face_parser
+
+        kwargs["mask_fn"] = load_face_parser(args.face_parser, device, dtype)
+    # --- end face parser ---
     restorer = FaceRestorer.from_pretrained(
         args.model,
         restore_below=args.restore_below,

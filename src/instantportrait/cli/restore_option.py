@@ -18,7 +18,8 @@ __all__ = ["add_restore_arguments", "build_restorer", "maybe_restore"]
 
 
 def add_restore_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """Add ``--restore``, ``--restore-model``, ``--restore-below``, ``--restore-steps``."""
+    """Add ``--restore``, ``--restore-model``, ``--restore-below``, ``--restore-steps``,
+    ``--restore-face-parser``."""
     parser.add_argument(
         "--restore",
         action="store_true",
@@ -38,6 +39,14 @@ def add_restore_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
     parser.add_argument(
         "--restore-steps", type=int, default=30, help="DIIR DDIM steps (default 30)"
     )
+    # --- face parser (BiSeNet M_B) ---
+    parser.add_argument(
+        "--restore-face-parser",
+        default=None,
+        metavar="PATH",
+        help="BiSeNet face-parsing weights for DIIR's face mask (default: landmark mask)",
+    )
+    # --- end face parser ---
 
 
 def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
@@ -62,6 +71,7 @@ def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
         args.restore_model,
         restore_below=args.restore_below,
         num_inference_steps=args.restore_steps,
+        mask_fn=_face_parser(args, device, dtype),  # --restore-face-parser
     )
     restorer.pipeline.to(device=device)
     if dtype != restorer.pipeline.unet.dtype:
@@ -70,6 +80,20 @@ def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
         restorer.prompt = prompt
     args._restorer = restorer
     return restorer
+
+
+# --- face parser (BiSeNet M_B) ---
+def _face_parser(args: argparse.Namespace, device: Any, dtype: Any):
+    """The :class:`~..faces.parsing.FaceParser` of ``--restore-face-parser``, else ``None``."""
+    path = getattr(args, "restore_face_parser", None)
+    if not path:
+        return None
+    from ..faces.parsing import load_face_parser
+
+    return load_face_parser(path, device, dtype)
+
+
+# --- end face parser ---
 
 
 def maybe_restore(

@@ -1,4 +1,5 @@
-"""The face stack: detection, landmarks, alignment, masks, identity embedders, DINOv2 features.
+"""The face stack: detection, landmarks, alignment, masks, identity embedders, DINOv2 features,
+face parsing (BiSeNet).
 
 Two levels (as facenet-pytorch): :class:`FaceAnalyzer` ``.analyze(image)`` returns faces with
 aligned crops and embeddings; :func:`detect`, :func:`crop_faces`, :func:`face_masks` and
@@ -51,6 +52,9 @@ _EXPORTS = {
     "IResNet": "arcface",
     "DinoFeatureExtractor": "dino",
     "DlibResNetEmbedder": "dlib_resnet",
+    "BiSeNet": "parsing",
+    "FaceParser": "parsing",
+    "load_face_parser": "parsing",
 }
 
 __all__ = sorted([*_EXPORTS, "detect", "face_stack_status"])

@@ -65,7 +65,8 @@ def read_state_dict(path: str | os.PathLike, what: str = "model") -> dict[str, t
         else:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         raise InputError(f"{p}: cannot read {what} weights ({first})") from None
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):

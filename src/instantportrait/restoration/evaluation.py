@@ -1,7 +1,7 @@
 """The evaluation harness's ``restore`` step: any method's outputs, then DIIR (paper Table 2).
 
 SPEC: ``restore:DIIR_MODEL,method=KIND,model=PATH[,restore_below=100][,restore_steps=30]
-[,restore_guidance=5][,<the inner method's settings>...]``, e.g.::
+[,restore_guidance=5][,face_parser=PATH][,<the inner method's settings>...]``, e.g.::
 
     instantportrait evaluate ... --method ipnet=edit:runs/ipnet/final,steps=1 \
         --method ipnet+diir=restore:models/diir,method=edit,model=runs/ipnet/final,steps=1
@@ -14,17 +14,19 @@ whose region it overlaps most, else its own) and pasted back.
 The wrapper passes the harness's state through to the inner method (its ``cache_dir`` for
 per-identity caches such as FaceA-Net's tuned identities, the run's ``prompts``), and its key
 holds the inner method's whole fingerprint and the DIIR model's identity, so a changed inner
-model recomputes the "+ DIIR" rows too.
+model recomputes the "+ DIIR" rows too. ``face_parser=PATH`` takes the face mask M_B from a
+BiSeNet parse (:mod:`..faces.parsing`); its weights' identity is part of the key.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import InputError, ModelNotFoundError
 from ..evaluation.methods import (
     Method,
     MethodSpec,
@@ -34,6 +36,7 @@ from ..evaluation.methods import (
 )
 
 OWN = ("method", "model", "restore_below", "restore_steps", "restore_guidance")
+OWN += ("face_parser",)  # BiSeNet weights for the face mask M_B (default: landmark mask)
 
 
 class RestoredMethod(Method):
@@ -86,16 +89,24 @@ class RestoredMethod(Method):
     def check(self) -> None:
         check_model_path(str(self.spec.path), f"method {self.spec.text!r}: DIIR model")
         self.inner.check()
+        parser = self.spec.options.get("face_parser")  # face parser (BiSeNet M_B)
+        if parser and not Path(str(parser)).expanduser().exists():
+            raise ModelNotFoundError(
+                f"method {self.spec.text!r}: face_parser: {parser}: no such file or folder"
+            )
 
     def fingerprint_data(self) -> dict[str, Any]:
         own = {k: self.spec.options[k] for k in sorted(self.spec.options) if k in OWN}
-        return {
+        data = {
             "kind": "restore",
             "options": own,
             "diir": model_fingerprint(self.spec.path),
             "dtype": str(self.dtype).replace("torch.", ""),
             "inner": self.inner.fingerprint_data(),
         }
+        if self.spec.options.get("face_parser"):  # (absent: keys of earlier runs unchanged)
+            data["face_parser"] = model_fingerprint(self.spec.options["face_parser"])
+        return data
 
     def settings(self) -> dict[str, Any]:
         return dict(self.spec.options)
@@ -110,9 +121,19 @@ class RestoredMethod(Method):
                 restore_below=float(self.spec.get("restore_below", 100)),
                 num_inference_steps=int(self.spec.get("restore_steps", 30)),
                 guidance_scale=float(self.spec.get("restore_guidance", 5.0)),
+                mask_fn=self._face_parser(),
             )
             self._restorer.pipeline.to(device=self.device, dtype=self.dtype)
         return self._restorer
+
+    def _face_parser(self):
+        """The ``face_parser=PATH`` setting's :class:`~..faces.parsing.FaceParser`, else None."""
+        path = self.spec.options.get("face_parser")
+        if not path:
+            return None
+        from ..faces.parsing import load_face_parser
+
+        return load_face_parser(str(path), self.device, self.dtype)
 
     def identity_images(self, output: Image.Image, image: Image.Image, subject: Any) -> Any:
         """What each restored face should look like: the one identity's photo, or, for several

@@ -83,7 +83,9 @@ class FaceRestorer:
         stats_region: MGFF's AdaIN statistics (``global``, ``face``, ``literal``).
         id_encoder: maps face images to F_id ``(B, tokens, dim)``; ``None``: no identity term.
         landmark_renderer: draws the landmark condition; default FPGA's renderer.
-        mask_fn: a face parser giving M_B on the crop; default the landmark face mask.
+        mask_fn: a face parser giving M_B on the crop (e.g.
+            :class:`~..faces.parsing.FaceParser`; its ``take_notes()``, when it has one, joins
+            the result's notes); default the landmark face mask.
         detector: keyword arguments of :func:`~..faces.detect` (e.g. ``method="mmod"``).
     """
 
@@ -180,12 +182,17 @@ class FaceRestorer:
 
     # ------------------------------------------------------------------ parts
     def face_mask(self, crop_image: Image.Image, landmarks: np.ndarray, side: int) -> torch.Tensor:
-        """M_B ``(1, 1, side, side)``: the parser's or the landmarks' face mask, border smoothed."""
+        """M_B ``(1, 1, side, side)``: the parser's or the landmarks' face mask, border smoothed.
+
+        ``landmarks`` are in the pixels of a ``side``-px crop; ``mask_fn`` gets them rescaled
+        to ``crop_image``'s pixels (its contract), and its mask is resized to ``side``.
+        """
         from ..faces.masks import face_mask, gaussian_blur
 
         sigma = self.feather * side
         if self.mask_fn is not None:
-            m = torch.as_tensor(self.mask_fn(crop_image, landmarks)).float()
+            lm = (np.asarray(landmarks, dtype=np.float64) + 0.5) * (crop_image.width / side) - 0.5
+            m = torch.as_tensor(self.mask_fn(crop_image, lm)).float()
             m = torch.nn.functional.interpolate(m.reshape(1, 1, *m.shape[-2:]), size=(side, side))
             return gaussian_blur(m, sigma).clamp(0, 1)
         return face_mask(landmarks, (side, side), feather=sigma)
@@ -273,6 +280,9 @@ class FaceRestorer:
             faces.append(tuple(float(v) for v in box))
         identity_images, identity = self._identity_images(id_images, crops)
         notes: list[str] = []
+        take_notes = getattr(self.mask_fn, "take_notes", None)  # a face parser's fallbacks
+        if callable(take_notes):
+            notes += [f"{label}: {note}" for note in take_notes()]
         id_embeds = None
         if self.id_encoder is not None:
             id_embeds = self.id_encoder(identity_images)
