@@ -71,3 +71,32 @@ def tiny_model_dir(tmp_path_factory, tiny_pipe) -> Path:
         default_image_guidance_scale=1.0,
     ).save_pretrained(path)
     return path
+
+
+def _openpose_person(cx: float) -> list[float]:
+    """A standing person at x = ``cx`` on a 64-px canvas: 18 COCO keypoints (head points at
+    the top: nose, eyes, ears), flattened as OpenPose's ``pose_keypoints_2d``."""
+    import numpy as np
+
+    pts = np.zeros((18, 3))
+    pts[:, 0], pts[:, 1], pts[:, 2] = cx, np.linspace(14, 62, 18), 1
+    pts[0, :2], pts[14, :2], pts[15, :2] = (cx, 14), (cx - 2, 12), (cx + 2, 12)
+    pts[16, :2], pts[17, :2] = (cx - 4, 13), (cx + 4, 13)
+    return pts.reshape(-1).tolist()
+
+
+@pytest.fixture(scope="session")
+def openpose_person():
+    """``openpose_person(cx)``: one synthetic person's keypoints (see ``_openpose_person``)."""
+    return _openpose_person
+
+
+@pytest.fixture(scope="session")
+def two_people_pose(tmp_path_factory) -> Path:
+    """An OpenPose JSON on a 64x64 canvas: a person at x=44 listed first, one at x=16."""
+    import json
+
+    path = tmp_path_factory.mktemp("pose") / "two.json"
+    people = [{"pose_keypoints_2d": _openpose_person(x)} for x in (44, 16)]
+    path.write_text(json.dumps({"canvas_width": 64, "canvas_height": 64, "people": people}))
+    return path

@@ -221,7 +221,32 @@ def decoupled_id_attention(
     return out / attn.rescale_output_factor
 
 
-class IDAttnProcessor(nn.Module):
+class _DecoupledIDCall:
+    """The processor call of both holders below: :func:`decoupled_id_attention` with the
+    holder's ``to_k_id``, ``to_v_id`` and ``scale``."""
+
+    to_k_id: nn.Linear
+    to_v_id: nn.Linear
+    scale: float
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        id_embeds: torch.Tensor | None = None,
+        id_masks: torch.Tensor | None = None,
+        id_capture: IDAttentionCapture | None = None,
+    ) -> torch.Tensor:
+        return decoupled_id_attention(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+            self.to_k_id, self.to_v_id, self.scale, id_embeds, id_masks, id_capture,
+        )  # fmt: skip
+
+
+class IDAttnProcessor(_DecoupledIDCall, nn.Module):
     """Decoupled, mask-guided ID cross-attention for one ``attn2`` that owns its projections
     (the ID-ControlNet: they are saved with the model).
 
@@ -232,7 +257,7 @@ class IDAttnProcessor(nn.Module):
     """
 
     def __init__(self, hidden_size: int, cross_attention_dim: int, scale: float = 1.0):
-        super().__init__()
+        nn.Module.__init__(self)
         self.scale = scale
         self.to_k_id = nn.Linear(cross_attention_dim, hidden_size, bias=False)
         self.to_v_id = nn.Linear(cross_attention_dim, hidden_size, bias=False)
@@ -243,46 +268,14 @@ class IDAttnProcessor(nn.Module):
         self.to_k_id.weight.copy_(attn.to_k.weight)
         self.to_v_id.weight.copy_(attn.to_v.weight)
 
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        id_embeds: torch.Tensor | None = None,
-        id_masks: torch.Tensor | None = None,
-        id_capture: IDAttentionCapture | None = None,
-    ) -> torch.Tensor:
-        return decoupled_id_attention(
-            attn, hidden_states, encoder_hidden_states, attention_mask, temb,
-            self.to_k_id, self.to_v_id, self.scale, id_embeds, id_masks, id_capture,
-        )  # fmt: skip
 
-
-class ExternalIDAttnProcessor:
+class ExternalIDAttnProcessor(_DecoupledIDCall):
     """The same attention with projections owned elsewhere (RepControlNet's
     :class:`~instantportrait.models.rep_controlnet.IDProjections`): not a module, so the UNet it
     is set on keeps exactly the base's parameters and ``state_dict``."""
 
     def __init__(self, to_k_id: nn.Linear, to_v_id: nn.Linear, scale: float = 1.0):
         self.to_k_id, self.to_v_id, self.scale = to_k_id, to_v_id, scale
-
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        id_embeds: torch.Tensor | None = None,
-        id_masks: torch.Tensor | None = None,
-        id_capture: IDAttentionCapture | None = None,
-    ) -> torch.Tensor:
-        return decoupled_id_attention(
-            attn, hidden_states, encoder_hidden_states, attention_mask, temb,
-            self.to_k_id, self.to_v_id, self.scale, id_embeds, id_masks, id_capture,
-        )  # fmt: skip
 
 
 def install_id_processors(model: nn.Module, id_dim: int, scale: float = 1.0) -> None:

@@ -6,20 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
 
 pytest.importorskip("dlib")
-
-
-def _person(cx: float) -> list[float]:
-    pts = np.zeros((18, 3))
-    pts[:, 0], pts[:, 1], pts[:, 2] = cx, np.linspace(14, 62, 18), 1
-    pts[0, :2], pts[14, :2], pts[15, :2] = (cx, 14), (cx - 2, 12), (cx + 2, 12)
-    pts[16, :2], pts[17, :2] = (cx - 4, 13), (cx + 4, 13)
-    return pts.reshape(-1).tolist()
 
 
 class TinyInception(torch.nn.Module):
@@ -37,7 +28,7 @@ def tiny_fpga(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def subjects(tmp_path_factory, astronaut_path, grace_hopper_path) -> Path:
+def subjects(tmp_path_factory, astronaut_path, grace_hopper_path, openpose_person) -> Path:
     """single: the astronaut (held-out: mirrored crop), pose of one person, source photo;
     pair: astronaut + Grace Hopper with face regions, pose of two people."""
     root = tmp_path_factory.mktemp("subjects")
@@ -48,12 +39,9 @@ def subjects(tmp_path_factory, astronaut_path, grace_hopper_path) -> Path:
     g.resize((128, 128)).save(root / "grace.png")
     Image.new("RGB", (64, 64), (90, 120, 150)).save(root / "source1.png")
     Image.new("RGB", (64, 64), (150, 100, 60)).save(root / "source2.png")
-    one = {"canvas_width": 64, "canvas_height": 64, "people": [{"pose_keypoints_2d": _person(32)}]}
-    two = {
-        "canvas_width": 64,
-        "canvas_height": 64,
-        "people": [{"pose_keypoints_2d": _person(16)}, {"pose_keypoints_2d": _person(44)}],
-    }
+    canvas = {"canvas_width": 64, "canvas_height": 64}
+    one = {**canvas, "people": [{"pose_keypoints_2d": openpose_person(32)}]}
+    two = {**canvas, "people": [{"pose_keypoints_2d": openpose_person(x)} for x in (16, 44)]}
     (root / "one.json").write_text(json.dumps(one))
     (root / "two.json").write_text(json.dumps(two))
     data = {

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -14,24 +12,8 @@ from instantportrait.errors import InputError
 from instantportrait.pipelines.fpga import FPGAPipeline, face_region_masks
 
 
-def _person(cx: float) -> list[float]:
-    pts = np.zeros((18, 3))
-    pts[:, 0], pts[:, 1], pts[:, 2] = cx, np.linspace(14, 62, 18), 1
-    pts[0, :2], pts[14, :2], pts[15, :2] = (cx, 14), (cx - 2, 12), (cx + 2, 12)
-    pts[16, :2], pts[17, :2] = (cx - 4, 13), (cx + 4, 13)
-    return pts.reshape(-1).tolist()
-
-
-@pytest.fixture(scope="module")
-def pose_json(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pose") / "two.json"
-    people = [{"pose_keypoints_2d": _person(44)}, {"pose_keypoints_2d": _person(16)}]
-    path.write_text(json.dumps({"canvas_width": 64, "canvas_height": 64, "people": people}))
-    return path
-
-
-def test_face_region_masks_assign_left_to_right():
-    kps = np.stack([np.asarray(_person(44)).reshape(18, 3), np.asarray(_person(16)).reshape(18, 3)])
+def test_face_region_masks_assign_left_to_right(openpose_person):
+    kps = np.stack([np.asarray(openpose_person(x)).reshape(18, 3) for x in (44, 16)])
     masks = face_region_masks(kps, (64, 64), 2)
     assert masks.shape == (2, 64, 64)
     assert masks[0, 13, 16] == 1 and masks[0, 13, 44] == 0  # first identity: leftmost person
@@ -65,13 +47,13 @@ def test_init_tiny_bundle_loads_and_multi_id_generation_follows_the_masks(tiny_f
         run(id_embeds=ids)
 
 
-def test_generate_cli_two_identities_from_keypoints(tiny_fpga, pose_json, tmp_path, capsys,
+def test_generate_cli_two_identities_from_keypoints(tiny_fpga, two_people_pose, tmp_path, capsys,
                                                     astronaut_path, grace_hopper_path):  # fmt: skip
     pytest.importorskip("dlib")
     out = tmp_path / "gen"
     args = ["generate", "--method", "fpga", "--model", str(tiny_fpga),
             "--id-image", str(astronaut_path), "--id-image", str(grace_hopper_path),
-            "--pose", str(pose_json), "--prompt", "two people on a beach", "--fpga-steps", "1",
+            "--pose", str(two_people_pose), "--prompt", "two people", "--fpga-steps", "1",
             "-o", str(out)]  # fmt: skip
     assert main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["0000.png", "condition.png"]

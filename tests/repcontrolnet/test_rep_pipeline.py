@@ -3,8 +3,6 @@ strength re-merge, and ``generate --method fpga --model REP``."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -15,27 +13,11 @@ from instantportrait.errors import InputError, ModelNotFoundError
 from instantportrait.pipelines.rep_controlnet import RepControlNetPipeline
 
 
-def _person(cx: float) -> list[float]:
-    pts = np.zeros((18, 3))
-    pts[:, 0], pts[:, 1], pts[:, 2] = cx, np.linspace(14, 62, 18), 1
-    pts[0, :2], pts[14, :2], pts[15, :2] = (cx, 14), (cx - 2, 12), (cx + 2, 12)
-    pts[16, :2], pts[17, :2] = (cx - 4, 13), (cx + 4, 13)
-    return pts.reshape(-1).tolist()
-
-
 @pytest.fixture(scope="module")
 def tiny_rep(tmp_path_factory):
     from instantportrait.tiny import write_tiny
 
     return write_tiny(tmp_path_factory.mktemp("tiny") / "rep", "repcontrolnet")
-
-
-@pytest.fixture(scope="module")
-def pose_json(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pose") / "two.json"
-    people = [{"pose_keypoints_2d": _person(44)}, {"pose_keypoints_2d": _person(16)}]
-    path.write_text(json.dumps({"canvas_width": 64, "canvas_height": 64, "people": people}))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +103,12 @@ def test_control_strength_re_merges_from_the_saved_copies(tmp_path):
 
 
 def test_generate_fpga_accepts_a_merged_repcontrolnet(
-    tiny_rep, pose_json, tmp_path, astronaut_path, grace_hopper_path
+    tiny_rep, two_people_pose, tmp_path, astronaut_path, grace_hopper_path
 ):
     pytest.importorskip("dlib")
     base = ["generate", "--method", "fpga", "--model", str(tiny_rep),
             "--id-image", str(astronaut_path), "--id-image", str(grace_hopper_path),
-            "--pose", str(pose_json), "--prompt", "two people", "--fpga-steps", "1"]  # fmt: skip
+            "--pose", str(two_people_pose), "--prompt", "two", "--fpga-steps", "1"]  # fmt: skip
     assert main([*base, "-o", str(tmp_path / "a")]) == 0
     assert main([*base, "--control-strength", "0", "-o", str(tmp_path / "b")]) == 0
     a = np.asarray(Image.open(tmp_path / "a" / "0000.png"))
@@ -135,13 +117,13 @@ def test_generate_fpga_accepts_a_merged_repcontrolnet(
 
 
 def test_generate_fpga_refuses_rep_options_for_an_fpga_model_and_foreign_folders(
-    tmp_path, capsys, astronaut_path, pose_json
+    tmp_path, capsys, astronaut_path, two_people_pose
 ):
     from instantportrait.tiny import write_tiny
 
     fpga = write_tiny(tmp_path / "fpga", "fpga")
     args = ["generate", "--method", "fpga", "--model", str(fpga), "--id-image",
-            str(astronaut_path), "--pose", str(pose_json), "--prompt", "x"]  # fmt: skip
+            str(astronaut_path), "--pose", str(two_people_pose), "--prompt", "x"]  # fmt: skip
     assert main([*args, "--control-strength", "0.5", "-o", str(tmp_path / "o")]) == 2
     assert "--control-strength: only for a RepControlNet model" in capsys.readouterr().err
     other = tmp_path / "other"

@@ -110,14 +110,10 @@ class FPGAPipeline(IDEncodingMixin, DiffusionPipeline):
             image_encoder=image_encoder,
             scheduler=scheduler,
         )
-        self.register_to_config(
-            face_embedder=face_embedder,
-            face_embedder_weights=face_embedder_weights,
-            default_steps=int(default_steps),
-            default_guidance_scale=float(default_guidance_scale),
+        self.register_identity_config(
+            face_embedder, face_embedder_weights, default_steps, default_guidance_scale
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self._face_embedder = None
 
     # ------------------------------------------------------------------ inputs
     @torch.no_grad()

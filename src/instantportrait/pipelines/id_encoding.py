@@ -61,6 +61,18 @@ class IDEncodingMixin:
 
     _face_embedder: Any = None
 
+    def register_identity_config(
+        self, face_embedder: str, face_embedder_weights: str | None, steps: int, guidance: float
+    ) -> None:
+        """Record the face embedder and the sampling defaults in the pipeline's config."""
+        self.register_to_config(
+            face_embedder=face_embedder,
+            face_embedder_weights=face_embedder_weights,
+            default_steps=int(steps),
+            default_guidance_scale=float(guidance),
+        )
+        self._face_embedder = None
+
     def set_face_embedder(self, embedder) -> None:
         """Use this face-stack embedder (an ``IdentityEmbedder``) for F_id."""
         self._face_embedder = embedder

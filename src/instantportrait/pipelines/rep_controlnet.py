@@ -103,16 +103,12 @@ class RepControlNetPipeline(IDEncodingMixin, DiffusionPipeline):
             resampler=resampler,
             image_encoder=image_encoder,
         )
-        self.register_to_config(
-            face_embedder=face_embedder,
-            face_embedder_weights=face_embedder_weights,
-            default_steps=int(default_steps),
-            default_guidance_scale=float(default_guidance_scale),
+        self.register_identity_config(
+            face_embedder, face_embedder_weights, default_steps, default_guidance_scale
         )
         if id_projections is not None:
             set_id_processors(unet, id_projections)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self._face_embedder = None
         self._source: Path | None = None
 
     @classmethod
