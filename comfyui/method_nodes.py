@@ -138,7 +138,7 @@ class FastFaceGenerate:
 
 
 class FPGALoader:
-    """Load an FPGA pipeline folder (multi-identity portraits in a pose)."""
+    """Load an FPGA pipeline folder or a merged RepControlNet (identities in a pose)."""
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:

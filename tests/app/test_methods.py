@@ -33,6 +33,22 @@ def test_group_with_two_identities_follows_the_pose(methods, astronaut_path, two
         ops.generate_group(methods.get("fpga"), [], two_person_pose, "x", steps=1)
 
 
+def test_group_tab_also_runs_a_merged_repcontrolnet(tmp_path, astronaut_path, two_person_pose):
+    pytest.importorskip("dlib")
+    import torch
+
+    from instantportrait.app.models import load_fpga_pipeline
+    from instantportrait.tiny import write_tiny
+
+    pipe = load_fpga_pipeline(
+        str(write_tiny(tmp_path / "rep", "repcontrolnet")), torch.device("cpu"), torch.float32
+    )
+    assert type(pipe).__name__ == "RepControlNetPipeline"
+    faces = [astronaut_path, astronaut_path]
+    res = ops.generate_group(pipe, faces, two_person_pose, "two people", steps=1)
+    assert res.image.size == (64, 64) and res.notes[0].startswith("2 identities")
+
+
 def test_restore_passes_a_face_free_image_through_with_a_note(methods):
     flat = Image.new("RGB", (64, 48), (120, 130, 140))
     res = ops.restore_faces(methods.get("restore"), flat, steps=1)

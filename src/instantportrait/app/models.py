@@ -90,20 +90,10 @@ def load_fastface_model(
 
 
 def load_fpga_pipeline(source: str, device: torch.device, dtype: torch.dtype) -> Any:
-    """An FPGA pipeline folder (``train fpga`` or ``init-tiny --kind fpga``)."""
-    from pathlib import Path
+    """An FPGA pipeline folder or a merged RepControlNet (as ``generate --method fpga``)."""
+    from ..pipelines.fpga_family import load_fpga_family
 
-    from ..errors import ModelNotFoundError
-    from ..pipelines.fpga import FPGAPipeline
-
-    if not (Path(source) / "model_index.json").is_file():
-        raise ModelNotFoundError(
-            f"--fpga-model {source}: no FPGA pipeline folder (model_index.json); train one "
-            "with `instantportrait train fpga` or write a tiny one with `init-tiny --kind fpga`"
-        )
-    pipe = FPGAPipeline.from_pretrained(source, dtype=dtype).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_fpga_family(source, dtype=dtype, device=device, name="--fpga-model")
 
 
 def load_restorer(source: str, device: torch.device, dtype: torch.dtype) -> Any:
@@ -133,7 +123,7 @@ class ModelRegistry:
         fastface_model: FastFace's model (``--fastface-model``: hyper, lightning, lcm, turbo
             or a folder); ``fastface`` holds its other sources (``face_model``, ``base``,
             ``distilled``, ``ip_adapter``, ``image_encoder``, ``family``).
-        fpga_model: an FPGA pipeline folder (``--fpga-model``).
+        fpga_model: an FPGA pipeline folder or a merged RepControlNet (``--fpga-model``).
         restore_model: a DIIR model folder (``--restore-model``).
         faceanet_base / faceanet_context_model: FaceA-Net's inpainting model and context
             model (``--faceanet-base``, ``--faceanet-context-model``).

@@ -53,7 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workdir",
         help="where tuned identities are kept (default: a new temporary folder)",
     )
-    p.add_argument("--fpga-model", help="Group tab: an FPGA pipeline folder")
+    p.add_argument(
+        "--fpga-model", help="Group tab: an FPGA pipeline folder or a merged RepControlNet"
+    )
     p.add_argument("--restore-model", help="Restore tab: a DIIR model folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
