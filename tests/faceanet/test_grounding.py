@@ -97,7 +97,7 @@ def tiny_grounding_dino(tmp_path_factory):
 
 
 def test_grounding_dino_masks_through_the_trainer(tiny_grounding_dino, trainer_factory, tmp_path):
-    from instantportrait.training.faceanet import prepare_crops
+    from instantportrait.training.faceanet_data import prepare_crops
 
     det = GroundingDinoBoxes(tiny_grounding_dino, box_threshold=0.0, text_threshold=0.0)
     image = Image.new("RGB", (96, 80), (128, 100, 90))

@@ -47,7 +47,7 @@ def test_only_lora_and_feats_get_gradients_and_only_at_their_rows(trainer_factor
 
 
 def test_crops_masks_and_the_left_eye_convention(trainer_factory, tmp_path):
-    from instantportrait.training.faceanet import prepare_crops
+    from instantportrait.training.faceanet_data import prepare_crops
 
     tr = trainer_factory(tmp_path / "r", data={"random_flip": True})
     images, masks, crops = prepare_crops(tr.cfg.data)
@@ -64,7 +64,7 @@ def test_crops_masks_and_the_left_eye_convention(trainer_factory, tmp_path):
     # the subject's left eye appears on the image's right (unmirrored astronaut)
     assert cx(masks[0][1]) > cx(masks[0][2])
     # a flipped sample still has the left-eye mask on the image's right: labels swapped
-    from instantportrait.training.faceanet import PhotoCrops
+    from instantportrait.training.faceanet_data import PhotoCrops
 
     ds = PhotoCrops(images, masks, 1, True, 0)
     flipped = [ds[(0, i)] for i in range(3) for _ in [0]]
