@@ -60,6 +60,26 @@ def gate_upload(payload: Any, name: str = "upload") -> Any:
     return load_image(path, name=name)
 
 
+def _result(res: Any) -> tuple[Any, str]:
+    """A method's image and its report: the seconds taken, then its notes."""
+    return res.image, "\n".join([f"{res.seconds:.2f} s", *res.notes])
+
+
+def _output_column(label: str, image_id: str, report_id: str, *, lines: int) -> tuple[Any, Any]:
+    """A tab's output: the image (served as PNG) and the report box under it."""
+    image = gr.Image(label=label, elem_id=image_id, format="png")
+    return image, gr.Textbox(label="Report", lines=lines, elem_id=report_id)
+
+
+def _endpoint(
+    button: Any, fn: Callable, inputs: list, outputs: list, name: str, *, limit: int
+) -> None:
+    """Wire ``button`` to ``fn`` as the HTTP endpoint ``/name``: queued with ``limit``
+    concurrent calls, and ``preprocess=False`` so every upload reaches the project's gate
+    (:func:`gate_upload`) before anything opens it."""
+    button.click(fn, inputs, outputs, api_name=name, concurrency_limit=limit, preprocess=False)
+
+
 #: Largest pose keypoints JSON accepted (bytes).
 MAX_POSE_JSON = 1 << 20
 
@@ -150,7 +170,7 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
             steps=int(steps),
             resolution=registry.fastface_resolution,
         )
-        return res.image, "\n".join([f"{res.seconds:.2f} s", *res.notes])
+        return _result(res)
 
     @_user_errors
     def personalise_tune(photos, gender, steps, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
@@ -170,7 +190,7 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
             seed=int(seed),
             steps=int(steps),
         )
-        return res.image, "\n".join([f"{res.seconds:.2f} s", *res.notes])
+        return _result(res)
 
     @_user_errors
     def group(photos, pose, masks, prompt, seed, steps, guidance):
@@ -187,7 +207,7 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
             steps=int(steps),
             guidance_scale=float(guidance),
         )
-        return res.image, "\n".join([f"{res.seconds:.2f} s", *res.notes])
+        return _result(res)
 
     @_user_errors
     def restore(image, photo, below, steps):
@@ -203,7 +223,7 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
             restore_below=float(below),
             steps=int(steps),
         )
-        return res.image, "\n".join([f"{res.seconds:.2f} s", *res.notes])
+        return _result(res)
 
     status = registry.status()
     with gr.Blocks(title="InstantPortrait") as demo:
@@ -232,13 +252,13 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                         label="Input, then each edit", elem_id="edit-output", format="png"
                     )
                     report = gr.Textbox(label="Identity", lines=4, elem_id="edit-report")
-            run.click(
+            _endpoint(
+                run,
                 edit,
                 [portrait, instructions, steps, iterations, seed, measure],
                 [result, report],
-                api_name="edit",
-                concurrency_limit=concurrency,
-                preprocess=False,
+                "edit",
+                limit=concurrency,
             )
         with gr.Tab("Live"):
             gr.Markdown(
@@ -287,15 +307,16 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                         ff_steps = gr.Number(label="Steps", value=4, precision=0)
                     ff_run = gr.Button("Generate", variant="primary", elem_id="ff-run")
                 with gr.Column():
-                    ff_out = gr.Image(label="Portrait", elem_id="ff-output", format="png")
-                    ff_report = gr.Textbox(label="Report", lines=2, elem_id="ff-report")
-            ff_run.click(
+                    ff_out, ff_report = _output_column(
+                        "Portrait", "ff-output", "ff-report", lines=2
+                    )
+            _endpoint(
+                ff_run,
                 generate,
                 [ff_photo, ff_prompt, ff_preset, ff_scale, ff_seed, ff_steps],
                 [ff_out, ff_report],
-                api_name="generate",
-                concurrency_limit=concurrency,
-                preprocess=False,
+                "generate",
+                limit=concurrency,
             )
         with gr.Tab("Personalise"):
             gr.Markdown(
@@ -325,23 +346,24 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                         pz_steps = gr.Number(label="Steps", value=30, precision=0)
                     pz_run = gr.Button("Generate", variant="primary", elem_id="pz-run")
                 with gr.Column():
-                    pz_out = gr.Image(label="Personalised", elem_id="pz-output", format="png")
-                    pz_report = gr.Textbox(label="Report", lines=3, elem_id="pz-report")
-            pz_tune.click(
+                    pz_out, pz_report = _output_column(
+                        "Personalised", "pz-output", "pz-report", lines=3
+                    )
+            _endpoint(
+                pz_tune,
                 personalise_tune,
                 [pz_photos, pz_gender, pz_tune_steps],
                 [pz_identity, pz_status],
-                api_name="personalise_tune",
-                concurrency_limit=1,
-                preprocess=False,
+                "personalise_tune",
+                limit=1,
             )
-            pz_run.click(
+            _endpoint(
+                pz_run,
                 personalise,
                 [pz_identity, pz_prompt, pz_context, pz_seed, pz_steps],
                 [pz_out, pz_report],
-                api_name="personalise",
-                concurrency_limit=concurrency,
-                preprocess=False,
+                "personalise",
+                limit=concurrency,
             )
         with gr.Tab("Group"):
             gr.Markdown(
@@ -366,15 +388,16 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                         gp_guidance = gr.Number(label="Guidance scale", value=5.0)
                     gp_run = gr.Button("Generate group", variant="primary", elem_id="gp-run")
                 with gr.Column():
-                    gp_out = gr.Image(label="Group portrait", elem_id="gp-output", format="png")
-                    gp_report = gr.Textbox(label="Report", lines=2, elem_id="gp-report")
-            gp_run.click(
+                    gp_out, gp_report = _output_column(
+                        "Group portrait", "gp-output", "gp-report", lines=2
+                    )
+            _endpoint(
+                gp_run,
                 group,
                 [gp_photos, gp_pose, gp_masks, gp_prompt, gp_seed, gp_steps, gp_guidance],
                 [gp_out, gp_report],
-                api_name="group",
-                concurrency_limit=concurrency,
-                preprocess=False,
+                "group",
+                limit=concurrency,
             )
         with gr.Tab("Restore"):
             gr.Markdown(
@@ -391,15 +414,16 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                         rs_steps = gr.Number(label="Steps", value=30, precision=0)
                     rs_run = gr.Button("Restore", variant="primary", elem_id="rs-run")
                 with gr.Column():
-                    rs_out = gr.Image(label="Restored", elem_id="rs-output", format="png")
-                    rs_report = gr.Textbox(label="Report", lines=3, elem_id="rs-report")
-            rs_run.click(
+                    rs_out, rs_report = _output_column(
+                        "Restored", "rs-output", "rs-report", lines=3
+                    )
+            _endpoint(
+                rs_run,
                 restore,
                 [rs_image, rs_photo, rs_below, rs_steps],
                 [rs_out, rs_report],
-                api_name="restore",
-                concurrency_limit=concurrency,
-                preprocess=False,
+                "restore",
+                limit=concurrency,
             )
     demo.queue(default_concurrency_limit=concurrency, max_size=256)
     return demo
