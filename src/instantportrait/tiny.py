@@ -61,6 +61,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.pipelines.restore:write_tiny_restore",
         "DIIR face restorer (SD1.5-architecture + landmark ControlNet) for `restore --model`",
     ),
+    "codeformer": (
+        "instantportrait.models.codeformer:write_tiny_codeformer",
+        "CodeFormer face enhancer (32 px, 64 codes) for `restore --codeformer`",
+    ),
 }
 
 DEFAULT_KIND = next(iter(TINY_KINDS))

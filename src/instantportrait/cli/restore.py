@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .common import add_device_arguments
+from .restore_option import add_codeformer_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["global", "face", "literal"],
         help="AdaIN statistics of the fusion (default global)",
     )
+    # --- CodeFormer after DIIR (paper Table 4) ---
+    add_codeformer_arguments(p)
+    # --- end CodeFormer ---
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_device_arguments(p)
@@ -51,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io import check_prompt, list_images, load_image, prepare_output, save_image
     from .common import quiet_libraries, resolve_device, resolve_dtype
+    from .restore_option import build_codeformer, check_codeformer_arguments
 
     if args.steps < 1:
         raise InputError(f"--steps: must be at least 1, got {args.steps}")
@@ -65,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     id_image = load_image(args.id_image, name="--id-image") if args.id_image else None
     if len({f.stem for f in files}) != len(files):
         raise InputError("inputs: two inputs share a file name; outputs would collide")
+    check_codeformer_arguments(args)  # CodeFormer after DIIR
     out_dir = prepare_output(args.output, overwrite=args.overwrite, kind="dir")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale,
         stats_region=args.stats_region,
+        enhancer=build_codeformer(args, device=device, dtype=dtype),  # CodeFormer after DIIR
         **kwargs,
     )
     restorer.pipeline.to(device=device)
