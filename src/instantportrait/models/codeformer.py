@@ -463,9 +463,9 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one line for the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise InputError(
-            f"CodeFormer weights: {path}: not a readable checkpoint ({first})"
+            f"CodeFormer weights: {path}: not a readable checkpoint ({type(exc).__name__}: {first})"
         ) from None
     if isinstance(ckpt, dict):
         for key in ("params_ema", "params"):
