@@ -212,6 +212,7 @@ def test_harness_codeformer_setting_is_in_the_key(restore_bundle, codeformer_bun
     assert len(keys) == 3
     assert both.fingerprint_data()["codeformer"]["fidelity"] == 0.5
     assert "codeformer" not in diir.fingerprint_data()
+    assert both.cost()["steps"] == diir.cost()["steps"] + 1 == 3 + 1
     both.check()
     assert isinstance(both.restorer.enhancer, CodeFormerEnhancer) and diir.restorer.enhancer is None
     with pytest.raises(InputError, match="codeformer_fidelity: must be in"):

@@ -204,6 +204,7 @@ class RestoredMethod(Method):
         inner = self.inner.cost()
         steps = inner.get("steps")
         diir = 3 * int(self.spec.get("restore_steps", 30))  # inversion + CFG regeneration
+        diir += 1 if self.spec.get("codeformer") else 0  # one CodeFormer pass
         return {"params": inner.get("params"), "steps": None if steps is None else steps + diir}
 
     def close(self) -> None:
