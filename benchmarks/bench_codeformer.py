@@ -16,6 +16,7 @@ Writes ``benchmarks/results/codeformer_<device>.json``. Needs about 2 GiB of mem
 ``flock /tmp/realsize.lock``.
 
     python benchmarks/bench_codeformer.py [--official PATH] [--repeats 3] [--device cpu]
+        [--threads N]
 """
 
 from __future__ import annotations
@@ -117,7 +118,10 @@ def main() -> None:
     parser.add_argument("--official", type=Path, default=None, help="sczhou/CodeFormer checkout")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     result = {
         "device": str(device),
