@@ -69,6 +69,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.faces.parsing:write_tiny_face_parser",
         "BiSeNet face parser (face-parsing.PyTorch layout) for `restore --face-parser`",
     ),
+    "codeformer": (
+        "instantportrait.models.codeformer:write_tiny_codeformer",
+        "CodeFormer face enhancer (32 px, 64 codes) for `restore --codeformer`",
+    ),
 }
 
 DEFAULT_KIND = next(iter(TINY_KINDS))

@@ -37,6 +37,29 @@ def test_restore_cli_bad_input(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
 
 
+def test_restore_cli_loads_every_model_before_touching_the_output(
+    restore_bundle, tmp_path, capsys
+):
+    """A bad --model, --face-parser or --codeformer fails with one line and leaves an existing
+    output folder as it was, even with --overwrite (nothing is removed before models load)."""
+    img = tmp_path / "a.png"
+    Image.new("RGB", (16, 16)).save(img)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.png").write_bytes(b"earlier result")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    base = ["restore", str(img), "-o", str(out), "--overwrite", "--model"]
+    for extra, said in (
+        ([str(tmp_path / "m")], "no such folder"),
+        ([str(restore_bundle), "--face-parser", str(junk)], "junk.pth"),
+        ([str(restore_bundle), "--codeformer", str(tmp_path / "cf.pth")], "--codeformer"),
+    ):
+        assert main([*base, *extra]) == 2
+        assert said in capsys.readouterr().err
+        assert (out / "keep.png").read_bytes() == b"earlier result"
+
+
 def test_edit_restore_needs_a_model(tmp_path, capsys):
     img = tmp_path / "a.png"
     Image.new("RGB", (16, 16)).save(img)

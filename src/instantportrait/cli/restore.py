@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .common import add_device_arguments
+from .restore_option import add_codeformer_arguments, add_face_parser_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,16 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["global", "face", "literal"],
         help="AdaIN statistics of the fusion (default global)",
     )
-    # --- face parser (BiSeNet M_B) ---
-    p.add_argument(
-        "--face-parser",
-        default=None,
-        metavar="PATH",
-        help="BiSeNet face-parsing weights (79999_iter.pth, facexlib's parsing_bisenet.pth or "
-        "a save_pretrained folder): the face mask from its parse, classes 1-13 (default: the "
-        "landmark face mask)",
-    )
-    # --- end face parser ---
+    add_face_parser_argument(p)
+    add_codeformer_arguments(p)
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_device_arguments(p)
@@ -61,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io import check_prompt, list_images, load_image, prepare_output, save_image
     from .common import quiet_libraries, resolve_device, resolve_dtype
+    from .restore_option import build_codeformer, build_face_parser, check_codeformer_arguments
 
     if args.steps < 1:
         raise InputError(f"--steps: must be at least 1, got {args.steps}")
@@ -75,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     id_image = load_image(args.id_image, name="--id-image") if args.id_image else None
     if len({f.stem for f in files}) != len(files):
         raise InputError("inputs: two inputs share a file name; outputs would collide")
-    out_dir = prepare_output(args.output, overwrite=args.overwrite, kind="dir")
+    check_codeformer_arguments(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
 
@@ -83,23 +77,21 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     kwargs = {"prompt": prompt} if prompt else {}
-    # --- face parser (BiSeNet M_B) ---
-    if args.face_parser:
-        from ..faces.parsing import load_face_parser
-
-        kwargs["mask_fn"] = load_face_parser(args.face_parser, device, dtype)
-    # --- end face parser ---
+    # every model loads before the output is touched: a bad path writes (and removes) nothing
     restorer = FaceRestorer.from_pretrained(
         args.model,
         restore_below=args.restore_below,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale,
         stats_region=args.stats_region,
+        mask_fn=build_face_parser(args, device=device, dtype=dtype),
+        enhancer=build_codeformer(args, device=device, dtype=dtype),
         **kwargs,
     )
     restorer.pipeline.to(device=device)
     if dtype != restorer.pipeline.unet.dtype:
         restorer.pipeline.to(dtype=dtype)
+    out_dir = prepare_output(args.output, overwrite=args.overwrite, kind="dir")
     out_dir.mkdir(parents=True, exist_ok=True)
     for f in tqdm(files, desc="restoring", unit="image", disable=len(files) < 2, file=sys.stderr):
         result = restorer.restore(f, id_image, name=str(f))

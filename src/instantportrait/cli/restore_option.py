@@ -5,6 +5,10 @@ passes its outputs through :func:`maybe_restore` with the identity each output s
 (the edit's input portrait, the generation's ID image): every face smaller than
 ``--restore-below`` pixels is restored by DIIR (FPGA §4) and pasted back. Without
 ``--restore`` the images pass through untouched and nothing is loaded.
+
+``--restore-codeformer PATH [--restore-codeformer-fidelity W]`` runs CodeFormer on the restored
+crops before the paste-back (the paper's Table 4); ``restore`` has the same as ``--codeformer``
+(:func:`add_codeformer_arguments`, :func:`build_codeformer`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["add_restore_arguments", "build_restorer", "maybe_restore"]
+__all__ = [
+    "add_codeformer_arguments",
+    "add_restore_arguments",
+    "build_codeformer",
+    "build_restorer",
+    "check_codeformer_arguments",
+    "maybe_restore",
+]
 
 
 def add_restore_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -39,14 +50,8 @@ def add_restore_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
     parser.add_argument(
         "--restore-steps", type=int, default=30, help="DIIR DDIM steps (default 30)"
     )
-    # --- face parser (BiSeNet M_B) ---
-    parser.add_argument(
-        "--restore-face-parser",
-        default=None,
-        metavar="PATH",
-        help="BiSeNet face-parsing weights for DIIR's face mask (default: landmark mask)",
-    )
-    # --- end face parser ---
+    add_face_parser_argument(parser, prefix="restore-")
+    add_codeformer_arguments(parser, prefix="restore-")
 
 
 def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
@@ -67,11 +72,13 @@ def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
 
     device = resolve_device(getattr(args, "device", "auto"))
     dtype = resolve_dtype(getattr(args, "dtype", "auto"), device)
+    check_codeformer_arguments(args, prefix="restore-")
     restorer = FaceRestorer.from_pretrained(
         args.restore_model,
         restore_below=args.restore_below,
         num_inference_steps=args.restore_steps,
-        mask_fn=_face_parser(args, device, dtype),  # --restore-face-parser
+        mask_fn=build_face_parser(args, prefix="restore-", device=device, dtype=dtype),
+        enhancer=build_codeformer(args, prefix="restore-", device=device, dtype=dtype),
     )
     restorer.pipeline.to(device=device)
     if dtype != restorer.pipeline.unet.dtype:
@@ -82,10 +89,23 @@ def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
     return restorer
 
 
-# --- face parser (BiSeNet M_B) ---
-def _face_parser(args: argparse.Namespace, device: Any, dtype: Any):
-    """The :class:`~..faces.parsing.FaceParser` of ``--restore-face-parser``, else ``None``."""
-    path = getattr(args, "restore_face_parser", None)
+def add_face_parser_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, prefix: str = ""
+) -> None:
+    """Add ``--{prefix}face-parser PATH``: DIIR's face mask M_B from a BiSeNet parse."""
+    parser.add_argument(
+        f"--{prefix}face-parser",
+        default=None,
+        metavar="PATH",
+        help="BiSeNet face-parsing weights (79999_iter.pth, facexlib's parsing_bisenet.pth or "
+        "a save_pretrained folder): DIIR's face mask from its parse, classes 1-13 (default: "
+        "the landmark face mask)",
+    )
+
+
+def build_face_parser(args: argparse.Namespace, *, prefix: str = "", device=None, dtype=None):
+    """The :class:`~..faces.parsing.FaceParser` of ``--{prefix}face-parser``, or ``None``."""
+    path = getattr(args, f"{prefix}face_parser".replace("-", "_"), None)
     if not path:
         return None
     from ..faces.parsing import load_face_parser
@@ -93,7 +113,59 @@ def _face_parser(args: argparse.Namespace, device: Any, dtype: Any):
     return load_face_parser(path, device, dtype)
 
 
-# --- end face parser ---
+# CodeFormer after DIIR (paper Table 4): `restore --codeformer`, `--restore-codeformer`
+def _dest(prefix: str) -> str:
+    return f"{prefix}codeformer".replace("-", "_")
+
+
+def add_codeformer_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, prefix: str = ""
+) -> None:
+    """Add ``--{prefix}codeformer PATH`` and ``--{prefix}codeformer-fidelity W``."""
+    parser.add_argument(
+        f"--{prefix}codeformer",
+        default=None,
+        metavar="PATH",
+        help="run CodeFormer on the DIIR-restored faces before pasting them back: the official "
+        "codeformer.pth (github.com/sczhou/CodeFormer releases) or a save_pretrained folder",
+    )
+    parser.add_argument(
+        f"--{prefix}codeformer-fidelity",
+        type=float,
+        default=0.5,
+        metavar="W",
+        help="CodeFormer's fidelity weight w in [0, 1]: 0 quality, 1 fidelity (default 0.5)",
+    )
+
+
+def check_codeformer_arguments(args: argparse.Namespace, prefix: str = "") -> None:
+    """Reject a bad fidelity or a missing weights path early (one line naming the flag)."""
+    from pathlib import Path
+
+    from ..errors import ModelNotFoundError
+    from ..restoration.codeformer import check_fidelity
+
+    dest = _dest(prefix)
+    check_fidelity(getattr(args, f"{dest}_fidelity", 0.5), f"--{prefix}codeformer-fidelity")
+    path = getattr(args, dest, None)
+    if path and not Path(path).expanduser().exists():
+        raise ModelNotFoundError(
+            f"--{prefix}codeformer: {path}: no such file or folder (download codeformer.pth "
+            "from https://github.com/sczhou/CodeFormer/releases and give its path)"
+        )
+
+
+def build_codeformer(args: argparse.Namespace, *, prefix: str = "", device=None, dtype=None):
+    """The :class:`~..restoration.codeformer.CodeFormerEnhancer` of ``args``, or ``None``."""
+    dest = _dest(prefix)
+    path = getattr(args, dest, None)
+    if not path:
+        return None
+    from ..restoration.codeformer import load_codeformer_enhancer
+
+    check_codeformer_arguments(args, prefix)
+    fidelity = getattr(args, f"{dest}_fidelity", 0.5)
+    return load_codeformer_enhancer(path, fidelity, device=device, dtype=dtype)
 
 
 def maybe_restore(

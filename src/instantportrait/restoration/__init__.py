@@ -6,4 +6,6 @@
 * :mod:`.inversion`: deterministic DDIM inversion caching latents and self-attention features.
 * :mod:`.paste`: the face crop geometry and the paste-back through the smoothed face mask.
 * :mod:`.restorer`: :class:`FaceRestorer`, which finds the faces to restore and runs them all.
+* :mod:`.codeformer`: CodeFormer on the restored crops before the paste-back (the paper's
+  Table 4), as ``FaceRestorer(enhancer=...)``.
 """

@@ -1,21 +1,26 @@
 """The evaluation harness's ``restore`` step: any method's outputs, then DIIR (paper Table 2).
 
 SPEC: ``restore:DIIR_MODEL,method=KIND,model=PATH[,restore_below=100][,restore_steps=30]
-[,restore_guidance=5][,face_parser=PATH][,<the inner method's settings>...]``, e.g.::
+[,restore_guidance=5][,face_parser=PATH][,codeformer=PATH[,codeformer_fidelity=0.5]]
+[,<the inner method's settings>...]``, e.g.::
 
     instantportrait evaluate ... --method ipnet=edit:runs/ipnet/final,steps=1 \
         --method ipnet+diir=restore:models/diir,method=edit,model=runs/ipnet/final,steps=1
 
-so "method" and "method + DIIR" are scored side by side. Every face of the output smaller
+so "method" and "method + DIIR" are scored side by side; with ``codeformer=PATH`` (the
+official ``codeformer.pth`` or a ``save_pretrained`` folder) CodeFormer enhances the restored
+crops before the paste-back, so "DIIR" and "DIIR + CodeFormer" score side by side (the
+paper's Table 4). Every face of the output smaller
 than ``restore_below`` pixels is restored with the identity the generation should have (the
 item's identity photo; for several identities with face regions, each face takes the identity
 whose region it overlaps most, else its own) and pasted back.
 
 The wrapper passes the harness's state through to the inner method (its ``cache_dir`` for
 per-identity caches such as FaceA-Net's tuned identities, the run's ``prompts``), and its key
-holds the inner method's whole fingerprint and the DIIR model's identity, so a changed inner
-model recomputes the "+ DIIR" rows too. ``face_parser=PATH`` takes the face mask M_B from a
-BiSeNet parse (:mod:`..faces.parsing`); its weights' identity is part of the key.
+holds the inner method's whole fingerprint and the DIIR model's identity (and CodeFormer's
+weights and fidelity when given), so a changed inner model recomputes the "+ DIIR" rows too.
+``face_parser=PATH`` takes the face mask M_B from a BiSeNet parse (:mod:`..faces.parsing`);
+its weights' identity is part of the key.
 """
 
 from __future__ import annotations
@@ -35,8 +40,16 @@ from ..evaluation.methods import (
     model_fingerprint,
 )
 
-OWN = ("method", "model", "restore_below", "restore_steps", "restore_guidance")
-OWN += ("face_parser",)  # BiSeNet weights for the face mask M_B (default: landmark mask)
+OWN = (
+    "method",
+    "model",
+    "restore_below",
+    "restore_steps",
+    "restore_guidance",
+    "face_parser",  # BiSeNet weights for the face mask M_B (default: landmark mask)
+    "codeformer",  # CodeFormer after DIIR (paper Table 4)
+    "codeformer_fidelity",
+)
 
 
 class RestoredMethod(Method):
@@ -89,11 +102,24 @@ class RestoredMethod(Method):
     def check(self) -> None:
         check_model_path(str(self.spec.path), f"method {self.spec.text!r}: DIIR model")
         self.inner.check()
-        parser = self.spec.options.get("face_parser")  # face parser (BiSeNet M_B)
+        parser = self.spec.options.get("face_parser")
         if parser and not Path(str(parser)).expanduser().exists():
             raise ModelNotFoundError(
                 f"method {self.spec.text!r}: face_parser: {parser}: no such file or folder"
             )
+        from .codeformer import check_fidelity
+
+        check_fidelity(
+            self.spec.get("codeformer_fidelity", 0.5), self._label("codeformer_fidelity")
+        )
+        if self.spec.get("codeformer") and not Path(str(self.spec.get("codeformer"))).exists():
+            raise ModelNotFoundError(
+                f"{self._label('codeformer')}: {self.spec.get('codeformer')}: no such file or "
+                "folder (the official codeformer.pth or a save_pretrained folder)"
+            )
+
+    def _label(self, option: str) -> str:
+        return f"method {self.spec.text!r}: {option}"
 
     def fingerprint_data(self) -> dict[str, Any]:
         own = {k: self.spec.options[k] for k in sorted(self.spec.options) if k in OWN}
@@ -103,10 +129,19 @@ class RestoredMethod(Method):
             "diir": model_fingerprint(self.spec.path),
             "dtype": str(self.dtype).replace("torch.", ""),
             "inner": self.inner.fingerprint_data(),
+            **self._codeformer_fingerprint(),
         }
         if self.spec.options.get("face_parser"):  # (absent: keys of earlier runs unchanged)
             data["face_parser"] = model_fingerprint(self.spec.options["face_parser"])
         return data
+
+    def _codeformer_fingerprint(self) -> dict[str, Any]:
+        """CodeFormer's weights and fidelity, only when it is used (old keys stay valid)."""
+        path = self.spec.get("codeformer")
+        if not path:
+            return {}
+        w = float(self.spec.get("codeformer_fidelity", 0.5))
+        return {"codeformer": {**model_fingerprint(str(path)), "fidelity": w}}
 
     def settings(self) -> dict[str, Any]:
         return dict(self.spec.options)
@@ -122,6 +157,7 @@ class RestoredMethod(Method):
                 num_inference_steps=int(self.spec.get("restore_steps", 30)),
                 guidance_scale=float(self.spec.get("restore_guidance", 5.0)),
                 mask_fn=self._face_parser(),
+                enhancer=self._codeformer(),
             )
             self._restorer.pipeline.to(device=self.device, dtype=self.dtype)
         return self._restorer
@@ -134,6 +170,18 @@ class RestoredMethod(Method):
         from ..faces.parsing import load_face_parser
 
         return load_face_parser(str(path), self.device, self.dtype)
+
+    def _codeformer(self):
+        """The CodeFormer enhancer of ``codeformer=PATH``, or ``None``."""
+        path = self.spec.get("codeformer")
+        if not path:
+            return None
+        from .codeformer import check_fidelity, load_codeformer_enhancer
+
+        w = check_fidelity(
+            self.spec.get("codeformer_fidelity", 0.5), self._label("codeformer_fidelity")
+        )
+        return load_codeformer_enhancer(str(path), w, device=self.device, dtype=self.dtype)
 
     def identity_images(self, output: Image.Image, image: Image.Image, subject: Any) -> Any:
         """What each restored face should look like: the one identity's photo, or, for several
@@ -175,6 +223,7 @@ class RestoredMethod(Method):
         inner = self.inner.cost()
         steps = inner.get("steps")
         diir = 3 * int(self.spec.get("restore_steps", 30))  # inversion + CFG regeneration
+        diir += 1 if self.spec.get("codeformer") else 0  # one CodeFormer pass
         return {"params": inner.get("params"), "steps": None if steps is None else steps + diir}
 
     def close(self) -> None:

@@ -11,7 +11,9 @@ For one image (FPGA spec §4.1, §7 step 6):
    ``feather`` (2%) of the crop side, and the identity it should have: the id image given for
    it, else the face itself (another person's id image makes it a face swap);
 4. all kept faces restored in one batch by :class:`~..pipelines.restore.DIIRPipeline`;
-5. each restored crop pasted back through its smoothed mask: pixels outside every mask keep
+5. optionally, an ``enhancer`` (CodeFormer after DIIR, the paper's Table 4) applied to the
+   restored crops;
+6. each restored crop pasted back through its smoothed mask: pixels outside every mask keep
    their exact input values.
 
 The identity embedding F_id needs an ID encoder (FPGA's CLIP-vision + ArcFace resampler):
@@ -40,6 +42,8 @@ LandmarkRenderer = Callable[[np.ndarray, tuple[int, int]], Image.Image]
 IdEncoder = Callable[[list[Image.Image]], torch.Tensor]
 #: ``(crop, landmarks in crop pixels) -> (H, W)`` mask in [0, 1] (e.g. a BiSeNet face parser).
 MaskFn = Callable[[Image.Image, np.ndarray], torch.Tensor]
+#: ``restored crops -> enhanced crops`` (same count and order), e.g. CodeFormer.
+Enhancer = Callable[[list[Image.Image]], list[Image.Image]]
 
 
 def default_landmark_renderer() -> LandmarkRenderer:
@@ -87,6 +91,8 @@ class FaceRestorer:
             :class:`~..faces.parsing.FaceParser`; its ``take_notes()``, when it has one, joins
             the result's notes); default the landmark face mask.
         detector: keyword arguments of :func:`~..faces.detect` (e.g. ``method="mmod"``).
+        enhancer: applied to the DIIR-restored crops before paste-back (e.g.
+            :class:`~.codeformer.CodeFormerEnhancer`); ``None``: DIIR only.
     """
 
     def __init__(
@@ -104,6 +110,7 @@ class FaceRestorer:
         landmark_renderer: LandmarkRenderer | None = None,
         mask_fn: MaskFn | None = None,
         detector: dict[str, Any] | None = None,
+        enhancer: Enhancer | None = None,
     ):
         if restore_below <= 0:
             raise ValueError(f"restore_below: must be positive, got {restore_below}")
@@ -119,6 +126,7 @@ class FaceRestorer:
         self._renderer = landmark_renderer
         self.mask_fn = mask_fn
         self.detector = {"upsample": 1, **(detector or {})}
+        self.enhancer = enhancer
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> FaceRestorer:
@@ -301,12 +309,17 @@ class FaceRestorer:
             guidance_scale=self.guidance_scale,
             stats_region=self.stats_region,
         ).images
+        if self.enhancer is not None:
+            restored = list(self.enhancer(list(restored)))
+            if len(restored) != len(boxes):
+                raise RuntimeError(f"enhancer: {len(restored)} crops back for {len(boxes)} faces")
         out = img
         for crop, face_img, m in zip(boxes, restored, paste_masks):
             out = paste_back(out, face_img, crop, m)
         notes.append(
             f"{label}: restored {len(chosen)} face(s) smaller than {self.restore_below:g} px"
             + (f"; {skipped} larger face(s) untouched" if skipped else "")
+            + (f"; then {getattr(self.enhancer, 'name', 'the enhancer')}" if self.enhancer else "")
         )
         result_faces = [
             RestoredFace(box=f, crop=c, identity=who) for f, c, who in zip(faces, boxes, identity)
