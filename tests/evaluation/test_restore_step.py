@@ -73,6 +73,12 @@ def test_method_and_method_plus_diir_side_by_side(faces, tiny_restore, tmp_path)
     assert [r.split(" | ")[0] for r in rows] == ["| ident", "| ident+diir"]
     assert "| FPGA + DIIR | 86.9 | 23.5 | 74.2 | 95.5 | 270.5 | published |" in text
     assert "| FPGA | 86.9 | 23.8 | 30.5 | 94.2 | 269.5 | published |" in text
+    t4 = paper_table(out, "fpga:restoration")  # Table 4: face similarity and face FID only
+    lines = [ln for ln in t4.splitlines() if ln.startswith("| ")]
+    assert lines[0] == "| Method | Face Sim | FID (faces) ↓ | Source |"
+    assert "| FPGA + DIIR + CodeFormer | 66.7 | 126.9 | published |" in lines
+    ours = [r.split(" | ")[0] for r in lines if r.endswith("| ours |")]
+    assert ours == ["| ident", "| ident+diir"]
 
 
 def test_restore_key_holds_the_inner_method(tiny_restore, tmp_path):
