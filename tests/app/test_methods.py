@@ -77,3 +77,30 @@ def test_registry_names_the_missing_option(method, option):
     assert option in registry.status()[method]
     with pytest.raises(InputError, match=option):
         registry.get(method)
+
+
+def test_restore_slot_takes_the_face_parser_and_codeformer(method_bundles, tmp_path):
+    """`app --restore-face-parser/--restore-codeformer`: the Restore tab's restorer uses them."""
+    import functools
+
+    import torch
+
+    from instantportrait.app.models import load_restorer
+    from instantportrait.faces.parsing import FaceParser
+    from instantportrait.restoration.codeformer import CodeFormerEnhancer
+    from instantportrait.tiny import write_tiny
+
+    registry = ModelRegistry(
+        restore_model=str(method_bundles["restore"]),
+        restore={
+            "face_parser": str(write_tiny(tmp_path / "fp", "face-parser")),
+            "codeformer": str(write_tiny(tmp_path / "cf", "codeformer")),
+            "codeformer_fidelity": 0.7,
+        },
+    )
+    restorer = registry.get("restore")
+    assert isinstance(restorer.mask_fn, FaceParser)
+    assert isinstance(restorer.enhancer, CodeFormerEnhancer) and restorer.enhancer.fidelity == 0.7
+    plain = functools.partial(load_restorer, str(method_bundles["restore"]))
+    bare = plain(torch.device("cpu"), torch.float32)
+    assert bare.mask_fn is None and bare.enhancer is None

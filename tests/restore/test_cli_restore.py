@@ -37,9 +37,7 @@ def test_restore_cli_bad_input(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
 
 
-def test_restore_cli_loads_every_model_before_touching_the_output(
-    restore_bundle, tmp_path, capsys
-):
+def test_restore_cli_loads_every_model_before_touching_the_output(restore_bundle, tmp_path, capsys):
     """A bad --model, --face-parser or --codeformer fails with one line and leaves an existing
     output folder as it was, even with --overwrite (nothing is removed before models load)."""
     img = tmp_path / "a.png"

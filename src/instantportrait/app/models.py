@@ -96,11 +96,30 @@ def load_fpga_pipeline(source: str, device: torch.device, dtype: torch.dtype) ->
     return load_fpga_family(source, dtype=dtype, device=device, name="--fpga-model")
 
 
-def load_restorer(source: str, device: torch.device, dtype: torch.dtype) -> Any:
-    """DIIR's :class:`~..restoration.restorer.FaceRestorer` on a model folder (as ``restore``)."""
+def load_restorer(
+    source: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    face_parser: str | None = None,
+    codeformer: str | None = None,
+    codeformer_fidelity: float = 0.5,
+) -> Any:
+    """DIIR's :class:`~..restoration.restorer.FaceRestorer` on a model folder (as ``restore``),
+    with the BiSeNet face mask and CodeFormer after DIIR when their weights are given."""
     from ..restoration.restorer import FaceRestorer
 
-    restorer = FaceRestorer.from_pretrained(source)
+    mask_fn = enhancer = None
+    if face_parser:
+        from ..faces.parsing import load_face_parser
+
+        mask_fn = load_face_parser(face_parser, device, dtype)
+    if codeformer:
+        from ..restoration.codeformer import load_codeformer_enhancer
+
+        enhancer = load_codeformer_enhancer(
+            codeformer, codeformer_fidelity, device=device, dtype=dtype
+        )
+    restorer = FaceRestorer.from_pretrained(source, mask_fn=mask_fn, enhancer=enhancer)
     restorer.pipeline.to(device=device)
     if dtype != restorer.pipeline.unet.dtype:
         restorer.pipeline.to(dtype=dtype)
@@ -124,7 +143,8 @@ class ModelRegistry:
             or a folder); ``fastface`` holds its other sources (``face_model``, ``base``,
             ``distilled``, ``ip_adapter``, ``image_encoder``, ``family``).
         fpga_model: an FPGA pipeline folder or a merged RepControlNet (``--fpga-model``).
-        restore_model: a DIIR model folder (``--restore-model``).
+        restore_model: a DIIR model folder (``--restore-model``); ``restore`` holds the
+            optional ``face_parser``, ``codeformer`` and ``codeformer_fidelity``.
         faceanet_base / faceanet_context_model: FaceA-Net's inpainting model and context
             model (``--faceanet-base``, ``--faceanet-context-model``).
         fastface_resolution: FastFace's image side (default: the family's).
@@ -141,6 +161,7 @@ class ModelRegistry:
         fastface: dict[str, Any] | None = None,
         fpga_model: str | None = None,
         restore_model: str | None = None,
+        restore: dict[str, Any] | None = None,
         faceanet_base: str | None = None,
         faceanet_context_model: str | None = None,
         fastface_resolution: int | None = None,
@@ -167,7 +188,12 @@ class ModelRegistry:
                 functools.partial(load_fastface_model, **ff),
             ),
             "fpga": ModelSlot("fpga", "--fpga-model", fpga_model, load_fpga_pipeline),
-            "restore": ModelSlot("restore", "--restore-model", restore_model, load_restorer),
+            "restore": ModelSlot(
+                "restore",
+                "--restore-model",
+                restore_model,
+                functools.partial(load_restorer, **(restore or {})),
+            ),
             "faceanet": ModelSlot(
                 "faceanet",
                 "--faceanet-base",

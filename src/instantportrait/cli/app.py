@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .common import add_device_arguments
+from .restore_option import add_codeformer_arguments, add_face_parser_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fpga-model", help="Group tab: an FPGA pipeline folder or a merged RepControlNet"
     )
-    p.add_argument("--restore-model", help="Restore tab: a DIIR model folder")
+    rs = p.add_argument_group("Restore tab (DIIR)")
+    rs.add_argument("--restore-model", help="a DIIR model folder")
+    add_face_parser_argument(rs, prefix="restore-")
+    add_codeformer_arguments(rs, prefix="restore-")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument(
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from ..app import ModelRegistry, build_app
     from ..errors import InputError
     from .common import quiet_libraries, resolve_device, resolve_dtype
+    from .restore_option import check_codeformer_arguments
 
     if not 1 <= args.port <= 65535:
         raise InputError(f"--port: {args.port}; between 1 and 65535")
@@ -85,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--faceanet-resolution: a multiple of 8; got {args.faceanet_resolution}")
     if args.concurrency < 1:
         raise InputError("--concurrency: must be at least 1")
+    check_codeformer_arguments(args, prefix="restore-")
     quiet_libraries()
     device = resolve_device(args.device)
     registry = ModelRegistry(
@@ -105,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         fpga_model=args.fpga_model,
         restore_model=args.restore_model,
+        restore={
+            "face_parser": args.restore_face_parser,
+            "codeformer": args.restore_codeformer,
+            "codeformer_fidelity": args.restore_codeformer_fidelity,
+        },
         device=device,
         dtype=resolve_dtype(args.dtype, device),
     )
