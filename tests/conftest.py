@@ -32,6 +32,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs INSTANTPORTRAIT_WEIGHTS=DIR"))
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test runs torch on one thread: the tests use tiny models, which run as fast on one
+    thread, and on a shared or loaded CPU two threads fighting for cores made them 10-160x
+    slower (measured on this project's 2-core build machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def astronaut_path() -> Path:
     return EXAMPLES / "astronaut.png"

@@ -113,24 +113,10 @@ def method_registry(tiny_model_dir, bundles, **kwargs):
 @pytest.fixture(scope="session")
 def methods(tiny_model_dir, method_bundles):
     """The registry of the method tests, its models loaded once per session."""
-    import torch
-
-    torch.set_num_threads(1)
     return method_registry(tiny_model_dir, method_bundles)
 
 
 @pytest.fixture(scope="session")
-def two_person_pose(tmp_path_factory) -> Path:
+def two_person_pose(two_people_pose) -> Path:
     """OpenPose keypoints of two people on a 64x64 canvas (heads at x=16 and x=44)."""
-    import json
-
-    def person(cx: float) -> list[float]:
-        pts = [[cx, 14 + i * 48 / 17, 1.0] for i in range(18)]
-        pts[0][:2], pts[14][:2], pts[15][:2] = [cx, 14], [cx - 2, 12], [cx + 2, 12]
-        pts[16][:2], pts[17][:2] = [cx - 4, 13], [cx + 4, 13]
-        return [v for p in pts for v in p]
-
-    path = tmp_path_factory.mktemp("pose") / "two.json"
-    people = [{"pose_keypoints_2d": person(44)}, {"pose_keypoints_2d": person(16)}]
-    path.write_text(json.dumps({"canvas_width": 64, "canvas_height": 64, "people": people}))
-    return path
+    return two_people_pose

@@ -6,19 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image, ImageOps
 
 from instantportrait.data.generation import Backend
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: one thread avoids oversubscription (10-40x faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

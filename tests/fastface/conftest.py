@@ -26,14 +26,3 @@ def fastface_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def isolated_cache(fastface_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("INSTANTPORTRAIT_CACHE", str(fastface_cache))
     return fastface_cache
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

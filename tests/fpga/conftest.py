@@ -54,17 +54,6 @@ def portrait_dir(tmp_path_factory):
     return root
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the tiny models are faster so on a shared, loaded CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny_fpga(tmp_path_factory):
     """A tiny FPGA pipeline folder written by ``init-tiny --kind fpga``'s writer."""

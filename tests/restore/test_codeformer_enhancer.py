@@ -16,15 +16,6 @@ from instantportrait.restoration.codeformer import CodeFormerEnhancer, load_code
 from instantportrait.restoration.restorer import FaceRestorer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the tiny models are much faster so on a shared, loaded CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def codeformer_bundle(tmp_path_factory):
     from instantportrait.tiny import write_tiny

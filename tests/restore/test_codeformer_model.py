@@ -22,15 +22,6 @@ from instantportrait.models.codeformer import (
 OFFICIAL_KEYS = Path(__file__).parent / "data" / "codeformer_official_keys.txt"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the tiny models are much faster so on a shared, loaded CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny() -> CodeFormer:
     torch.manual_seed(0)
