@@ -4,7 +4,8 @@ The implementation before (``attention.py`` at commit 0d33c3a: ``torch.quantile`
 ``amax`` over three axes, ``torch.std``, query-major maps) is loaded from git next to the
 current one. Per repeat, stock SDPA, the old and the new AM2 run (in alternating order) over
 SDXL's 60 down/up IP layer shapes (batch 3, as ``bench_fastface.py --components``); their
-paired differences give each one's added cost under the same machine load. Also reports the
+paired differences give each one's added cost under the same machine load. The allocator is
+warmed first as in a pipeline process (see ``warm_allocator``). Also reports the
 largest difference between the two outputs.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_am2_before_after.py --resolution 256 --repeats 30
@@ -50,6 +51,17 @@ def old_module():
     return module
 
 
+def warm_allocator() -> None:
+    """Free one 16 MiB block first, as a pipeline process has (the UNet's activations).
+
+    glibc then serves later temporaries up to that size from its heap. Otherwise it maps each
+    one of 128 KiB or more fresh from the kernel and unmaps it on free, so every call
+    page-faults and small-op timings in a fresh process are inflated (2,706 faults per call at
+    the 10-head, 256-query shape).
+    """
+    torch.empty(4 * 2**20).fill_(0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolution", type=int, default=256)
@@ -57,6 +69,7 @@ def main() -> None:
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     old = old_module()
+    warm_allocator()
     g = torch.Generator().manual_seed(0)
     scale = (args.resolution / 1024) ** 2
     layers = []

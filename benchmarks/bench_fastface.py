@@ -236,6 +236,9 @@ def unet_forward_batch3(resolution: int):
 
 def components(args: argparse.Namespace) -> None:
     """``--components``: FastFace's added work alone, turned into ratios over the UNet step."""
+    from bench_am2_before_after import warm_allocator
+
+    warm_allocator()  # as the UNet's freed activations do in a pipeline process
     res = args.resolution
     forward = None
     if args.unet_every:
