@@ -236,9 +236,9 @@ def _adain_blend(x: torch.Tensor, ref: torch.Tensor, weight: float, eps: float) 
 def _unless_nan(x: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
     """``x``, or ``fallback`` when ``x`` has a NaN anywhere (the code skips a NaN AdaIN).
 
-    ``amax`` propagates NaN, so one reduction decides. On CPU the choice is made on the host
-    (no sync to pay; a full-size ``where`` costs more than the whole AdaIN); on other devices
-    on device, without a host sync.
+    ``amax`` propagates NaN, so one reduction decides (a full-size ``isnan``, ``any`` and
+    ``where`` cost more than the AdaIN itself on CPU). On CPU the choice is made on the host,
+    with no sync to pay; on other devices on device, without a host sync.
     """
     has_nan = x.amax().isnan()
     if x.device.type == "cpu":
