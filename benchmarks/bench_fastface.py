@@ -14,6 +14,10 @@ Reported (one run, all ratios from the same run, min over repeats, interleaved):
 * ``am1_over_no_am``, ``am2_over_no_am``: a DCG step with AM over the same step without;
   goal <= 1.05.
 
+``--components`` times only what FastFace adds (AM's IP branch against stock SDPA at SDXL's
+layer shapes, interleaved per repeat; DCG's tail), and turns it into ratios over the UNet's
+batch-3 forward, given (``--unet-batch3-s``) or timed in the same loop (``--unet-every N``).
+
 Real size needs ~14 GiB of RAM in fp32: run it alone, e.g.
 ``flock /tmp/realsize.lock python benchmarks/bench_fastface.py --resolution 256``.
 On a GPU: ``--device cuda --dtype float16 --resolution 1024`` (images/s and peak memory).
@@ -23,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -109,10 +115,29 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
-def component_costs(resolution: int, repeats: int = 20) -> dict:
+def _spread(values: list[float], digits: int = 5) -> dict:
+    """Median, quartiles and range of repeated measurements."""
+    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return {
+        "median": round(med, digits),
+        "q1": round(q1, digits),
+        "q3": round(q3, digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
+
+
+def component_costs(resolution: int, repeats: int = 20, unet_forward=None, unet_every: int = 0):
     """The work FastFace adds, timed alone at SDXL's real layer shapes (little memory, low
     noise): AM's IP branch vs stock SDPA over the 60 down/up layers, and DCG's guidance +
-    rescale + scheduler step on the latents, for a batch of three."""
+    rescale + scheduler step on the latents, for a batch of three.
+
+    The three IP-branch cases (stock SDPA, AM1, AM2) are interleaved within each repeat, so
+    a repeat's ``AM - SDPA`` difference is taken under one machine load; medians and spread
+    of those paired differences are reported. With ``unet_forward`` (the real-size UNet's
+    batch-3 forward), it is timed in the same loop every ``unet_every`` repeats, and each such
+    repeat gives a paired ratio ``1 + (AM - SDPA) / UNet``.
+    """
     import torch.nn.functional as F
     from diffusers import EulerDiscreteScheduler
 
@@ -121,24 +146,45 @@ def component_costs(resolution: int, repeats: int = 20) -> dict:
 
     g = torch.Generator().manual_seed(0)
     scale = (resolution / 1024) ** 2
-    out: dict = {"resolution": resolution, "per_step_extra_s": {}}
-    totals = {"sdpa": 0.0, "am1": 0.0, "am2": 0.0}
+    out: dict = {"resolution": resolution, "repeats": repeats, "per_step_extra_s": {}}
+    layers = []
+    for count, heads, queries in SDXL_AM_LAYERS:
+        q = torch.randn(3, heads, max(1, int(queries * scale)), 64, generator=g)
+        k = torch.randn(3, heads, 4, 64, generator=g)
+        v = torch.randn(3, heads, 4, 64, generator=g)
+        layers.append((count, q, k, v))
+    presets = {"am1": am_preset("am1"), "am2": am_preset("am2")}
+
+    def ip_branch(name: str):
+        def call(q, k, v):
+            if name == "sdpa":
+                return F.scaled_dot_product_attention(q, k, v)
+            return manipulated_ip_attention(q, k, v, presets[name], "down", 1)
+
+        def run() -> float:  # one call per layer shape, times its layer count
+            total = 0.0
+            for count, q, k, v in layers:
+                start = time.perf_counter()
+                call(q, k, v)
+                total += count * (time.perf_counter() - start)
+            return total
+
+        return run
+
+    cases = {name: ip_branch(name) for name in ("sdpa", "am1", "am2")}
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    unet: dict[int, float] = {}
     with torch.no_grad():
-        for count, heads, queries in SDXL_AM_LAYERS:
-            q = torch.randn(3, heads, max(1, int(queries * scale)), 64, generator=g)
-            k, v = (
-                torch.randn(3, heads, 4, 64, generator=g),
-                torch.randn(3, heads, 4, 64, generator=g),
-            )
-            totals["sdpa"] += count * _best(
-                lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), repeats
-            )
-            for name in ("am1", "am2"):
-                preset = am_preset(name)
-                totals[name] += count * _best(
-                    lambda p=preset, q=q, k=k, v=v: manipulated_ip_attention(q, k, v, p, "down", 1),
-                    repeats,
-                )
+        for run in cases.values():  # warm-up
+            run()
+        for r in range(repeats):
+            if unet_forward is not None and unet_every and r % unet_every == 0:
+                start = time.perf_counter()
+                unet_forward()
+                unet[r] = time.perf_counter() - start
+                print(f"repeat {r}: UNet batch-3 forward {unet[r]:.2f}s", flush=True)
+            for name, run in cases.items():
+                times[name].append(run())
         side = resolution // 8
         eps = [torch.randn(1, 4, side, side, generator=g) for _ in range(3)]
         latents = torch.randn(1, 4, side, side, generator=g)
@@ -150,10 +196,86 @@ def component_costs(resolution: int, repeats: int = 20) -> dict:
             sched.step(pred, sched.timesteps[1], latents)
 
         out["per_step_extra_s"]["dcg_guidance_rescale_scheduler"] = _best(dcg_tail, repeats)
-    out["ip_branch_s"] = {k: round(v, 5) for k, v in totals.items()}
-    out["per_step_extra_s"]["am1"] = round(totals["am1"] - totals["sdpa"], 5)
-    out["per_step_extra_s"]["am2"] = round(totals["am2"] - totals["sdpa"], 5)
+    out["ip_branch_s_median"] = {k: round(statistics.median(v), 5) for k, v in times.items()}
+    out["ip_branch_s_min"] = {k: round(min(v), 5) for k, v in times.items()}
+    for name in ("am1", "am2"):
+        paired = [a - b for a, b in zip(times[name], times["sdpa"])]
+        out["per_step_extra_s"][name] = round(statistics.median(paired), 5)
+        out[f"{name}_extra_s_paired"] = _spread(paired)
+        if unet:
+            ratios = [1 + paired[r] / t for r, t in unet.items()]
+            out[f"{name}_over_no_am_paired"] = _spread(ratios) | {"n": len(ratios)}
+    if unet:
+        out["unet_forward_batch3_s"] = _spread(list(unet.values()), 3) | {"n": len(unet)}
     return out
+
+
+def unet_forward_batch3(resolution: int):
+    """The real-size SDXL UNet's forward for a batch of three (DCG's batch), as a closure."""
+    device, dtype = torch.device("cpu"), torch.float32
+    pipe, _ = build(device, dtype, lora=False)
+    pipe.scheduler.set_timesteps(4, device=device)
+    t = pipe.scheduler.timesteps[1]
+    latents, text, added = inputs(pipe, 3, resolution, device, dtype)
+    clip_width = pipe.unet.encoder_hid_proj.image_projection_layers[0].proj_in.in_features
+    pipe.unet.encoder_hid_proj.image_projection_layers[0].clip_embeds = torch.randn(
+        3, 1, 257, clip_width
+    )
+
+    def forward():
+        pipe.unet(
+            torch.cat([latents] * 3),
+            t,
+            encoder_hidden_states=text,
+            added_cond_kwargs=added,
+            return_dict=False,
+        )
+
+    return forward
+
+
+def components(args: argparse.Namespace) -> None:
+    """``--components``: FastFace's added work alone, turned into ratios over the UNet step."""
+    from bench_am2_before_after import warm_allocator
+
+    warm_allocator()  # as the UNet's freed activations do in a pipeline process
+    res = args.resolution
+    forward = None
+    if args.unet_every:
+        forward = unet_forward_batch3(res)
+        with torch.no_grad():
+            forward()  # warm-up
+    result = {
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "command": " ".join(
+            [f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] * ("OMP_NUM_THREADS" in os.environ)
+            + ["python", *sys.argv]
+        ),
+    }
+    result[f"res{res}"] = component_costs(res, args.component_repeats, forward, args.unet_every)
+    if res != 1024:
+        result["res1024"] = component_costs(1024, max(3, args.component_repeats // 4))
+    extra = result[f"res{res}"]["per_step_extra_s"]
+    t3 = args.unet_batch3_s
+    if forward is not None:
+        t3 = result[f"res{res}"]["unet_forward_batch3_s"]["median"]
+    if t3:
+        result["unet_forward_batch3_s"] = t3
+        result["dcg_achieved_over_ideal"] = round(
+            t3 / (t3 + extra["dcg_guidance_rescale_scheduler"]), 5
+        )
+        result["am1_over_no_am"] = round(1 + extra["am1"] / t3, 5)
+        result["am2_over_no_am"] = round(1 + extra["am2"] / t3, 5)
+    result["note"] = (
+        "extras per denoising step for a batch of 3 (DCG), summed over SDXL's 60 down/up IP "
+        "layers (AM); AM cases interleaved with stock SDPA in each repeat, medians of the paired "
+        "differences; ratios over the UNet's batch-3 forward "
+        + ("timed in the same run" if forward is not None else "given by --unet-batch3-s")
+    )
+    out = Path(args.output) if args.output else RESULTS / "fastface_components_cpu.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
 
 
 def main() -> None:
@@ -175,22 +297,19 @@ def main() -> None:
         type=float,
         help="with --components: the UNet's batch-3 step time to turn the extras into ratios",
     )
+    parser.add_argument(
+        "--component-repeats", type=int, default=20, help="with --components: repeats"
+    )
+    parser.add_argument(
+        "--unet-every",
+        type=int,
+        default=0,
+        help="with --components: also build the real-size UNet (~14 GiB: under flock) and time "
+        "its batch-3 forward in the same loop every N repeats; ratios then use it",
+    )
     args = parser.parse_args()
     if args.components:
-        result = {"device": "cpu", "threads": torch.get_num_threads()}
-        result |= {f"res{r}": component_costs(r) for r in (args.resolution, 1024)}
-        if args.unet_batch3_s:
-            t3 = args.unet_batch3_s
-            extra = result[f"res{args.resolution}"]["per_step_extra_s"]
-            result["unet_forward_batch3_s"] = t3
-            result["dcg_achieved_over_ideal"] = round(
-                t3 / (t3 + extra["dcg_guidance_rescale_scheduler"]), 5
-            )
-            result["am1_over_no_am"] = round(1 + extra["am1"] / t3, 5)
-            result["am2_over_no_am"] = round(1 + extra["am2"] / t3, 5)
-        out = Path(args.output) if args.output else RESULTS / "fastface_components_cpu.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result, indent=2))
+        components(args)
         return
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     t0 = time.perf_counter()
