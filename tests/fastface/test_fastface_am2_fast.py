@@ -12,14 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from instantportrait.attention import (
-    AMPreset,
-    _mean_std,
-    _quantile_over_queries,
-    am_preset,
-    manipulated_ip_attention,
-    scheduled_soft_mask,
-)
+from instantportrait.attention import AMPreset, am_preset, manipulated_ip_attention
+from instantportrait.attention_maps import _mean_std, _quantile_over_queries, scheduled_soft_mask
 
 EPS = 1e-6
 
