@@ -29,21 +29,20 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ..errors import InputError
-from ..guidance import instruct_pix2pix_guidance, needs_three_branches
+from ..guidance import needs_three_branches
 from ..io import (
     ImageSource,
     ResolutionPolicy,
     load_image,
 )
 from ..parameterization import predict_x0
+from .edit_guidance import EditGuidanceMixin
 from .edit_inputs import EditInputsMixin
 from .edit_loading import EditLoadingMixin
 from .edit_support import (
     NOT_LOADED_COMPONENTS,
     SAFETY_CHECKER_POLICY,
     InstantPortraitPipelineOutput,
-    _first_parameter,
-    _Placement,
     image_to_tensor,
     tensor_to_images,
 )
@@ -64,6 +63,7 @@ GeneratorInput = torch.Generator | Sequence[torch.Generator] | None
 class InstantPortraitPipeline(
     EditLoadingMixin,
     EditInputsMixin,
+    EditGuidanceMixin,
     DiffusionPipeline,
     StableDiffusionLoraLoaderMixin,
     FromSingleFileMixin,
@@ -136,98 +136,7 @@ class InstantPortraitPipeline(
         """Image guidance used when ``image_guidance_scale`` is not given."""
         return float(self.config.default_image_guidance_scale)
 
-    # ------------------------------------------------------------------ placement
-    def _placement(self) -> _Placement:
-        """Execution device and dtypes, resolved once and reused while nothing moved.
-
-        diffusers' ``_execution_device`` and ``ModelMixin.device``/``.dtype`` walk every
-        submodule looking for offloading and casting hooks: ~10 ms and ~3 ms per read on a
-        real-size UNet, on the host, at every call. The answer is cached under a cheap
-        fingerprint of each model (identity, first parameter's device and dtype, top-level
-        offload hooks), so moving, casting, offloading or swapping a model resolves it again.
-        """
-        key = tuple(
-            (
-                id(module),
-                None if (p := _first_parameter(module)) is None else (p.device, p.dtype),
-                hasattr(module, "_hf_hook"),
-                hasattr(module, "_diffusers_hook"),
-            )
-            for module in (self.unet, self.vae, self.text_encoder)
-        )
-        pinned = self.__dict__.get("_pinned_placement")
-        if pinned is not None:
-            return pinned
-        cached = self.__dict__.get("_placement_cache")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        placement = _Placement(
-            self._execution_device, self.unet.dtype, self.vae.device, self.vae.dtype
-        )
-        self._placement_cache = (key, placement)
-        return placement
-
     # ------------------------------------------------------------------ the model
-    def guided_prediction(
-        self,
-        latents: torch.Tensor,
-        t: torch.Tensor | float,
-        image_latents: torch.Tensor,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
-        guidance_scale: float,
-        image_guidance_scale: float,
-    ) -> torch.Tensor:
-        """The UNet's output under InstructPix2Pix guidance, the branches in one batched call.
-
-        ``latents`` is the (already scheduler-scaled) noisy latent; ``image_latents`` the
-        encoded input image. With both scales 1 only the conditional branch runs.
-        """
-        branches = self._branch_inputs(
-            image_latents, cond, uncond, guidance_scale, image_guidance_scale
-        )
-        return self._guided(latents, t, branches, guidance_scale, image_guidance_scale)
-
-    def _branch_inputs(
-        self,
-        image_latents: torch.Tensor,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
-        guidance_scale: float,
-        image_guidance_scale: float,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step-independent UNet inputs (image channels, text context) of every branch.
-
-        Built once per call, not once per step: the branches are ``(c_I, c_T)``,
-        ``(c_I, 0)`` and ``(0, 0)`` (zeros for the image, ``uncond`` for the text).
-        """
-        if not needs_three_branches(guidance_scale, image_guidance_scale):
-            return image_latents, cond
-        image_part = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
-        return image_part, torch.cat([cond, uncond, uncond])
-
-    def _guided(
-        self,
-        latents: torch.Tensor,
-        t: torch.Tensor | float,
-        branches: tuple[torch.Tensor, torch.Tensor],
-        guidance_scale: float,
-        image_guidance_scale: float,
-    ) -> torch.Tensor:
-        """One (batched) UNet call on the branch inputs of :meth:`_branch_inputs`, guided."""
-        image_part, ctx = branches
-        if not needs_three_branches(guidance_scale, image_guidance_scale):
-            x = torch.cat([latents, image_part], dim=1)
-            return self.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
-        x = torch.cat([torch.cat([latents, latents, latents]), image_part], dim=1)
-        if isinstance(t, torch.Tensor) and t.ndim == 1 and t.shape[0] == latents.shape[0] > 1:
-            t = t.repeat(3)  # per-item timesteps follow the items into every branch
-        out = self.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
-        full, image_only, none = out.chunk(3)
-        return instruct_pix2pix_guidance(
-            full, image_only, none, guidance_scale, image_guidance_scale
-        )
-
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Image latents as InstructPix2Pix conditions on them: the posterior mode, unscaled."""
         where = self._placement()

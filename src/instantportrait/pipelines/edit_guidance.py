@@ -1,0 +1,75 @@
+"""InstructPix2Pix guidance for the edit pipeline (a mixin of
+:class:`~instantportrait.pipelines.InstantPortraitPipeline`): the text + image
+classifier-free guidance of the many-step mode, its three branches ``(c_I, c_T)``,
+``(c_I, 0)``, ``(0, 0)`` batched in one UNet call, and only the conditional branch when both
+scales are 1."""
+
+from __future__ import annotations
+
+import torch
+
+from ..guidance import instruct_pix2pix_guidance, needs_three_branches
+
+
+class EditGuidanceMixin:
+    """The guided UNet prediction; expects ``self.unet`` (8 input channels)."""
+
+    def guided_prediction(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor | float,
+        image_latents: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        guidance_scale: float,
+        image_guidance_scale: float,
+    ) -> torch.Tensor:
+        """The UNet's output under InstructPix2Pix guidance, the branches in one batched call.
+
+        ``latents`` is the (already scheduler-scaled) noisy latent; ``image_latents`` the
+        encoded input image. With both scales 1 only the conditional branch runs.
+        """
+        branches = self._branch_inputs(
+            image_latents, cond, uncond, guidance_scale, image_guidance_scale
+        )
+        return self._guided(latents, t, branches, guidance_scale, image_guidance_scale)
+
+    def _branch_inputs(
+        self,
+        image_latents: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        guidance_scale: float,
+        image_guidance_scale: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step-independent UNet inputs (image channels, text context) of every branch.
+
+        Built once per call, not once per step: the branches are ``(c_I, c_T)``,
+        ``(c_I, 0)`` and ``(0, 0)`` (zeros for the image, ``uncond`` for the text).
+        """
+        if not needs_three_branches(guidance_scale, image_guidance_scale):
+            return image_latents, cond
+        image_part = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
+        return image_part, torch.cat([cond, uncond, uncond])
+
+    def _guided(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor | float,
+        branches: tuple[torch.Tensor, torch.Tensor],
+        guidance_scale: float,
+        image_guidance_scale: float,
+    ) -> torch.Tensor:
+        """One (batched) UNet call on the branch inputs of :meth:`_branch_inputs`, guided."""
+        image_part, ctx = branches
+        if not needs_three_branches(guidance_scale, image_guidance_scale):
+            x = torch.cat([latents, image_part], dim=1)
+            return self.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
+        x = torch.cat([torch.cat([latents, latents, latents]), image_part], dim=1)
+        if isinstance(t, torch.Tensor) and t.ndim == 1 and t.shape[0] == latents.shape[0] > 1:
+            t = t.repeat(3)  # per-item timesteps follow the items into every branch
+        out = self.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
+        full, image_only, none = out.chunk(3)
+        return instruct_pix2pix_guidance(
+            full, image_only, none, guidance_scale, image_guidance_scale
+        )
