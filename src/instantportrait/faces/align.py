@@ -23,6 +23,9 @@ Templates (:data:`TEMPLATES`):
 * ``"arcface"``: insightface's 112x112 five-point template (``arcface_dst`` of
   ``insightface/utils/face_align.py``: eye centres, nose tip, mouth corners), fitted from
   the landmarks to the template as ``norm_crop`` does.
+* ``"ffhq"``: the 512x512 face-restoration framing of CodeFormer and GFPGAN (facexlib's
+  ``FaceRestoreHelper`` template: eye centres, nose tip, mouth corners), fitted like
+  ``"arcface"``.
 * ``"facenet"``: 160x160. FaceNet's own pipeline (facenet-pytorch) crops the unrotated MTCNN
   box; we instead align with the ArcFace template scaled to 160 px (same framing, eyes at 46%
   of the height), which also removes in-plane rotation. A deliberate difference.
@@ -107,6 +110,18 @@ _ARCFACE_112 = np.array(
 )
 _ARCFACE_GROUPS = (tuple(range(36, 42)), tuple(range(42, 48)), (30,), (48,), (54,))
 
+# The FFHQ face-restoration template, 512x512 (facexlib's FaceRestoreHelper, used by
+# CodeFormer and GFPGAN): the same five points as ArcFace's, in a looser, higher framing.
+_FFHQ_512 = np.array(
+    [
+        (192.98138, 239.94708),
+        (318.90277, 240.19360),
+        (256.63416, 314.01935),
+        (201.26117, 371.41043),
+        (313.08905, 371.15118),
+    ]
+)
+
 
 def _fit_similarity_np(src: np.ndarray, dst: np.ndarray) -> tuple[complex, complex]:
     """Least-squares similarity ``dst ~ a * src + b`` on complex numbers (numpy)."""
@@ -190,8 +205,11 @@ def _dlib_template(size: int = 150, padding: float = 0.25) -> AlignmentTemplate:
     )
 
 
-def _arcface_template(size: int, name: str, source: str) -> AlignmentTemplate:
-    pts = (_ARCFACE_112 + 0.5) * size / 112 - 0.5
+def _arcface_template(
+    size: int, name: str, source: str, points: np.ndarray = _ARCFACE_112, side: int = 112
+) -> AlignmentTemplate:
+    """A five-point template (eye centres, nose tip, mouth corners) given at ``side`` px."""
+    pts = (points + 0.5) * size / side - 0.5
     return AlignmentTemplate(
         name=name,
         size=size,
@@ -208,6 +226,9 @@ TEMPLATES: dict[str, AlignmentTemplate] = {
     "dlib": _dlib_template(),
     "arcface": _arcface_template(112, "arcface", "insightface face_align.arcface_dst (112x112)"),
     "facenet": _arcface_template(160, "facenet", "ArcFace template scaled to 160x160"),
+    "ffhq": _arcface_template(
+        512, "ffhq", "facexlib FaceRestoreHelper face_template (512x512)", _FFHQ_512, 512
+    ),
 }
 
 

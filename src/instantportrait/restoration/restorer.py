@@ -205,6 +205,17 @@ class FaceRestorer:
             return gaussian_blur(m, sigma).clamp(0, 1)
         return face_mask(landmarks, (side, side), feather=sigma)
 
+    def _enhance(self, crops: list[Image.Image], landmarks: list[np.ndarray]) -> list:
+        """The enhancer on the restored crops; one that takes ``landmarks`` (CodeFormer, to
+        align each face) gets each crop's landmarks in its pixels."""
+        import inspect
+
+        try:
+            takes = "landmarks" in inspect.signature(self.enhancer).parameters
+        except (TypeError, ValueError):
+            takes = False
+        return self.enhancer(crops, landmarks=landmarks) if takes else self.enhancer(crops)
+
     def select(self, detections) -> list[int]:
         """Indices of the faces to restore: box's longer side below ``restore_below``."""
         boxes = detections.boxes
@@ -274,12 +285,14 @@ class FaceRestorer:
             )
         res = self.resolution
         crops, conds, masks, boxes, paste_masks, faces = [], [], [], [], [], []
+        landmarks_in_crops = []
         for i in chosen:
             box = found.boxes[i]
             crop = face_crop_box(box, self.crop_scale)
             lm = found.landmarks68[i].numpy()
             crop_img = crop_face(img, crop, res)
             lm_crop = crop.to_crop(lm, res)
+            landmarks_in_crops.append(lm_crop)
             crops.append(crop_img)
             conds.append(self.landmark_renderer(lm_crop, (res, res)))
             masks.append(self.face_mask(crop_img, lm_crop, res))
@@ -310,7 +323,7 @@ class FaceRestorer:
             stats_region=self.stats_region,
         ).images
         if self.enhancer is not None:
-            restored = list(self.enhancer(list(restored)))
+            restored = list(self._enhance(list(restored), landmarks_in_crops))
             if len(restored) != len(boxes):
                 raise RuntimeError(f"enhancer: {len(restored)} crops back for {len(boxes)} faces")
         out = img
