@@ -21,13 +21,6 @@ class TinyInception(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def tiny_fpga(tmp_path_factory) -> Path:
-    from instantportrait.tiny import write_tiny
-
-    return write_tiny(tmp_path_factory.mktemp("m") / "fpga", "fpga", seed=0)
-
-
-@pytest.fixture(scope="module")
 def subjects(tmp_path_factory, astronaut_path, grace_hopper_path, openpose_person) -> Path:
     """single: the astronaut (held-out: mirrored crop), pose of one person, source photo;
     pair: astronaut + Grace Hopper with face regions, pose of two people."""

@@ -22,12 +22,10 @@ def _dataset(folder, astronaut_path):
     return folder
 
 
-def test_train_repcontrolnet_smoke(tmp_path, astronaut_path, capsys):
-    from instantportrait.tiny import write_tiny
-
+def test_train_repcontrolnet_smoke(tmp_path, astronaut_path, capsys, tiny_fpga):
     data = _dataset(tmp_path / "data", astronaut_path)
     out = tmp_path / "run"
-    encoder = write_tiny(tmp_path / "fpga", "fpga")  # the FPGA encoder that "made" the F_id
+    encoder = tiny_fpga  # the FPGA encoder that "made" the F_id
     sets = [
         "model.pretrained=tiny", "model.id_dim=32", "model.adapter_channels=[8,16,16,32]",
         f"model.identity_encoder={encoder}",
@@ -77,7 +75,7 @@ def test_train_repcontrolnet_dry_run_and_bad_data(tmp_path, capsys):
 
 
 def test_train_repcontrolnet_encodes_face_photos_with_the_fpga_encoder(
-    tmp_path, astronaut_path, capsys, monkeypatch
+    tmp_path, astronaut_path, capsys, monkeypatch, tiny_fpga
 ):
     """Rows may give a face photo instead of a precomputed F_id: the frozen FPGA encoder turns
     it into F_id once per file; without the encoder it is one error line."""
@@ -85,7 +83,6 @@ def test_train_repcontrolnet_encodes_face_photos_with_the_fpga_encoder(
 
     pytest.importorskip("dlib")
     from instantportrait.pipelines.id_encoding import IdentityEncoder
-    from instantportrait.tiny import write_tiny
 
     data = tmp_path / "data"
     data.mkdir()
@@ -111,10 +108,48 @@ def test_train_repcontrolnet_encodes_face_photos_with_the_fpga_encoder(
     argv = ["train", "repcontrolnet", *[a for s in sets for a in ("--set", s)]]
     assert main(argv) == 2
     assert "set model.identity_encoder" in capsys.readouterr().err
-    encoder = write_tiny(tmp_path / "fpga", "fpga")
+    encoder = tiny_fpga
     assert main([*argv, "--set", f"model.identity_encoder={encoder}", "--overwrite"]) == 0
     assert len(calls) == 1  # one face file: encoded once, then cached
     mixed = data / "metadata.jsonl"
     mixed.write_text("\n".join(json.dumps(r) for r in [row, {**row, "face": ""}]))
     assert main([*argv, "--set", f"model.identity_encoder={encoder}", "--overwrite"]) == 2
     assert "row 1 gives no identity" in capsys.readouterr().err
+
+
+def test_train_repcontrolnet_on_fpgas_portrait_dataset(
+    tmp_path, portrait_dir, tiny_fpga, monkeypatch
+):
+    """The same data as the ID-ControlNet (IDZoom layout): the skeleton condition drawn from
+    each row's keypoints (Table 6's setting) and F_id from its aligned face crop."""
+    import pytest
+
+    pytest.importorskip("dlib")
+    from instantportrait.pipelines.id_encoding import IdentityEncoder
+    from instantportrait.training.repcontrolnet import (
+        RepControlNetConfig,
+        RepControlNetTrainer,
+        RepDataConfig,
+    )
+
+    crops = []
+    real = IdentityEncoder.encode_face_crops
+
+    def counted(self, batch):
+        crops.append(batch)
+        return real(self, batch)
+
+    monkeypatch.setattr(IdentityEncoder, "encode_face_crops", counted)
+    data = RepDataConfig(path=str(portrait_dir), resolution=32, condition="skeleton")
+    cfg = RepControlNetConfig(data=data)
+    cfg.model.pretrained, cfg.model.id_dim = "tiny", 32
+    cfg.model.adapter_channels, cfg.model.identity_encoder = [8, 16, 16, 32], str(tiny_fpga)
+    cfg.training.output_dir, cfg.training.max_steps = str(tmp_path / "run"), 1
+    cfg.training.batch_size, cfg.training.mixed_precision = 2, "no"
+    cfg.training.tensorboard, cfg.training.gradient_checkpointing = False, False
+    trainer = RepControlNetTrainer(cfg)
+    trainer.fit()
+    assert len(crops) == 1 and crops[0].shape == (2, 3, 224, 224)  # the dataset's face crops
+    item = trainer.dataset[(0, 0)]  # row 0 has keypoints: a skeleton is drawn
+    assert item["mode"] == "skeleton" and item["condition"].amax() > 0
+    assert (tmp_path / "run" / "final" / "model_index.json").is_file()

@@ -15,6 +15,10 @@ Data: a folder with ``metadata.jsonl``, one JSON object a line, diffusers' Contr
 of ``model.identity_encoder`` (an FPGA pipeline folder; F_id cached per file), or
 ``"id_embeds"``: a safetensors file holding a precomputed ``id_embeds`` ``(tokens, dim)``.
 Every row gives an identity, or none does (then no ID term is trained).
+
+``data.path`` may instead be FPGA's portrait dataset (``data build-portraits``, the IDZoom
+layout): its skeleton (``data.condition``, the paper's Table 6 setting) or landmark condition
+is drawn as for the ID-ControlNet, and its aligned face crops go through the identity encoder.
 """
 
 from __future__ import annotations
@@ -53,9 +57,13 @@ class RepModelConfig:
 
 @dataclass
 class RepDataConfig:
+    #: a ``metadata.jsonl`` folder, or an FPGA portrait dataset (``data build-portraits``)
     path: str = ""
     resolution: int = 512
     dropout_text: float = 0.1
+    #: for a portrait dataset: the condition drawn from its keypoints and landmarks
+    #: (``skeleton``: the paper's Table 6 setting; ``landmark``; ``both``: FPGA's stage-3 mix)
+    condition: Literal["skeleton", "landmark", "both"] = "skeleton"
 
     def __post_init__(self) -> None:
         check(self.resolution % 8 == 0, "data.resolution: a multiple of 8")
@@ -143,6 +151,20 @@ def collate_conditions(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def collate_portrait_conditions(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """FPGA portrait rows (``training.fpga.PortraitTrainDataset``) as this trainer's batch: the
+    aligned face crops stand for the identity."""
+    n = len(items)
+    return {
+        "pixels": torch.stack([it["image"] for it in items]),
+        "condition": torch.stack([it["condition"] for it in items]),
+        "text": [it["caption"] for it in items],
+        "id_embeds": [None] * n,
+        "faces": [None] * n,
+        "face_crops": torch.stack([it["face"] for it in items]),
+    }
+
+
 def load_sd_components(pretrained: str, seed: int = 0) -> dict[str, Any]:
     """vae, text_encoder, tokenizer, unet, scheduler of an SD1.5-format model (4-ch UNet)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -216,13 +238,10 @@ class RepControlNetTrainer(Trainer):
         )
         if cfg.training.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()
-        self.dataset = ConditionDataset(
-            cfg.data.path, cfg.data.resolution, cfg.data.dropout_text, cfg.training.seed
-        )
-        self.collate = collate_conditions
         self.face_cache: dict[str, torch.Tensor] = {}
+        uses_faces = self._set_dataset()
         self.id_encoder = None
-        if self.dataset.uses_faces:
+        if uses_faces:
             if self.identity is None:
                 raise InputError(
                     "data: rows give face photos; set model.identity_encoder to the FPGA "
@@ -233,14 +252,19 @@ class RepControlNetTrainer(Trainer):
 
             for part in ("resampler", "image_encoder"):
                 self.identity[part].requires_grad_(False).to(self.device)
+            embedder = get_embedder(
+                self.identity["face_embedder"],
+                weights=self.identity["face_embedder_weights"],
+                device=self.device,
+            )
+            template = getattr(self.dataset, "face_template", None)
+            if template is not None and template != embedder.template:
+                raise InputError(
+                    f"data.path: face crops use the {template!r} template, the identity "
+                    f"encoder's embedder expects {embedder.template!r}"
+                )
             self.id_encoder = IdentityEncoder(
-                self.identity["resampler"],
-                self.identity["image_encoder"],
-                get_embedder(
-                    self.identity["face_embedder"],
-                    weights=self.identity["face_embedder_weights"],
-                    device=self.device,
-                ),
+                self.identity["resampler"], self.identity["image_encoder"], embedder
             )
         optimizer, lr_scheduler = self.make_optimizer(model.trainable_parameters())
         self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
@@ -252,9 +276,45 @@ class RepControlNetTrainer(Trainer):
 
         return encode_prompts(self.tokenizer, self.text_encoder, texts, self.device)
 
+    def _set_dataset(self) -> bool:
+        """The dataset of ``data.path`` (a ``metadata.jsonl`` folder, or FPGA's portrait
+        dataset); returns whether its identities are face images to encode."""
+        cfg = self.cfg
+        if (Path(cfg.data.path) / "metadata.jsonl").is_file():
+            self.dataset = ConditionDataset(
+                cfg.data.path, cfg.data.resolution, cfg.data.dropout_text, cfg.training.seed
+            )
+            self.collate = collate_conditions
+            return self.dataset.uses_faces
+        from ..data.portraits import open_portrait_source
+        from .fpga import PortraitTrainDataset
+
+        why = (
+            f"data.path: {cfg.data.path} holds neither metadata.jsonl (the ControlNet format) "
+            "nor an FPGA portrait dataset (portraits.jsonl or shard-*.tar: data build-portraits)"
+        )
+        try:
+            source = open_portrait_source(cfg.data.path)
+        except InputError:
+            raise InputError(why) from None
+        if len(source) == 0:
+            raise InputError(why)
+        self.dataset = PortraitTrainDataset(
+            source, cfg.data.resolution, cfg.data.condition, cfg.training.seed,
+            cfg.data.dropout_text,
+        )  # fmt: skip
+        self.dataset.face_template = source.meta.get("face_template")
+        self.collate = collate_portrait_conditions
+        return cfg.model.id_dim != 0
+
     def identity_embeds(self, batch: dict[str, Any]) -> torch.Tensor | None:
         """F_id ``(B, T, D)`` of the batch: precomputed, or from each row's face photo through
-        the frozen identity encoder (cached per file); ``None`` when the rows give none."""
+        the frozen identity encoder (cached per file), or from a portrait dataset's aligned
+        face crops; ``None`` when the rows give none."""
+        if batch.get("face_crops") is not None:
+            if self.id_encoder is None:
+                return None
+            return self.id_encoder.encode_face_crops(batch["face_crops"].to(self.device))
         rows = []
         for pre, face in zip(batch["id_embeds"], batch["faces"]):
             if pre is None and face is not None:
