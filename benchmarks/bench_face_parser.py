@@ -13,7 +13,6 @@ crop through :class:`FaceParser` (preprocessing, network, class mask; median of
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -90,9 +89,9 @@ def main() -> int:
         "network_per_face_batch4_s": per_face_b4,
     }
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"face_parser_{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(out)
+    from instantportrait.benchmark.report import write_results
+
+    print(write_results(report, out))
     return 0
 
 

@@ -259,9 +259,9 @@ def main() -> int:
     }
     default = "repcontrolnet_flops.json" if args.meta else f"repcontrolnet_{device.type}.json"
     out = Path(args.out or ROOT / "benchmarks" / "results" / default)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(out)
+    from instantportrait.benchmark.report import write_results
+
+    print(write_results(report, out))
     return 0
 
 

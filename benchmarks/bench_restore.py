@@ -111,9 +111,9 @@ def main() -> int:
         "summary": summary,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(out)
+    from instantportrait.benchmark.report import write_results
+
+    print(write_results(report, out))
     return 0
 
 
