@@ -133,3 +133,21 @@ def test_generate_fpga_refuses_rep_options_for_an_fpga_model_and_foreign_folders
     assert main([*args, "-o", str(tmp_path / "o")]) == 2
     assert "a StableDiffusionPipeline folder, not one of" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_several_images_per_prompt_are_the_single_calls_batched(pipe):
+    """diffusers' conventions: num_images_per_prompt with one generator per image equals the
+    calls one by one; given latents replace the noise; return_dict=False is a tuple."""
+    ids = torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(0))
+    cond = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
+    kw = {"id_embeds": ids, "num_inference_steps": 2, "output_type": "latent"}
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    both = pipe("a person", cond, num_images_per_prompt=2, generator=gens, **kw).images
+    one = [pipe("a person", cond, generator=torch.Generator().manual_seed(s), **kw).images
+           for s in (3, 4)]  # fmt: skip
+    torch.testing.assert_close(both, torch.cat(one), atol=1e-5, rtol=1e-5)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    (given,) = pipe("a person", cond, latents=noise, return_dict=False, **kw)
+    torch.testing.assert_close(given, one[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(InputError, match="latents: expected shape"):
+        pipe("a person", cond, latents=torch.zeros(1, 4, 4, 4), **kw)

@@ -213,11 +213,14 @@ class RepControlNetPipeline(IDEncodingMixin, DiffusionPipeline):
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         negative_prompt: str = "",
+        num_images_per_prompt: int = 1,
         adapter_scale: float = 1.0,
         id_scale: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
         output_type: str = "pil",
-    ) -> RepControlNetPipelineOutput:
+        return_dict: bool = True,
+    ):
         """Images for ``prompt`` under the condition ``image`` (skeleton/landmarks, RGB).
 
         Args:
@@ -227,10 +230,15 @@ class RepControlNetPipeline(IDEncodingMixin, DiffusionPipeline):
             adapter_scale: scales the adapter's residual (the merge's beta scales the copies:
                 :meth:`set_control_strength`).
             id_scale: weight of the ID term.
+            num_images_per_prompt / generator / latents / output_type / return_dict: as in
+                diffusers' pipelines (``return_dict=False`` gives ``(images,)``).
         """
         prompts, k = self.check_inputs(
             prompt, image, id_embeds, id_images, id_masks, height, width, num_inference_steps
         )
+        if num_images_per_prompt < 1:
+            raise InputError("num_images_per_prompt: must be at least 1")
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         steps = num_inference_steps or self.config.default_steps
         scale = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
         f = self.vae_scale_factor
@@ -261,9 +269,12 @@ class RepControlNetPipeline(IDEncodingMixin, DiffusionPipeline):
                     kwargs["id_masks"] = m[None].to(device)
             set_id_scale(self.unet, id_scale)
         shape = (n, self.unet.config.in_channels, h // f, w // f)
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise InputError(f"latents: expected shape {shape}, got {tuple(latents.shape)}")
         self.scheduler.set_timesteps(steps, device=device)
-        latents = latents * self.scheduler.init_noise_sigma
+        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
         with adapter_injection(self.unet, residual, self.adapter.config.inject_at):
             for t in self.progress_bar(self.scheduler.timesteps):
                 z = torch.cat([latents, latents]) if cfg else latents
@@ -275,12 +286,14 @@ class RepControlNetPipeline(IDEncodingMixin, DiffusionPipeline):
                 latents = self.scheduler.step(eps, t, latents).prev_sample
         self.maybe_free_model_hooks()
         if output_type == "latent":
-            return RepControlNetPipelineOutput(images=latents)
-        sf = self.vae.config.scaling_factor
-        decoded = self.vae.decode(latents.to(self.vae.dtype) / sf, return_dict=False)[0]
-        return RepControlNetPipelineOutput(
-            images=tensor_to_images(decoded.clamp(-1, 1), output_type)
-        )
+            images = latents
+        else:
+            sf = self.vae.config.scaling_factor
+            decoded = self.vae.decode(latents.to(self.vae.dtype) / sf, return_dict=False)[0]
+            images = tensor_to_images(decoded.clamp(-1, 1), output_type)
+        if not return_dict:
+            return (images,)
+        return RepControlNetPipelineOutput(images=images)
 
 
 def merged_pipeline(
