@@ -147,22 +147,26 @@ class ResultStore:
             self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
             self._execute_busy(lambda: self.conn.execute("PRAGMA journal_mode=WAL"))
             self.conn.execute("PRAGMA synchronous=NORMAL")
-            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = {
-                r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
-            if tables and version != SCHEMA_VERSION:
+            # version and tables are read, and the schema written, under one write lock: a
+            # store opened by two runs at once is created once and never seen half-made
+            with self.transaction():
+                version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+                tables = {
+                    r[0]
+                    for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                }
+                old = bool(tables) and version != SCHEMA_VERSION
+                if not old and not {"results", "outputs", "methods", "claims"} <= tables:
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            self.conn.execute(statement)
+                    self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if old:
                 self.conn.close()
                 raise InputError(
                     f"{self.path}: made by an older version of the harness (schema "
                     f"{version}); use another --out folder"
                 )
-            if not {"results", "outputs", "methods", "claims"} <= tables:
-                with self.transaction():
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            self.conn.execute(statement)
-                    self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except StoreBusy:
             raise
         except sqlite3.OperationalError as exc:
@@ -179,12 +183,25 @@ class ResultStore:
         )
 
     def _execute_busy(self, fn):
-        try:
-            return fn()
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise self._busy(exc) from None
-            raise
+        """``fn()``, retried while SQLite says the database is locked, up to the timeout.
+
+        SQLite's own busy wait does not cover every case: switching a new database to WAL,
+        or a deferred transaction's upgrade that would deadlock, fail at once with "database
+        is locked" when two processes open one store together. Those are retried here with a
+        growing pause (up to 0.5 s); after ``timeout`` seconds it is :class:`StoreBusy`.
+        """
+        deadline = time.monotonic() + self.timeout
+        pause = 0.01
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise self._busy(exc) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     def transaction(self):
         """A context manager holding SQLite's write lock (``BEGIN IMMEDIATE``) throughout."""
