@@ -460,6 +460,28 @@ def check_output_path(path: str | os.PathLike, *, kind: str = "dir") -> Path:
     return p
 
 
+def check_output(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    kind: str = "dir",
+    allow_existing_empty: bool = True,
+    flag: str = "--overwrite",
+) -> Path:
+    """The writer policy's checks alone: :func:`prepare_output` without removing anything.
+
+    For commands that load models before they write: check early (a refusal costs nothing),
+    load, then call :func:`prepare_output`, so a model that fails to load leaves an existing
+    output in place even with ``overwrite``. Returns the checked path.
+    """
+    p = check_output_path(path, kind=kind)
+    if p.exists() or p.is_symlink():
+        empty_dir = p.is_dir() and not any(p.iterdir())
+        if not (empty_dir and allow_existing_empty) and not overwrite:
+            raise InputError(f"{p}: already exists (pass {flag} to replace it)")
+    return p
+
+
 def prepare_output(
     path: str | os.PathLike,
     *,
@@ -476,14 +498,15 @@ def prepare_output(
     non-empty output without ``overwrite`` each raise :class:`InputError` with one line. With
     ``overwrite`` an existing output is removed here, so nothing of the old one can mix with
     the new. Nothing is created unless ``create`` is true (then the folder is made).
-    Call it after the inputs have been validated and before the first write.
+    Call it after the inputs have been validated and before the first write (after the
+    models have loaded: :func:`check_output` checks earlier without removing).
     """
-    p = check_output_path(path, kind=kind)
+    p = check_output(
+        path, overwrite=overwrite, kind=kind, allow_existing_empty=allow_existing_empty, flag=flag
+    )
     if p.exists() or p.is_symlink():
         empty_dir = p.is_dir() and not any(p.iterdir())
         if not (empty_dir and allow_existing_empty):
-            if not overwrite:
-                raise InputError(f"{p}: already exists (pass {flag} to replace it)")
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
             else:

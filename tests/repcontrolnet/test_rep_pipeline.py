@@ -151,3 +151,22 @@ def test_several_images_per_prompt_are_the_single_calls_batched(pipe):
     torch.testing.assert_close(given, one[0], atol=1e-5, rtol=1e-5)
     with pytest.raises(InputError, match="latents: expected shape"):
         pipe("a person", cond, latents=torch.zeros(1, 4, 4, 4), **kw)
+
+
+def test_a_failure_after_loading_leaves_the_old_output_even_with_overwrite(
+    tiny_rep, two_people_pose, tmp_path, capsys
+):
+    """The output is checked before the model loads but replaced only once it has loaded and
+    every id image showed a face: a face-free id image (found after loading) removes nothing."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.png").write_bytes(b"earlier result")
+    sky = tmp_path / "sky.png"
+    Image.new("RGB", (96, 96), (120, 170, 230)).save(sky)
+    args = ["generate", "--method", "fpga", "--model", str(tiny_rep), "--id-image", str(sky),
+            "--pose", str(two_people_pose), "--prompt", "x", "-o", str(out)]  # fmt: skip
+    assert main(args) == 2  # without --overwrite: refused at once
+    assert "already exists" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 2
+    assert "no face" in capsys.readouterr().err
+    assert (out / "keep.png").read_bytes() == b"earlier result"

@@ -150,7 +150,7 @@ def _condition(args, count: int):
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..io import load_image, prepare_output, save_image
+    from ..io import check_output, load_image, prepare_output, save_image
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
     from .generate import prompts_of, restored
 
@@ -159,15 +159,16 @@ def run(args: argparse.Namespace) -> int:
     args.fpga_model = args.fpga_model or args.model
     args.fpga_id_image = args.fpga_id_image or args.id_image
     if not args.fpga_model:
-        raise InputError(f"{_flag('fpga_model')}: the FPGA pipeline folder is required")
+        raise InputError(
+            f"{_flag('fpga_model')}: an FPGA pipeline or merged RepControlNet folder is required"
+        )
     from ..pipelines.fpga_family import load_fpga_family, pipeline_class
 
     model = Path(args.fpga_model)
     rep = pipeline_class(model, name=_flag("fpga_model")) == "RepControlNetPipeline"
     if not rep:
-        for dest in ("fpga_control_strength",):
-            if getattr(args, dest) is not None:
-                raise InputError(f"{_flag(dest)}: only for a RepControlNet model")
+        if args.fpga_control_strength is not None:
+            raise InputError(f"{_flag('fpga_control_strength')}: only for a RepControlNet model")
         if args.fpga_adapter_scale != 1.0:
             raise InputError(f"{_flag('fpga_adapter_scale')}: only for a RepControlNet model")
     if not args.fpga_id_image:
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     if args.fpga_steps < 1:
         raise InputError("--fpga-steps: at least 1")
     cond, masks = _condition(args, len(faces))
-    out = prepare_output(args.output, overwrite=args.overwrite)  # checked; made when writing
+    check_output(args.output, overwrite=args.overwrite)  # refused before the model loads
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     quiet_libraries()
@@ -197,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
     id_embeds = pipe.encode_identity(
         faces, [f"{_flag('fpga_id_image')} {p}" for p in args.fpga_id_image]
     )
-    out.mkdir(parents=True, exist_ok=True)
+    # the model loaded and every face was found: only now is an old output replaced
+    out = prepare_output(args.output, overwrite=args.overwrite, create=True)
     save_image(cond, out / "condition.png")
     n = 0
     for p in prompts:
