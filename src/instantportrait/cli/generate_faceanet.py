@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..errors import InputError
-    from ..io import load_image, prepare_output, save_image
+    from ..io import check_output, load_image, prepare_output, save_image
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
     from .generate import prompts_of, refuse_shared, restored
 
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     )
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    out = prepare_output(args.output, overwrite=args.overwrite, kind="dir")
+    check_output(args.output, overwrite=args.overwrite)  # refused before the models load
     quiet_libraries()
     from ..pipelines.faceanet import FaceANetPipeline, NoFaceWarning
     from ..pipelines.faceanet_context import load_context_pipeline
@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         "height": size,
         "width": size,
     }
-    out.mkdir(parents=True, exist_ok=True)
+    # the models loaded: only now is an old output replaced
+    out = prepare_output(args.output, overwrite=args.overwrite, kind="dir", create=True)
     records = []
     index = 0
     for prompt in prompts:

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..errors import InputError
-    from ..io import atomic_write, prepare_output, save_image
+    from ..io import atomic_write, check_output, prepare_output, save_image
     from ..pipelines.faceid import FaceIDEncoder, load_face_model
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
     from .generate import prompts_of, restored, single_id_image
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     identity = FaceIDEncoder(load_face_model(args.face_model))(
         id_image, name=f"--id-image {id_image}"
     )
-    out_dir = prepare_output(args.output, overwrite=args.overwrite, kind="dir")
+    check_output(args.output, overwrite=args.overwrite)  # refused before the model loads
 
     from ..pipelines.fastface_loading import load_fastface
 
@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     clip = pipe.encode_face_crop(identity.crop.to(device))
     jobs = [(i, j) for i in range(len(prompts)) for j in range(args.num_images_per_prompt)]
     bar = tqdm(jobs, desc=f"fastface {pipe.family}/{preset.name}", unit="image", file=sys.stderr)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # the model loaded: only now is an old output replaced
+    out_dir = prepare_output(args.output, overwrite=args.overwrite, kind="dir", create=True)
     records = []
     for n, (i, j) in enumerate(bar):
         seed = args.seed + n
