@@ -475,11 +475,16 @@ def check_output(
     output in place even with ``overwrite``. Returns the checked path.
     """
     p = check_output_path(path, kind=kind)
-    if p.exists() or p.is_symlink():
-        empty_dir = p.is_dir() and not any(p.iterdir())
-        if not (empty_dir and allow_existing_empty) and not overwrite:
-            raise InputError(f"{p}: already exists (pass {flag} to replace it)")
+    if not overwrite and _occupied(p, allow_existing_empty):
+        raise InputError(f"{p}: already exists (pass {flag} to replace it)")
     return p
+
+
+def _occupied(p: Path, allow_existing_empty: bool) -> bool:
+    """Whether an output at ``p`` would replace something (an empty folder may not count)."""
+    if not (p.exists() or p.is_symlink()):
+        return False
+    return not (allow_existing_empty and p.is_dir() and not any(p.iterdir()))
 
 
 def prepare_output(
@@ -504,13 +509,11 @@ def prepare_output(
     p = check_output(
         path, overwrite=overwrite, kind=kind, allow_existing_empty=allow_existing_empty, flag=flag
     )
-    if p.exists() or p.is_symlink():
-        empty_dir = p.is_dir() and not any(p.iterdir())
-        if not (empty_dir and allow_existing_empty):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
+    if _occupied(p, allow_existing_empty):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
     if create and kind == "dir":
         p.mkdir(parents=True, exist_ok=True)
     return p

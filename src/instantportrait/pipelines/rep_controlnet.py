@@ -110,6 +110,7 @@ class RepControlNetPipeline(IDEncodingMixin, DiffusionPipeline):
             set_id_processors(unet, id_projections)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self._source: Path | None = None
+        self._beta_shift = 0.0  # beta now minus the folder's beta (set_control_strength)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs: Any):
@@ -152,7 +153,7 @@ class RepControlNetPipeline(IDEncodingMixin, DiffusionPipeline):
             if "merge" not in meta:
                 raise InputError(f"{path}: no merge metadata (alpha, beta); not a {BRANCHES_FILE}")
             beta0 = float(json.loads(meta["merge"])["beta"])
-            delta = float(beta) - beta0 - getattr(self, "_beta_shift", 0.0)
+            delta = float(beta) - beta0 - self._beta_shift
             params = dict(self.unet.named_parameters())
             for key in f.keys():  # noqa: SIM118  (a safetensors handle, not a dict)
                 if not key.startswith("unet.") or ".branch." not in key:
