@@ -103,10 +103,12 @@ def test_multi_step_guidance_is_the_instruct_pix2pix_formula(
         handle.remove()
     assert len(unet_calls) == 3 == len(step_inputs)
     for (x, ctx, out), guided in zip(unet_calls, step_inputs):
-        assert x.shape[0] == 3  # the three branches in one call
-        assert torch.equal(x[0, 4:], x[1, 4:]) and torch.count_nonzero(x[2, 4:]) == 0
-        assert torch.equal(ctx[1], ctx[2]) and not torch.equal(ctx[0], ctx[1])
-        full, image_only, none = out.chunk(3)
+        # The three branches in one call, the conditional last (diffusers' order):
+        # (0, 0), (c_I, 0), (c_I, c_T).
+        assert x.shape[0] == 3
+        assert torch.equal(x[1, 4:], x[2, 4:]) and torch.count_nonzero(x[0, 4:]) == 0
+        assert torch.equal(ctx[0], ctx[1]) and not torch.equal(ctx[1], ctx[2])
+        none, image_only, full = out.chunk(3)
         by_hand = none + 1.7 * (image_only - none) + 6.0 * (full - image_only)
         torch.testing.assert_close(guided, by_hand)
         torch.testing.assert_close(

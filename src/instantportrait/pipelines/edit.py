@@ -18,12 +18,11 @@ IPNet, 20 steps with scales 7.5 / 1.5 otherwise.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.loaders import FromSingleFileMixin, StableDiffusionLoraLoaderMixin
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
@@ -39,6 +38,7 @@ from ..parameterization import predict_x0
 from .edit_guidance import EditGuidanceMixin
 from .edit_inputs import EditInputsMixin
 from .edit_loading import EditLoadingMixin
+from .edit_sampling import EditSamplingMixin, TensorsCallback
 from .edit_support import (
     NOT_LOADED_COMPONENTS,
     SAFETY_CHECKER_POLICY,
@@ -46,6 +46,8 @@ from .edit_support import (
     image_to_tensor,
     tensor_to_images,
 )
+from .step_callbacks import StepCallback
+from .vae_latents import encode_raw, from_diffusion_latents, vae_scale_factor
 
 __all__ = [
     "NOT_LOADED_COMPONENTS",
@@ -63,6 +65,7 @@ GeneratorInput = torch.Generator | Sequence[torch.Generator] | None
 class InstantPortraitPipeline(
     EditLoadingMixin,
     EditInputsMixin,
+    EditSamplingMixin,
     EditGuidanceMixin,
     DiffusionPipeline,
     StableDiffusionLoraLoaderMixin,
@@ -112,7 +115,7 @@ class InstantPortraitPipeline(
             default_guidance_scale=float(default_guidance_scale),
             default_image_guidance_scale=float(default_image_guidance_scale),
         )
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = vae_scale_factor(vae)
 
     # Config values as plain attributes (diffusers' attribute fallback to the config warns of a
     # deprecation on every read).
@@ -138,17 +141,19 @@ class InstantPortraitPipeline(
 
     # ------------------------------------------------------------------ the model
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """Image latents as InstructPix2Pix conditions on them: the posterior mode, unscaled."""
+        """Image latents as InstructPix2Pix conditions on them: the raw (unscaled) latent, the
+        posterior's mode for a KL VAE, the latents of ``AutoencoderTiny`` (as diffusers'
+        InstructPix2Pix pipeline reads them)."""
         where = self._placement()
         image = image.to(device=where.vae_device, dtype=where.vae_dtype)
         vae = self.vae
-        if getattr(vae, "use_slicing", True) or getattr(vae, "use_tiling", True):
-            return vae.encode(image).latent_dist.mode().to(where.unet_dtype)
+        if not isinstance(vae, AutoencoderKL) or vae.use_slicing or vae.use_tiling:
+            return encode_raw(vae, image).to(where.unet_dtype)
         # The posterior's mode is the mean: the first half of the moments. Reading it directly
         # skips building the distribution (its std and var: four tensor operations of host
-        # time per call). Slicing and tiling go through ``vae.encode`` above.
+        # time per call). Other autoencoders, slicing and tiling go through ``vae.encode``.
         moments = vae.encoder(image)
-        if getattr(vae, "quant_conv", None) is not None:
+        if vae.quant_conv is not None:
             moments = vae.quant_conv(moments)
         return moments[:, : moments.shape[1] // 2].to(where.unet_dtype)
 
@@ -162,7 +167,7 @@ class InstantPortraitPipeline(
         else:
             first = next(decoder.parameters())
             device, dtype = first.device, first.dtype
-        latents = latents.to(device=device, dtype=dtype) / decoder.config.scaling_factor
+        latents = from_diffusion_latents(decoder, latents.to(device=device, dtype=dtype))
         images = decoder.decode(latents, return_dict=False)[0]
         return images.clamp(-1, 1) if clamp else images
 
@@ -181,76 +186,6 @@ class InstantPortraitPipeline(
             decoder = decoder.to(device=where.vae_device, dtype=where.vae_dtype).eval()
         self._latent_decoder = decoder
 
-    def one_step(
-        self,
-        noise: torch.Tensor,
-        image_latents: torch.Tensor,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
-        guidance_scale: float,
-        image_guidance_scale: float,
-        timestep: int | None = None,
-    ) -> torch.Tensor:
-        """IPNet's one step: the clean latent predicted from pure noise at the student timestep."""
-        t = int(self.student_timestep if timestep is None else timestep)
-        t_tensor, ab = self._one_step_constants(t, noise)
-        out = self.guided_prediction(
-            noise, t_tensor, image_latents, cond, uncond, guidance_scale, image_guidance_scale
-        )
-        return predict_x0(out, noise, ab, self.scheduler.config.prediction_type)
-
-    def _one_step_constants(self, t: int, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The timestep tensor and abar_t of the one-step mode, made once per (t, batch,
-        device, dtype, scheduler). abar_t is read on the host (alphas_cumprod lives there) and
-        filled on the device: no device -> host copy, so no synchronisation."""
-        cache = self.__dict__.setdefault("_one_step_cache", {})
-        key = (t, noise.shape[0], noise.ndim, noise.device, noise.dtype, id(self.scheduler))
-        if key not in cache:
-            if len(cache) > 16:
-                cache.clear()
-            cache[key] = (
-                torch.full((noise.shape[0],), t, device=noise.device, dtype=torch.long),
-                torch.full(
-                    (1,) * noise.ndim,
-                    float(self.scheduler.alphas_cumprod[t]),
-                    device=noise.device,
-                    dtype=noise.dtype,
-                ),
-            )
-        return cache[key]
-
-    def multi_step(
-        self,
-        noise: torch.Tensor,
-        image_latents: torch.Tensor,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
-        guidance_scale: float,
-        image_guidance_scale: float,
-        num_inference_steps: int,
-        generator: GeneratorInput,
-        callback: Callable[[int, Any, torch.Tensor], torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """The scheduler's loop with InstructPix2Pix guidance (IDE-Net, InstructPix2Pix).
-
-        ``callback(step_index, t, latents) -> latents`` runs after each scheduler step.
-        """
-        self.scheduler.set_timesteps(num_inference_steps, device=noise.device)
-        latents = noise * self.scheduler.init_noise_sigma
-        extra = {}
-        if "generator" in inspect.signature(self.scheduler.step).parameters:
-            extra["generator"] = generator
-        branches = self._branch_inputs(
-            image_latents, cond, uncond, guidance_scale, image_guidance_scale
-        )
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            scaled = self.scheduler.scale_model_input(latents, t)
-            out = self._guided(scaled, t, branches, guidance_scale, image_guidance_scale)
-            latents = self.scheduler.step(out, t, latents, **extra, return_dict=False)[0]
-            if callback is not None:
-                latents = callback(i, t, latents)
-        return latents
-
     # ------------------------------------------------------------------ call
     def _edit(
         self,
@@ -264,46 +199,57 @@ class InstantPortraitPipeline(
         g_image: float,
         timestep: int | None,
         output_type: str,
-        callback: Callable[[int, Any, torch.Tensor], torch.Tensor] | None,
+        callback: TensorsCallback | None,
+        latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Edit one batch of same-size pixels ``x`` in [-1, 1]: latents or decoded images."""
+        """Edit one batch of same-size pixels ``x`` in [-1, 1]: latents or decoded images.
+
+        ``latents`` (optional) is the first pass's starting noise; later style-boost passes
+        draw theirs from ``generator``. The guidance state (scales, and whether a callback
+        turned guidance off) carries from pass to pass.
+        """
         device = x.device
-        latents = x
+        self._set_guidance(g_text, g_image)
+        out = x
         for n in range(iterations):
             image_latents = self.encode_image(x)
-            noise = randn_tensor(
-                image_latents.shape, generator=generator, device=device, dtype=image_latents.dtype
-            )
+            if n == 0 and latents is not None:
+                noise = latents.to(device=device, dtype=image_latents.dtype)
+            else:
+                noise = randn_tensor(
+                    image_latents.shape,
+                    generator=generator,
+                    device=device,
+                    dtype=image_latents.dtype,
+                )
             offset = n * steps
             step_callback = None
             if callback is not None:
 
-                def step_callback(i, t, lat, offset=offset):
-                    return callback(offset + i, t, lat)
+                def step_callback(i, t, tensors, offset=offset):
+                    return callback(offset + i, t, tensors)
 
-            if steps == 1:
-                latents = self.one_step(
-                    noise, image_latents, cond, uncond, g_text, g_image, timestep=timestep
-                )
-                if step_callback is not None:
-                    t = self.student_timestep if timestep is None else int(timestep)
-                    latents = step_callback(0, t, latents)
+            if self.do_classifier_free_guidance:
+                branches = self._three_branches(image_latents, cond, uncond)
             else:
-                latents = self.multi_step(
-                    noise,
-                    image_latents,
-                    cond,
-                    uncond,
-                    g_text,
-                    g_image,
-                    steps,
-                    generator,
-                    step_callback,
+                branches = (image_latents, cond)
+            if steps == 1:
+                t = self.student_timestep if timestep is None else int(timestep)
+                t_tensor, ab = self._one_step_constants(t, noise)
+                pred = self._guided(
+                    noise, t_tensor, branches, self.guidance_scale, self.image_guidance_scale
                 )
+                out = predict_x0(pred, noise, ab, self.scheduler.config.prediction_type)
+                if step_callback is not None:
+                    out, branches = self._after_callback(step_callback, 0, t, out, branches)
+            else:
+                out, branches = self._denoise(noise, branches, steps, generator, step_callback)
+            if not self.do_classifier_free_guidance:
+                cond = branches[1]  # the conditional text (a callback may have replaced it)
             if output_type == "latent" and n == iterations - 1:
-                return latents
+                return out
             # The last pass's images are clamped by the conversion to the output type.
-            x = self.decode_latents(latents, clamp=n < iterations - 1)
+            x = self.decode_latents(out, clamp=n < iterations - 1)
         return x
 
     @torch.no_grad()
@@ -326,8 +272,9 @@ class InstantPortraitPipeline(
         num_images_per_prompt: int = 1,
         height: int | None = None,
         width: int | None = None,
-        callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+        callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        latents: torch.Tensor | None = None,
     ):
         """Edit ``image`` by ``prompt``.
 
@@ -357,10 +304,17 @@ class InstantPortraitPipeline(
             height / width: the exact size the model edits at (multiples of 8), overriding
                 ``resolution``; one alone keeps the aspect ratio.
             callback_on_step_end: ``fn(pipe, step_index, timestep, callback_kwargs) -> dict``
-                after each denoising step (style-boost passes continue the step count);
+                after each denoising step (style-boost passes continue the step count), or a
+                ``diffusers.callbacks`` callback such as ``SDCFGCutoffCallback``;
                 ``callback_kwargs`` holds the tensors named in
-                ``callback_on_step_end_tensor_inputs`` (``latents``); a returned ``latents``
-                replaces the current one.
+                ``callback_on_step_end_tensor_inputs`` (``latents``, ``prompt_embeds``,
+                ``image_latents``: :mod:`~instantportrait.pipelines.edit_sampling`); returned
+                tensors replace the pipeline's. ``pipe.guidance_scale``,
+                ``pipe.image_guidance_scale``, ``pipe.num_timesteps`` and
+                ``pipe.do_classifier_free_guidance`` are readable during the call.
+            latents: the starting noise, ``(batch, 4, H/8, W/8)`` for the ``batch`` output
+                images (inputs of one size); style-boost passes after the first draw theirs
+                from ``generator``.
         """
         steps = int(num_inference_steps or self.recommended_steps)
         self.check_inputs(prompt, image, steps, iterations, output_type, prompt_embeds)
@@ -369,11 +323,7 @@ class InstantPortraitPipeline(
                 f"num_images_per_prompt: a positive integer, got {num_images_per_prompt}"
             )
         self._check_size_arguments(height, width, resolution)
-        unknown = [k for k in callback_on_step_end_tensor_inputs if k != "latents"]
-        if unknown:
-            raise InputError(
-                f"callback_on_step_end_tensor_inputs: only 'latents' is offered, got {unknown}"
-            )
+        names = self.callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs)
         g_text = self.default_guidance_scale if guidance_scale is None else guidance_scale
         g_image = (
             self.default_image_guidance_scale
@@ -419,12 +369,24 @@ class InstantPortraitPipeline(
             if uncond.shape[0] != n_items:
                 uncond = uncond[:1].expand(n_items, -1, -1)
 
+            if latents is not None:
+                sizes = {tuple(px.shape[-2:]) for px in pixels}
+                f = self.vae_scale_factor
+                shape = (batch, self.unet.config.out_channels)
+                if len(sizes) == 1:
+                    h, w = sizes.pop()
+                    shape = (*shape, h // f, w // f)
+                if len(shape) == 2 or tuple(latents.shape) != shape:
+                    raise InputError(
+                        f"latents: expected shape {shape if len(shape) == 4 else 'one size'}"
+                        f" for inputs of one size, got {tuple(latents.shape)}"
+                    )
+            self._num_timesteps = steps * iterations
             callback = None
-            if callback_on_step_end is not None:
+            if names:
 
-                def callback(i: int, t: Any, latents: torch.Tensor) -> torch.Tensor:
-                    out = callback_on_step_end(self, i, t, {"latents": latents}) or {}
-                    return out.get("latents", latents)
+                def callback(i: int, t: Any, tensors: dict[str, torch.Tensor]):
+                    return self.run_step_callback(callback_on_step_end, names, i, t, tensors)
 
             # Items of one size form one batch (the common case: all of them).
             groups: dict[tuple[int, ...], list[int]] = {}
@@ -444,6 +406,7 @@ class InstantPortraitPipeline(
                     timestep,
                     output_type,
                     callback,
+                    latents,
                 )
                 self.maybe_free_model_hooks()
                 images = out if output_type == "latent" else tensor_to_images(out, output_type)
@@ -462,8 +425,20 @@ class InstantPortraitPipeline(
                     if isinstance(generator, (list, tuple))
                     else generator
                 )
+                lat = None if latents is None else latents[rows]
                 out = self._edit(
-                    x, c, u, g, steps, iterations, g_text, g_image, timestep, output_type, callback
+                    x,
+                    c,
+                    u,
+                    g,
+                    steps,
+                    iterations,
+                    g_text,
+                    g_image,
+                    timestep,
+                    output_type,
+                    callback,
+                    lat,
                 )
                 for r, o in zip(rows, out):
                     results[r] = o

@@ -1,8 +1,8 @@
 """InstructPix2Pix guidance for the edit pipeline (a mixin of
 :class:`~instantportrait.pipelines.InstantPortraitPipeline`): the text + image
-classifier-free guidance of the many-step mode, its three branches ``(c_I, c_T)``,
-``(c_I, 0)``, ``(0, 0)`` batched in one UNet call, and only the conditional branch when both
-scales are 1."""
+classifier-free guidance of the many-step mode, its three branches ``(0, 0)``, ``(c_I, 0)``,
+``(c_I, c_T)`` batched in one UNet call (the conditional rows last, as diffusers' Stable
+Diffusion pipelines order them), and only the conditional branch when both scales are 1."""
 
 from __future__ import annotations
 
@@ -44,13 +44,20 @@ class EditGuidanceMixin:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The step-independent UNet inputs (image channels, text context) of every branch.
 
-        Built once per call, not once per step: the branches are ``(c_I, c_T)``,
-        ``(c_I, 0)`` and ``(0, 0)`` (zeros for the image, ``uncond`` for the text).
+        Built once per call, not once per step: the branches are ``(0, 0)``, ``(c_I, 0)``
+        and ``(c_I, c_T)`` (zeros for the image, ``uncond`` for the text).
         """
         if not needs_three_branches(guidance_scale, image_guidance_scale):
             return image_latents, cond
-        image_part = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
-        return image_part, torch.cat([cond, uncond, uncond])
+        return self._three_branches(image_latents, cond, uncond)
+
+    @staticmethod
+    def _three_branches(
+        image_latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image channels and text context of ``(0, 0)``, ``(c_I, 0)``, ``(c_I, c_T)``."""
+        image_part = torch.cat([torch.zeros_like(image_latents), image_latents, image_latents])
+        return image_part, torch.cat([uncond, uncond, cond])
 
     def _guided(
         self,
@@ -60,16 +67,17 @@ class EditGuidanceMixin:
         guidance_scale: float,
         image_guidance_scale: float,
     ) -> torch.Tensor:
-        """One (batched) UNet call on the branch inputs of :meth:`_branch_inputs`, guided."""
+        """One (batched) UNet call on the branch inputs of :meth:`_branch_inputs`, guided when
+        they hold the three branches."""
         image_part, ctx = branches
-        if not needs_three_branches(guidance_scale, image_guidance_scale):
+        if image_part.shape[0] == latents.shape[0]:
             x = torch.cat([latents, image_part], dim=1)
             return self.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
         x = torch.cat([torch.cat([latents, latents, latents]), image_part], dim=1)
         if isinstance(t, torch.Tensor) and t.ndim == 1 and t.shape[0] == latents.shape[0] > 1:
             t = t.repeat(3)  # per-item timesteps follow the items into every branch
         out = self.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
-        full, image_only, none = out.chunk(3)
+        none, image_only, full = out.chunk(3)
         return instruct_pix2pix_guidance(
             full, image_only, none, guidance_scale, image_guidance_scale
         )

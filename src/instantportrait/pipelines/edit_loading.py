@@ -59,8 +59,16 @@ class EditLoadingMixin:
         cached = self.__dict__.get("_placement_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
+        device = self._execution_device
+        # A text-encoder-only pipeline (``vae=None, unet=None``, for ``encode_prompt``) computes
+        # in its text encoder's dtype.
+        unet_dtype = (self.unet or self.text_encoder).dtype
+        vae = self.vae
         placement = _Placement(
-            self._execution_device, self.unet.dtype, self.vae.device, self.vae.dtype
+            device,
+            unet_dtype,
+            device if vae is None else vae.device,
+            unet_dtype if vae is None else vae.dtype,
         )
         self._placement_cache = (key, placement)
         return placement

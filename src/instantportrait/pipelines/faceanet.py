@@ -38,6 +38,7 @@ from .faceanet_parts import (
     masked_image,
 )
 from .prompt_split import split_prompt
+from .vae_latents import decode_latents, encode_raw, to_diffusion_latents
 
 
 class NoFaceWarning(UserWarning):
@@ -188,8 +189,7 @@ class FaceANetPipeline(DiffusionPipeline):
         x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
         x = x.permute(2, 0, 1).unsqueeze(0).to(device, self.vae.dtype)
         m = mask.reshape(1, 1, *mask.shape[-2:]).to(device, self.vae.dtype)
-        sf = self.vae.config.scaling_factor
-        masked = self.vae.encode(masked_image(x, m)).latent_dist.mode() * sf
+        masked = to_diffusion_latents(self.vae, encode_raw(self.vae, masked_image(x, m)))
         cond, uncond, _ = self.conditioning(id_prompt, trim_padding)
         use_cfg = guidance_scale > 1.0
         text = torch.cat([uncond, cond]) if use_cfg else cond
@@ -209,7 +209,7 @@ class FaceANetPipeline(DiffusionPipeline):
                 e_u, e_c = eps.chunk(2)
                 eps = e_u + guidance_scale * (e_c - e_u)
             latents = self.scheduler.step(eps, t, latents, generator=generator).prev_sample
-        out = self.vae.decode(latents.to(self.vae.dtype) / sf).sample
+        out = decode_latents(self.vae, latents)
         arr = ((out[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0)
         return Image.fromarray(arr.cpu().numpy())
 

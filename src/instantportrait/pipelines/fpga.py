@@ -31,6 +31,8 @@ from ..models.id_controlnet import IDControlNetModel  # noqa: F401  (see below)
 from ..models.resampler import IDResampler
 from .edit import tensor_to_images
 from .id_encoding import IDEncodingMixin
+from .step_callbacks import StepCallback, StepCallbackMixin, rows_for
+from .vae_latents import decode_latents, vae_scale_factor
 
 # diffusers loads a pipeline's custom components only from modules already imported: the
 # imports above make ``FPGAPipeline.from_pretrained`` find IDControlNetModel and IDResampler.
@@ -66,7 +68,7 @@ def face_region_masks(
     return np.stack(masks)
 
 
-class FPGAPipeline(IDEncodingMixin, DiffusionPipeline):
+class FPGAPipeline(IDEncodingMixin, StepCallbackMixin, DiffusionPipeline):
     """Text-to-portrait with identities and a pose/landmark condition (ID-ControlNet).
 
     Args:
@@ -113,7 +115,7 @@ class FPGAPipeline(IDEncodingMixin, DiffusionPipeline):
         self.register_identity_config(
             face_embedder, face_embedder_weights, default_steps, default_guidance_scale
         )
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = vae_scale_factor(vae)
 
     # ------------------------------------------------------------------ inputs
     @torch.no_grad()
@@ -166,6 +168,8 @@ class FPGAPipeline(IDEncodingMixin, DiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ):
         """Generate portraits.
 
@@ -178,8 +182,13 @@ class FPGAPipeline(IDEncodingMixin, DiffusionPipeline):
             height / width: output size (default: the condition image's, snapped to 8).
             num_inference_steps / guidance_scale: default 30 / 5.
             id_scale: weight of the ID term in the ControlNet attention.
+            latents: the starting noise ``(B, 4, H/8, W/8)`` (default drawn from ``generator``).
+            callback_on_step_end / callback_on_step_end_tensor_inputs: as in diffusers
+                (:mod:`~instantportrait.pipelines.step_callbacks`): ``latents`` and
+                ``prompt_embeds`` (``[negative; prompt]`` rows while guided).
         """
         prompts, k = self.check_inputs(prompt, image, id_embeds, id_images, id_masks, height, width)
+        names = self.callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs)
         steps = num_inference_steps or self.config.default_steps
         scale = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
         device = self._execution_device
@@ -200,34 +209,39 @@ class FPGAPipeline(IDEncodingMixin, DiffusionPipeline):
             masks = torch.as_tensor(np.asarray(id_masks, dtype=np.float32))[None].to(device)
 
         batch = len(prompts) * num_images_per_prompt
-        cfg = scale > 1.0
+        self._guidance_scale = float(scale)
+        cfg = self.do_classifier_free_guidance
         text = self.encode_prompt(
             [p for p in prompts for _ in range(num_images_per_prompt)], device
         ).to(dtype)
         if cfg:
             null = self.encode_prompt([negative_prompt] * batch, device).to(dtype)
             text = torch.cat([null, text])
-        rows = text.shape[0]
         cond = torch.from_numpy(np.asarray(cond_img, dtype=np.float32) / 255.0)
-        cond = (
-            cond.permute(2, 0, 1)[None].to(device, self.controlnet.dtype).expand(rows, -1, -1, -1)
-        )
-        ids = id_embeds.expand(rows, -1, -1, -1)
+        cond = cond.permute(2, 0, 1)[None].to(device, self.controlnet.dtype)
         self.controlnet.set_id_scale(id_scale)
 
         shape = (batch, self.unet.config.in_channels, height // f, width // f)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise InputError(f"latents: expected shape {shape}, got {tuple(latents.shape)}")
         latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(steps, device=device)
-        for t in self.progress_bar(self.scheduler.timesteps):
+        self._num_timesteps = len(self.scheduler.timesteps)
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            # Read each step: a callback may turn guidance off (diffusers' CFG cutoff).
+            cfg = self.do_classifier_free_guidance and text.shape[0] >= 2 * batch
             x = torch.cat([latents] * 2) if cfg else latents
+            rows = x.shape[0]
             x = self.scheduler.scale_model_input(x, t)
+            ctx = rows_for(text, rows)
+            ids = id_embeds.expand(rows, -1, -1, -1)
             control = self.controlnet(
                 x,
                 t,
-                text,
-                cond,
+                ctx,
+                cond.expand(rows, -1, -1, -1),
                 conditioning_scale=controlnet_conditioning_scale,
                 id_embeds=ids if k > 1 else ids[:, 0],
                 id_masks=masks,
@@ -236,21 +250,28 @@ class FPGAPipeline(IDEncodingMixin, DiffusionPipeline):
             noise = self.unet(
                 x,
                 t,
-                encoder_hidden_states=text,
+                encoder_hidden_states=ctx,
                 down_block_additional_residuals=control[0],
                 mid_block_additional_residual=control[1],
             ).sample
             if cfg:
                 uncond, textual = noise.chunk(2)
-                noise = uncond + scale * (textual - uncond)
+                noise = uncond + self.guidance_scale * (textual - uncond)
             latents = self.scheduler.step(noise, t, latents).prev_sample
+            if names:
+                state = self.run_step_callback(
+                    callback_on_step_end,
+                    names,
+                    i,
+                    t,
+                    {"latents": latents, "prompt_embeds": text},
+                )
+                latents, text = state["latents"], state["prompt_embeds"]
         self.maybe_free_model_hooks()
         if output_type == "latent":
             images = latents
         else:
-            vae_dtype = self.vae.dtype
-            decoded = self.vae.decode(latents.to(vae_dtype) / self.vae.config.scaling_factor)
-            images = tensor_to_images(decoded.sample, output_type)
+            images = tensor_to_images(decode_latents(self.vae, latents), output_type)
         if not return_dict:
             return (images,)
         return FPGAPipelineOutput(images=images)

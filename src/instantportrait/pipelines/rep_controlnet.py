@@ -45,6 +45,8 @@ from ..multi_id_attention import set_id_scale
 from .edit import tensor_to_images
 from .id_encoding import IDEncodingMixin
 from .restore import control_to_tensor
+from .step_callbacks import StepCallback, StepCallbackMixin, rows_for
+from .vae_latents import decode_latents, vae_scale_factor
 
 __all__ = ["BRANCHES_FILE", "RepControlNetPipeline", "RepControlNetPipelineOutput"]
 
@@ -56,7 +58,7 @@ class RepControlNetPipelineOutput(BaseOutput):
     images: Any
 
 
-class RepControlNetPipeline(IDEncodingMixin, DiffusionPipeline):
+class RepControlNetPipeline(IDEncodingMixin, StepCallbackMixin, DiffusionPipeline):
     """Generate with a merged RepControlNet UNet, its condition adapter and ID projections.
 
     Args:
@@ -106,9 +108,9 @@ class RepControlNetPipeline(IDEncodingMixin, DiffusionPipeline):
         self.register_identity_config(
             face_embedder, face_embedder_weights, default_steps, default_guidance_scale
         )
-        if id_projections is not None:
+        if id_projections is not None and unet is not None:
             set_id_processors(unet, id_projections)
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = vae_scale_factor(vae)
         self._source: Path | None = None
         self._beta_shift = 0.0  # beta now minus the folder's beta (set_control_strength)
 
@@ -221,6 +223,8 @@ class RepControlNetPipeline(IDEncodingMixin, DiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ):
         """Images for ``prompt`` under the condition ``image`` (skeleton/landmarks, RGB).
 
@@ -233,10 +237,14 @@ class RepControlNetPipeline(IDEncodingMixin, DiffusionPipeline):
             id_scale: weight of the ID term.
             num_images_per_prompt / generator / latents / output_type / return_dict: as in
                 diffusers' pipelines (``return_dict=False`` gives ``(images,)``).
+            callback_on_step_end / callback_on_step_end_tensor_inputs: as in diffusers
+                (:mod:`~instantportrait.pipelines.step_callbacks`): ``latents`` and
+                ``prompt_embeds`` (``[negative; prompt]`` rows while guided).
         """
         prompts, k = self.check_inputs(
             prompt, image, id_embeds, id_images, id_masks, height, width, num_inference_steps
         )
+        names = self.callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs)
         if num_images_per_prompt < 1:
             raise InputError("num_images_per_prompt: must be at least 1")
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
@@ -250,10 +258,9 @@ class RepControlNetPipeline(IDEncodingMixin, DiffusionPipeline):
         n = len(prompts)
         device, dtype = self._execution_device, self.unet.dtype
         text = self.encode_text(prompts, device)
-        cfg = scale > 1
-        if cfg:
+        self._guidance_scale = float(scale)
+        if self.do_classifier_free_guidance:
             text = torch.cat([self.encode_text([negative_prompt] * n, device), text])
-        rows = text.shape[0]
         cond = control_to_tensor(cond_img).to(device, dtype)
         residual = self.adapter(cond) * adapter_scale  # once per image
         kwargs = None
@@ -264,7 +271,7 @@ class RepControlNetPipeline(IDEncodingMixin, DiffusionPipeline):
             if id_embeds is not None:
                 ids = id_embeds.to(device, dtype)
                 ids = ids.unsqueeze(0) if ids.ndim == 2 else ids  # (K, T, D)
-                kwargs["id_embeds"] = ids.unsqueeze(0).expand(rows, -1, -1, -1)
+                kwargs["id_embeds"] = ids.unsqueeze(0)  # rows follow the batch below
                 if id_masks is not None:
                     m = torch.as_tensor(np.asarray(id_masks, dtype=np.float32))
                     kwargs["id_masks"] = m[None].to(device)
@@ -275,22 +282,38 @@ class RepControlNetPipeline(IDEncodingMixin, DiffusionPipeline):
         elif tuple(latents.shape) != shape:
             raise InputError(f"latents: expected shape {shape}, got {tuple(latents.shape)}")
         self.scheduler.set_timesteps(steps, device=device)
+        self._num_timesteps = len(self.scheduler.timesteps)
         latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
         with adapter_injection(self.unet, residual, self.adapter.config.inject_at):
-            for t in self.progress_bar(self.scheduler.timesteps):
+            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                # Read each step: a callback may turn guidance off (diffusers' CFG cutoff).
+                cfg = self.do_classifier_free_guidance and text.shape[0] >= 2 * n
                 z = torch.cat([latents, latents]) if cfg else latents
                 z = self.scheduler.scale_model_input(z, t)
-                eps = self.unet(z, t, text, cross_attention_kwargs=kwargs).sample
+                step_kwargs = kwargs
+                if kwargs is not None and kwargs["id_embeds"] is not None:
+                    ids = kwargs["id_embeds"].expand(z.shape[0], -1, -1, -1)
+                    step_kwargs = {**kwargs, "id_embeds": ids}
+                ctx = rows_for(text, z.shape[0])
+                eps = self.unet(z, t, ctx, cross_attention_kwargs=step_kwargs).sample
                 if cfg:
                     e_u, e_c = eps.chunk(2)
-                    eps = e_u + scale * (e_c - e_u)
+                    eps = e_u + self.guidance_scale * (e_c - e_u)
                 latents = self.scheduler.step(eps, t, latents).prev_sample
+                if names:
+                    state = self.run_step_callback(
+                        callback_on_step_end,
+                        names,
+                        i,
+                        t,
+                        {"latents": latents, "prompt_embeds": text},
+                    )
+                    latents, text = state["latents"], state["prompt_embeds"]
         self.maybe_free_model_hooks()
         if output_type == "latent":
             images = latents
         else:
-            sf = self.vae.config.scaling_factor
-            decoded = self.vae.decode(latents.to(self.vae.dtype) / sf, return_dict=False)[0]
+            decoded = decode_latents(self.vae, latents)
             images = tensor_to_images(decoded.clamp(-1, 1), output_type)
         if not return_dict:
             return (images,)

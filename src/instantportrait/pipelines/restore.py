@@ -40,6 +40,7 @@ from ..restoration.attention import SelfAttentionStore, self_attention_fusion
 from ..restoration.fusion import STATS_REGIONS, mgff, resize_mask
 from ..restoration.inversion import InversionCache, ddim_inversion, ddim_step
 from .edit import image_to_tensor, tensor_to_images
+from .vae_latents import decode_latents, encode_raw, to_diffusion_latents, vae_scale_factor
 
 __all__ = ["DIIRPipeline", "DIIRPipelineOutput"]
 
@@ -84,7 +85,7 @@ class DIIRPipeline(DiffusionPipeline):
             scheduler=scheduler,
         )
         self.register_to_config(resolution=int(resolution))
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = vae_scale_factor(vae)
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -264,8 +265,7 @@ class DIIRPipeline(DiffusionPipeline):
         # 1: Z_hat_0 = VAE_enc(I_Bro)
         pixels = torch.cat([image_to_tensor(im.convert("RGB")) for im in image])
         pixels = pixels.to(self.vae.device, self.vae.dtype)
-        sf = self.vae.config.scaling_factor
-        z0 = (self.vae.encode(pixels).latent_dist.mode() * sf).to(device, dtype)
+        z0 = to_diffusion_latents(self.vae, encode_raw(self.vae, pixels)).to(device, dtype)
         latent_hw = tuple(z0.shape[-2:])
         latent_mask = resize_mask(mask.to(device), latent_hw).to(dtype)
 
@@ -321,7 +321,7 @@ class DIIRPipeline(DiffusionPipeline):
         if output_type == "latent":
             images: Any = z
         else:
-            decoded = self.vae.decode(z.to(self.vae.dtype) / sf, return_dict=False)[0]
+            decoded = decode_latents(self.vae, z)
             images = tensor_to_images(decoded.clamp(-1, 1), output_type)
         if not return_dict:
             return (images, z, cache)
