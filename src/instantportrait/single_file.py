@@ -6,6 +6,12 @@ The inverse of what diffusers' ``from_single_file`` reads: UNet weights under
 model hubs) and lets the tests check :meth:`InstantPortraitPipeline.from_single_file`
 offline on a checkpoint written here. SD1.x-style UNets (down blocks with resnets and
 optional attentions, one mid block) and ``AutoencoderKL`` VAEs are covered.
+
+Checkpoints trained with the LDM/CompVis code (InstructPix2Pix's released
+``instruct-pix2pix-00-22000.safetensors`` / ``.ckpt`` among them) hold two UNets: the trained
+weights under ``model.diffusion_model.`` and their exponential moving average under
+``model_ema.``, each name with its dots removed (:func:`ema_key`). The official code samples
+with the EMA copy; :func:`unet_checkpoint` picks either.
 """
 
 from __future__ import annotations
@@ -17,7 +23,23 @@ from typing import Any
 
 import torch
 
-__all__ = ["original_state_dict", "save_single_file"]
+__all__ = [
+    "EMA_PREFIX",
+    "UNET_PREFIX",
+    "checkpoint_keys",
+    "ema_key",
+    "has_ema_unet",
+    "original_state_dict",
+    "read_checkpoint",
+    "save_single_file",
+    "unet_checkpoint",
+]
+
+#: The UNet's prefix in the LDM layout, and the prefix of its EMA copy.
+UNET_PREFIX = "model.diffusion_model."
+EMA_PREFIX = "model_ema."
+#: Bookkeeping entries of the LDM EMA (not weights).
+_EMA_BOOKKEEPING = {"model_ema.decay", "model_ema.num_updates"}
 
 _RESNET = {
     "norm1": "in_layers.0",
@@ -106,15 +128,75 @@ def _vae_key(key: str, n_blocks: int) -> tuple[str, bool]:
     return f"{part}.{rest}", False
 
 
-def original_state_dict(pipe: Any) -> dict[str, torch.Tensor]:
-    """The pipeline's UNet, VAE and text encoder weights in the LDM single-file layout."""
+def ema_key(key: str) -> str:
+    """The EMA copy's name of an LDM UNet weight: ``model_ema.`` and the name after ``model.``
+    with its dots removed (``model.diffusion_model.input_blocks.0.0.weight`` ->
+    ``model_ema.diffusion_modelinput_blocks00weight``), as LDM's ``LitEma`` stores it."""
+    if not key.startswith(UNET_PREFIX):
+        raise ValueError(f"{key!r} is not a UNet weight ({UNET_PREFIX}...)")
+    return EMA_PREFIX + "".join(key.split(".")[1:])
+
+
+def has_ema_unet(keys: Any) -> bool:
+    """Whether a checkpoint with these keys holds an EMA copy of its UNet."""
+    return any(k.startswith(EMA_PREFIX) and k not in _EMA_BOOKKEEPING for k in keys)
+
+
+def checkpoint_keys(path: str | os.PathLike) -> list[str]:
+    """The tensor names of a ``.safetensors`` (its header only) or ``.ckpt`` checkpoint."""
+    if str(path).lower().endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    return list(read_checkpoint(path))
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A single-file checkpoint's tensors: safetensors, or a ``.ckpt`` (a foreign format: read
+    with ``weights_only=True``, its ``state_dict`` unwrapped as diffusers does)."""
+    if str(path).lower().endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state: Any = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a legacy (pre-zip) file cannot be memory-mapped
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    while isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state dict")
+    return state
+
+
+def unet_checkpoint(state: dict[str, torch.Tensor], *, ema: bool) -> dict[str, torch.Tensor]:
+    """The UNet of ``state`` in the LDM layout (``model.diffusion_model.*`` keys): the EMA copy
+    (``ema=True``) or the trained weights. Every UNet weight must have its EMA copy."""
+    keys = [k for k in state if k.startswith(UNET_PREFIX)]
+    if not ema:
+        return {k: state[k] for k in keys}
+    missing = [k for k in keys if ema_key(k) not in state]
+    if missing:
+        raise ValueError(
+            f"the EMA UNet lacks {len(missing)} of {len(keys)} weights (e.g. {ema_key(missing[0])})"
+        )
+    return {k: state[ema_key(k)] for k in keys}
+
+
+def original_state_dict(pipe: Any, ema_unet: Any = None) -> dict[str, torch.Tensor]:
+    """The pipeline's UNet, VAE and text encoder weights in the LDM single-file layout; with
+    ``ema_unet`` (a UNet of the same architecture) also its weights as the EMA copy."""
     unet, vae = pipe.unet, pipe.vae
     layers = int(unet.config.layers_per_block)
     n_unet = len(unet.config.block_out_channels)
     up_attention = ["CrossAttn" in t for t in unet.config.up_block_types]
     out: dict[str, torch.Tensor] = {}
     for key, value in unet.state_dict().items():
-        out["model.diffusion_model." + _unet_key(key, layers, n_unet, up_attention)] = value
+        out[UNET_PREFIX + _unet_key(key, layers, n_unet, up_attention)] = value
+    if ema_unet is not None:
+        for key, value in ema_unet.state_dict().items():
+            out[ema_key(UNET_PREFIX + _unet_key(key, layers, n_unet, up_attention))] = value
     n_vae = len(vae.config.block_out_channels)
     for key, value in vae.state_dict().items():
         new, as_conv = _vae_key(key, n_vae)
@@ -127,11 +209,11 @@ def original_state_dict(pipe: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
 
 
-def save_single_file(pipe: Any, path: str | os.PathLike) -> Path:
+def save_single_file(pipe: Any, path: str | os.PathLike, ema_unet: Any = None) -> Path:
     """Write :func:`original_state_dict` to ``path`` (safetensors), atomically."""
     from safetensors.torch import save_file
 
     from .io import atomic_write
 
-    tensors = original_state_dict(pipe)
+    tensors = original_state_dict(pipe, ema_unet)
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))

@@ -36,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="for a single-file --model: a local diffusers folder of the same architecture",
     )
     p.add_argument(
+        "--no-ema",
+        action="store_true",
+        help="for a single-file --model holding two UNets (InstructPix2Pix's release): load the "
+        "non-EMA weights instead of the EMA ones the official code samples with",
+    )
+    p.add_argument(
         "--lora",
         action="append",
         default=[],
@@ -154,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--iterations: must be at least 1, got {args.iterations}")
     if args.num_images_per_prompt < 1:
         raise InputError(f"--num-images-per-prompt: at least 1, got {args.num_images_per_prompt}")
+    if args.no_ema and not str(args.model).lower().endswith((".safetensors", ".ckpt")):
+        raise InputError("--no-ema: only for a single-file --model (.safetensors or .ckpt)")
     try:
         ResolutionPolicy(long_side=args.resolution)
     except InputError as exc:
@@ -204,7 +212,11 @@ def run(args: argparse.Namespace) -> int:
     from ..pipelines import load_edit_pipeline
 
     quiet_libraries()
-    pipe = load_edit_pipeline(args.model, config=args.config, device=device, dtype=dtype)
+    pipe = load_edit_pipeline(
+        args.model, config=args.config, device=device, dtype=dtype, use_ema=not args.no_ema
+    )
+    if getattr(pipe, "unet_source", None):
+        print(f"model: {pipe.unet_source}", file=sys.stderr)
     for i, (path, _weight) in enumerate(loras):
         pipe.load_lora_weights(path, adapter_name=f"lora{i}")
     if loras:

@@ -5,6 +5,7 @@ safety-checker policy, ``from_single_file`` with a local config, atomic ``save_p
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -134,8 +135,14 @@ class EditLoadingMixin:
             ) from exc
 
     @classmethod
-    def from_single_file(cls, pretrained_model_link_or_path: str | os.PathLike, **kwargs: Any):
-        """Load one ``.safetensors`` checkpoint in the original (LDM) layout.
+    def from_single_file(
+        cls,
+        pretrained_model_link_or_path: str | os.PathLike,
+        *,
+        use_ema: bool = True,
+        **kwargs: Any,
+    ):
+        """Load one ``.safetensors`` (or ``.ckpt``) checkpoint in the original (LDM) layout.
 
         Offline (this toolkit's rule: nothing is downloaded behind your back) the pipeline's
         configs must come from ``config=``: a local diffusers folder of the same architecture
@@ -143,7 +150,14 @@ class EditLoadingMixin:
         one); its tokenizer and scheduler are used as they are, and the UNet, VAE and text
         encoder weights are read from the checkpoint. On a machine that reaches the Hub,
         ``config="timbrooks/instruct-pix2pix"`` works too.
+
+        A checkpoint with an EMA copy of its UNet (``model_ema.*``, as InstructPix2Pix's
+        released ``instruct-pix2pix-00-22000.safetensors``) loads that copy, as the official
+        code samples with it; ``use_ema=False`` loads the trained (non-EMA) weights. Which
+        copy was loaded is logged and kept in ``pipe.unet_source``.
         """
+        from ..single_file import checkpoint_keys, has_ema_unet
+
         path = Path(str(pretrained_model_link_or_path)).expanduser()
         config = kwargs.get("config")
         how = (
@@ -159,15 +173,43 @@ class EditLoadingMixin:
         ):
             raise ModelNotFoundError(f"{config}: config folder not found; {how}")
         try:
-            return super().from_single_file(str(path), **kwargs)
+            two_unets = has_ema_unet(checkpoint_keys(path))
+            source = f"the UNet of {path.name}"
+            if two_unets and "unet" not in kwargs:
+                kwargs["unet"] = _unet_copy(path, str(config), use_ema, kwargs.get("torch_dtype"))
+                source = (
+                    f"the EMA UNet of {path.name} (it also holds the non-EMA one: use_ema=False, "
+                    "CLI --no-ema)"
+                    if use_ema
+                    else f"the non-EMA UNet of {path.name} (it also holds the EMA one, which "
+                    "the official code samples with)"
+                )
+            pipe = super().from_single_file(str(path), **kwargs)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelNotFoundError(
                 f"{path}: could not load the single-file checkpoint: {first[:200]}"
             ) from exc
+        pipe.unet_source = source
+        if two_unets:
+            logging.getLogger(__name__).info("loaded %s", source)
+        return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Save as safetensors into ``save_directory`` atomically (temp folder, then rename)."""
         kwargs.setdefault("safe_serialization", True)
         with atomic_directory(save_directory, overwrite=True) as tmp:
             super().save_pretrained(tmp, **kwargs)
+
+
+def _unet_copy(path: Path, config: str, use_ema: bool, torch_dtype: Any):
+    """The chosen UNet copy of an LDM checkpoint holding two, through diffusers' conversion
+    (only that copy's ``model.diffusion_model.*`` keys are handed over)."""
+    from diffusers import UNet2DConditionModel
+
+    from ..single_file import read_checkpoint, unet_checkpoint
+
+    state = unet_checkpoint(read_checkpoint(path), ema=use_ema)
+    return UNet2DConditionModel.from_single_file(
+        state, config=config, subfolder="unet", torch_dtype=torch_dtype
+    )

@@ -20,15 +20,17 @@ def load_edit_pipeline(
     config: str | os.PathLike | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    use_ema: bool = True,
     **kwargs: Any,
 ) -> InstantPortraitPipeline:
     """A folder or Hub id through ``from_pretrained``; a ``.safetensors``/``.ckpt`` file
-    through ``from_single_file`` (with ``config``, a local folder of the same architecture);
-    then moved to ``device``/``dtype`` when given."""
+    through ``from_single_file`` (with ``config``, a local folder of the same architecture;
+    its EMA UNet when it holds one, the non-EMA one with ``use_ema=False``: the loaded copy
+    is named in ``pipe.unet_source``); then moved to ``device``/``dtype`` when given."""
     path = Path(str(model)).expanduser()
     if path.suffix.lower() in SINGLE_FILE_SUFFIXES and not path.is_dir():
         pipe = InstantPortraitPipeline.from_single_file(
-            path, config=None if config is None else str(config), **kwargs
+            path, config=None if config is None else str(config), use_ema=use_ema, **kwargs
         )
     else:
         pipe = InstantPortraitPipeline.from_pretrained(model, **kwargs)
