@@ -172,7 +172,8 @@ class RepControlNetPipeline(IDEncodingMixin, StepCallbackMixin, DiffusionPipelin
     def encode_text(self, texts: list[str], device: torch.device) -> torch.Tensor:
         from ..text import encode_prompts
 
-        return encode_prompts(self.tokenizer, self.text_encoder, texts, device, self.unet.dtype)
+        dtype = (self.unet or self.text_encoder).dtype  # a text-encoder-only pipeline too
+        return encode_prompts(self.tokenizer, self.text_encoder, texts, device, dtype)
 
     def check_inputs(self, prompt, image, id_embeds, id_images, id_masks, height, width, steps):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)

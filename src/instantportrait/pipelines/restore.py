@@ -160,7 +160,8 @@ class DIIRPipeline(DiffusionPipeline):
     def encode_text(self, texts: list[str], device: torch.device) -> torch.Tensor:
         from ..text import encode_prompts
 
-        return encode_prompts(self.tokenizer, self.text_encoder, texts, device, self.unet.dtype)
+        dtype = (self.unet or self.text_encoder).dtype  # a text-encoder-only pipeline too
+        return encode_prompts(self.tokenizer, self.text_encoder, texts, device, dtype)
 
     def controlnet_id_kwargs(self, id_embeds: torch.Tensor | None) -> dict[str, Any]:
         """How F_id reaches the ControlNet (see the module docstring)."""
