@@ -151,3 +151,107 @@ class TestRepControlNetPipeline(PipelineConventions):
 
     def encode_text(self, pipe):
         return pipe.encode_text(["a portrait"], torch.device("cpu"))
+
+
+# ---- DIIR restoration: deterministic (no generator, no latents); callbacks and VAEs ---------
+@pytest.fixture(scope="module")
+def diir_inputs():
+    crop = _portrait(256).crop((80, 30, 144, 94)).resize((64, 64))
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 16:48, 20:44] = 1.0
+    return {"prompt": "a face", "image": [crop], "control_image": [Image.new("RGB", (64, 64))],
+            "mask": mask, "num_inference_steps": 2, "guidance_scale": 5.0,
+            "output_type": "latent"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def diir_components(tmp_path_factory):
+    from instantportrait.pipelines.restore import DIIRPipeline
+    from instantportrait.tiny import write_tiny
+
+    folder = write_tiny(tmp_path_factory.mktemp("diir") / "model", "restore", seed=0)
+    return dict(DIIRPipeline.from_pretrained(folder).components)
+
+
+def _diir(components, **swap):
+    from instantportrait.pipelines.restore import DIIRPipeline
+
+    pipe = DIIRPipeline(**{**components, **swap})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_diir_callbacks_guidance_and_cfg_cutoff(diir_components, diir_inputs):
+    pipe = _diir(diir_components)
+    plain = pipe(**diir_inputs).latents
+
+    def increase(p, i, t, kwargs):
+        p._guidance_scale += 1.0
+        return kwargs
+
+    assert not torch.allclose(pipe(**diir_inputs, callback_on_step_end=increase).latents, plain)
+    assert pipe.num_timesteps == 2 and pipe.guidance_scale == 7.0
+
+    calls = []
+    handle = pipe.unet.register_forward_hook(
+        lambda m, a, kw, out: calls.append(kw["encoder_hidden_states"].clone()), with_kwargs=True
+    )
+    try:
+        cutoff = SDCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=0)
+        pipe(**diir_inputs, callback_on_step_end=cutoff)
+    finally:
+        handle.remove()
+    # Inversion (2 calls, conditional only), then the guided step, then the conditional alone.
+    assert [c.shape[0] for c in calls] == [1, 1, 2, 1]
+    torch.testing.assert_close(calls[3], calls[2][-1:])
+    torch.testing.assert_close(calls[3], calls[0])
+
+    def zero_last(p, i, t, kwargs):
+        return {"latents": torch.zeros_like(kwargs["latents"])} if i == 1 else kwargs
+
+    assert pipe(**diir_inputs, callback_on_step_end=zero_last).latents.abs().max() == 0
+
+
+def test_diir_text_encoder_only_and_autoencoder_tiny(diir_components, diir_inputs):
+    from instantportrait.pipelines.edit_support import image_to_tensor
+
+    text_only = _diir(diir_components, vae=None, unet=None)
+    dev = torch.device("cpu")
+    torch.testing.assert_close(
+        text_only.encode_text(["a face"], dev), _diir(diir_components).encode_text(["a face"], dev)
+    )
+    vae = tiny_autoencoder_tiny()
+    out = _diir(diir_components, vae=vae)(**{**diir_inputs, "output_type": "pt"})
+    with torch.no_grad():
+        z0 = vae.encode(image_to_tensor(diir_inputs["image"][0])).latents
+        decoded = vae.decode(out.latents / vae.config.scaling_factor).sample
+    # Z_hat_0 is TAESD's own latent (scaling factor 1); the images are its decoding.
+    torch.testing.assert_close(out.inversion.latents[-1], z0 * vae.config.scaling_factor)
+    torch.testing.assert_close(out.images, (decoded / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=0)
+
+
+def test_faceanet_inpainting_encodes_with_autoencoder_tiny():
+    """G_id's masked-image channels are AutoencoderTiny's latents of the masked image."""
+    from instantportrait.pipelines.faceanet import FaceANetPipeline
+    from instantportrait.pipelines.faceanet_parts import load_inpaint_components, masked_image
+
+    vae = tiny_autoencoder_tiny()
+    pipe = FaceANetPipeline(**{**load_inpaint_components("tiny", 0), "vae": vae})
+    pipe.set_progress_bar_config(disable=True)
+    text = torch.randn(1, 77, pipe.unet.config.cross_attention_dim, generator=gen(2))
+    pipe.conditioning = lambda id_prompt, trim_padding=False: (text, text, None)
+    seen = []
+    handle = pipe.unet.register_forward_pre_hook(lambda m, args: seen.append(args[0][:, 5:]))
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:48, 16:48] = 1
+    image = _portrait(64)
+    try:
+        out = pipe.inpaint(image, mask, "x", num_inference_steps=2, guidance_scale=1.0)
+    finally:
+        handle.remove()
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = vae.encode(masked_image(x, mask[None])).latents * vae.config.scaling_factor
+    assert len(seen) == 2 and out.size == (64, 64)
+    for masked in seen:
+        torch.testing.assert_close(masked, expected)

@@ -40,6 +40,7 @@ from ..restoration.attention import SelfAttentionStore, self_attention_fusion
 from ..restoration.fusion import STATS_REGIONS, mgff, resize_mask
 from ..restoration.inversion import InversionCache, ddim_inversion, ddim_step
 from .edit import image_to_tensor, tensor_to_images
+from .step_callbacks import StepCallback, StepCallbackMixin, rows_for
 from .vae_latents import decode_latents, encode_raw, to_diffusion_latents, vae_scale_factor
 
 __all__ = ["DIIRPipeline", "DIIRPipelineOutput"]
@@ -60,7 +61,7 @@ def control_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
-class DIIRPipeline(DiffusionPipeline):
+class DIIRPipeline(StepCallbackMixin, DiffusionPipeline):
     """Restore face crops with a landmark ControlNet, DDIM inversion and masked AdaIN fusion.
 
     Args:
@@ -219,6 +220,8 @@ class DIIRPipeline(DiffusionPipeline):
         cache_device: torch.device | str | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> DIIRPipelineOutput | tuple:
         """Restore ``image`` (face crops) guided by ``control_image`` (their landmarks).
 
@@ -236,6 +239,11 @@ class DIIRPipeline(DiffusionPipeline):
                 and the regeneration (default: beside the model; ``"cpu"`` saves accelerator
                 memory: about 11.5 M values per face and step at 512 px, spec §4.3).
             output_type: ``pil``, ``np``, ``pt`` or ``latent``.
+            callback_on_step_end / callback_on_step_end_tensor_inputs: as in diffusers
+                (:mod:`~instantportrait.pipelines.step_callbacks`), after each regeneration
+                step (after MGFF): ``latents`` and ``prompt_embeds`` (``[negative; prompt]``
+                rows while guided). The inversion, deterministic, takes no callback and no
+                ``latents``: its start is the encoded image.
         """
         image, control_image = list(image), list(control_image)
         self.check_inputs(
@@ -248,6 +256,7 @@ class DIIRPipeline(DiffusionPipeline):
             stats_region,
             id_embeds,
         )
+        names = self.callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs)
         n = len(image)
         device = self._execution_device
         dtype = self.unet.dtype
@@ -257,8 +266,12 @@ class DIIRPipeline(DiffusionPipeline):
             check_prompt(p, self.tokenizer, name=f"prompt[{i}]") for i, p in enumerate(prompts)
         ]
         text = self.encode_text(prompts, device)
-        cfg = guidance_scale > 1
-        uncond = self.encode_text([negative_prompt or ""] * n, device) if cfg else None
+        self._guidance_scale = float(guidance_scale)
+        uncond = (
+            self.encode_text([negative_prompt or ""] * n, device)
+            if self.do_classifier_free_guidance
+            else None
+        )
         control = torch.cat([control_to_tensor(c) for c in control_image]).to(device, dtype)
         if id_embeds is not None:
             id_embeds = id_embeds.to(device, dtype).expand(n, -1, -1)
@@ -281,7 +294,7 @@ class DIIRPipeline(DiffusionPipeline):
             return self.predict_noise(z, t, text, control, id_embeds, scale)
 
         def eps_guided(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if not cfg:
+            if uncond is None or not self.do_classifier_free_guidance:
                 return eps_single(z, t)
             both = self.predict_noise(
                 torch.cat([z, z]),
@@ -292,7 +305,7 @@ class DIIRPipeline(DiffusionPipeline):
                 scale,
             )
             e_u, e_c = both.chunk(2)
-            return e_u + guidance_scale * (e_c - e_u)
+            return e_u + self.guidance_scale * (e_c - e_u)
 
         acp = self.scheduler.alphas_cumprod.to(device, torch.float64)
         final = torch.as_tensor(self.scheduler.final_alpha_cumprod, dtype=torch.float64)
@@ -303,6 +316,7 @@ class DIIRPipeline(DiffusionPipeline):
             )
             # 3-9: regeneration with fused self-attention and latents
             timesteps = cache.timesteps
+            self._num_timesteps = len(timesteps)
             z = cache.noisiest
             store.mode = "inject" if fuse_attention else "off"
             try:
@@ -315,6 +329,16 @@ class DIIRPipeline(DiffusionPipeline):
                     z = ddim_step(z, eps, acp[t].to(z.dtype), abar_prev)
                     if fuse_latents:
                         z = mgff(z, cache.previous(i), latent_mask, stats_region)  # type: ignore[arg-type]
+                    if names:
+                        pe = text if uncond is None else torch.cat([uncond, text])
+                        state = self.run_step_callback(
+                            callback_on_step_end, names, i, t, {"latents": z, "prompt_embeds": pe}
+                        )
+                        z, pe = state["latents"], state["prompt_embeds"]
+                        if uncond is not None and pe.shape[0] == 2 * n:
+                            uncond, text = pe.chunk(2)
+                        else:  # a callback turned guidance off: the conditional rows
+                            uncond, text = None, rows_for(pe, n)
             finally:
                 store.mode = "off"
                 store.clear()
