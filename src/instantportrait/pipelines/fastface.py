@@ -22,7 +22,7 @@ VAE decoding it keeps) with its own 4-step loop:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,8 @@ from ..guidance import (
     step_schedule,
 )
 from .fastface_presets import FAMILIES, FastFacePreset, fastface_preset
+from .step_callbacks import StepCallback, StepCallbackMixin
+from .vae_latents import decode_latents
 
 __all__ = ["FastFacePipeline"]
 
@@ -56,7 +58,7 @@ def _branch_name(cond: tuple[str, str]) -> str:
     return next(k for k, v in _BRANCH.items() if v == cond)
 
 
-class FastFacePipeline(StableDiffusionXLPipeline):
+class FastFacePipeline(StepCallbackMixin, StableDiffusionXLPipeline):
     """SDXL + IP-Adapter FaceID-Plus-v2 with FastFace's decoupled guidance and AM.
 
     Components are SDXL's (``image_encoder``: the CLIP vision model of the Plus-v2
@@ -66,6 +68,8 @@ class FastFacePipeline(StableDiffusionXLPipeline):
     """
 
     family: str | None = None
+    #: The one tensor a step callback sees (FastFace's branches are not diffusers' two).
+    _callback_tensor_inputs = ["latents"]
 
     @property
     def am_state(self) -> AMState:
@@ -204,8 +208,9 @@ class FastFacePipeline(StableDiffusionXLPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
-        callback_on_step_end: Callable[[int, int], None] | None = None,
+        callback_on_step_end: StepCallback | None = None,
         return_dict: bool = True,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> StableDiffusionXLPipelineOutput | tuple:
         """Generate portraits of the identity given by its embeddings.
 
@@ -222,9 +227,15 @@ class FastFacePipeline(StableDiffusionXLPipeline):
             ip_adapter_scale: lambda of eq. 3 (FastFace's tables: 0.8).
             lora_scale: the strength of the adapter's LoRA ``faceid_0`` (1.0 or 0.5 in the tables).
             num_images_per_prompt, generator, latents, output_type, return_dict: as diffusers.
-            callback_on_step_end: called as ``f(step, num_steps)`` after each step.
+            callback_on_step_end: diffusers' ``f(pipe, step_index, timestep, callback_kwargs)``
+                after each step, ``callback_kwargs`` holding ``latents`` (the only tensor
+                offered: the branches of FastFace's guidance are not diffusers' two; a
+                returned ``latents`` replaces the pipeline's). ``pipe.num_timesteps`` and
+                ``pipe.guidance_scale`` (the baseline CFG scale; DCG's scales are per step)
+                are readable.
         """
         preset = fastface_preset(preset)
+        names = self.callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         arcface = ip_adapter_image_embeds
         if isinstance(arcface, list):
@@ -274,6 +285,7 @@ class FastFacePipeline(StableDiffusionXLPipeline):
             "clip": (clip_cond.expand(n, -1, -1), clip_null.expand(n, -1, -1)),
         }
         branches, baseline = self._guidance_plan(preset)
+        self._guidance_scale = float(baseline)
 
         def batch(kind: str, axis: int) -> torch.Tensor:
             parts = []
@@ -297,6 +309,7 @@ class FastFacePipeline(StableDiffusionXLPipeline):
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
         latents = self.prepare_latents(
             n, self.unet.config.in_channels, height, width, text.dtype, device, generator, latents
         )
@@ -319,8 +332,10 @@ class FastFacePipeline(StableDiffusionXLPipeline):
                     baseline=baseline,
                     extra=extra,
                 )
-                if callback_on_step_end is not None:
-                    callback_on_step_end(k, len(timesteps))
+                if names:
+                    latents = self.run_step_callback(
+                        callback_on_step_end, names, k, t, {"latents": latents}
+                    )["latents"]
                 bar.update()
         projection.clip_embeds = None
 
@@ -330,10 +345,7 @@ class FastFacePipeline(StableDiffusionXLPipeline):
             upcast = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
             if upcast:
                 self.upcast_vae()
-            vae_dtype = next(iter(self.vae.post_quant_conv.parameters())).dtype
-            decoded = self.vae.decode(
-                latents.to(vae_dtype) / self.vae.config.scaling_factor, return_dict=False
-            )[0]
+            decoded = decode_latents(self.vae, latents)  # any autoencoder (TAESD-XL too)
             if upcast:
                 self.vae.to(dtype=torch.float16)
             images = self.image_processor.postprocess(decoded, output_type=output_type)

@@ -7,7 +7,9 @@ both, as diffusers' ``retrieve_latents`` does; a swapped-in TAESD is the common 
 
 The diffusion latent is ``(z - shift_factor) * scaling_factor`` of the autoencoder's raw latent
 ``z`` (``shift_factor`` absent or 0 for SD1.5/SDXL's VAE, set for SD3/FLUX's), and decoding
-inverts it: ``latents / scaling_factor + shift_factor``. InstructPix2Pix conditions on the
+inverts it: ``latents / scaling_factor + shift_factor``. A VAE with per-channel
+``latents_mean``/``latents_std`` in its config (Playground v2.5's, read by diffusers' SDXL
+pipelines) uses ``(z - mean) * scaling_factor / std`` instead. InstructPix2Pix conditions on the
 *raw* image latent (its training did not scale it), so the edit pipeline uses
 :func:`encode_raw` alone for its image condition.
 """
@@ -55,22 +57,41 @@ def encode_raw(
     return latents
 
 
-def _factors(vae: Any) -> tuple[float, float]:
+def _factors(vae: Any, like: torch.Tensor) -> tuple[float, Any, Any]:
+    """(scaling factor, shift, std): shift and std per channel (shaped for ``like``) when the
+    config has ``latents_mean``/``latents_std``, else the scalar ``shift_factor`` (or 0) and
+    ``None``."""
     config = vae.config
     scale = getattr(config, "scaling_factor", None)
+    scale = 1.0 if scale is None else float(scale)
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        shape = (1, len(mean)) + (1,) * (like.ndim - 2)
+        as_tensor = {"device": like.device, "dtype": like.dtype}
+        return (
+            scale,
+            torch.tensor(mean, **as_tensor).reshape(shape),
+            torch.tensor(std, **as_tensor).reshape(shape),
+        )
     shift = getattr(config, "shift_factor", None)
-    return (1.0 if scale is None else float(scale)), (0.0 if shift is None else float(shift))
+    return scale, (0.0 if shift is None else float(shift)), None
 
 
 def to_diffusion_latents(vae: Any, raw: torch.Tensor) -> torch.Tensor:
-    """``(z - shift_factor) * scaling_factor``: the latent the denoiser works on."""
-    scale, shift = _factors(vae)
+    """``(z - shift_factor) * scaling_factor`` (or ``(z - mean) * scaling_factor / std``):
+    the latent the denoiser works on."""
+    scale, shift, std = _factors(vae, raw)
+    if std is not None:
+        return (raw - shift) * scale / std
     return (raw - shift) * scale if shift else raw * scale
 
 
 def from_diffusion_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
-    """``latents / scaling_factor + shift_factor``: what the autoencoder's decoder takes."""
-    scale, shift = _factors(vae)
+    """``latents / scaling_factor + shift_factor`` (or ``latents * std / scaling_factor +
+    mean``): what the autoencoder's decoder takes."""
+    scale, shift, std = _factors(vae, latents)
+    if std is not None:
+        return latents * std / scale + shift
     return latents / scale + shift if shift else latents / scale
 
 
