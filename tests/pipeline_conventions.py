@@ -96,11 +96,16 @@ class PipelineConventions:
         assert not [a for a in COMMON_CALL_ARGUMENTS if a not in names]
         assert tuple(pipe._callback_tensor_inputs) == self.callback_tensor_inputs
 
-    def test_text_encoder_only_pipeline(self, pipe):
-        """``vae=None, unet=None`` builds a pipeline whose text encoding is the full one's."""
+    def test_text_encoder_only_pipeline(self, pipe, tmp_path):
+        """``vae=None, unet=None`` builds (or loads) a pipeline whose text encoding is the full
+        one's."""
         text_only = self.pipeline_class(**{**self.components(), "vae": None, "unet": None})
         assert text_only.vae is None and text_only.unet is None
         torch.testing.assert_close(self.encode_text(text_only), self.encode_text(pipe))
+        pipe.save_pretrained(tmp_path / "full")
+        loaded = self.pipeline_class.from_pretrained(tmp_path / "full", vae=None, unet=None)
+        assert loaded.vae is None and loaded.unet is None
+        torch.testing.assert_close(self.encode_text(loaded), self.encode_text(pipe))
 
     def test_save_load_round_trip(self, pipe, tmp_path):
         pipe.save_pretrained(tmp_path / "saved")
