@@ -60,6 +60,11 @@ def test_ema_by_default_non_ema_on_request(two_unet_file):
     )
     plain = load_edit_pipeline(file, config=config, use_ema=False)
     assert same_weights(plain.unet, trained) and "the non-EMA UNet" in plain.unet_source
+    # diffusers' name for the choice.
+    extracted = InstantPortraitPipeline.from_single_file(
+        file, config=str(config), extract_ema=False
+    )
+    assert same_weights(extracted.unet, trained)
     # The VAE and the text encoder are the same in both.
     assert same_weights(default.vae, plain.vae)
     assert same_weights(default.text_encoder, plain.text_encoder)

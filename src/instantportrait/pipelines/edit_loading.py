@@ -153,11 +153,13 @@ class EditLoadingMixin:
 
         A checkpoint with an EMA copy of its UNet (``model_ema.*``, as InstructPix2Pix's
         released ``instruct-pix2pix-00-22000.safetensors``) loads that copy, as the official
-        code samples with it; ``use_ema=False`` loads the trained (non-EMA) weights. Which
-        copy was loaded is logged and kept in ``pipe.unet_source``.
+        code samples with it; ``use_ema=False`` loads the trained (non-EMA) weights
+        (diffusers' own name for the choice, ``extract_ema``, is honoured too). Which copy was
+        loaded is logged and kept in ``pipe.unet_source``.
         """
         from ..single_file import checkpoint_keys, has_ema_unet
 
+        use_ema = bool(kwargs.pop("extract_ema", use_ema))
         path = Path(str(pretrained_model_link_or_path)).expanduser()
         config = kwargs.get("config")
         how = (
