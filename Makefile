@@ -7,7 +7,7 @@ EXTRAS ?= face,train,eval,video,app,dev
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-all test-browser browser-deps app lint style bench clean
+.PHONY: setup demo test test-all test-browser browser-deps app lint style bench gpu-wheels clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,16 @@ style: setup
 
 bench: setup
 	$(VENV)/bin/instantportrait bench --quick
+
+# The wheels the GPU suite needs on a lent device machine (Python 3.12, no network, no
+# diffusers or open_clip_torch there), at this venv's versions, into .whl/ (ignored); the
+# device run carries .whl and installs them with --no-deps (docs/performance.md).
+gpu-wheels: setup
+	@mkdir -p .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  diffusers==$$($(PY) -c "import diffusers; print(diffusers.__version__)") \
+	  open_clip_torch==$$($(PY) -c "import importlib.metadata as m; print(m.version('open_clip_torch'))")
 
 clean:
 	rm -rf .cache outputs .pytest_cache build

@@ -278,47 +278,24 @@ def components(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--resolution", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--lora", action="store_true", help="include the adapter's rank-128 LoRA")
-    parser.add_argument("--output", default=None)
-    parser.add_argument("--tiny", action="store_true", help="smoke run on the tiny SDXL UNet")
-    parser.add_argument(
-        "--components",
-        action="store_true",
-        help="time only what FastFace adds (AM at SDXL's layer shapes, DCG's tail): no UNet",
-    )
-    parser.add_argument(
-        "--unet-batch3-s",
-        type=float,
-        help="with --components: the UNet's batch-3 step time to turn the extras into ratios",
-    )
-    parser.add_argument(
-        "--component-repeats", type=int, default=20, help="with --components: repeats"
-    )
-    parser.add_argument(
-        "--unet-every",
-        type=int,
-        default=0,
-        help="with --components: also build the real-size UNet (~14 GiB: under flock) and time "
-        "its batch-3 forward in the same loop every N repeats; ratios then use it",
-    )
-    args = parser.parse_args()
-    if args.components:
-        components(args)
-        return
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+def measure(
+    resolution: int,
+    repeats: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    lora: bool = False,
+    tiny: bool = False,
+    verbose: bool = True,
+) -> dict:
+    """One FastFace step (``denoise_step``) per case: no guidance, CFG, the UNet's batch-3
+    forward alone, DCG, DCG + AM1, DCG + AM2; min over interleaved repeats, and the ratios."""
     t0 = time.perf_counter()
-    pipe, layers = build(device, dtype, args.lora, args.tiny)
+    pipe, layers = build(device, dtype, lora, tiny)
     build_s = time.perf_counter() - t0
     pipe.scheduler.set_timesteps(4, device=device)
     t = pipe.scheduler.timesteps[1]
     dcg = DCGConfig()
-    feeds = {b: inputs(pipe, b, args.resolution, device, dtype) for b in (1, 2, 3)}
+    feeds = {b: inputs(pipe, b, resolution, device, dtype) for b in (1, 2, 3)}
     clip_width = pipe.unet.encoder_hid_proj.image_projection_layers[0].proj_in.in_features
     inputs_clip = {b: torch.randn(b, 1, 257, clip_width).to(device, dtype) for b in (1, 2, 3)}
 
@@ -353,7 +330,7 @@ def main() -> None:
     with torch.no_grad():
         for fn in cases.values():  # warm-up
             fn()
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             for name, fn in cases.items():
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
@@ -364,16 +341,17 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
                 if device.type == "cuda":
                     peak[name] = torch.cuda.max_memory_allocated(device)
-                print(f"{name}: {times[name][-1]:.2f}s", flush=True)
+                if verbose:
+                    print(f"{name}: {times[name][-1]:.2f}s", flush=True)
     best = {k: min(v) for k, v in times.items()}
     result = {
         "device": str(device),
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
-        "dtype": args.dtype,
-        "resolution": args.resolution,
+        "dtype": str(dtype).removeprefix("torch."),
+        "resolution": resolution,
         "unet": "SDXL base config, random weights; IP-Adapter FaceID-Plus-v2 real size"
-        + (" with rank-128 LoRA" if args.lora else " (LoRA left out)"),
+        + (" with rank-128 LoRA" if lora else " (LoRA left out)"),
         "ip_layers": layers,
         "ip_layers_targeted_down_up": sum(
             1
@@ -381,7 +359,7 @@ def main() -> None:
             if getattr(p, "part", None) in ("down", "up")
         ),
         "build_s": round(build_s, 1),
-        "repeats": args.repeats,
+        "repeats": repeats,
         "seconds_min": {k: round(v, 3) for k, v in best.items()},
         "seconds_median": {k: round(statistics.median(v), 3) for k, v in times.items()},
         "dcg_achieved_over_ideal": round(best["unet_forward_batch3"] / best["dcg_batch3"], 3),
@@ -402,6 +380,44 @@ def main() -> None:
             k: round(1 / (4 * best[k]), 3)
             for k in ("unet_batch1_no_guidance", "dcg_batch3", "dcg_am1_batch3", "dcg_am2_batch3")
         }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--lora", action="store_true", help="include the adapter's rank-128 LoRA")
+    parser.add_argument("--output", default=None)
+    parser.add_argument("--tiny", action="store_true", help="smoke run on the tiny SDXL UNet")
+    parser.add_argument(
+        "--components",
+        action="store_true",
+        help="time only what FastFace adds (AM at SDXL's layer shapes, DCG's tail): no UNet",
+    )
+    parser.add_argument(
+        "--unet-batch3-s",
+        type=float,
+        help="with --components: the UNet's batch-3 step time to turn the extras into ratios",
+    )
+    parser.add_argument(
+        "--component-repeats", type=int, default=20, help="with --components: repeats"
+    )
+    parser.add_argument(
+        "--unet-every",
+        type=int,
+        default=0,
+        help="with --components: also build the real-size UNet (~14 GiB: under flock) and time "
+        "its batch-3 forward in the same loop every N repeats; ratios then use it",
+    )
+    args = parser.parse_args()
+    if args.components:
+        components(args)
+        return
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    result = measure(args.resolution, args.repeats, device, dtype, args.lora, args.tiny)
     out = Path(args.output) if args.output else RESULTS / f"fastface_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -97,7 +97,14 @@ def count_flops(
     return out, adapter, params
 
 
-def inputs(side: int, device: torch.device, dtype: torch.dtype, batch: int = 1):
+def inputs(
+    side: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch: int = 1,
+    text_dim: int = 768,
+    id_dim: int = 768,
+):
     g = torch.Generator().manual_seed(0)
     lat = side // 8
 
@@ -107,23 +114,25 @@ def inputs(side: int, device: torch.device, dtype: torch.dtype, batch: int = 1):
     return (
         rnd(batch, 4, lat, lat),
         torch.tensor([500] * batch, device=device),
-        rnd(batch, 77, 768),
+        rnd(batch, 77, text_dim),
         torch.rand(batch, 3, side, side, generator=g).to(device, dtype),
-        rnd(batch, 4, 768),
+        rnd(batch, 4, id_dim),
     )
 
 
-def build_models(device: torch.device, dtype: torch.dtype, two_branch: bool):
-    """Callables of one forward each: base, controlnet+unet, rep merged (and two-branch)."""
+def build_models(device: torch.device, dtype: torch.dtype, two_branch: bool, size: str = "sd15"):
+    """Callables of one forward each: base, controlnet+unet, rep merged (and two-branch).
+
+    ``size``: ``sd15`` (real size) or ``tiny`` (the test UNet: a smoke run)."""
     from diffusers import ControlNetModel
 
     from instantportrait.components import build_components
     from instantportrait.models.rep_controlnet import RepControlNet, adapter_injection
 
-    base = build_components("sd15", seed=0)["unet"].eval()
+    base = build_components(size, seed=0, in_channels=4)["unet"].eval()
     cn = ControlNetModel.from_unet(base).eval()
     # the merged model from a second UNet (wrapped in place, then folded: no extra copy)
-    rep = RepControlNet(build_components("sd15", seed=0)["unet"]).eval()
+    rep = RepControlNet(build_components(size, seed=0, in_channels=4)["unet"]).eval()
     rep_two = None
     if two_branch:
         rep_two = rep.to(device, dtype)
@@ -134,6 +143,71 @@ def build_models(device: torch.device, dtype: torch.dtype, two_branch: bool):
     cn.to(device, dtype)
     rep.to(device, dtype)
     return base, cn, rep, rep_two, adapter_injection
+
+
+def time_models(
+    resolution: int,
+    repeats: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch: int = 1,
+    two_branch: bool = False,
+    size: str = "sd15",
+    verbose: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Seconds per forward of base, controlnet+unet and the merged (or two-branch) model,
+    interleaved round after round; median, min and max over ``repeats`` rounds."""
+    base, cn, rep, rep_two, inject = build_models(device, dtype, two_branch, size)
+    cfg = base.config
+    x, t, txt, cond, ids = inputs(
+        resolution, device, dtype, batch, cfg.cross_attention_dim, cfg.cross_attention_dim
+    )
+    with torch.no_grad():
+        residual = rep.adapter(cond)  # once per image
+
+    def run_base():
+        base(x, t, txt)
+
+    def run_cn():
+        down, mid = cn(x, t, txt, controlnet_cond=cond, return_dict=False)
+        base(x, t, txt, down_block_additional_residuals=down,
+             mid_block_additional_residual=mid)  # fmt: skip
+
+    def run_merged():
+        with inject(rep.unet, residual, rep.inject_at):
+            rep.unet(x, t, txt, cross_attention_kwargs={"id_embeds": ids})
+
+    def run_two():
+        rep_two(x, t, txt, cond, ids)
+
+    runs = {"base": run_base, "controlnet+unet": run_cn}
+    runs["rep two-branch" if rep_two is not None else "rep merged"] = (
+        run_two if rep_two is not None else run_merged
+    )
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    with torch.no_grad():
+        for fn in runs.values():  # warm-up
+            fn()
+        sync()
+        for r in range(repeats):
+            for name, fn in runs.items():
+                sync()
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - t0)
+            if verbose:
+                line = ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items())
+                print(f"round {r + 1}/{repeats}: {line}", flush=True)
+    return {
+        name: {
+            "seconds": round(statistics.median(ts), 4),
+            "seconds_min": round(min(ts), 4),
+            "seconds_max": round(max(ts), 4),
+        }
+        for name, ts in times.items()
+    }
 
 
 def main() -> int:
@@ -171,51 +245,11 @@ def main() -> int:
         for name, (f, lf) in counted.items()
     }
     if not args.meta:
-        base, cn, rep, rep_two, inject = build_models(device, dtype, args.time_two_branch)
-        x, t, txt, cond, ids = inputs(args.resolution, device, dtype, args.batch)
-        with torch.no_grad():
-            residual = rep.adapter(cond)  # once per image
-
-        def run_base():
-            base(x, t, txt)
-
-        def run_cn():
-            down, mid = cn(x, t, txt, controlnet_cond=cond, return_dict=False)
-            base(x, t, txt, down_block_additional_residuals=down,
-                 mid_block_additional_residual=mid)  # fmt: skip
-
-        def run_merged():
-            with inject(rep.unet, residual, rep.inject_at):
-                rep.unet(x, t, txt, cross_attention_kwargs={"id_embeds": ids})
-
-        def run_two():
-            rep_two(x, t, txt, cond, ids)
-
-        runs = {"base": run_base, "controlnet+unet": run_cn}
-        runs["rep two-branch" if rep_two is not None else "rep merged"] = (
-            run_two if rep_two is not None else run_merged
+        timed = time_models(
+            args.resolution, args.repeats, device, dtype, args.batch, args.time_two_branch
         )
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        times: dict[str, list[float]] = {k: [] for k in runs}
-        with torch.no_grad():
-            for fn in runs.values():  # warm-up
-                fn()
-            sync()
-            for r in range(args.repeats):
-                for name, fn in runs.items():
-                    sync()
-                    t0 = time.perf_counter()
-                    fn()
-                    sync()
-                    times[name].append(time.perf_counter() - t0)
-                line = ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items())
-                print(f"round {r + 1}/{args.repeats}: {line}", flush=True)
-        for name, ts in times.items():
-            results[name].update(
-                seconds=round(statistics.median(ts), 4),
-                seconds_min=round(min(ts), 4),
-                seconds_max=round(max(ts), 4),
-            )
+        for name, entry in timed.items():
+            results[name].update(entry)
     for name, r in results.items():
         sec = r.get("seconds")
         timing = "" if sec is None else f"{sec:7.3f} s"

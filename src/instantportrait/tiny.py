@@ -69,6 +69,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.faces.parsing:write_tiny_face_parser",
         "BiSeNet face parser (face-parsing.PyTorch layout) for `restore --face-parser`",
     ),
+    "kontext": (
+        "instantportrait.backbones.kontext_components:write_tiny_kontext",
+        "FLUX.1 Kontext pipeline folder (1+1 blocks, tiny CLIP/T5, 16-ch VAE) for `edit --model`",
+    ),
     "codeformer": (
         "instantportrait.models.codeformer:write_tiny_codeformer",
         "CodeFormer face enhancer (32 px, 64 codes) for `restore --codeformer`",

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "data",
     "train",
     "evaluate",
+    "metric_env",
     "bench",
     "app",
     "env",

@@ -21,6 +21,8 @@ from torch import nn
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "hps_preprocess",
+    "dgm_eval_dinov2_pixels",
     "AestheticPredictor",
     "clean_resize",
     "clip_image_embeddings",
@@ -99,13 +101,46 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def clip_image_embeddings(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def hps_preprocess(
+    images: torch.Tensor,
+    size: int = 224,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+) -> torch.Tensor:
+    """HPS v2's image transform in torch (Wu et al. 2023; the official scorer's validation
+    transform): bicubic resize (antialiased, no clamp) of the *long* side to ``size``, zero
+    padding to a centred ``size x size`` square (left/top get half the padding, rounded
+    down), then CLIP's normalisation. Unlike :func:`clip_preprocess` nothing is cropped away,
+    which changes the score of non-square images (InstantPortrait's 1024x576).
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images: expected (B, 3, H, W), got {tuple(images.shape)}")
+    h, w = images.shape[-2:]
+    x = images.float()
+    scale = size / max(h, w)
+    if scale != 1.0 or h != w:
+        nh, nw = round(h * scale), round(w * scale)
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+        ph, pw = size - nh, size - nw
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=0.0)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return ((x - m) / s).to(images.dtype)
+
+
+def clip_image_embeddings(
+    model: nn.Module, images: torch.Tensor, preprocess: str = "crop"
+) -> torch.Tensor:
     """Projected CLIP image embeddings ``(B, D)`` (not normalised) of ``[0, 1]`` images.
 
     ``model`` is a ``transformers.CLIPModel``; its vision config gives the input size.
+    ``preprocess``: ``"crop"`` (CLIP's own: short side, centre crop; :func:`clip_preprocess`)
+    or ``"pad"`` (HPS v2's: long side, zero padding; :func:`hps_preprocess`).
     """
     size = int(model.config.vision_config.image_size)
-    pixels = clip_preprocess(images.to(_model_device(model)), size).to(_model_dtype(model))
+    transform = {"crop": clip_preprocess, "pad": hps_preprocess}[preprocess]
+    pixels = transform(images.to(_model_device(model)), size).to(_model_dtype(model))
     out = model.get_image_features(pixel_values=pixels)
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
@@ -290,6 +325,14 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 def frechet_distance_from_features(a, b) -> float:
     """FID/FD between two feature sets ``(N, D)``, ``(M, D)`` (see :func:`frechet_distance`)."""
     return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+
+
+def dgm_eval_dinov2_pixels(image: Image.Image, size: int = 224) -> torch.Tensor:
+    """FD-DINOv2's input as dgm-eval computes it (Stein et al. 2023, the published metric):
+    the whole image resized to ``size x size`` by PIL's bicubic filter (no aspect kept, no
+    crop), in ``[0, 1]``, ``(3, size, size)``; ImageNet normalisation follows in the model."""
+    resized = image.convert("RGB").resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
 def clean_resize(image: Image.Image, size: int = 299) -> torch.Tensor:

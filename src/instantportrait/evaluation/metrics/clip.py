@@ -55,11 +55,12 @@ register_model(
 )
 
 
-def clip_t(model_key: str):
-    """CLIP-T with model ``model_key``: cosine of the output's image and the text."""
+def clip_t(model_key: str, preprocess: str = "crop"):
+    """CLIP-T with model ``model_key``: cosine of the output's image and the text
+    (``preprocess="pad"``: HPS v2's long-side resize and padding instead of CLIP's crop)."""
 
     def fn(ctx: ItemContext) -> float:
-        image = ctx.clip_image("output", model_key)
+        image = ctx.clip_image("output", model_key, preprocess)
         return float(fns.cosine(image, ctx.clip_text(model_key, ctx.text))[0])
 
     return fn
@@ -122,11 +123,15 @@ register_metric(
         "hps_v2",
         "HPS v2",
         "item",
-        clip_t("hps-v2"),
+        clip_t("hps-v2", preprocess="pad"),
         models=("hps-v2",),
         family="quality",
-        paper="Wu et al. 2023 (HPS v2): raw cosine of the fine-tuned CLIP ViT-H-14",
+        paper=(
+            "Wu et al. 2023 (HPS v2): raw cosine of the fine-tuned CLIP ViT-H-14; the image "
+            "resized by its long side and zero-padded to 224, as the official scorer does"
+        ),
         uses_template=True,
+        version=2,
     )
 )
 register_metric(

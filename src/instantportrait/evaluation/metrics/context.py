@@ -263,13 +263,14 @@ class ItemContext:
         return [self.face_embedding(r, embedder_key) for r in self.identity_references(index)]
 
     # ------------------------------------------------------------------ CLIP
-    def clip_image(self, which: Which, model_key: str) -> torch.Tensor:
-        """``(1, D)`` CLIP image embedding of the whole image."""
+    def clip_image(self, which: Which, model_key: str, preprocess: str = "crop") -> torch.Tensor:
+        """``(1, D)`` CLIP image embedding of the whole image (``preprocess``: see
+        :func:`~..metric_fns.clip_image_embeddings`)."""
         model = self.hub.get(model_key)
         return self._memo(
             which,
-            ("clip", model_key),
-            lambda: fns.clip_image_embeddings(model, self.tensor(which)),
+            ("clip", model_key, preprocess),
+            lambda: fns.clip_image_embeddings(model, self.tensor(which), preprocess),
         )
 
     def clip_text(self, model_key: str, text: str) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Each is computed per method and split over the outputs of the run against the reference set
 (``--reference``, else the subjects' reference photos). With fewer samples than feature
-dimensions (2048 for Inception, 768 for DINOv2-base) the covariance is rank-deficient and the
+dimensions (2048 for Inception, 1024 for DINOv2 ViT-L/14) the covariance is rank-deficient and the
 distance mostly measures the sample size: two sets drawn from one distribution, 50 samples
 in 2048-D, score about 3,664. The harness then warns, and every FD row carries its sample
 counts and feature dimension (the report prints them beside the value).
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
+from ...faces.dino import IMAGENET_MEAN, IMAGENET_STD
 from .. import metric_fns as fns
 from .registry import Metric, ModelHub, ModelSource, register_metric, register_model
 
@@ -82,10 +83,10 @@ register_model(
 register_model(
     ModelSource(
         "dinov2",
-        "DINOv2 features for the Fréchet distance",
-        "facebook/dinov2-base",
+        "DINOv2 ViT-L/14 features for the Fréchet distance (dgm-eval's model)",
+        "facebook/dinov2-large",
         "--weights dinov2=DIR (transformers Dinov2Model folder) or a cached Hub id such as "
-        "facebook/dinov2-base",
+        "facebook/dinov2-large (ViT-L/14, the published FD-DINOv2's)",
         _load_dinov2,
     )
 )
@@ -147,16 +148,31 @@ def fid_face(
 def fd_dinov2(
     outputs: Sequence[Image.Image], references: Sequence[Image.Image], hub: ModelHub
 ) -> tuple[float, dict]:
-    """Fréchet distance on DINOv2 features (Stein et al. 2023)."""
+    """Fréchet distance on DINOv2 features (Stein et al. 2023) as dgm-eval computes it: each
+    image squashed to 224x224 by PIL's bicubic filter (:func:`~..metric_fns.
+    dgm_eval_dinov2_pixels`), ImageNet normalisation, the CLS token after the final layer
+    norm; ViT-L/14 by default. Another DINOv2 size is named in the result's detail."""
     ext = hub.get("dinov2")
+    model = getattr(ext, "model", ext)
+    p = next(model.parameters())
+    mean = torch.tensor(IMAGENET_MEAN, device=p.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=p.device).view(1, 3, 1, 1)
 
     def feats(images: Sequence[Image.Image]) -> torch.Tensor:
+        out = []
         with torch.no_grad():
-            return torch.cat(
-                [ext(fns.pil_to_tensor(im).to(hub.device)).float().cpu() for im in images]
-            )
+            for im in images:
+                x = fns.dgm_eval_dinov2_pixels(im).unsqueeze(0).to(p.device)
+                x = ((x - mean) / std).to(p.dtype)
+                out.append(model(pixel_values=x).pooler_output.float().cpu())
+        return torch.cat(out)
 
-    return frechet_with_counts(feats(outputs), feats(references), "FD-DINOv2")
+    value, detail = frechet_with_counts(feats(outputs), feats(references), "FD-DINOv2")
+    cfg = model.config
+    detail["dinov2"] = f"hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers"
+    if (cfg.hidden_size, cfg.num_hidden_layers) != (1024, 24):
+        detail["differs_from_published"] = "not ViT-L/14: dgm-eval's FD-DINOv2 uses ViT-L/14"
+    return value, detail
 
 
 register_metric(
@@ -192,6 +208,10 @@ register_metric(
         models=("dinov2",),
         higher_is_better=False,
         family="reference",
-        paper="Fréchet distance on DINOv2 features (Stein et al. 2023)",
+        paper=(
+            "Fréchet distance on DINOv2 ViT-L/14 CLS features (Stein et al. 2023), "
+            "dgm-eval's preprocessing (bicubic squash to 224)"
+        ),
+        version=2,
     )
 )

@@ -1,4 +1,9 @@
-"""Image-quality metrics: Q-Align quality and aesthetic, ImageReward, LAION aesthetic."""
+"""Image-quality metrics: Q-Align quality and aesthetic, ImageReward, LAION aesthetic.
+
+Q-Align and ImageReward pin old dependencies, so each runs in an environment of its own
+(:mod:`..metric_envs`, ``instantportrait metric-env create NAME``) through a worker process
+(:class:`..metric_worker.MetricWorker`); they load only local files.
+"""
 
 from __future__ import annotations
 
@@ -19,26 +24,24 @@ def _load_aesthetic(src: str | None, device: torch.device):
 
 
 def _load_imagereward(src: str | None, device: torch.device):
-    from ...errors import optional_import
+    from ..metric_worker import MetricWorker
 
-    rm = optional_import("ImageReward", "imagereward", "the ImageReward metric")
-    return rm.load(src, device=str(device))
+    return MetricWorker("imagereward", src or "THUDM/ImageReward", str(device))
 
 
 def _load_qalign(src: str | None, device: torch.device):
-    from transformers import AutoModelForCausalLM
+    from ..metric_worker import MetricWorker
 
-    model = AutoModelForCausalLM.from_pretrained(src, trust_remote_code=True)
-    return model.to(device).eval()
+    return MetricWorker("q-align", src or "q-future/one-align", str(device))
 
 
 register_model(
     ModelSource(
         "imagereward",
-        "ImageReward (BLIP reward model)",
-        None,
-        "pip install 'instantportrait[imagereward]' (image-reward pins old dependencies: "
-        "best in its own environment) and --weights imagereward=ImageReward.pt",
+        "ImageReward (BLIP reward model, in its own environment)",
+        "THUDM/ImageReward",
+        "`instantportrait metric-env create imagereward` (its environment and model), or "
+        "--weights imagereward=DIR with ImageReward.pt and med_config.json",
         _load_imagereward,
     )
 )
@@ -55,9 +58,10 @@ register_model(
 register_model(
     ModelSource(
         "q-align",
-        "Q-Align (mPLUG-Owl2, runs the model's own code)",
-        None,
-        "--weights q-align=DIR|q-future/one-align (executes its trust_remote_code)",
+        "Q-Align (mPLUG-Owl2's own code, in its own environment)",
+        "q-future/one-align",
+        "`instantportrait metric-env create q-align` (its environment and model), or "
+        "--weights q-align=DIR, a local q-future/one-align (runs the folder's code)",
         _load_qalign,
     )
 )
@@ -71,20 +75,15 @@ def laion_aesthetic(ctx: ItemContext) -> float:
 
 
 def imagereward(ctx: ItemContext) -> float:
-    """ImageReward's ``score(text, image)``."""
-    model = ctx.hub.get("imagereward")
-    with torch.no_grad():
-        return float(model.score(ctx.text, ctx.output_image))
+    """ImageReward's ``score(text, image)``, computed by its worker."""
+    return ctx.hub.get("imagereward").score(ctx.output_image, text=ctx.text)
 
 
 def qalign(task: str):
     """Q-Align's score for ``task`` (``quality`` or ``aesthetic``)."""
 
     def fn(ctx: ItemContext) -> float:
-        model = ctx.hub.get("q-align")
-        with torch.no_grad():
-            out = model.score([ctx.output_image], task_=task, input_="image")
-        return float(torch.as_tensor(out).flatten()[0])
+        return ctx.hub.get("q-align").score(ctx.output_image, task=task)
 
     return fn
 
@@ -109,9 +108,7 @@ register_metric(
         imagereward,
         models=("imagereward",),
         family="quality",
-        paper="Xu et al. 2023 (ImageReward)",
-        requires=("ImageReward",),
-        install_hint="pip install 'instantportrait[imagereward]'",
+        paper="Xu et al. 2023 (ImageReward), in its own environment (metric-env)",
         uses_template=True,
     )
 )
