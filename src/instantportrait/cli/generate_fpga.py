@@ -239,9 +239,9 @@ def run(args: argparse.Namespace) -> int:
     if args.fpga_steps < 1:
         raise InputError("--fpga-steps: at least 1")
     cond, masks = _condition(args, len(faces))
+    check_output(args.output, overwrite=args.overwrite)  # refused before the model loads
     for face, name in zip(faces, id_names):
         identity_face(face, name)  # a photo without a face: one line now, not after loading
-    check_output(args.output, overwrite=args.overwrite)  # refused before the model loads
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     quiet_libraries()

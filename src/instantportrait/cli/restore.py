@@ -75,14 +75,14 @@ def run(args: argparse.Namespace) -> int:
         load_image(f)
     if len({f.stem for f in files}) != len(files):
         raise InputError("inputs: two inputs share a file name; outputs would collide")
-    id_image, id_name = None, f"--id-image {args.id_image}"
-    if args.id_image:
-        from ..models.resampler import identity_face
-
-        id_image = load_image(args.id_image, name=id_name)
-        identity_face(id_image, id_name)  # no face: one line now, before any model loads
+    id_name = f"--id-image {args.id_image}"
+    id_image = load_image(args.id_image, name=id_name) if args.id_image else None
     check_codeformer_arguments(args)
     out = check_output(args.output, overwrite=args.overwrite)  # refused before any model loads
+    if id_image is not None:
+        from ..models.resampler import identity_face
+
+        identity_face(id_image, id_name)  # no face: one line now, before any model loads
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
 
