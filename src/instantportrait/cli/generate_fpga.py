@@ -165,12 +165,8 @@ def _condition(args, count: int):
                 f"{flag('fpga_face_mask')}: {len(args.fpga_face_mask)} masks for {count} identities"
             )
         loaded = []
-        for i, m in enumerate(args.fpga_face_mask):
-            img = (
-                load_image(m, name=f"{flag('fpga_face_mask')} {i + 1}")
-                .convert("L")
-                .resize(cond.size)
-            )
+        for m in args.fpga_face_mask:
+            img = load_image(m, name=f"{flag('fpga_face_mask')} {m}").convert("L").resize(cond.size)
             loaded.append(np.asarray(img, dtype=np.float32) / 255.0)
         masks = np.stack(loaded)
     return cond, masks
