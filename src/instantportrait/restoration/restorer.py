@@ -273,14 +273,11 @@ class FaceRestorer:
 
         names = list(names or [f"id image {i + 1}" for i in range(len(images))])
         loaded = [load_image(im, name=n) for im, n in zip(images, names, strict=True)]
-        try:
-            params = inspect.signature(self.id_encoder).parameters.values()
-            takes_names = sum(
-                p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params
-            )
+        try:  # FPGA's encode_identity(faces, names) names the image in its errors
+            takes_names = "names" in inspect.signature(self.id_encoder).parameters
         except (TypeError, ValueError):
-            takes_names = 1
-        return self.id_encoder(loaded, names) if takes_names > 1 else self.id_encoder(loaded)
+            takes_names = False
+        return self.id_encoder(loaded, names) if takes_names else self.id_encoder(loaded)
 
     def _identity_images(
         self, id_images: Any, faces: list[Image.Image], people: list[int] | None
