@@ -220,40 +220,46 @@ def parse_keypoints(
     W, "canvas_height": H}``), a COCO-style ``{"keypoints": [...]}`` / list of those, or a
     plain list of people each a flat or nested list of points.
     """
-    size = None
-    if isinstance(data, dict):
-        if "canvas_width" in data and "canvas_height" in data:
-            size = (int(data["canvas_width"]), int(data["canvas_height"]))
-        if "people" in data:
-            people = []
-            for p in data["people"]:
-                if not isinstance(p, dict) or "pose_keypoints_2d" not in p:
-                    raise InputError(f"{where}: each person needs 'pose_keypoints_2d'")
-                people.append(p["pose_keypoints_2d"])
-        elif "keypoints" in data:
-            people = [data["keypoints"]]
-        else:
-            raise InputError(f"{where}: expected 'people' (OpenPose) or 'keypoints' (COCO)")
-    elif isinstance(data, list):
-        people = [p["keypoints"] if isinstance(p, dict) else p for p in data]
-    else:
-        raise InputError(f"{where}: expected a JSON object or list")
     try:
+        size = None
+        if isinstance(data, dict):
+            if "canvas_width" in data and "canvas_height" in data:
+                size = (int(data["canvas_width"]), int(data["canvas_height"]))
+            if "people" in data:
+                people = []
+                for p in data["people"]:
+                    if not isinstance(p, dict) or "pose_keypoints_2d" not in p:
+                        raise InputError(f"{where}: each person needs 'pose_keypoints_2d'")
+                    people.append(p["pose_keypoints_2d"])
+            elif "keypoints" in data:
+                people = [data["keypoints"]]
+            else:
+                raise InputError(f"{where}: expected 'people' (OpenPose) or 'keypoints' (COCO)")
+        elif isinstance(data, list):
+            people = [p["keypoints"] if isinstance(p, dict) else p for p in data]
+        else:
+            raise InputError(f"{where}: expected a JSON object or list")
         return _people_array(people, where), size
-    except (TypeError, ValueError) as exc:
+    except InputError:
+        raise  # already one line naming `where` (InputError is a ValueError: not re-wrapped)
+    except (TypeError, ValueError, KeyError) as exc:
         raise InputError(f"{where}: not numeric keypoints ({exc})") from None
 
 
-def load_keypoints(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """Read a keypoints JSON file (see :func:`parse_keypoints`); one line on any error."""
+def load_keypoints(
+    path: str | os.PathLike, name: str | None = None
+) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """Read a keypoints JSON file (see :func:`parse_keypoints`); one line on any error,
+    starting with ``name`` (what the user typed, e.g. ``--pose FILE``; default the path)."""
     p = Path(path)
+    where = name or str(p)
     if not p.is_file():
-        raise InputError(f"{p}: keypoints file not found")
+        raise InputError(f"{where}: keypoints file not found")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{p}: not a JSON keypoints file ({exc})") from None
-    return parse_keypoints(data, str(p))
+        raise InputError(f"{where}: not a JSON keypoints file ({exc})") from None
+    return parse_keypoints(data, where)
 
 
 def scale_keypoints(keypoints: np.ndarray, sx: float, sy: float) -> np.ndarray:

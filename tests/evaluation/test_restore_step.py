@@ -3,6 +3,8 @@ Table 2), the wrapper passing the harness's state to the inner method."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -101,10 +103,15 @@ def test_restore_key_holds_the_inner_method(tiny_restore, tmp_path):
 def test_several_identities_restore_by_their_regions(
     tiny_restore, astronaut_path, grace_hopper_path
 ):
-    from types import SimpleNamespace
+    """Two real faces side by side, each inside one identity's region: the restorer is asked
+    to give each face the photo of the identity whose region holds it (told apart by the
+    photos' sizes); one identity: its photo for every face."""
+    import numpy as np
+    import torch
 
     from instantportrait.evaluation.items import Identity, Subject
     from instantportrait.evaluation.methods import build_method
+    from instantportrait.restoration.restorer import FaceRestorer
 
     a = Image.open(astronaut_path).convert("RGB").resize((200, 200))
     g = Image.open(grace_hopper_path).convert("RGB").crop((0, 30, 512, 542)).resize((200, 200))
@@ -118,11 +125,26 @@ def test_several_identities_restore_by_their_regions(
             Identity("grace", (grace_hopper_path,), region=(0, 0, 200, 200)),
         ),
     )
+    seen = []
+
+    class Spy:
+        config = SimpleNamespace(resolution=64)
+
+        def __call__(self, prompt, crops, conds, masks, **kw):
+            return SimpleNamespace(images=list(crops))
+
+    def encoder(images):
+        seen.append([im.size for im in images])
+        return torch.zeros(len(images), 4, 32)
+
     m = build_method(f"restore:{tiny_restore},method=identity")
-    m._restorer = SimpleNamespace(detector={"upsample": 1}, select=lambda f: list(range(len(f))))
-    per_face = m.identity_images(output, a, subject)
-    assert len(per_face) == 2  # left to right: the identity of the region each face is in
-    assert per_face[0].size == Image.open(grace_hopper_path).size
-    assert per_face[1].size == Image.open(astronaut_path).size
+    m._restorer = FaceRestorer(Spy(), restore_below=1000, id_encoder=encoder)
+    out = m.generate(output, "two people", 0, subject=subject)
+    assert out.size == output.size
+    grace, astro = Image.open(grace_hopper_path).size, Image.open(astronaut_path).size
+    assert seen == [[grace, astro]]  # left to right: the identity of the region each face is in
+    who = m.identities(output, a, subject)
+    assert who["regions"].shape == (2, 200, 400) and who["regions"][1, :, :200].all()
+    assert not np.any(who["regions"][0, :, :200])
     single = Subject("one", (Identity("astro", (astronaut_path,)),))
-    assert m.identity_images(output, a, single).size == Image.open(astronaut_path).size
+    assert m.identities(output, a, single)["id_images"].size == astro

@@ -157,7 +157,7 @@ def test_a_failure_after_loading_leaves_the_old_output_even_with_overwrite(
     tiny_rep, two_people_pose, tmp_path, capsys
 ):
     """The output is checked before the model loads but replaced only once it has loaded and
-    every id image showed a face: a face-free id image (found after loading) removes nothing."""
+    every id image showed a face: a face-free id image removes nothing."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.png").write_bytes(b"earlier result")

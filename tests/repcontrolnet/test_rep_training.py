@@ -26,8 +26,8 @@ def test_train_repcontrolnet_smoke(tmp_path, astronaut_path, capsys, tiny_fpga):
     data = _dataset(tmp_path / "data", astronaut_path)
     out = tmp_path / "run"
     encoder = tiny_fpga  # the FPGA encoder that "made" the F_id
-    sets = [
-        "model.pretrained=tiny", "model.id_dim=32", "model.adapter_channels=[8,16,16,32]",
+    sets = [  # no model.id_dim: F_id's width comes from the identity encoder (32 when tiny)
+        "model.pretrained=tiny", "model.adapter_channels=[8,16,16,32]",
         f"model.identity_encoder={encoder}",
         f"data.path={data}", "data.resolution=64", f"training.output_dir={out}",
         "training.max_steps=2", "training.batch_size=2", "training.mixed_precision=no",
@@ -58,6 +58,9 @@ def test_train_repcontrolnet_smoke(tmp_path, astronaut_path, capsys, tiny_fpga):
         num_inference_steps=2, generator=torch.Generator().manual_seed(0),
     ).images[0]  # fmt: skip
     assert img.size == (64, 64)
+    # an id_dim other than the encoder's is refused, naming both widths
+    assert main([*argv, "--set", "model.id_dim=768", "--overwrite"]) == 2
+    assert "its F_id is 32 wide, model.id_dim is 768" in capsys.readouterr().err
 
 
 def test_train_repcontrolnet_dry_run_and_bad_data(tmp_path, capsys):
@@ -153,3 +156,62 @@ def test_train_repcontrolnet_on_fpgas_portrait_dataset(
     item = trainer.dataset[(0, 0)]  # row 0 has keypoints: a skeleton is drawn
     assert item["mode"] == "skeleton" and item["condition"].amax() > 0
     assert (tmp_path / "run" / "final" / "model_index.json").is_file()
+
+
+def test_every_trainable_group_changes_and_every_frozen_one_stays(
+    tmp_path, portrait_dir, tiny_fpga
+):
+    """Spec §5: the copies Theta_m, the condition adapter and the ID projections train; the
+    base weights Theta (every RepLayer's base and the UNet's norms), the VAE, the text
+    encoder and the identity encoder stay bit-identical."""
+    import pytest
+
+    pytest.importorskip("dlib")
+    from instantportrait.models.rep_controlnet import RepLayer
+    from instantportrait.training.repcontrolnet import (
+        RepControlNetConfig,
+        RepControlNetTrainer,
+        RepDataConfig,
+    )
+
+    cfg = RepControlNetConfig(data=RepDataConfig(path=str(portrait_dir), resolution=32))
+    cfg.model.pretrained, cfg.model.identity_encoder = "tiny", str(tiny_fpga)
+    cfg.model.adapter_channels = [8, 16, 16, 32]
+    cfg.training.output_dir, cfg.training.batch_size = str(tmp_path / "run"), 2
+    cfg.training.mixed_precision, cfg.training.tensorboard = "no", False
+    cfg.training.gradient_checkpointing = False
+    trainer = RepControlNetTrainer(cfg)
+    trainer.setup()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    reps = {n: m for n, m in model.unet.named_modules() if isinstance(m, RepLayer)}
+    assert reps
+    branch = {f"{n}.branch.{k}": p for n, m in reps.items() for k, p in m.branch.named_parameters()}
+    inside_reps = {f"{n}.{k}" for n, m in reps.items() for k, _ in m.named_parameters()}
+    base = {n: p for n, p in model.unet.named_parameters() if n not in branch}
+    assert any(".base." in n for n in base) and any("norm" in n for n in base)
+    assert set(branch) | {n for n in base if n in inside_reps} == inside_reps
+    trainable = {
+        "branch": branch,
+        "adapter": dict(model.adapter.named_parameters()),
+        "id_projections": dict(model.id_projections.named_parameters()),
+    }
+    assert trainable["id_projections"]  # F_id width taken from the encoder: ID attention on
+    frozen = {
+        "unet base": base,
+        "vae": dict(trainer.vae.named_parameters()),
+        "text_encoder": dict(trainer.text_encoder.named_parameters()),
+        "resampler": dict(trainer.identity["resampler"].named_parameters()),
+        "image_encoder": dict(trainer.identity["image_encoder"].named_parameters()),
+    }
+    before = {g: {n: p.detach().clone() for n, p in ps.items()} for g, ps in
+              {**trainable, **frozen}.items()}  # fmt: skip
+    batch = trainer.collate([trainer.dataset[(0, i)] for i in range(2)])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):  # the adapter's zero-initialised output conv opens in step 1
+        trainer.training_step(batch, g)
+    for group, ps in frozen.items():
+        for n, p in ps.items():
+            assert torch.equal(p, before[group][n]), f"frozen {group}: {n} changed"
+    for group, ps in trainable.items():
+        still = sorted(n for n, p in ps.items() if torch.equal(p, before[group][n]))
+        assert not still, f"{group}: {len(still)} parameters did not train: {still[:5]}"

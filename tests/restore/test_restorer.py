@@ -120,3 +120,40 @@ def test_from_pipeline_shares_components_and_takes_the_id_encoder(diir_pipe):
     assert restorer.pipeline.unet is diir_pipe.unet and restorer.resolution == 64
     restorer.id_encoder([Image.new("RGB", (8, 8))])
     assert calls == [1]
+
+
+def test_regions_give_each_face_its_persons_identity(diir_pipe, small_astronaut, grace_hopper_path):
+    """Two faces (left and right half); person 1's region is the right half, person 2's the
+    left: the left face gets id image 2, the right face id image 1 (told apart by size). With
+    only person 1's region, the left face is left untouched, bit for bit, with a note."""
+    pair = Image.new("RGB", (512, 256))
+    pair.paste(small_astronaut, (0, 0))
+    pair.paste(small_astronaut.transpose(Image.FLIP_LEFT_RIGHT), (256, 0))
+    hopper = Image.open(grace_hopper_path).convert("RGB")
+    other = Image.new("RGB", (100, 60), (200, 150, 120))
+    seen = []
+
+    class Spy:
+        config = diir_pipe.config
+
+        def __call__(self, prompt, crops, conds, masks, **kw):
+            return SimpleNamespace(images=[Image.new("RGB", c.size, (255, 0, 0)) for c in crops])
+
+    def id_encoder(images):
+        seen.append([im.size for im in images])
+        return torch.zeros(len(images), 4, 32)
+
+    restorer = FaceRestorer(Spy(), num_inference_steps=1, guidance_scale=1.0, id_encoder=id_encoder)
+    regions = np.zeros((2, 256, 512), np.float32)
+    regions[0, :, 256:] = 1  # person 1: right half
+    regions[1, :, :256] = 1  # person 2: left half
+    result = restorer.restore(pair, [hopper, other], regions=regions, name="pair")
+    assert seen == [[other.size, hopper.size]]  # left face: person 2; right face: person 1
+    assert [f.identity for f in result.faces] == ["id image 2", "id image 1"]
+    seen.clear()
+    result = restorer.restore(pair, [hopper], regions=regions[:1], name="pair")
+    assert seen == [[hopper.size]] and result.unmatched == 1 and len(result.faces) == 1
+    left = np.asarray(result.image)[:, :256]
+    assert np.array_equal(left, np.asarray(pair)[:, :256])  # the unmatched face: untouched
+    assert not np.array_equal(np.asarray(result.image)[:, 256:], np.asarray(pair)[:, 256:])
+    assert any("lie in no person's face region; left untouched" in n for n in result.notes)

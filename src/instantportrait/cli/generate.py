@@ -143,15 +143,19 @@ def refuse_shared(args: argparse.Namespace, *names: str, hint: str = "") -> None
             raise InputError(f"{flag}: not an option of --method {args.method}{hint}")
 
 
-def restored(image, args: argparse.Namespace, id_image=None, prompt: str | None = None):
+def restored(
+    image, args: argparse.Namespace, id_image=None, prompt: str | None = None, name: str = "output"
+):
     """``image`` with its small faces restored by DIIR when ``--restore`` was given.
 
     ``id_image``: the identity the faces should have (FastFace's ``--id-image``); ``None``
-    restores each face towards itself (several people, or a tuned identity).
+    restores each face towards itself (a tuned identity). ``name``: the output's file name,
+    as the restore notes call it.
     """
     from .restore_option import maybe_restore
 
-    return maybe_restore([image], args, None if id_image is None else [id_image], prompt=prompt)[0]
+    ids = None if id_image is None else [id_image]
+    return maybe_restore([image], args, ids, prompt=prompt, names=[name])[0]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             for w in caught:
                 if issubclass(w.category, NoFaceWarning):
                     print(f"warning: {prompt!r} seed {seed}: {w.message}", file=sys.stderr)
-            image = restored(result.images[0], args, prompt=prompt)
+            image = restored(result.images[0], args, prompt=prompt, name=f"{index:04d}.png")
             save_image(image, out / f"{index:04d}.png")
             save_image(result.context_images[0], out / f"{index:04d}_context.png")
             t_c, t_id = result.prompts[0]

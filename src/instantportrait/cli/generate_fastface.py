@@ -147,8 +147,8 @@ def run(args: argparse.Namespace) -> int:
             lora_scale=args.lora_scale,
             generator=seeded_generator(seed, device),
         ).images[0]
-        image = restored(image, args, id_image, prompt=prompts[i])
         dest = out_dir / f"{i:03d}_{j:02d}.png"
+        image = restored(image, args, id_image, prompt=prompts[i], name=dest.name)
         save_image(image, dest)
         records.append({"file": dest.name, "prompt": prompts[i], "seed": seed})
     settings = {

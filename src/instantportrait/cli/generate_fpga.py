@@ -9,6 +9,10 @@ trained copies beside it) and ``--adapter-scale``.
 points give each person's face region) or a ready condition image (skeleton and/or
 landmarks; several identities then need ``--face-mask``, one per identity). Identities go to
 people left to right unless ``--id-people`` says otherwise.
+
+``--restore`` restores each small face toward the identity of the person whose face region
+covers it (the region where that identity was generated; one identity owns the whole image),
+with F_id from the restore model's own encoder; a face in no person's region is left untouched.
 """
 
 from __future__ import annotations
@@ -80,103 +84,151 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def _flag(dest: str) -> str:
-    return FLAGS.get(dest, "--" + dest.replace("_", "-"))
+def _flag(dest: str, args: argparse.Namespace | None = None) -> str:
+    """The flag the user typed for ``dest``: the shared ``--model`` / ``--id-image`` of
+    ``generate`` when they stood in for ``--fpga-model`` / ``--fpga-id-image``."""
+    typed = getattr(args, "_fpga_typed", None) or {}
+    return typed.get(dest) or FLAGS.get(dest, "--" + dest.replace("_", "-"))
+
+
+def _ranks(args: argparse.Namespace, count: int) -> list[int]:
+    """0-based person ranks (left to right) of the ``count`` identities (``--id-people``)."""
+    from ..errors import InputError
+
+    flag, given = _flag("fpga_id_people", args), args.fpga_id_people
+    if not given:
+        return list(range(count))
+    try:
+        ranks = [int(v) - 1 for v in given.split(",")]
+    except ValueError:
+        raise InputError(f"{flag} {given}: comma-separated person numbers, e.g. 2,1") from None
+    ids = _flag("fpga_id_image", args)
+    if len(ranks) != count:
+        raise InputError(
+            f"{flag} {given}: {len(ranks)} person number(s) for {count} {ids} image(s); "
+            f"give one per {ids}, in order"
+        )
+    if min(ranks) < 0:
+        raise InputError(f"{flag} {given}: people are numbered from 1 (the leftmost)")
+    if len(set(ranks)) != len(ranks):
+        raise InputError(f"{flag} {given}: each person can take one identity only")
+    return ranks
 
 
 def _condition(args, count: int):
     """(condition image, masks (K, H, W) or None) from --pose / --face-mask / --id-people."""
     import numpy as np
 
-    from ..conditions import load_keypoints, render_condition, scale_keypoints
+    from ..conditions import left_to_right, load_keypoints, render_condition, scale_keypoints
     from ..errors import InputError
     from ..io import load_image
     from ..pipelines.fpga import face_region_masks
 
+    def flag(dest: str) -> str:
+        return _flag(dest, args)
+
     if not args.fpga_pose:
-        raise InputError(f"{_flag('fpga_pose')}: a keypoints JSON or a condition image is required")
+        raise InputError(f"{flag('fpga_pose')}: a keypoints JSON or a condition image is required")
     masks = None
     if Path(args.fpga_pose).suffix.lower() == ".json":
-        kps, canvas = load_keypoints(args.fpga_pose)
+        kps, canvas = load_keypoints(args.fpga_pose, name=f"{flag('fpga_pose')} {args.fpga_pose}")
         if len(kps) == 0:
-            raise InputError(f"{_flag('fpga_pose')} {args.fpga_pose}: no people in the keypoints")
+            raise InputError(f"{flag('fpga_pose')} {args.fpga_pose}: no people in the keypoints")
         cw, ch = canvas or (args.fpga_width or 512, args.fpga_height or 512)
         w, h = args.fpga_width or cw, args.fpga_height or ch
         kps = scale_keypoints(kps, w / cw, h / ch)
         cond = render_condition((w, h), keypoints=kps, mode="skeleton")
         if not args.fpga_face_mask:
-            ranks = list(range(count))
-            if args.fpga_id_people:
-                try:
-                    ranks = [int(v) - 1 for v in args.fpga_id_people.split(",")]
-                except ValueError:
-                    raise InputError(
-                        f"{_flag('fpga_id_people')}: comma-separated integers, e.g. 2,1"
-                    ) from None
-                if len(ranks) != count or min(ranks) < 0:
-                    raise InputError(
-                        f"{_flag('fpga_id_people')}: {count} ranks from 1, "
-                        f"got {args.fpga_id_people}"
-                    )
+            ranks = _ranks(args, count)
+            people = len(left_to_right(kps))
+            if max(ranks) >= people:
+                said = f"{flag('fpga_id_people')} {args.fpga_id_people}: person {max(ranks) + 1}"
+                raise InputError(
+                    (said if args.fpga_id_people else f"{count} {flag('fpga_id_image')} images")
+                    + f", but {flag('fpga_pose')} {args.fpga_pose} has {people} "
+                    + ("person" if people == 1 else "people")
+                )
             if count > 1 or args.fpga_id_people:
-                people = face_region_masks(kps, (w, h), max(ranks) + 1)
-                masks = people[ranks]
+                masks = face_region_masks(kps, (w, h), max(ranks) + 1)[ranks]
     else:
-        cond = load_image(args.fpga_pose, name=_flag("fpga_pose"))
+        cond = load_image(args.fpga_pose, name=f"{flag('fpga_pose')} {args.fpga_pose}")
         if args.fpga_width or args.fpga_height:
             cond = cond.resize((args.fpga_width or cond.width, args.fpga_height or cond.height))
         if count > 1 and not args.fpga_face_mask:
             raise InputError(
-                f"{_flag('fpga_face_mask')}: a pose image has no keypoints; "
+                f"{flag('fpga_face_mask')}: a pose image has no keypoints; "
                 "give one mask per identity"
             )
     if args.fpga_face_mask:
         if len(args.fpga_face_mask) != count:
             raise InputError(
-                f"{_flag('fpga_face_mask')}: {len(args.fpga_face_mask)} masks "
-                f"for {count} identities"
+                f"{flag('fpga_face_mask')}: {len(args.fpga_face_mask)} masks for {count} identities"
             )
         loaded = []
-        for i, m in enumerate(args.fpga_face_mask):
-            img = (
-                load_image(m, name=f"{_flag('fpga_face_mask')} {i + 1}")
-                .convert("L")
-                .resize(cond.size)
-            )
+        for m in args.fpga_face_mask:
+            img = load_image(m, name=f"{flag('fpga_face_mask')} {m}").convert("L").resize(cond.size)
             loaded.append(np.asarray(img, dtype=np.float32) / 255.0)
         masks = np.stack(loaded)
     return cond, masks
 
 
+def _restore_with_identities(image, restorer, id_embeds, regions, prompt, name):
+    """``--restore``: each small face restored toward the identity of the person whose face
+    region covers it (the region multi-ID attention gave that identity); a face in no
+    region is left untouched, and the notes say so."""
+    import sys
+
+    if restorer is None:
+        return image
+    result = restorer.restore(image, id_embeds=id_embeds, regions=regions, prompt=prompt, name=name)
+    for note in result.notes:
+        print(note, file=sys.stderr)
+    return result.image
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    import numpy as np
+
     from ..errors import InputError
     from ..io import check_output, load_image, prepare_output, save_image
+    from ..models.resampler import identity_face
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
-    from .generate import prompts_of, restored
+    from .generate import prompts_of
 
     prompts = prompts_of(args)
-    # the shared --model / --id-image of `generate` stand for --fpga-model / --fpga-id-image
-    args.fpga_model = args.fpga_model or args.model
-    args.fpga_id_image = args.fpga_id_image or args.id_image
+    # the shared --model / --id-image of `generate` stand for --fpga-model / --fpga-id-image;
+    # messages name the one the user typed
+    args._fpga_typed = {}
+    if not args.fpga_model and args.model:
+        args.fpga_model, args._fpga_typed["fpga_model"] = args.model, "--model"
+    if not args.fpga_id_image and args.id_image:
+        args.fpga_id_image, args._fpga_typed["fpga_id_image"] = args.id_image, "--id-image"
+
+    def flag(dest: str) -> str:
+        return _flag(dest, args)
+
     if not args.fpga_model:
         raise InputError(
-            f"{_flag('fpga_model')}: an FPGA pipeline or merged RepControlNet folder is required"
+            f"{flag('fpga_model')}: an FPGA pipeline or merged RepControlNet folder is required"
         )
     from ..pipelines.fpga_family import load_fpga_family, pipeline_class
 
     model = Path(args.fpga_model)
-    rep = pipeline_class(model, name=_flag("fpga_model")) == "RepControlNetPipeline"
+    rep = pipeline_class(model, name=flag("fpga_model")) == "RepControlNetPipeline"
     if not rep:
         if args.fpga_control_strength is not None:
-            raise InputError(f"{_flag('fpga_control_strength')}: only for a RepControlNet model")
+            raise InputError(f"{flag('fpga_control_strength')}: only for a RepControlNet model")
         if args.fpga_adapter_scale != 1.0:
-            raise InputError(f"{_flag('fpga_adapter_scale')}: only for a RepControlNet model")
+            raise InputError(f"{flag('fpga_adapter_scale')}: only for a RepControlNet model")
     if not args.fpga_id_image:
-        raise InputError(f"{_flag('fpga_id_image')}: at least one face image is required")
-    faces = [load_image(p, name=f"{_flag('fpga_id_image')} {p}") for p in args.fpga_id_image]
+        raise InputError(f"{flag('fpga_id_image')}: at least one face image is required")
+    id_names = [f"{flag('fpga_id_image')} {p}" for p in args.fpga_id_image]
+    faces = [load_image(p, name=n) for p, n in zip(args.fpga_id_image, id_names)]
     for name, v in (
-        (_flag("fpga_width"), args.fpga_width),
-        (_flag("fpga_height"), args.fpga_height),
+        (flag("fpga_width"), args.fpga_width),
+        (flag("fpga_height"), args.fpga_height),
     ):
         if v is not None and (v < 8 or v % 8):
             raise InputError(f"{name}: a positive multiple of 8, got {v}")
@@ -184,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--fpga-steps: at least 1")
     cond, masks = _condition(args, len(faces))
     check_output(args.output, overwrite=args.overwrite)  # refused before the model loads
+    for face, name in zip(faces, id_names):
+        identity_face(face, name)  # a photo without a face: one line now, not after loading
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     quiet_libraries()
@@ -192,12 +246,26 @@ def run(args: argparse.Namespace) -> int:
         dtype=dtype,
         device=device,
         control_strength=args.fpga_control_strength,
-        name=_flag("fpga_model"),
+        name=flag("fpga_model"),
     )
     extra = {"adapter_scale": args.fpga_adapter_scale} if rep else {}
-    id_embeds = pipe.encode_identity(
-        faces, [f"{_flag('fpga_id_image')} {p}" for p in args.fpga_id_image]
-    )
+    id_embeds = pipe.encode_identity(faces, id_names)
+    restorer = restore_ids = regions = None
+    if getattr(args, "restore", False):
+        from .restore_option import build_restorer
+
+        restorer = build_restorer(args)
+        # F_id by the restorer's own encoder (its ID-ControlNet may not be the generator's);
+        # each identity owns its face region, one identity owns the whole image
+        restore_ids = restorer.encode_identities(faces, id_names)
+        if restore_ids is None:
+            print(
+                f"--restore-model {args.restore_model}: no ID encoder; faces are restored from "
+                f"landmarks, prompt and inversion, not toward the {flag('fpga_id_image')} images",
+                file=sys.stderr,
+            )
+        w, h = cond.size
+        regions = masks if masks is not None else np.ones((1, h, w), np.float32)
     # the model loaded and every face was found: only now is an old output replaced
     out = prepare_output(args.output, overwrite=args.overwrite, create=True)
     save_image(cond, out / "condition.png")
@@ -215,7 +283,9 @@ def run(args: argparse.Namespace) -> int:
                 generator=seeded_generator(args.seed + n, device),
                 **extra,
             ).images[0]
-            image = restored(image, args, prompt=p)  # several people: each face towards itself
+            image = _restore_with_identities(
+                image, restorer, restore_ids, regions, p, f"{n:04d}.png"
+            )
             path = save_image(image, out / f"{n:04d}.png")
             print(path)
             n += 1

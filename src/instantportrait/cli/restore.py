@@ -52,7 +52,14 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..errors import InputError
-    from ..io import check_output, check_prompt, list_images, load_image, prepare_output, save_image
+    from ..io import (
+        atomic_directory,
+        check_output,
+        check_prompt,
+        list_images,
+        load_image,
+        save_image,
+    )
     from .common import quiet_libraries, resolve_device, resolve_dtype
     from .restore_option import build_codeformer, build_face_parser, check_codeformer_arguments
 
@@ -66,11 +73,16 @@ def run(args: argparse.Namespace) -> int:
     files = list_images(args.inputs)
     for f in files:
         load_image(f)
-    id_image = load_image(args.id_image, name="--id-image") if args.id_image else None
     if len({f.stem for f in files}) != len(files):
         raise InputError("inputs: two inputs share a file name; outputs would collide")
+    id_name = f"--id-image {args.id_image}"
+    id_image = load_image(args.id_image, name=id_name) if args.id_image else None
     check_codeformer_arguments(args)
-    check_output(args.output, overwrite=args.overwrite)  # refused before any model loads
+    out = check_output(args.output, overwrite=args.overwrite)  # refused before any model loads
+    if id_image is not None:
+        from ..models.resampler import identity_face
+
+        identity_face(id_image, id_name)  # no face: one line now, before any model loads
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
 
@@ -78,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     kwargs = {"prompt": prompt} if prompt else {}
-    # every model loads before the output is touched: a bad path writes (and removes) nothing
+    # every model loads and the identity is encoded before the output is touched: a bad
+    # path or an id image the encoder rejects writes (and removes) nothing
     restorer = FaceRestorer.from_pretrained(
         args.model,
         restore_below=args.restore_below,
@@ -92,13 +105,27 @@ def run(args: argparse.Namespace) -> int:
     restorer.pipeline.to(device=device)
     if dtype != restorer.pipeline.unet.dtype:
         restorer.pipeline.to(dtype=dtype)
-    out_dir = prepare_output(args.output, overwrite=args.overwrite, kind="dir")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for f in tqdm(files, desc="restoring", unit="image", disable=len(files) < 2, file=sys.stderr):
-        result = restorer.restore(f, id_image, name=str(f))
-        for note in result.notes:
-            print(note, file=sys.stderr)
-        dest = out_dir / f"{f.stem}.png"
-        save_image(result.image, dest)
+    id_embeds = None
+    if id_image is not None:
+        id_embeds = restorer.encode_identities([id_image], [id_name])
+        if id_embeds is None:
+            print(
+                f"{args.model}: this model has no ID encoder; --id-image is not used "
+                "(restoration from landmarks, prompt and inversion only)",
+                file=sys.stderr,
+            )
+    # the folder is built aside and moved into place whole: an error or Ctrl-C halfway
+    # through the inputs leaves no partial output, and an old output stays until then
+    written = []
+    with atomic_directory(out, overwrite=True) as tmp:
+        for f in tqdm(
+            files, desc="restoring", unit="image", disable=len(files) < 2, file=sys.stderr
+        ):
+            result = restorer.restore(f, id_embeds=id_embeds, name=str(f))
+            for note in result.notes:
+                print(note, file=sys.stderr)
+            save_image(result.image, tmp / f"{f.stem}.png")
+            written.append(out / f"{f.stem}.png")
+    for dest in written:
         print(dest)
     return 0

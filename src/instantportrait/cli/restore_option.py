@@ -174,6 +174,7 @@ def maybe_restore(
     id_images: Sequence[Any] | None = None,
     *,
     prompt: str | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[Any]:
     """``images`` with their small faces restored when ``--restore`` was given, else as they are.
 
@@ -182,6 +183,7 @@ def maybe_restore(
         args: the parsed arguments (``--restore``, ``--restore-model``, ...).
         id_images: the identity image of each output (or one for all); ``None``: each face's own.
         prompt: the generation's prompt, used as DIIR's prompt C.
+        names: how each output is called in the notes (its file name; default "output N").
     """
     if not getattr(args, "restore", False):
         return list(images)
@@ -191,9 +193,10 @@ def maybe_restore(
         if id_images is None
         else list(id_images) * (len(images) if len(id_images) == 1 else 1)
     )
+    labels = list(names) if names is not None else [f"output {i}" for i in range(len(images))]
     out = []
-    for i, (image, id_image) in enumerate(zip(images, ids)):
-        result = restorer.restore(image, id_image, prompt=prompt, name=f"output {i}")
+    for image, id_image, label in zip(images, ids, labels, strict=True):
+        result = restorer.restore(image, id_image, prompt=prompt, name=label)
         for note in result.notes:
             print(note, file=sys.stderr)
         out.append(result.image)

@@ -142,6 +142,23 @@ def encode_face_crops(
 FACE_CROP_SIZE = 224
 
 
+def identity_face(image, name: str = "face"):
+    """The largest face of an identity image (its detection, with 68 landmarks).
+
+    The detection :func:`align_face` runs, alone: commands call it on every id image before
+    any model loads, so a photo without a face fails at once with one line naming ``name``
+    (the option the user typed and the file). Raises the face stack's ``NoFaceFoundError``.
+    """
+    from ..faces.detect import NoFaceFoundError, detect
+    from ..io import load_image
+
+    img = load_image(image, name=name)
+    try:
+        return detect(img, select="largest", landmarks=True)
+    except NoFaceFoundError:
+        raise NoFaceFoundError(f"{name}: no face found") from None
+
+
 def align_face(
     image, template: str = "arcface", size: int = FACE_CROP_SIZE, landmarks=None, name: str = "face"
 ) -> torch.Tensor:
@@ -158,13 +175,7 @@ def align_face(
 
     img = load_image(image, name=name)
     if landmarks is None:
-        from ..faces.detect import NoFaceFoundError, detect
-
-        try:
-            found = detect(img, select="largest", landmarks=True)
-        except NoFaceFoundError:
-            raise NoFaceFoundError(f"{name}: no face found") from None
-        landmarks = found.landmarks68[0]
+        landmarks = identity_face(img, name).landmarks68[0]
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     lm = torch.as_tensor(np.asarray(landmarks, dtype=np.float32))
     return crop_faces(x, lm, template, size).clamp(0, 1)

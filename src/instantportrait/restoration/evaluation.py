@@ -13,7 +13,7 @@ crops before the paste-back, so "DIIR" and "DIIR + CodeFormer" score side by sid
 paper's Table 4). Every face of the output smaller
 than ``restore_below`` pixels is restored with the identity the generation should have (the
 item's identity photo; for several identities with face regions, each face takes the identity
-whose region it overlaps most, else its own) and pasted back.
+whose region covers most of it, and a face in no region is left untouched) and pasted back.
 
 The wrapper passes the harness's state through to the inner method (its ``cache_dir`` for
 per-identity caches such as FaceA-Net's tuned identities, the run's ``prompts``), and its key
@@ -183,41 +183,34 @@ class RestoredMethod(Method):
         )
         return load_codeformer_enhancer(str(path), w, device=self.device, dtype=self.dtype)
 
-    def identity_images(self, output: Image.Image, image: Image.Image, subject: Any) -> Any:
-        """What each restored face should look like: the one identity's photo, or, for several
-        identities with regions, per restored face (left to right) the photo of the identity
-        whose region overlaps it most (``None``: the face keeps its own identity)."""
+    def identities(self, output: Image.Image, image: Image.Image, subject: Any) -> dict[str, Any]:
+        """Whom each restored face should look like, as :meth:`FaceRestorer.restore` keyword
+        arguments: the one identity's photo; for several identities with regions, each
+        identity's photo and its region, so that every face takes the identity whose region
+        covers most of it and a face in no region is left untouched; else nothing (each face
+        keeps its own identity)."""
+        import numpy as np
+
         from ..io import load_image
 
         if subject is None:
-            return image
+            return {"id_images": image}
         ids = subject.identities
         if len(ids) == 1:
-            return load_image(ids[0].photos[0], name=str(ids[0].photos[0]))
+            return {"id_images": load_image(ids[0].photos[0], name=str(ids[0].photos[0]))}
         if not all(i.region is not None for i in ids):
-            return None  # no placement known: every face restores its own identity
-        from ..evaluation.metrics.regions import box_iou
-        from ..faces.detect import detect
+            return {}  # no placement known: every face restores its own identity
+        from ..conditions import box_mask
 
-        r = self.restorer
-        found = detect(output, select="all", landmarks=68, raise_if_none=False, **r.detector)
-        if len(found) == 0:
-            return None
-        chosen = r.select(found)
-        per_face = []
-        for i in chosen:
-            box = tuple(float(v) for v in found.boxes[i])
-            overlaps = [box_iou(tuple(ident.region), box) for ident in ids]
-            best = max(range(len(ids)), key=overlaps.__getitem__)
-            photo = ids[best].photos[0]
-            per_face.append(load_image(photo, name=str(photo)) if overlaps[best] > 0 else None)
-        return per_face
+        regions = np.stack([box_mask(tuple(i.region), output.size) for i in ids])
+        photos = [load_image(i.photos[0], name=str(i.photos[0])) for i in ids]
+        return {"id_images": photos, "regions": regions}
 
     def generate(self, image: Image.Image, prompt: str, seed: int, **context: Any) -> Image.Image:
         out = self.inner.generate(image, prompt, seed, **context)
-        id_images = self.identity_images(out, image, context.get("subject"))
+        who = self.identities(out, image, context.get("subject"))
         name = str(context.get("face", "output"))
-        return self.restorer.restore(out, id_images, name=name).image
+        return self.restorer.restore(out, name=name, **who).image
 
     def cost(self) -> dict[str, float | None]:
         inner = self.inner.cost()

@@ -8,8 +8,11 @@ For one image (FPGA spec §4.1, §7 step 6):
 3. per kept face: the square crop of 2x its box resized to the DIIR resolution (I_Bro), its
    landmarks rendered as the landmark-only condition (I_ldm), the face mask M_B from the
    landmarks (or from a face parser when given) with its border smoothed by a Gaussian of
-   ``feather`` (2%) of the crop side, and the identity it should have: the id image given for
-   it, else the face itself (another person's id image makes it a face swap);
+   ``feather`` (2%) of the crop side, and the identity it should have: the id image (or F_id)
+   given for it, else the face itself (another person's id image makes it a face swap). With
+   ``regions`` (one per person, e.g. FPGA's face-region masks) each face takes the identity of
+   the person whose region covers most of its box (:func:`match_faces`); a face no region
+   covers is left untouched, and a note says so;
 4. all kept faces restored in one batch by :class:`~..pipelines.restore.DIIRPipeline`;
 5. optionally, an ``enhancer`` (CodeFormer after DIIR, the paper's Table 4) applied to the
    restored crops;
@@ -36,7 +39,13 @@ from PIL import Image
 from ..io import ImageSource, load_image
 from .paste import CropBox, crop_face, face_crop_box, paste_back
 
-__all__ = ["FaceRestorer", "RestoreResult", "RestoredFace", "default_landmark_renderer"]
+__all__ = [
+    "FaceRestorer",
+    "RestoreResult",
+    "RestoredFace",
+    "default_landmark_renderer",
+    "match_faces",
+]
 
 LandmarkRenderer = Callable[[np.ndarray, tuple[int, int]], Image.Image]
 IdEncoder = Callable[[list[Image.Image]], torch.Tensor]
@@ -53,6 +62,32 @@ def default_landmark_renderer() -> LandmarkRenderer:
     return render_landmarks
 
 
+def match_faces(boxes: Any, regions: Any) -> list[int | None]:
+    """The person each face belongs to: the region covering the most of its box.
+
+    Args:
+        boxes: ``(N, 4)`` face boxes ``(x0, y0, x1, y1)`` in image pixels (``x1``/``y1``
+            exclusive).
+        regions: ``(K, H, W)`` person regions in ``[0, 1]`` at the image's size (e.g. the
+            face-region masks multi-ID generation used).
+
+    Returns:
+        Per face, the index of the region with the largest mass inside its box, or ``None``
+        where no region reaches into the box. Ties go to the earlier region.
+    """
+    masks = np.asarray(regions, dtype=np.float64)
+    if masks.ndim != 3:
+        raise ValueError(f"regions: expected (K, H, W), got shape {masks.shape}")
+    h, w = masks.shape[1:]
+    out: list[int | None] = []
+    for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+        xs = slice(int(np.clip(np.floor(x0), 0, w)), int(np.clip(np.ceil(x1), 0, w)))
+        ys = slice(int(np.clip(np.floor(y0), 0, h)), int(np.clip(np.ceil(y1), 0, h)))
+        mass = masks[:, ys, xs].sum(axis=(1, 2))
+        out.append(int(mass.argmax()) if mass.size and mass.max() > 0 else None)
+    return out
+
+
 @dataclass
 class RestoredFace:
     """One face DIIR restored: its detection box, crop, and where its identity came from."""
@@ -64,12 +99,15 @@ class RestoredFace:
 
 @dataclass
 class RestoreResult:
-    """The output image, the faces restored and the notes for the user."""
+    """The output image, the faces restored, the faces left alone (``skipped``: larger than
+    the trigger; ``unmatched``: in no person's region) and the notes for the user."""
 
     image: Image.Image
     faces: list[RestoredFace] = field(default_factory=list)
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    #: small faces left untouched because no person's region covered them
+    unmatched: int = 0
 
 
 class FaceRestorer:
@@ -222,19 +260,46 @@ class FaceRestorer:
         sides = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
         return [i for i, s in enumerate(sides.tolist()) if s < self.restore_below]
 
+    def encode_identities(
+        self, images: Sequence[ImageSource], names: Sequence[str] | None = None
+    ) -> torch.Tensor | None:
+        """F_id ``(K, tokens, dim)`` of K identity images with this restorer's ID encoder
+        (``None`` without one). Encode once and pass the result as ``id_embeds`` to every
+        :meth:`restore`: a face missing from an image fails here, before any output is written.
+        ``names`` name the images in errors (e.g. the option the user typed and the file)."""
+        if self.id_encoder is None:
+            return None
+        import inspect
+
+        names = list(names or [f"id image {i + 1}" for i in range(len(images))])
+        loaded = [load_image(im, name=n) for im, n in zip(images, names, strict=True)]
+        try:  # FPGA's encode_identity(faces, names) names the image in its errors
+            takes_names = "names" in inspect.signature(self.id_encoder).parameters
+        except (TypeError, ValueError):
+            takes_names = False
+        return self.id_encoder(loaded, names) if takes_names else self.id_encoder(loaded)
+
     def _identity_images(
-        self, id_images: Any, faces: list[Image.Image]
+        self, id_images: Any, faces: list[Image.Image], people: list[int] | None
     ) -> tuple[list[Image.Image], list[str]]:
-        """One identity image per face: the given one(s), else the face itself."""
+        """One identity image per face: the given one(s) (per person when ``people`` maps
+        faces to persons), else the face itself."""
+        from ..errors import InputError
+
         n = len(faces)
         if id_images is None:
             return faces, ["self"] * n
         items = list(id_images) if isinstance(id_images, (list, tuple)) else [id_images]
-        if len(items) == 1:
-            items = items * n
+        if people is not None:
+            if len(items) == 1:
+                items = items * (max(people) + 1)
+            if len(items) <= max(people):
+                raise InputError(f"id_images: {len(items)} id images for person {max(people) + 1}")
+            items, labels = [items[k] for k in people], [f"id image {k + 1}" for k in people]
+        else:
+            items = items * n if len(items) == 1 else items
+            labels = ["id image"] * len(items)
         if len(items) != n:
-            from ..errors import InputError
-
             raise InputError(f"id_images: {len(items)} id images for {n} faces to restore")
         out, names = [], []
         for i, item in enumerate(items):
@@ -242,9 +307,42 @@ class FaceRestorer:
                 out.append(faces[i])
                 names.append("self")
             else:
-                out.append(load_image(item, name=f"id image {i}"))
-                names.append("id image")
+                out.append(load_image(item, name=labels[i]))
+                names.append(labels[i])
         return out, names
+
+    def _given_embeds(
+        self, id_embeds: torch.Tensor, n: int, people: list[int] | None
+    ) -> tuple[torch.Tensor, list[str]]:
+        """Precomputed F_id per face: one for all, one per face, or one per person."""
+        from ..errors import InputError
+
+        e = torch.as_tensor(id_embeds)
+        if e.ndim != 3:
+            raise InputError(f"id_embeds: expected (K, tokens, dim), got {tuple(e.shape)}")
+        if people is not None:
+            if e.shape[0] == 1:
+                return e.expand(n, -1, -1), ["id image 1"] * n
+            if e.shape[0] <= max(people):
+                raise InputError(f"id_embeds: {e.shape[0]} identities for person {max(people) + 1}")
+            return e[people], [f"id image {k + 1}" for k in people]
+        if e.shape[0] not in (1, n):
+            raise InputError(f"id_embeds: {e.shape[0]} identities for {n} faces to restore")
+        return e.expand(n, -1, -1), ["id image"] * n
+
+    @staticmethod
+    def _regions_at(regions: Any, size: tuple[int, int]) -> np.ndarray:
+        """``regions`` ``(K, H, W)`` resized (nearest) to the image's ``size`` (W, H)."""
+        r = torch.as_tensor(np.asarray(regions, dtype=np.float32))
+        if r.ndim == 2:
+            r = r[None]
+        if r.ndim != 3:
+            from ..errors import InputError
+
+            raise InputError(f"regions: expected (K, H, W), got {tuple(r.shape)}")
+        if tuple(r.shape[-2:]) != (size[1], size[0]):
+            r = torch.nn.functional.interpolate(r[None], size=(size[1], size[0]))[0]
+        return r.numpy()
 
     # ------------------------------------------------------------------ the work
     def restore(
@@ -252,6 +350,8 @@ class FaceRestorer:
         image: ImageSource,
         id_images: ImageSource | Sequence[ImageSource | None] | None = None,
         *,
+        id_embeds: torch.Tensor | None = None,
+        regions: Any = None,
         prompt: str | None = None,
         name: str | None = None,
     ) -> RestoreResult:
@@ -261,12 +361,22 @@ class FaceRestorer:
             image: the image (any input the input gate accepts).
             id_images: the identity each face should have: one image for all faces, a list
                 with one per restored face (left to right; ``None`` entries fall back to the face
-                itself), or ``None`` (every face restores its own identity).
+                itself), or ``None`` (every face restores its own identity). With ``regions``:
+                one per person, in the regions' order.
+            id_embeds: F_id given directly instead of ``id_images`` (from
+                :meth:`encode_identities`): ``(1, T, D)`` for every face, one per restored face,
+                or with ``regions`` one per person.
+            regions: ``(K, H, W)`` person regions in ``[0, 1]`` (resized to the image when
+                their size differs). Each small face takes the identity of the person whose
+                region covers most of its box (:func:`match_faces`); a face no region reaches
+                is left untouched and a note says so.
             prompt: the prompt C (default: the restorer's).
             name: how the image is called in notes.
         """
         from ..faces.detect import detect
 
+        if id_images is not None and id_embeds is not None:
+            raise ValueError("restore: give id_images or id_embeds, not both")
         img = load_image(image, name=name)
         label = name or "image"
         found = detect(img, select="all", landmarks=68, raise_if_none=False, **self.detector)
@@ -283,6 +393,25 @@ class FaceRestorer:
                     f"{self.restore_below:g} px; unchanged"
                 ],
             )
+        notes: list[str] = []
+        people: list[int] | None = None
+        unmatched = 0
+        if regions is not None:
+            owner = match_faces(found.boxes[chosen].numpy(), self._regions_at(regions, img.size))
+            lost = [i for i, k in zip(chosen, owner) if k is None]
+            chosen = [i for i, k in zip(chosen, owner) if k is not None]
+            people = [k for k in owner if k is not None]
+            unmatched = len(lost)
+            if lost:
+                where = ", ".join(
+                    "(" + ", ".join(f"{float(v):.0f}" for v in found.boxes[i]) + ")" for i in lost
+                )
+                notes.append(
+                    f"{label}: {len(lost)} small face(s) at {where} lie in no person's face "
+                    "region; left untouched"
+                )
+            if not chosen:
+                return RestoreResult(img, skipped=skipped, notes=notes, unmatched=unmatched)
         res = self.resolution
         crops, conds, masks, boxes, paste_masks, faces = [], [], [], [], [], []
         landmarks_in_crops = []
@@ -299,19 +428,20 @@ class FaceRestorer:
             paste_masks.append(self.face_mask(crop_img, crop.to_crop(lm, crop.side), crop.side))
             boxes.append(crop)
             faces.append(tuple(float(v) for v in box))
-        identity_images, identity = self._identity_images(id_images, crops)
-        notes: list[str] = []
         take_notes = getattr(self.mask_fn, "take_notes", None)  # a face parser's fallbacks
         if callable(take_notes):
             notes += [f"{label}: {note}" for note in take_notes()]
-        id_embeds = None
-        if self.id_encoder is not None:
-            id_embeds = self.id_encoder(identity_images)
-        elif id_images is not None:
-            notes.append(
-                f"{label}: this model has no ID encoder; the id image is not used (restoration "
-                "from landmarks, prompt and inversion only)"
-            )
+        if id_embeds is not None:
+            id_embeds, identity = self._given_embeds(id_embeds, len(crops), people)
+        else:
+            identity_images, identity = self._identity_images(id_images, crops, people)
+            if self.id_encoder is not None:
+                id_embeds = self.id_encoder(identity_images)
+            elif id_images is not None:
+                notes.append(
+                    f"{label}: this model has no ID encoder; the id image is not used "
+                    "(restoration from landmarks, prompt and inversion only)"
+                )
         restored = self.pipeline(
             prompt or self.prompt,
             crops,
@@ -337,4 +467,4 @@ class FaceRestorer:
         result_faces = [
             RestoredFace(box=f, crop=c, identity=who) for f, c, who in zip(faces, boxes, identity)
         ]
-        return RestoreResult(out, result_faces, skipped, notes)
+        return RestoreResult(out, result_faces, skipped, notes, unmatched)

@@ -46,13 +46,20 @@ class RepModelConfig:
     init_scale: float = 0.1
     inject_at: Literal["conv_in_output", "latent_input"] = "conv_in_output"
     adapter_channels: list[int] = field(default_factory=lambda: [16, 32, 96, 256])
-    #: F_id width; 0 disables the ID attention
-    id_dim: int = 768
+    #: F_id width: by default the identity encoder's (``identity_encoder``), else the base
+    #: UNet's cross-attention width (768 for SD1.5); 0 disables the ID attention
+    id_dim: int | None = None
     #: the FPGA pipeline folder whose identity encoder (resampler + CLIP vision + face
     #: embedder) made the dataset's F_id; copied into the export so that the merged model
     #: takes face images (``generate --method fpga --id-image``). Empty: the export takes F_id.
     identity_encoder: str = ""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(
+            self.id_dim is None or self.id_dim >= 0,
+            "model.id_dim: a width, or 0 for no ID attention",
+        )
 
 
 @dataclass
@@ -224,17 +231,20 @@ class RepControlNetTrainer(Trainer):
 
             self.identity = load_identity_encoder(cfg.model.identity_encoder)
             width = self.identity["resampler"].config.cross_attention_dim
-            if cfg.model.id_dim != width:
+            if cfg.model.id_dim not in (None, width):
                 raise InputError(
                     f"model.identity_encoder: its F_id is {width} wide, model.id_dim is "
-                    f"{cfg.model.id_dim}"
+                    f"{cfg.model.id_dim} (leave model.id_dim unset to take the encoder's)"
                 )
+            id_dim = width
+        else:  # None: the UNet's cross-attention width
+            id_dim = cfg.model.id_dim
         model = RepControlNet(
             parts["unet"],
             init_scale=cfg.model.init_scale,
             inject_at=cfg.model.inject_at,
             adapter_channels=tuple(cfg.model.adapter_channels),
-            id_dim=cfg.model.id_dim,
+            id_dim=id_dim,
         )
         if cfg.training.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()
