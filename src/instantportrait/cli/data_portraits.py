@@ -47,6 +47,9 @@ def register_portraits(cmds: argparse._SubParsersAction) -> None:
     p.add_argument("source", help="a portrait dataset folder")
     p.add_argument("output", help="the folder for shard-NNNNNN.tar files")
     p.add_argument("--shard-size", type=int, default=1000, help="rows per shard (default 1000)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the output folder and its shards"
+    )
     p.set_defaults(func=run_pack)
 
 
@@ -94,6 +97,9 @@ def run_build(args: argparse.Namespace) -> int:
 def run_pack(args: argparse.Namespace) -> int:
     from ..data.portraits import pack_portrait_shards
 
-    for path in pack_portrait_shards(args.source, args.output, args.shard_size):
+    shards = pack_portrait_shards(
+        args.source, args.output, args.shard_size, overwrite=args.overwrite
+    )
+    for path in shards:
         print(path)
     return 0
