@@ -89,3 +89,27 @@ def test_pair_datasets_are_still_checked_as_pairs(tmp_path):
     root.mkdir()
     (root / "pairs.jsonl").write_text("")
     assert not is_portrait_dataset(root)
+
+
+def test_build_portraits_rejects_an_unknown_template_before_detection(
+    tmp_path, astronaut_path, capsys, monkeypatch
+):
+    import importlib
+
+    detect = importlib.import_module("instantportrait.faces.detect")  # the module, not the def
+
+    def no_detection(*args, **kwargs):
+        raise AssertionError("a detector ran before the arguments were checked")
+
+    monkeypatch.setattr(detect, "detect", no_detection)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(astronaut_path, photos / "a.png")
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "keep.txt").write_text("an earlier dataset")
+    args = ["data", "build-portraits", photos, out, "--face-template", "nope", "--overwrite"]
+    code, got = run_cli(args, capsys)
+    assert code == 2 and len(got.err.strip().splitlines()) == 1
+    assert "--face-template 'nope'" in got.err and "arcface" in got.err
+    assert (out / "keep.txt").is_file()  # --overwrite removed nothing

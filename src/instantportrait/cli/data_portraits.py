@@ -31,7 +31,8 @@ def register_portraits(cmds: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--face-template",
         default="arcface",
-        help="alignment template of the face crops: the face embedder's (default arcface)",
+        help="alignment template of the face crops, the face embedder's: dlib, arcface, "
+        "facenet or ffhq (default arcface)",
     )
     b.add_argument("--keypoints-dir", help="folder of STEM.json OpenPose/COCO keypoint files")
     b.add_argument(
@@ -70,9 +71,10 @@ def import_function(spec: str, flag: str) -> Callable[..., Any]:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from ..data.portraits import build_portraits
+    from ..data.portraits import build_portraits, check_face_template
     from ..io import prepare_output
 
+    check_face_template(args.face_template)
     pose = import_function(args.pose_fn, "--pose-fn") if args.pose_fn else None
     captioner = import_function(args.captioner, "--captioner") if args.captioner else None
     prepare_output(args.output, overwrite=args.overwrite)

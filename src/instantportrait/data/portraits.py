@@ -377,6 +377,17 @@ def _sidecar_keypoints(photo: Path, keypoints_dir: Path | None) -> Path | None:
     return next((p for p in names if p.is_file()), None)
 
 
+def check_face_template(name: str, flag: str = "--face-template") -> str:
+    """``name`` is an alignment template of the face stack (checked before any detector runs)."""
+    from ..faces.align import TEMPLATES
+
+    if name not in TEMPLATES:
+        raise InputError(
+            f"{flag} {name!r}: unknown alignment template; one of {', '.join(TEMPLATES)}"
+        )
+    return name
+
+
 def build_portraits(
     source: str | os.PathLike,
     output: str | os.PathLike,
@@ -412,6 +423,7 @@ def build_portraits(
     from ..io import atomic_directory
     from ..models.resampler import align_face
 
+    check_face_template(face_template, "face_template")
     src = Path(source)
     if not src.is_dir():
         raise InputError(f"{src}: photo folder not found")
