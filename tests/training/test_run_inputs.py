@@ -176,7 +176,8 @@ def test_num_workers_capped_at_the_machine_and_said(monkeypatch):
     assert resolve_num_workers(0) == (0, None)
     monkeypatch.setattr(loop, "_cpus", lambda: 16)
     assert resolve_num_workers(4) == (4, None)
-    assert resolve_num_workers(8, processes=4) == (3, resolve_num_workers(8, processes=4)[1])
+    workers, note = resolve_num_workers(8, processes=4)  # 16 CPUs shared by 4 processes
+    assert workers == 3 and "16 CPUs for 4 training process(es); using 3" in note
 
 
 def test_fpga_ships_workers_from_the_machine():

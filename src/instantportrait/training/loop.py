@@ -119,6 +119,7 @@ class RunConfig:
 
 
 def _cpus() -> int:
+    """The CPUs this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -137,9 +138,8 @@ def resolve_num_workers(configured: int | None, processes: int = 1) -> tuple[int
     (its CPUs per training process, minus the one the training process itself needs) is
     capped there: more workers than cores only make them compete with the training step.
     """
-    available = default_num_workers(processes) if configured is None else None
-    if available is not None:
-        return available, None
+    if configured is None:
+        return default_num_workers(processes), None
     cap = max(0, _cpus() // max(1, processes) - 1)
     if configured <= cap:
         return configured, None
@@ -290,10 +290,10 @@ class Trainer:
     log_keys: tuple[str, ...] = ("loss",)
 
     def __init__(self, config: Any, run: RunConfig, optim: OptimConfig):
-        self.config, self.run, self.optim = config, run, optim
-        self.run_dir = Path(run.output_dir)
         from accelerate import PartialState
 
+        self.config, self.run, self.optim = config, run, optim
+        self.run_dir = Path(run.output_dir)
         #: the precision this run uses (``no``, ``bf16``, ``fp16``); for ``auto`` the line that
         #: says which was chosen
         self.precision, self.precision_note = resolve_precision(
