@@ -84,11 +84,21 @@ def test_check_reports_every_bad_portrait_row(portrait_dir, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_pair_datasets_are_still_checked_as_pairs(tmp_path):
+def test_pair_datasets_are_still_checked_as_pairs(tmp_path, capsys):
+    from PIL import Image
+
     root = tmp_path / "pairs"
     root.mkdir()
-    (root / "pairs.jsonl").write_text("")
-    assert not is_portrait_dataset(root)
+    Image.new("RGB", (16, 16)).save(root / "in.png")
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(root / "tg.png")
+    row = {"input": "in.png", "instruction": "edit", "target": "tg.png"}
+    (root / "pairs.jsonl").write_text(json.dumps(row) + "\n")
+    assert main(["data", "pack", str(root), str(tmp_path / "shards")]) == 0
+    capsys.readouterr()
+    for folder in (root, tmp_path / "shards"):
+        assert not is_portrait_dataset(folder)
+        code, got = run_cli(["data", "check", folder], capsys)
+        assert code == 0 and "1 pairs, 1 good, 0 bad" in got.out
 
 
 def test_build_portraits_rejects_an_unknown_template_before_detection(
