@@ -85,6 +85,16 @@ def test_the_corrected_rerun_trains(pair_dir, tmp_path, capsys):
     assert b"\r" not in (run / "metrics.csv").read_bytes()
 
 
+def test_the_cli_counts_the_launched_processes(pair_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as accelerate launch --num_processes 2 sets it
+    run = tmp_path / "run"
+    args = ["train", "idenet", *sets(f"data.path={pair_dir}", "training.batch_size=3",
+                                     f"training.output_dir={run}")]  # fmt: skip
+    code, out = run_cli(args, capsys)
+    assert code == 2 and "(training.batch_size=3 x 2 processes)" in out.err
+    assert "--set training.batch_size=2" in out.err and not run.exists()
+
+
 def test_check_batch_fits_counts_every_process():
     check_batch_fits(4, 2, processes=2)  # exactly one global batch
     with pytest.raises(InputError, match=r"3 examples.*batch_size=2 x 2 processes.*batch_size=1"):
