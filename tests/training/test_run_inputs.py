@@ -159,6 +159,22 @@ def test_precision_auto_is_fp32_on_cpu_and_bf16_on_cuda_with_bf16(monkeypatch):
     assert resolve_precision("fp16", torch.device("cuda", 0))[0] == "fp16"  # explicit wins
 
 
+def test_auto_is_decided_for_the_launch_device_without_building_accelerate_state(monkeypatch):
+    """Building accelerate's per-process state before the Accelerator broke `accelerate launch`
+    (each process trained alone): the device is read from CUDA and ACCELERATE_USE_CPU."""
+    from accelerate.state import PartialState
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    state = dict(PartialState._shared_state)
+    assert loop.choose_precision("auto")[0] == "bf16"
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    assert loop.launch_device().type == "cpu" and loop.choose_precision("auto")[0] == "no"
+    assert loop.choose_precision("bf16") == ("bf16", None)  # explicit: as it is
+    assert PartialState._shared_state == state  # nothing built
+
+
 def test_explicit_precision_wins_on_cpu_with_a_warning_for_bf16():
     with pytest.warns(UserWarning, match="bf16 on the CPU"):
         assert resolve_precision("bf16", torch.device("cpu"))[0] == "bf16"

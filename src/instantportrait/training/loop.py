@@ -212,10 +212,31 @@ def resolve_precision(mixed_precision: str, device: torch.device) -> tuple[str, 
     return mixed_precision, None
 
 
+def launch_device() -> torch.device:
+    """The device type the run's ``Accelerator`` will use (CUDA unless there is none or
+    ``ACCELERATE_USE_CPU`` is set), read without building accelerate's state: that state is a
+    per-process singleton, and building it before the ``Accelerator`` would fix it without the
+    launcher's settings."""
+    from accelerate.utils import parse_flag_from_env
+
+    if torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU"):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def choose_precision(mixed_precision: str) -> tuple[str, str | None]:
+    """``auto`` decided for :func:`launch_device` (with the line that says so); an explicit
+    setting as it is (checked on the accelerator's device by :func:`build_accelerator`)."""
+    if mixed_precision != "auto":
+        return mixed_precision, None
+    return resolve_precision("auto", launch_device())
+
+
 def build_accelerator(cfg: RunConfig, precision: str | None = None):
     """An ``Accelerator`` configured from the run settings at ``precision`` (``no``, ``bf16``,
-    ``fp16``; default: resolved from ``cfg.mixed_precision`` by :func:`resolve_precision`)."""
-    from accelerate import Accelerator, PartialState
+    ``fp16``; default: :func:`choose_precision` of ``cfg.mixed_precision``), checked on its
+    device (:func:`resolve_precision`: fp16 on a CPU refused, bf16 on a CPU warned)."""
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration
 
@@ -223,7 +244,7 @@ def build_accelerator(cfg: RunConfig, precision: str | None = None):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if precision is None:
-        precision, _ = resolve_precision(cfg.mixed_precision, PartialState().device)
+        precision, _ = choose_precision(cfg.mixed_precision)
     # accelerate's state is a per-process singleton; a second trainer in the same process
     # (tests, a library user) may ask for another precision: only then start it afresh
     shared = AcceleratorState._shared_state
@@ -234,6 +255,7 @@ def build_accelerator(cfg: RunConfig, precision: str | None = None):
         mixed_precision=precision,
         project_config=ProjectConfiguration(project_dir=cfg.output_dir),
     )
+    resolve_precision(precision, accelerator.device)
     return accelerator
 
 
@@ -290,15 +312,11 @@ class Trainer:
     log_keys: tuple[str, ...] = ("loss",)
 
     def __init__(self, config: Any, run: RunConfig, optim: OptimConfig):
-        from accelerate import PartialState
-
         self.config, self.run, self.optim = config, run, optim
         self.run_dir = Path(run.output_dir)
         #: the precision this run uses (``no``, ``bf16``, ``fp16``); for ``auto`` the line that
         #: says which was chosen
-        self.precision, self.precision_note = resolve_precision(
-            run.mixed_precision, PartialState().device
-        )
+        self.precision, self.precision_note = choose_precision(run.mixed_precision)
         self.accelerator = build_accelerator(run, self.precision)
         self.device = self.accelerator.device
         self.ema: EMA | None = None
