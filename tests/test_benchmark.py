@@ -215,7 +215,11 @@ def test_bench_quick_writes_every_field(tiny_model_dir, tmp_path, capsys):
         assert r.keys() >= REQUIRED_CASE, REQUIRED_CASE - r.keys()
         assert r["unet_calls_run"] == r["steps_run"] * r["iterations"]
         assert set(r["split_s"]) == {"text_encode", "vae_encode", "unet", "vae_decode", "other"}
-        assert r["latency_s"]["repeats"] == 2 and r["efficiency"] > 0
+        assert r["latency_s"]["repeats"] == 2 and r["ideal_s"] > 0
+        # tiny components: the ratios are withheld and labelled, never printed as figures
+        assert r["efficiency"] is None and r["efficiency_min"] is None
+    assert results["ratios_meaningful"] is False and "mean nothing" in results["ratios_note"]
+    assert "n/a †" in printed and "† achieved/ideal and ideal x 1-step are not" in printed
     by_case = {r["case"]: r for r in measured if r["option"] == "plain"}
     assert by_case["ipnet"]["ratio_to_one_step"] == 1.0
     assert by_case["magicbrush"]["extrapolated"] and by_case["magicbrush"]["steps_run"] == 2
@@ -227,7 +231,7 @@ def test_bench_quick_writes_every_field(tiny_model_dir, tmp_path, capsys):
     assert all("no GPU" in r["reason"] for r in skipped)
     statuses = {t["target"]: t["status"] for t in results["targets"]}
     assert statuses["one-step images/s at 512x512, fp16/bf16, GPU"] == "not measured: no GPU"
-    assert "CPU achieved/ideal, every mode" in statuses
+    assert statuses["CPU achieved/ideal, every mode"].startswith("not measured: small test")
 
 
 @pytest.mark.parametrize(
@@ -347,3 +351,44 @@ def test_latent_decoder_hook_and_placement_cache(tiny_components, astronaut_path
         handle.remove()
         pipe.set_latent_decoder(None)
     assert calls == [1] and out.shape == (1, 3, 64, 64)
+
+
+def _fake_results(unet_parameters: int) -> dict:
+    row = {"case": "ipnet", "option": "plain", "resolution": "128x128", "batch_size": 1,
+           "dtype": "float32",
+           "status": "measured", "steps": 1, "steps_run": 1, "unet_calls": 1, "branches": 1,
+           "latency_s": {"median": 2.0, "min": 1.9, "max": 2.1}, "images_per_s": 0.5,
+           "split_s": dict.fromkeys(("text_encode", "vae_encode", "unet", "vae_decode",
+                                     "other"), 0.4),
+           "peak_memory_gb": 4.3, "ratio_to_one_step": 1.0, "ideal_s": 1.9,
+           "ideal_ratio_to_one_step": 1.0, "efficiency": 0.95, "efficiency_min": 0.96}  # fmt: skip
+    return {
+        "model": {"name": "m", "unet_parameters": unet_parameters},
+        "machine": {"device": "cpu"},
+        "settings": {"dtype": "float32", "repeats": 3, "warmup": 1},
+        "cases": [row],
+    }
+
+
+def test_ratios_are_reported_at_real_size_and_withheld_below_it():
+    from instantportrait.benchmark.run import withhold_small_model_ratios
+
+    real = _fake_results(859_520_964)  # SD1.5-InstructPix2Pix's UNet
+    withhold_small_model_ratios(real)
+    real["targets"] = bm.gpu_targets(real)
+    assert real["ratios_meaningful"] and real["cases"][0]["efficiency"] == 0.95
+    table = bm.format_tables(real)
+    assert "| 0.950 |" in table and "n/a" not in table and "†" not in table
+    cpu = {t["target"]: t for t in real["targets"]}["CPU achieved/ideal, every mode"]
+    assert cpu["value"] == 0.95 and cpu["status"] == "met"
+
+    tiny = _fake_results(1_000_000)
+    withhold_small_model_ratios(tiny)
+    tiny["targets"] = bm.gpu_targets(tiny)
+    row = tiny["cases"][0]
+    assert row["efficiency"] is None and row["ideal_ratio_to_one_step"] is None
+    assert row["ideal_s"] == 1.9 and row["ratio_to_one_step"] == 1.0  # raw timings stay
+    table = bm.format_tables(tiny)
+    assert "0.950" not in table and table.count("n/a †") == 2 and "--size real" in table
+    cpu = {t["target"]: t for t in tiny["targets"]}["CPU achieved/ideal, every mode"]
+    assert cpu["value"] is None and "small test components" in cpu["status"]

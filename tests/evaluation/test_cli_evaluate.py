@@ -64,6 +64,7 @@ def test_evaluate_end_to_end_on_tiny_components(
 
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert [r["method"] for r in rows] == ["one", "boost"]
+    assert b"\r" not in (out / "report.csv").read_bytes()  # plain \n line ends
     header = list(rows[0])
     order = [h for h in header if h in ("clip_t_vitl14", "hps_v2", "intra_lpips", "params")]
     assert order == ["clip_t_vitl14", "hps_v2", "intra_lpips", "params"]  # Table 1's order

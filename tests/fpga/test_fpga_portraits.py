@@ -73,6 +73,10 @@ def test_build_counts_each_rejection_by_reason(photo_folder, tmp_path, capsys):
     again = open_portrait_source(tmp_path / "shards")[0]
     assert again.caption == ex.caption and again.face_bytes == ex.face_bytes
     np.testing.assert_allclose(again.landmarks, ex.landmarks)
+    capsys.readouterr()
+    for folder in (out, tmp_path / "shards"):  # `data check` accepts what build/pack wrote
+        assert main(["data", "check", str(folder)]) == 0
+        assert "1 portraits, 1 good, 0 bad" in capsys.readouterr().out
 
 
 def test_build_refuses_an_existing_output(photo_folder, tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -124,6 +125,72 @@ def test_face_window_decodes_a_window_and_still_sends_gradients(pair_dir, tmp_pa
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.parameters())
     corners, w, h = latent_face_windows(batch["landmarks"], (8, 8), 8, 0.5)
     assert w <= 8 and h <= 8 and (corners >= 0).all() and (corners[:, 0] + w <= 8).all()
+
+
+def hand_weight(t: int, kind: str, t_max: float, a=1.0, b=0.0, alpha=1.0) -> float:
+    """W_a(t, T_max) of InstantPortrait eq. 4 / Table 5, written out on Python floats."""
+    r = t / t_max
+    return {
+        "linear": r,
+        "linear_offset": a * r + b,
+        "cosine": 0.5 * alpha * (1 + math.cos(math.pi * r)) + 1 - alpha,
+    }[kind]
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        {"weighting": "linear"},
+        {"weighting": "linear", "t_max": 500},
+        {"weighting": "linear_offset", "a": 0.5, "b": 0.25},
+        {"weighting": "cosine", "alpha": 0.5},
+    ],
+)
+def test_identity_term_weights_each_row_by_its_own_timestep(pair_dir, tmp_path, monkeypatch, loss):
+    """L_aid = mean over the face rows of W_a(t_i) * d_i, with t_i the timestep the UNet saw for
+    row i and d_i that row's identity distance: a weight of 1, another row's t, the batch's
+    first rows' t or another T_max each give a different value."""
+    import instantportrait.training.idenet as idenet
+
+    trainer = setup_trainer(pair_dir, tmp_path, lambda_aid=0.7, **loss)
+    batch = batch_of(trainer, 3)
+    batch["has_face"] = torch.tensor([True, False, True])  # the middle row has no face crop
+    seen_t, seen_d = [], []
+    trainer.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen_t.append(args[1].detach().clone()), with_kwargs=True
+    )
+    real_distance = idenet.identity_distance
+
+    def spy_distance(reference, predicted):
+        d = real_distance(reference, predicted)
+        seen_d.append(d.detach().clone())
+        return d
+
+    monkeypatch.setattr(idenet, "identity_distance", spy_distance)
+    for micro_step in range(50):  # a draw whose face rows have clearly different timesteps
+        seen_t.clear(), seen_d.clear()
+        terms = trainer.compute_loss(batch, step_generator(0, micro_step, 0, trainer.device))
+        t0, t2 = int(seen_t[0][0]), int(seen_t[0][2])
+        if abs(t0 - t2) > 200:
+            break
+    (t,), (d,) = seen_t, seen_d
+    assert d.shape == (2,) and abs(float(d[0]) - float(d[1])) > 1e-3 * float(d.abs().max())
+    t_max = float(loss.get("t_max", 999))
+    kw = {k: loss[k] for k in ("a", "b", "alpha") if k in loss}
+    w = [hand_weight(int(t[i]), loss["weighting"], t_max, **kw) for i in (0, 2)]
+    expected = (w[0] * float(d[0]) + w[1] * float(d[1])) / 2
+    assert terms["l_aid"].item() == pytest.approx(expected, rel=1e-5)
+    assert terms["w_a"].item() == pytest.approx((w[0] + w[1]) / 2, rel=1e-5)  # logged
+    # the value tells the wrong weightings apart
+    swapped = (w[1] * float(d[0]) + w[0] * float(d[1])) / 2
+    first_rows = [hand_weight(int(t[i]), loss["weighting"], t_max, **kw) for i in (0, 1)]
+    for wrong in (
+        float(d.mean()),  # W_a replaced by 1
+        swapped,  # each row weighted by the other's t
+        (first_rows[0] * float(d[0]) + first_rows[1] * float(d[1])) / 2,  # t[:2], not the rows
+    ):
+        assert abs(wrong - expected) > 1e-3 * abs(expected)
+    torch.testing.assert_close(terms["loss"], terms["l_dm"] + 0.7 * terms["l_aid"])
 
 
 def run_cli(args, capsys):

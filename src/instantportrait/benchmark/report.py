@@ -40,6 +40,12 @@ def format_tables(results: dict[str, Any]) -> str:
             else ""
         )
     )
+    withheld = results.get("ratios_meaningful") is False
+    ratio = "n/a †" if withheld else None  # what a withheld ratio shows
+
+    def _ratio(x: float | None) -> str:
+        return ratio if ratio is not None else _fmt(x)
+
     edits = [r for r in results["cases"] if "split_s" in r or r["case"] in EDIT_MODES]
     plain = [r for r in edits if r["option"] == "plain" and "split_s" in r]
     if plain:
@@ -69,7 +75,7 @@ def format_tables(results: dict[str, Any]) -> str:
                 f"| {r['unet_calls']} x {r['branches']} | {latency} "
                 f"| {_fmt(r['images_per_s'])} | {split} "
                 f"| {_fmt(r['peak_memory_gb'])} | {_fmt(r.get('ratio_to_one_step'))} "
-                f"| {_fmt(r.get('ideal_ratio_to_one_step'))} | {_fmt(r.get('efficiency'))} |"
+                f"| {_ratio(r.get('ideal_ratio_to_one_step'))} | {_ratio(r.get('efficiency'))} |"
             )
     others = [r for r in edits if r["option"] != "plain"]
     if others:
@@ -90,7 +96,7 @@ def format_tables(results: dict[str, Any]) -> str:
                 f"| {r['option']} | {r['case']} | {r['resolution']} | {r['batch_size']} "
                 f"| {_fmt(r.get('full_length_s', r['latency_s']['median']))} "
                 f"| {_fmt(r['images_per_s'])} "
-                f"| {_fmt(r.get('speedup_vs_plain'))} | {_fmt(r.get('efficiency'))} "
+                f"| {_fmt(r.get('speedup_vs_plain'))} | {_ratio(r.get('efficiency'))} "
                 "| measured |"
             )
     extra = [r for r in results["cases"] if r not in edits and r.get("status") == "measured"]
@@ -117,6 +123,8 @@ def format_tables(results: dict[str, Any]) -> str:
                 f"| {r['case']} | {r['option']} | {r['resolution']} | {r['batch_size']} "
                 f"| {figures} |"
             )
+    if withheld and edits:
+        lines += ["", f"† {results.get('ratios_note', '')}"]
     if results.get("targets"):
         lines += ["", "| target | goal | value | status |", "|---|---|---|---|"]
         for t in results["targets"]:

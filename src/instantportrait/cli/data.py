@@ -135,8 +135,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace the output folder and its shards"
     )
     pack.set_defaults(func=run_pack)
-    chk = cmds.add_parser("check", help="validate every row; report bad rows without stopping")
-    chk.add_argument("dataset", help="a manifest folder or a folder of shards")
+    chk = cmds.add_parser(
+        "check",
+        help="validate every row of a pair or FPGA portrait dataset; report bad rows without "
+        "stopping",
+    )
+    chk.add_argument(
+        "dataset",
+        help="a manifest folder or a folder of shards (pairs, or portraits: build-portraits, "
+        "pack-portraits)",
+    )
     chk.add_argument(
         "--faces",
         action="store_true",
@@ -316,17 +324,24 @@ def run_check(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..data.pairs import iter_check, open_pair_source
+    from ..data.portraits import is_portrait_dataset, iter_check_portraits, open_portrait_source
 
-    source = open_pair_source(args.dataset, strict=False)
+    portraits = is_portrait_dataset(args.dataset)
+    if portraits:
+        source = open_portrait_source(args.dataset, strict=False)
+        rows, unit, checks = "portraits", "row", iter_check_portraits(source)
+    else:
+        source = open_pair_source(args.dataset, strict=False)
+        rows, unit, checks = "pairs", "pair", iter_check(source)
     problems = list(getattr(source, "problems", []))
     for problem in problems:
         print(f"bad: {problem}", file=sys.stderr)
     bad = len(problems)
     for _, problem in tqdm(
-        iter_check(source),
+        checks,
         total=len(source),
         desc="checking",
-        unit="pair",
+        unit=unit,
         file=sys.stderr,
         disable=len(source) < 50,
     ):
@@ -334,8 +349,10 @@ def run_check(args: argparse.Namespace) -> int:
             bad += 1
             print(f"bad: {problem}", file=sys.stderr)
     total = len(source) + len(problems)
-    print(f"{total} pairs, {total - bad} good, {bad} bad")
-    if args.faces:
+    print(f"{total} {rows}, {total - bad} good, {bad} bad")
+    if args.faces and portraits:
+        print("--faces: portrait rows carry their landmarks (every kept row shows a face)")
+    elif args.faces:
         from ..data.dataset import count_faces
 
         counted = count_faces(source, resolution=args.resolution, progress=len(source) >= 50)

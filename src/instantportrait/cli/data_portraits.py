@@ -31,7 +31,8 @@ def register_portraits(cmds: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--face-template",
         default="arcface",
-        help="alignment template of the face crops: the face embedder's (default arcface)",
+        help="alignment template of the face crops, the face embedder's: dlib, arcface, "
+        "facenet or ffhq (default arcface)",
     )
     b.add_argument("--keypoints-dir", help="folder of STEM.json OpenPose/COCO keypoint files")
     b.add_argument(
@@ -47,6 +48,9 @@ def register_portraits(cmds: argparse._SubParsersAction) -> None:
     p.add_argument("source", help="a portrait dataset folder")
     p.add_argument("output", help="the folder for shard-NNNNNN.tar files")
     p.add_argument("--shard-size", type=int, default=1000, help="rows per shard (default 1000)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the output folder and its shards"
+    )
     p.set_defaults(func=run_pack)
 
 
@@ -67,9 +71,10 @@ def import_function(spec: str, flag: str) -> Callable[..., Any]:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from ..data.portraits import build_portraits
+    from ..data.portraits import build_portraits, check_face_template
     from ..io import prepare_output
 
+    check_face_template(args.face_template)
     pose = import_function(args.pose_fn, "--pose-fn") if args.pose_fn else None
     captioner = import_function(args.captioner, "--captioner") if args.captioner else None
     prepare_output(args.output, overwrite=args.overwrite)
@@ -94,6 +99,9 @@ def run_build(args: argparse.Namespace) -> int:
 def run_pack(args: argparse.Namespace) -> int:
     from ..data.portraits import pack_portrait_shards
 
-    for path in pack_portrait_shards(args.source, args.output, args.shard_size):
+    shards = pack_portrait_shards(
+        args.source, args.output, args.shard_size, overwrite=args.overwrite
+    )
+    for path in shards:
         print(path)
     return 0

@@ -129,7 +129,11 @@ def run(args: argparse.Namespace) -> int:
         return _list_metrics()
     if not args.out:
         raise InputError("--out: the output folder is required")
-    out = Path(args.out)
+    from ..io import check_output_path
+
+    # a resumable folder: an existing one is continued, but a file (or a path below one) is
+    # refused here, before any model loads
+    out = check_output_path(args.out, kind="dir")
     from ..evaluation.paper_tables import load_paper_table
 
     for name in args.paper_table:

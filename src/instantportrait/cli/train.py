@@ -127,6 +127,44 @@ def resolve(
     return cfg, to_dict(cfg)
 
 
+def precheck(name: str, configs: list) -> None:
+    """Before anything trains: each stage's inputs are given and its dataset fills one batch
+    (every process's micro-batch), so that a later stage cannot fail after earlier ones ran."""
+    import os
+
+    from ..training.loop import check_batch_fits
+
+    module, _, trainer_name, _ = TRAINERS[name]
+    trainer = getattr(importlib.import_module(module), trainer_name)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    for cfg in configs:
+        check_inputs = getattr(cfg, "check_inputs", None)
+        if check_inputs is not None:
+            check_inputs()
+        examples = trainer.count_examples(cfg)
+        if examples is not None:
+            check_batch_fits(examples, cfg.training.batch_size, processes)
+
+
+def print_dry_run(configs: list, resolved: list[dict[str, Any]]) -> int:
+    """``--dry-run``: the resolved settings (one stage: an object; several: a list), and a note
+    on stderr for each input a real run would still need."""
+    import sys
+
+    from ..errors import InputError
+
+    for cfg in configs:
+        try:
+            check = getattr(cfg, "check_inputs", None)
+            if check is not None:
+                check()
+        except InputError as exc:
+            print(f"note: {exc} to train (not for --dry-run)", file=sys.stderr)
+            break
+    print(json.dumps(resolved if len(resolved) > 1 else resolved[0], indent=2))
+    return 0
+
+
 def _train(name: str, cfg, resolved, resume: str | None, overwrite: bool = False) -> Path:
     from .common import quiet_libraries
 
@@ -149,8 +187,8 @@ def run(args: argparse.Namespace) -> int:
             extra = flags.overrides(args)
         cfg, resolved = resolve(args.trainer, args.config, [*extra, *args.set], preset=args.preset)
         if args.dry_run:
-            print(json.dumps(resolved, indent=2))
-            return 0
+            return print_dry_run([cfg], [resolved])
+        precheck(args.trainer, [cfg])
         final = _train(args.trainer, cfg, resolved, args.resume, args.overwrite)
         if final is not None:
             print(final)
@@ -174,7 +212,7 @@ def run_ipnet(args: argparse.Namespace) -> int:
     first, _ = resolve("ipnet", args.config, args.set, stages[0], args.teacher, args.preset)
     root = Path(first.training.output_dir)
     previous = first.student.init
-    resolved_all = []
+    plan = []  # (stage, config, resolved), all resolved before any stage trains
     for stage in stages:
         extra = [f"training.output_dir={root / stage}"] if len(stages) > 1 else []
         if previous and len(stages) > 1:
@@ -182,18 +220,18 @@ def run_ipnet(args: argparse.Namespace) -> int:
         cfg, resolved = resolve(
             "ipnet", args.config, [*args.set, *extra], stage, args.teacher, args.preset
         )
-        resolved_all.append(resolved)
-        if args.dry_run:
-            continue
+        plan.append((stage, cfg, resolved))
+        previous = str(Path(cfg.training.output_dir) / "final")
+    if args.dry_run:
+        return print_dry_run([c for _, c, _ in plan], [r for _, _, r in plan])
+    precheck("ipnet", [c for _, c, _ in plan])
+    for stage, cfg, resolved in plan:
         final = Path(cfg.training.output_dir) / "final"
         if len(stages) > 1 and args.resume and (final / "model_index.json").is_file():
             print(f"stage {stage}: done, skipped ({final})")
         else:
             _train("ipnet", cfg, resolved, args.resume, args.overwrite)
         previous = str(final)
-    if args.dry_run:
-        print(json.dumps(resolved_all if len(stages) > 1 else resolved_all[0], indent=2))
-        return 0
     if len(stages) > 1:
         with atomic_directory(root / "final", overwrite=True) as tmp:
             shutil.copytree(previous, tmp, dirs_exist_ok=True)

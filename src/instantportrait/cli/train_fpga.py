@@ -10,7 +10,6 @@ the last stage's pipeline is copied to ``OUTPUT/final``.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def _file_sets_max_steps(config: str | None) -> bool:
 
 def run_fpga(args: argparse.Namespace) -> int:
     from ..io import atomic_directory
-    from .train import _train, resolve
+    from .train import _train, precheck, print_dry_run, resolve
 
     user_steps = _file_sets_max_steps(args.config) or any(
         s.split("=", 1)[0].strip() == "training.max_steps" for s in args.set
@@ -46,7 +45,7 @@ def run_fpga(args: argparse.Namespace) -> int:
     stages = STAGES if args.stage == "all" else ((args.stage or base.stage),)
     root = Path(base.training.output_dir)
     previous = None
-    resolved_all = []
+    plan = []  # (stage, config, resolved), all resolved before any stage trains
     for stage in stages:
         first = [f"stage={stage}"]  # the user's --set may override these ...
         if not user_steps:
@@ -57,18 +56,17 @@ def run_fpga(args: argparse.Namespace) -> int:
             if previous is not None:
                 last.append(f"model.pretrained={previous}")
         cfg, resolved = resolve("fpga", args.config, [*first, *args.set, *last])
-        resolved_all.append(resolved)
+        plan.append((stage, cfg, resolved))
+        previous = str(Path(cfg.training.output_dir) / "final")
+    if args.dry_run:
+        return print_dry_run([c for _, c, _ in plan], [r for _, _, r in plan])
+    precheck("fpga", [c for _, c, _ in plan])
+    for stage, cfg, resolved in plan:
         final = Path(cfg.training.output_dir) / "final"
-        previous = str(final)
-        if args.dry_run:
-            continue
         if len(stages) > 1 and args.resume and (final / "model_index.json").is_file():
             print(f"stage {stage}: done, skipped ({final})")
             continue
-        _train("fpga", cfg, resolved, args.resume)
-    if args.dry_run:
-        print(json.dumps(resolved_all if len(stages) > 1 else resolved_all[0], indent=2))
-        return 0
+        _train("fpga", cfg, resolved, args.resume, args.overwrite)
     if len(stages) > 1:
         with atomic_directory(root / "final", overwrite=True) as tmp:
             shutil.copytree(previous, tmp, dirs_exist_ok=True)

@@ -32,7 +32,7 @@ import json
 import os
 import tarfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..io import atomic_write, list_images, load_image
+from ..io import atomic_write, check_output, list_images, load_image, prepare_output
 
 MANIFEST = "portraits.jsonl"
 META = "dataset.json"
@@ -80,40 +80,68 @@ def _row_example(meta: dict[str, Any], blobs: dict[str, bytes], where: str) -> P
     for k in ("caption", "landmarks", "face_box"):
         if k not in meta:
             raise InputError(f"{where}: missing '{k}'")
-    lm = np.asarray(meta["landmarks"], dtype=np.float32)
-    if lm.shape != (68, 2):
+    try:
+        lm = np.asarray(meta["landmarks"], dtype=np.float32)
+    except (TypeError, ValueError):
+        lm = np.zeros(0)
+    if lm.shape != (68, 2) or not np.isfinite(lm).all():
         raise InputError(f"{where}: 'landmarks' must be 68 [x, y] points")
+    box = meta["face_box"]
+    ok = isinstance(box, (list, tuple)) and len(box) == 4
+    ok = ok and all(isinstance(v, (int, float)) and np.isfinite(v) for v in box)
+    if not ok or not (box[0] < box[2] and box[1] < box[3]):
+        raise InputError(f"{where}: 'face_box' must be [x0, y0, x1, y1] with x0 < x1, y0 < y1")
     kps = meta.get("keypoints")
     if kps is not None:
-        kps = np.asarray(kps, dtype=np.float32).reshape(-1, 18, 3)
+        try:
+            kps = np.asarray(kps, dtype=np.float32).reshape(-1, 18, 3)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"{where}: 'keypoints' must be people of 18 [x, y, confidence] points, or null"
+            ) from None
+    if not isinstance(meta["caption"], str):
+        raise InputError(f"{where}: 'caption' must be text")
     return PortraitExample(
         key=str(meta.get("key", "")),
-        caption=str(meta["caption"]),
+        caption=meta["caption"],
         image_bytes=blobs["image"],
         face_bytes=blobs["face"],
         mask_bytes=blobs["mask"],
         landmarks=lm,
-        face_box=tuple(float(v) for v in meta["face_box"]),
+        face_box=tuple(float(v) for v in box),
         keypoints=kps,
     )
 
 
 class PortraitManifestSource:
-    """A folder with ``portraits.jsonl``; examples read by index."""
+    """A folder with ``portraits.jsonl``; examples read by index.
 
-    def __init__(self, root: str | os.PathLike):
+    ``strict=False`` keeps going over lines that are not JSON objects, listing them in
+    ``problems`` (``data check``); by default the first one raises.
+    """
+
+    def __init__(self, root: str | os.PathLike, strict: bool = True):
         self.root = Path(root)
         path = self.root / MANIFEST
         if not path.is_file():
             raise InputError(f"{self.root}: no {MANIFEST} in the dataset folder")
         self.rows = []
+        #: one line per malformed manifest line (``strict=False``)
+        self.problems: list[str] = []
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if line.strip():
                 try:
-                    self.rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{n}: not JSON ({exc.msg})") from None
-        if not self.rows:
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as exc:
+                    problem = f"{path}:{n}: not a JSON object ({getattr(exc, 'msg', exc)})"
+                    if strict:
+                        raise InputError(problem) from None
+                    self.problems.append(problem)
+                    continue
+                self.rows.append(row)
+        if not self.rows and not self.problems:
             raise InputError(f"{path}: no rows")
         self.meta = _read_meta(self.root)
 
@@ -185,25 +213,88 @@ def _read_meta(root: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def open_portrait_source(path: str | os.PathLike) -> PortraitSource:
-    """A manifest folder or a folder of shards, whichever ``path`` holds."""
+def open_portrait_source(path: str | os.PathLike, strict: bool = True) -> PortraitSource:
+    """A manifest folder or a folder of shards, whichever ``path`` holds (``strict``: see
+    :class:`PortraitManifestSource`)."""
     root = Path(path)
     if not root.is_dir():
         raise InputError(f"{root}: dataset folder not found")
     if (root / MANIFEST).is_file():
-        return PortraitManifestSource(root)
+        return PortraitManifestSource(root, strict=strict)
     return PortraitShardSource(root)
 
 
+def is_portrait_dataset(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds FPGA's portrait dataset (a ``portraits.jsonl`` manifest, or
+    shards whose first example has ``image``/``face``/``mask`` parts) rather than pairs."""
+    root = Path(path)
+    if (root / MANIFEST).is_file():
+        return True
+    try:
+        if (root / META).is_file() and _read_meta(root).get("format") == FORMAT:
+            return True
+    except (ValueError, AttributeError):  # not JSON, or not an object: judged by the shards
+        pass
+    shards = sorted(root.glob("shard-*.tar")) if root.is_dir() else []
+    if not shards:
+        return False
+    try:
+        with tarfile.open(shards[0], "r:") as tar:
+            for member in tar:
+                if member.isfile():
+                    part = member.name.partition(".")[2].split(".")[0]
+                    if part in ("image", "face", "mask"):
+                        return True
+                    if part in ("input", "target"):
+                        return False
+    except tarfile.TarError:
+        return False
+    return False
+
+
+def iter_check_portraits(source: PortraitSource) -> Iterator[tuple[int, str | None]]:
+    """Validate every row (image, face crop and mask through the image gate; landmarks, face
+    box, keypoints, caption); yield ``(index, problem or None)``.
+
+    Malformed manifest lines (``source.problems``) are not rows; report them apart.
+    """
+    for i in range(len(source)):
+        try:
+            ex = source[i]
+            where = f"{source.root} (key {ex.key})"
+            for part, data in (("image", ex.image_bytes), ("face", ex.face_bytes),
+                               ("mask", ex.mask_bytes)):  # fmt: skip
+                load_image(data, name=f"{where} {part}")
+        except InputError as exc:
+            yield i, str(exc)
+        else:
+            yield i, None
+
+
 def pack_portrait_shards(
-    source: str | os.PathLike, out_dir: str | os.PathLike, shard_size: int = 1000
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    shard_size: int = 1000,
+    *,
+    overwrite: bool = False,
 ) -> list[Path]:
-    """Write a portrait dataset as tar shards (each written atomically), plus its meta."""
+    """Write a portrait dataset as tar shards (each written atomically), plus its meta.
+
+    Every row is checked first (:func:`iter_check_portraits`): a bad dataset raises with its
+    first problem and nothing is written. The output follows the one writer policy: an
+    existing folder is refused unless ``overwrite``, which removes it, so no stale shard of
+    an earlier pack survives.
+    """
     if shard_size < 1:
         raise InputError(f"--shard-size: must be positive, got {shard_size}")
-    src = open_portrait_source(source)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output(out_dir, overwrite=overwrite)
+    src = open_portrait_source(source, strict=False)
+    bad = list(getattr(src, "problems", []))
+    bad += [msg for _, msg in iter_check_portraits(src) if msg is not None]
+    if bad:
+        more = f" (and {len(bad) - 1} more; run `data check`)" if len(bad) > 1 else ""
+        raise InputError(f"{source}: {len(bad)} bad rows, nothing written; first: {bad[0]}{more}")
+    out = prepare_output(out_dir, overwrite=overwrite, create=True)
     written = []
     for start in range(0, len(src), shard_size):
 
@@ -286,6 +377,17 @@ def _sidecar_keypoints(photo: Path, keypoints_dir: Path | None) -> Path | None:
     return next((p for p in names if p.is_file()), None)
 
 
+def check_face_template(name: str, flag: str = "--face-template") -> str:
+    """``name`` is an alignment template of the face stack (checked before any detector runs)."""
+    from ..faces.align import TEMPLATES
+
+    if name not in TEMPLATES:
+        raise InputError(
+            f"{flag} {name!r}: unknown alignment template; one of {', '.join(TEMPLATES)}"
+        )
+    return name
+
+
 def build_portraits(
     source: str | os.PathLike,
     output: str | os.PathLike,
@@ -321,6 +423,7 @@ def build_portraits(
     from ..io import atomic_directory
     from ..models.resampler import align_face
 
+    check_face_template(face_template, "face_template")
     src = Path(source)
     if not src.is_dir():
         raise InputError(f"{src}: photo folder not found")

@@ -241,7 +241,7 @@ def _header(metric: str) -> str:
 
 def _write_csv(path: Path, table, metrics: list[str], methods: dict[str, Any]) -> None:
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv.writer(buf, lineterminator="\n")  # the csv module's default ends rows in \r\n
     head = ["method", "split", "spec"]
     for m in metrics:
         head += [m, f"{m}_std", f"{m}_n", f"{m}_status", f"{m}_note"]

@@ -128,13 +128,17 @@ class EditTrainer(Trainer):
         self.tokenizer, self.scheduler = parts["tokenizer"], parts["scheduler"]
         self.train_scheduler = parts["train_scheduler"]
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-            self.run.mixed_precision, torch.float32
+            self.precision, torch.float32
         )
         self.vae.requires_grad_(False).eval().to(self.device)
         self.text_encoder.requires_grad_(False).eval().to(self.device, dtype=weight_dtype)
         self.alphas_cumprod = self.train_scheduler.alphas_cumprod.to(self.device)
         self.prediction_type = self.train_scheduler.config.prediction_type
         return parts["unet"]
+
+    @classmethod
+    def count_examples(cls, config: Any) -> int:
+        return len(open_pair_source(config.data.path))
 
     def build_dataset(self, data, need_faces: bool) -> None:
         """The pair dataset of a ``DataConfig``; landmarks detected when ``need_faces``."""

@@ -109,6 +109,28 @@ class FPGAValidationConfig:
     seed: int = 0
 
 
+def check_stage_steps(stage_steps: dict) -> dict[str, int]:
+    """``stage_steps`` names every stage of :data:`STAGE_ORDER` once, each a positive integer;
+    returns it with integer values. One line naming the key otherwise."""
+    stages = ", ".join(STAGE_ORDER)
+    unknown = sorted(set(stage_steps) - set(STAGE_ORDER))
+    if unknown:
+        raise InputError(f"stage_steps: unknown stage {unknown[0]!r} (of {stages})")
+    missing = [s for s in STAGE_ORDER if s not in stage_steps]
+    if missing:
+        raise InputError(
+            f"stage_steps: no steps for {', '.join(missing)}; give all of {stages}, or set "
+            f"one stage alone with --set stage_steps.{missing[0]}=N"
+        )
+    out = {}
+    for stage in STAGE_ORDER:
+        n = stage_steps[stage]
+        ok = isinstance(n, (int, float)) and not isinstance(n, bool) and float(n).is_integer()
+        check(ok and n >= 1, f"stage_steps.{stage}: a positive integer, got {n!r}")
+        out[stage] = int(n)
+    return out
+
+
 @dataclass
 class FPGAConfig:
     stage: Stage = "both"
@@ -124,6 +146,10 @@ class FPGAConfig:
     validation: FPGAValidationConfig = field(default_factory=FPGAValidationConfig)
 
     def __post_init__(self) -> None:
+        self.stage_steps = check_stage_steps(self.stage_steps)
+
+    def check_inputs(self) -> None:
+        """The run's inputs are given (checked when training starts, not by ``--dry-run``)."""
         check(bool(self.data.path), "data.path: the portrait dataset folder is required")
 
 
@@ -267,6 +293,12 @@ class FPGATrainer(Trainer):
         super().__init__(config, config.training, config.optim)
         self.cfg = config
         self._embedder_override = face_embedder
+
+    @classmethod
+    def count_examples(cls, config: FPGAConfig) -> int:
+        from ..data.portraits import open_portrait_source
+
+        return len(open_portrait_source(config.data.path))
 
     def setup(self) -> None:
         from diffusers import DDPMScheduler

@@ -77,7 +77,8 @@ class IDENetConfig:
     training: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/idenet"))
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
-    def __post_init__(self) -> None:
+    def check_inputs(self) -> None:
+        """The run's inputs are given (checked when training starts, not by ``--dry-run``)."""
         check(bool(self.data.path), "data.path: the pair dataset folder is required")
 
 

@@ -152,7 +152,8 @@ class IPNetConfig:
     training: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/ipnet"))
     validation: ValidationConfig = field(default_factory=lambda: ValidationConfig(steps=1))
 
-    def __post_init__(self) -> None:
+    def check_inputs(self) -> None:
+        """The run's inputs are given (checked when training starts, not by ``--dry-run``)."""
         check(bool(self.teacher.path), "teacher.path: the IDE-Net teacher is required (--teacher)")
         check(bool(self.data.path), "data.path: the pair dataset folder is required")
 

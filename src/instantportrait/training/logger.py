@@ -8,6 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+#: rows end in a plain newline (the csv module's default is ``\r\n``)
+LINE_END = "\n"
+
 
 class MetricsLogger:
     """Append rows to ``RUN/metrics.csv`` and TensorBoard (``RUN/tensorboard``).
@@ -35,7 +38,7 @@ class MetricsLogger:
             with self.path.open(newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
         with self.path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.keys)
+            writer = csv.DictWriter(fh, fieldnames=self.keys, lineterminator=LINE_END)
             writer.writeheader()
             writer.writerows({k: r.get(k, "") for k in self.keys} for r in rows)
         self.writer = None
@@ -49,7 +52,7 @@ class MetricsLogger:
     def log(self, step: int, values: dict[str, Any]) -> None:
         row = {"step": step, **{k: values.get(k, "") for k in self.keys[1:]}}
         with self.path.open("a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=self.keys).writerow(row)
+            csv.DictWriter(fh, fieldnames=self.keys, lineterminator=LINE_END).writerow(row)
         if self.writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)):

@@ -95,7 +95,8 @@ class RepControlNetConfig:
     )
     training: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/repcontrolnet"))
 
-    def __post_init__(self) -> None:
+    def check_inputs(self) -> None:
+        """The run's inputs are given (checked when training starts, not by ``--dry-run``)."""
         check(bool(self.data.path), "data.path: the conditioning dataset folder is required")
 
 
@@ -170,6 +171,24 @@ def collate_portrait_conditions(items: list[dict[str, Any]]) -> dict[str, Any]:
         "faces": [None] * n,
         "face_crops": torch.stack([it["face"] for it in items]),
     }
+
+
+def open_portraits(path: str):
+    """FPGA's portrait dataset at ``data.path``; one line naming both accepted formats when
+    the folder holds neither."""
+    from ..data.portraits import open_portrait_source
+
+    why = (
+        f"data.path: {path} holds neither metadata.jsonl (the ControlNet format) nor an FPGA "
+        "portrait dataset (portraits.jsonl or shard-*.tar: data build-portraits)"
+    )
+    try:
+        source = open_portrait_source(path)
+    except InputError:
+        raise InputError(why) from None
+    if len(source) == 0:
+        raise InputError(why)
+    return source
 
 
 def load_sd_components(pretrained: str, seed: int = 0) -> dict[str, Any]:
@@ -286,6 +305,13 @@ class RepControlNetTrainer(Trainer):
 
         return encode_prompts(self.tokenizer, self.text_encoder, texts, self.device)
 
+    @classmethod
+    def count_examples(cls, config: RepControlNetConfig) -> int:
+        data = config.data
+        if (Path(data.path) / "metadata.jsonl").is_file():
+            return len(ConditionDataset(data.path, data.resolution, data.dropout_text))
+        return len(open_portraits(data.path))
+
     def _set_dataset(self) -> bool:
         """The dataset of ``data.path`` (a ``metadata.jsonl`` folder, or FPGA's portrait
         dataset); returns whether its identities are face images to encode."""
@@ -296,19 +322,9 @@ class RepControlNetTrainer(Trainer):
             )
             self.collate = collate_conditions
             return self.dataset.uses_faces
-        from ..data.portraits import open_portrait_source
         from .fpga import PortraitTrainDataset
 
-        why = (
-            f"data.path: {cfg.data.path} holds neither metadata.jsonl (the ControlNet format) "
-            "nor an FPGA portrait dataset (portraits.jsonl or shard-*.tar: data build-portraits)"
-        )
-        try:
-            source = open_portrait_source(cfg.data.path)
-        except InputError:
-            raise InputError(why) from None
-        if len(source) == 0:
-            raise InputError(why)
+        source = open_portraits(cfg.data.path)
         self.dataset = PortraitTrainDataset(
             source, cfg.data.resolution, cfg.data.condition, cfg.training.seed,
             cfg.data.dropout_text,
