@@ -237,8 +237,9 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
 
     status = registry.page_status()
     with gr.Blocks(title="InstantPortrait", delete_cache=(3600, 3600)) as demo:
-        header = gr.Markdown(header_text, elem_id="header")  # a callable: fresh at each load
+        header = gr.Markdown(header_text(), elem_id="header")
         after = (header_text, None, header)
+        demo.load(*after, api_visibility="private", queue=False)  # fresh at each page load
         with gr.Tab("Edit"):
             with gr.Row():
                 with gr.Column():

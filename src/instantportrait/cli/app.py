@@ -288,7 +288,10 @@ def log_one_line_per_request() -> None:
     import logging
 
     logger = logging.getLogger("instantportrait.app")
+    if any(getattr(h, "_instantportrait_app", False) for h in logger.handlers):
+        return
     handler = logging.StreamHandler()
+    handler._instantportrait_app = True
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
