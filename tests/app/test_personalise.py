@@ -66,3 +66,16 @@ def test_limits_per_owner_are_one_line_each(methods, astronaut_path):
         personaliser.tune("user:cy", [astronaut_path], "woman", steps=1)  # room again
     finally:
         personaliser.max_identities = cap
+
+
+def test_keep_photos_keeps_them_beside_the_identity_until_it_is_deleted(methods, astronaut_path):
+    personaliser = methods.get("faceanet")
+    personaliser.keep_photos = True
+    try:
+        identity = personaliser.tune("user:eve", [astronaut_path, astronaut_path], "woman")
+    finally:
+        personaliser.keep_photos = False
+    folder = personaliser.store.find("user:eve", identity)
+    assert sorted(p.name for p in (folder / "photos").iterdir()) == ["0.png", "1.png"]
+    personaliser.delete("user:eve", identity)
+    assert not folder.exists() and personaliser.identities("user:eve") == []
