@@ -8,7 +8,22 @@ import json
 import socket
 import time
 
+import pytest
+
 from instantportrait.cli import main
+
+
+@pytest.fixture(autouse=True)
+def app_logger_restored():
+    """``app`` sets up its log handler; later tests get the logger as it was."""
+    import logging
+
+    logger = logging.getLogger("instantportrait.app")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 def one_line_error(capsys) -> str:

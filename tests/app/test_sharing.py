@@ -152,6 +152,9 @@ def test_a_refused_request_is_one_log_line_without_paths(
     flat = tmp_path / "flat.png"
     Image.new("RGB", (96, 96), (120, 130, 140)).save(flat)
     capfd.readouterr()
+    logger = logging.getLogger("instantportrait.app")
+    handlers = [caplog.handler] if not logger.propagate else []  # (the CLI stops it)
+    logger.handlers.extend(handlers)
     with caplog.at_level(logging.INFO, logger="instantportrait.app"):
         message = refusal(
             lambda: dave.predict(
@@ -160,6 +163,8 @@ def test_a_refused_request_is_one_log_line_without_paths(
                 api_name="/personalise_tune",
             )
         )  # fmt: skip
+    for handler in handlers:
+        logger.removeHandler(handler)
     assert "photo 2: no face found" in message and "--" not in message
     lines = [r.getMessage() for r in caplog.records if r.name == "instantportrait.app"]
     assert len(lines) == 1 and lines[0].startswith("refused /personalise_tune: photo 2: no face")
