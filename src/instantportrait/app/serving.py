@@ -33,9 +33,13 @@ _PART = r"[^\s/\\:;,'\"()\[\]]"
 _PATH = re.compile(rf"(?<![\w.~-])(?:[A-Za-z]:)?[/\\](?:{_PART}+[/\\])+{_PART}*")
 
 
+#: the rest of a path with spaces: words holding a separator right after a scrubbed path
+_PATH_REST = re.compile(r"<file>(?: [^\s]*[/\\][^\s]*)+")
+
+
 def scrub(text: str) -> str:
     """``text`` on one line with every absolute file path replaced by ``<file>``."""
-    return _PATH.sub("<file>", " ".join(str(text).split()))
+    return _PATH_REST.sub("<file>", _PATH.sub("<file>", " ".join(str(text).split())))
 
 
 def gate_upload(payload: Any, name: str = "upload") -> Any:
