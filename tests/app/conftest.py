@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import zlib
@@ -56,12 +57,34 @@ def running_app(tiny_model_dir, method_bundles, tmp_path_factory):
         workdir=str(tmp_path_factory.mktemp("app_workdir")),
     )
     demo = build_app(registry, concurrency=2)
+    with serving(demo) as url:
+        yield url, demo
+
+
+@contextlib.contextmanager
+def serving(demo, **launch):
+    """``demo`` served on a free port of 127.0.0.1 (``launch``: more ``launch()`` arguments);
+    yields its URL and closes it after."""
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch
+    )
     try:
-        yield f"http://127.0.0.1:{port}/", demo
+        yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="session")
+def app_serving():
+    """:func:`serving`, for test modules that launch an app of their own."""
+    return serving
+
+
+@pytest.fixture(scope="session")
+def tiny_faceanet() -> dict:
+    """The Personaliser settings of the tiny inpainting bundle (one tuning step, 64 px)."""
+    return {"tune_steps": 1, "resolution": 64, "overrides": TINY_FACEANET}
 
 
 #: the tiny bundles of the Generate (FastFace), Group (FPGA) and Restore (DIIR) tabs

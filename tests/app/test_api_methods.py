@@ -1,4 +1,5 @@
-"""Each method tab's endpoint once through ``gradio_client`` against the running app."""
+"""Every endpoint once through ``gradio_client`` against the running app (``/edit``'s burst is
+in test_api.py)."""
 
 from __future__ import annotations
 
@@ -51,11 +52,45 @@ def test_restore_endpoint_passes_a_face_free_image_through(client, tmp_path):
     assert Image.open(image).size == (48, 40) and "no face found" in report
 
 
+#: every endpoint the app offers, each called by a test of this file or test_api.py
+ENDPOINTS = {
+    "/edit",
+    "/live_frame",
+    "/generate",
+    "/personalise_tune",
+    "/personalise_list",
+    "/personalise",
+    "/personalise_delete",
+    "/group",
+    "/restore",
+}
+
+
+def test_the_api_lists_exactly_the_tested_endpoints(client):
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == (
+        ENDPOINTS
+    )
+
+
+def test_live_frame_endpoint_edits_one_frame(client, astronaut_path):
+    """The Live tab streams; its HTTP form takes one frame (gradio_client cannot stream)."""
+    image, report = client.predict(
+        gradio_client.handle_file(str(astronaut_path)), "as a marble statue", api_name="/live_frame"
+    )
+    assert max(Image.open(image).size) == 256 and report.endswith(" s")
+
+
+def _choices(update) -> list[str]:
+    """The ids of a Dropdown update (choices are ``[label, value]`` pairs)."""
+    return [c[1] if isinstance(c, (list, tuple)) else c for c in update["choices"]]
+
+
 def test_personalise_endpoints_tune_then_generate(client, astronaut_path, grace_hopper_path):
     photo = gradio_client.handle_file(str(astronaut_path))
     update, status = client.predict([photo], "woman", 1, api_name="/personalise_tune")
     identity = status.removeprefix("tuned: ")  # the first output updates the page's list
-    assert update["value"] == identity and identity in str(update["choices"])
+    assert update["value"] == identity and identity in _choices(update)
+    assert identity in _choices(client.predict(api_name="/personalise_list"))
     image, report = client.predict(
         identity,
         "a woman, smiling",
@@ -66,6 +101,8 @@ def test_personalise_endpoints_tune_then_generate(client, astronaut_path, grace_
     )
     assert Image.open(image).size == Image.open(grace_hopper_path).size
     assert f"identity {identity}" in report
+    update, status = client.predict(identity, api_name="/personalise_delete")
+    assert status == f"deleted: {identity}" and identity not in _choices(update)
 
 
 def test_hostile_upload_to_a_method_tab_is_a_message(client, hostile_files, tmp_path):

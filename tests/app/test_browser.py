@@ -71,6 +71,11 @@ def test_edit_live_and_method_tabs_in_chromium(running_app, browser, astronaut_p
         "() => document.querySelector('#edit-report textarea').value.includes('edit(s)')",
         timeout=60_000,
     )
+    # the header follows the models: the editor loaded by this first edit
+    page.wait_for_function(
+        "() => document.querySelector('#header').innerText.includes('edit: loaded')",
+        timeout=30_000,
+    )
     page.screenshot(path=str(ARTIFACTS / "app-edit.png"), full_page=True)
 
     page.get_by_role("tab", name="Live").click()

@@ -85,11 +85,14 @@ def test_registry_loads_once_and_names_the_missing_option(tiny_model_dir):
 
     slot.loader = counting
     assert "loads on first use" in registry.status()["edit"]
+    assert registry.page_status()["edit"] == "loads on first use"
     threads = [threading.Thread(target=registry.get, args=("edit",)) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert len(calls) == 1 and "loaded" in registry.status()["edit"]
-    with pytest.raises(InputError, match="--edit-model"):
+    assert registry.page_status()["edit"] == "loaded"  # the page's header says so
+    assert str(tiny_model_dir) not in str(registry.page_status())  # no server path
+    with pytest.raises(InputError, match="edit: not available on this server"):
         ModelRegistry().get("edit")

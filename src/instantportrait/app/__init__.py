@@ -1,8 +1,10 @@
 """The web app (Gradio, the ``app`` extra): ``instantportrait app`` or :func:`build_app`.
 
 :mod:`.models` (lazy model slots) and the operations -- :mod:`.handlers` (edit, live),
-:mod:`.methods` (FastFace, FPGA, DIIR), :mod:`.personalise` (FaceA-Net) -- import no UI library;
-:mod:`.ui` builds the Gradio page on them.
+:mod:`.methods` (FastFace, FPGA, DIIR), :mod:`.personalise` (FaceA-Net) -- import no UI library,
+nor do :mod:`.access` (sign-in: password hashes, the loopback rule) and :mod:`.identities`
+(who owns a tuned identity; deletion, retention). :mod:`.serving` (uploads through the gate,
+the caller, one log line per refused request) and :mod:`.ui` (the page) use Gradio.
 """
 
 from __future__ import annotations

@@ -10,11 +10,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import InputError
+from .identities import IdentityStore
 
 
 @dataclass
@@ -25,6 +27,9 @@ class ModelSlot:
     option: str
     source: str | None
     loader: Callable[[str, torch.device, torch.dtype], Any]
+    #: checks ``source`` without loading weights (raises a one-line error); see
+    #: :meth:`ModelRegistry.check_sources`
+    checker: Callable[[str], None] | None = None
     _model: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -37,11 +42,10 @@ class ModelSlot:
         return self._model is not None
 
     def get(self, device: torch.device, dtype: torch.dtype) -> Any:
-        """The model, loading it on first use; no source is one line naming the option."""
+        """The model, loading it on first use. No source is one line for the web user (it
+        names no option and no path: the operator's start-up lines do)."""
         if self.source is None:
-            raise InputError(
-                f"{self.method}: no model was given; restart the app with {self.option} PATH"
-            )
+            raise InputError(f"{self.method}: not available on this server (no model was given)")
         if self._model is None:
             with self._lock:
                 if self._model is None:
@@ -150,7 +154,9 @@ class ModelRegistry:
         fastface_resolution: FastFace's image side (default: the family's).
         faceanet: more :class:`.personalise.Personaliser` arguments (``tune_steps``,
             ``resolution``, ``overrides``).
-        workdir: where tuned identities are kept.
+        workdir: where tuned identities are kept (default: a new temporary folder); its
+            :class:`.identities.IdentityStore` is ``identities``, made at once so retention
+            can run before the first request.
     """
 
     def __init__(
@@ -177,7 +183,12 @@ class ModelRegistry:
         self.fastface_resolution = fastface_resolution
         self.faceanet_base = faceanet_base
         self.faceanet_context_model = faceanet_context_model
-        self.workdir = workdir
+        if workdir is None:
+            import tempfile
+
+            workdir = tempfile.mkdtemp(prefix="instantportrait-app-")
+        self.workdir = Path(workdir)
+        self.identities = IdentityStore(self.workdir / "faceanet")
         ff = {k: v for k, v in (fastface or {}).items() if v is not None}
         self.slots: dict[str, ModelSlot] = {
             "edit": ModelSlot("edit", "--edit-model", edit_model, load_edit_pipeline),
@@ -201,7 +212,7 @@ class ModelRegistry:
                 functools.partial(
                     load_personaliser,
                     context_model=faceanet_context_model,
-                    workdir=workdir,
+                    store=self.identities,
                     **(faceanet or {}),
                 ),
             ),
@@ -210,8 +221,28 @@ class ModelRegistry:
     def get(self, method: str) -> Any:
         return self.slots[method].get(self.device, self.dtype)
 
+    def check_sources(self) -> None:
+        """Check every given model source without loading weights (each slot's ``checker``;
+        a bad one raises its one-line error). The CLI calls this before serving."""
+        for slot in self.slots.values():
+            if slot.configured and slot.checker is not None:
+                slot.checker(slot.source)
+
+    def page_status(self) -> dict[str, str]:
+        """method -> what the page shows: loaded, loads on first use, or not available (no
+        path and no option: the page is for whoever uses the app)."""
+        return {
+            name: "loaded"
+            if slot.loaded
+            else "loads on first use"
+            if slot.configured
+            else "not available on this server"
+            for name, slot in self.slots.items()
+        }
+
     def status(self) -> dict[str, str]:
-        """method -> a short line for the UI: loaded, given (loads on first use), or missing."""
+        """method -> a line for the operator (printed at start): loaded, given (loads on first
+        use), or the option that provides it."""
         lines = {}
         for name, slot in self.slots.items():
             if slot.loaded:

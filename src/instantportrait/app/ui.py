@@ -1,22 +1,25 @@
 """The Gradio app: one tab per method, and the same operations over HTTP (Gradio's API:
-``/edit``, ``/live_frame``, ``/generate``, ``/personalise_tune``, ``/personalise``, ``/group``,
-``/restore``). A tab whose model was not given says which option provides it.
+``/edit``, ``/live_frame``, ``/generate``, ``/personalise_tune``, ``/personalise_list``,
+``/personalise``, ``/personalise_delete``, ``/group``, ``/restore``). A tab whose model was not
+given says it is not available on this server.
 
 Safe by default: bound to 127.0.0.1; every upload passes through the input gate before a
 handler sees it (a rejected upload becomes a message in the page, the app keeps serving);
 requests queue with a concurrency limit, so a burst is served in order and none is lost.
+Tuned identities belong to whoever tuned them (:mod:`.identities`); the request plumbing
+(gates, owner, one-line errors) is :mod:`.serving`.
 """
 
 from __future__ import annotations
 
-import base64
-import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import InputError, InstantPortraitError, optional_import
+from ..errors import InputError, optional_import
 from . import handlers
 from .models import ModelRegistry
+from .serving import answers, discard_uploads, gate_pose, gate_upload, gate_uploads, owner_of
 
 gr = optional_import("gradio", "app", "the web app")
 
@@ -33,33 +36,6 @@ FASTFACE_PRESETS = (
 )
 
 
-def gate_upload(payload: Any, name: str = "upload") -> Any:
-    """An image payload as Gradio sends it, through :func:`instantportrait.io.load_image`.
-
-    The events that take uploads run with ``preprocess=False``, so Gradio never opens an
-    upload itself: the project's gate sees it first (size limit, decompression bombs, empty
-    and non-image files), and a rejection is one line shown in the page.
-    """
-    from ..io import load_image
-
-    if payload is None:
-        return None
-    if isinstance(payload, dict):
-        url, path = payload.get("url"), payload.get("path")
-        name = payload.get("orig_name") or name
-    else:
-        url, path = getattr(payload, "url", None), getattr(payload, "path", None)
-    if url and str(url).startswith("data:"):
-        try:
-            data = base64.b64decode(str(url).split(",", 1)[1], validate=False)
-        except (ValueError, IndexError):
-            raise InputError(f"{name}: not a valid data URL") from None
-        return load_image(data, name=name)
-    if path is None:
-        raise InputError(f"{name}: no file arrived")
-    return load_image(path, name=name)
-
-
 def _result(res: Any) -> tuple[Any, str]:
     """A method's image and its report: the seconds taken, then its notes."""
     return res.image, "\n".join([f"{res.seconds:.2f} s", *res.notes])
@@ -72,61 +48,45 @@ def _output_column(label: str, image_id: str, report_id: str, *, lines: int) -> 
 
 
 def _endpoint(
-    button: Any, fn: Callable, inputs: list, outputs: list, name: str, *, limit: int
+    button: Any,
+    fn: Callable,
+    inputs: list,
+    outputs: list,
+    name: str,
+    *,
+    limit: int | None,
+    header: Any = None,
 ) -> None:
     """Wire ``button`` to ``fn`` as the HTTP endpoint ``/name``: queued with ``limit``
     concurrent calls, and ``preprocess=False`` so every upload reaches the project's gate
-    (:func:`gate_upload`) before anything opens it."""
-    button.click(fn, inputs, outputs, api_name=name, concurrency_limit=limit, preprocess=False)
+    (:func:`.serving.gate_upload`) before anything opens it. ``header``: ``(fn, component)``
+    refreshed after each call (the models' state: a first call loads one)."""
+    event = button.click(
+        fn, inputs, outputs, api_name=name, concurrency_limit=limit, preprocess=False
+    )
+    if header is not None:
+        event.then(*header, queue=False, api_visibility="private")
 
 
-#: Largest pose keypoints JSON accepted (bytes).
-MAX_POSE_JSON = 1 << 20
+def _availability(status: dict[str, str], method: str) -> str:
+    """A tab heading's last line: whether this server offers the method."""
+    if status[method] == "not available on this server":
+        return "Not available on this server."
+    return "Available on this server."
 
 
-def gate_uploads(payloads: Any, name: str) -> list[Any]:
-    """Several uploads (a multi-file field) through :func:`gate_upload`, numbered in messages."""
-    if payloads is None:
-        return []
-    items = payloads if isinstance(payloads, list) else [payloads]
-    return [gate_upload(p, f"{name} {i + 1}") for i, p in enumerate(items) if p is not None]
-
-
-def gate_pose(payload: Any) -> Any:
-    """A pose upload: a keypoints JSON's bytes (size-capped), or an image through the gate."""
-    if payload is None:
-        return None
-    if isinstance(payload, dict):
-        path, orig = payload.get("path"), payload.get("orig_name") or ""
-    else:
-        path, orig = getattr(payload, "path", None), getattr(payload, "orig_name", "") or ""
-    if path and (str(orig) or str(path)).lower().endswith(".json"):
-        import os
-
-        if os.path.getsize(path) > MAX_POSE_JSON:
-            raise InputError(f"pose: a keypoints JSON over {MAX_POSE_JSON} bytes")
-        with open(path, "rb") as f:
-            return f.read()
-    return gate_upload(payload, "pose")
-
-
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Show the project's one-line errors as a Gradio message instead of a failed request."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except InstantPortraitError as exc:
-            raise gr.Error(str(exc)) from None
-
-    return wrapper
+#: Tuning requests that may wait for a free tuning slot at once (the rest wait in the queue).
+TUNE_WAITING = 8
 
 
 def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
-    """The app as ``gr.Blocks`` (call ``.launch()``, or mount it in a FastAPI app)."""
+    """The app as ``gr.Blocks`` (call ``.launch()``, or mount it in a FastAPI app).
 
-    @_user_errors
+    Gradio's own cache of uploads and outputs is emptied of files older than an hour, every
+    hour (and entirely at shutdown).
+    """
+
+    @answers
     def edit(image, instructions, steps, iterations, seed, measure):
         portrait = gate_upload(image, "portrait")
         if portrait is None:
@@ -143,8 +103,8 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
         lines = [f"{len(result.images)} edit(s) in {result.seconds:.2f} s", *result.similarity]
         return result.grid, "\n".join(lines)
 
-    @_user_errors
-    def live_frame(frame, instruction, rate):
+    @answers
+    def live_stream(frame, instruction, rate):
         if frame is None:
             return None, "waiting for the camera", rate
         rate = rate or handlers.FrameRate()
@@ -153,7 +113,18 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
         fps = rate.tick()
         return out, f"{fps:.1f} frames/s", rate
 
-    @_user_errors
+    @answers
+    def live_frame(frame, instruction):
+        """One frame through the live editor: the HTTP form of the Live tab's stream (a
+        streaming event cannot be called from gradio_client)."""
+        image = gate_upload(frame, "frame")
+        if image is None:
+            raise InputError("frame: upload a frame first")
+        start = time.perf_counter()
+        out = handlers.edit_frame(registry.get("edit"), image, instruction)
+        return out, f"{time.perf_counter() - start:.2f} s"
+
+    @answers
     def generate(photo, prompt, preset, scale, seed, steps):
         from . import methods
 
@@ -172,18 +143,52 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
         )
         return _result(res)
 
-    @_user_errors
-    def personalise_tune(photos, gender, steps, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+    def _identities(request: gr.Request, value: Any = None) -> Any:
         personaliser = registry.get("faceanet")
-        faces = gate_uploads(photos, "photo")
-        progress(0, desc="tuning")
-        identity = personaliser.tune(faces, gender, steps=int(steps) or None)
-        choices = personaliser.identities()
-        return gr.update(choices=choices, value=identity), f"tuned: {identity}"
+        return gr.update(choices=personaliser.identities(owner_of(request)), value=value)
 
-    @_user_errors
-    def personalise(identity, prompt, context, seed, steps):
+    @answers
+    def personalise_tune(
+        photos,
+        gender,
+        steps,
+        request: gr.Request,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008
+    ):
+        personaliser = registry.get("faceanet")
+        try:
+            faces = gate_uploads(photos, "photo")
+            progress(0, desc="tuning")
+            identity = personaliser.tune(
+                owner_of(request),
+                faces,
+                gender,
+                steps=int(steps) or None,
+                on_wait=lambda: progress(0, desc="waiting for a free tuning slot"),
+            )
+        finally:
+            discard_uploads(photos or [], demo.GRADIO_CACHE)
+        return _identities(request, identity), f"tuned: {identity}"
+
+    @answers
+    def personalise_list(request: gr.Request):
+        return _identities(request)
+
+    def page_identities(request: gr.Request):
+        """The caller's list when the page opens (nothing, silently, without FaceA-Net)."""
+        if not registry.slots["faceanet"].configured:
+            return gr.update(choices=[])
+        return personalise_list(request)
+
+    @answers
+    def personalise_delete(identity, request: gr.Request):
+        registry.get("faceanet").delete(owner_of(request), identity)
+        return _identities(request), f"deleted: {identity}"
+
+    @answers
+    def personalise(identity, prompt, context, seed, steps, request: gr.Request):
         res = registry.get("faceanet").generate(
+            owner_of(request),
             identity,
             prompt,
             context_image=gate_upload(context, "context image"),
@@ -192,7 +197,7 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
         )
         return _result(res)
 
-    @_user_errors
+    @answers
     def group(photos, pose, masks, prompt, seed, steps, guidance):
         from . import methods
 
@@ -209,7 +214,7 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
         )
         return _result(res)
 
-    @_user_errors
+    @answers
     def restore(image, photo, below, steps):
         from . import methods
 
@@ -225,12 +230,16 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
         )
         return _result(res)
 
-    status = registry.status()
-    with gr.Blocks(title="InstantPortrait") as demo:
-        gr.Markdown(
-            "# InstantPortrait\nIdentity-preserving portrait edits in one step. Models: "
-            + "; ".join(f"**{k}**: {v}" for k, v in status.items())
+    def header_text() -> str:
+        return "# InstantPortrait\nIdentity-preserving portrait edits in one step. Models: " + (
+            "; ".join(f"**{k}**: {v}" for k, v in registry.page_status().items())
         )
+
+    status = registry.page_status()
+    with gr.Blocks(title="InstantPortrait", delete_cache=(3600, 3600)) as demo:
+        header = gr.Markdown(header_text(), elem_id="header")
+        after = (header_text, None, header)
+        demo.load(*after, api_visibility="private", queue=False)  # fresh at each page load
         with gr.Tab("Edit"):
             with gr.Row():
                 with gr.Column():
@@ -259,6 +268,7 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                 [result, report],
                 "edit",
                 limit=concurrency,
+                header=after,
             )
         with gr.Tab("Live"):
             gr.Markdown(
@@ -280,18 +290,28 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
             fps = gr.Textbox(label="Speed", elem_id="live-fps")
             rate = gr.State(None)
             camera.stream(
-                live_frame,
+                live_stream,
                 [camera, live_instruction, rate],
                 [live_out, fps, rate],
-                api_name="live_frame",
+                api_name="live_stream",
+                api_visibility="private",  # gradio_client cannot stream: /live_frame below
                 stream_every=0.1,
                 concurrency_limit=concurrency,
                 preprocess=False,
             )
+            live_api = gr.Button(visible=False)
+            _endpoint(
+                live_api,
+                live_frame,
+                [camera, live_instruction],
+                [live_out, fps],
+                "live_frame",
+                limit=concurrency,
+            )
         with gr.Tab("Generate"):
             gr.Markdown(
                 "## Generate (FastFace)\nA photo of a person and a prompt: a few-step SDXL "
-                f"portrait of that person. Model: {status['fastface']}."
+                f"portrait of that person. {_availability(status, 'fastface')}"
             )
             with gr.Row():
                 with gr.Column():
@@ -317,13 +337,16 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                 [ff_out, ff_report],
                 "generate",
                 limit=concurrency,
+                header=after,
             )
         with gr.Tab("Personalise"):
             gr.Markdown(
                 "## Personalise (FaceA-Net)\nUpload 1–3 photos of one person and tune (a few "
                 "steps; the bar shows the progress), then generate: the face of a context "
                 "photo repainted as that person, or a context model's image for the prompt. "
-                f"Model: {status['faceanet']}."
+                "Your identities are yours: nobody else can list, use or delete them; *Delete "
+                "this identity* removes its photos and its tuned weights from the server. "
+                f"{_availability(status, 'faceanet')}"
             )
             with gr.Row():
                 with gr.Column():
@@ -337,7 +360,14 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                             label="Tuning steps (0 = the app's default)", value=0, precision=0
                         )
                     pz_tune = gr.Button("Tune", elem_id="pz-tune")
-                    pz_identity = gr.Dropdown([], label="Tuned identity", allow_custom_value=True)
+                    with gr.Row():
+                        pz_identity = gr.Dropdown(
+                            [], label="Your tuned identities", allow_custom_value=True,
+                            elem_id="pz-identity", scale=3,
+                        )  # fmt: skip
+                        pz_delete = gr.Button(
+                            "Delete this identity", variant="stop", elem_id="pz-delete", scale=1
+                        )
                     pz_status = gr.Textbox(label="Tuning", elem_id="pz-status")
                     pz_prompt = gr.Textbox(label="Prompt", value="a woman, smiling")
                     pz_context = gr.Image(label="Context photo to repaint", type="pil")
@@ -355,8 +385,22 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                 [pz_photos, pz_gender, pz_tune_steps],
                 [pz_identity, pz_status],
                 "personalise_tune",
-                limit=1,
+                limit=TUNE_WAITING,
+                header=after,
             )
+            _endpoint(
+                pz_delete,
+                personalise_delete,
+                [pz_identity],
+                [pz_identity, pz_status],
+                "personalise_delete",
+                limit=None,
+            )
+            pz_refresh = gr.Button(visible=False)
+            _endpoint(
+                pz_refresh, personalise_list, [], [pz_identity], "personalise_list", limit=None
+            )
+            demo.load(page_identities, None, pz_identity, api_visibility="private", queue=False)
             _endpoint(
                 pz_run,
                 personalise,
@@ -364,12 +408,13 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                 [pz_out, pz_report],
                 "personalise",
                 limit=concurrency,
+                header=after,
             )
         with gr.Tab("Group"):
             gr.Markdown(
                 "## Group (FPGA)\n1–4 identity photos and a pose: an OpenPose/COCO keypoints "
                 "JSON (identities go to the people left to right) or a pose image with one "
-                f"face mask per identity. Model: {status['fpga']}."
+                f"face mask per identity. {_availability(status, 'fpga')}"
             )
             with gr.Row():
                 with gr.Column():
@@ -398,12 +443,14 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                 [gp_out, gp_report],
                 "group",
                 limit=concurrency,
+                header=after,
             )
         with gr.Tab("Restore"):
             gr.Markdown(
                 "## Restore (DIIR)\nEvery face smaller than *restore below* pixels is "
                 "regenerated (towards the identity photo when given, else itself) and pasted "
-                f"back; the rest of the image stays bit-identical. Model: {status['restore']}."
+                "back; the rest of the image stays bit-identical. "
+                f"{_availability(status, 'restore')}"
             )
             with gr.Row():
                 with gr.Column():
@@ -424,6 +471,7 @@ def build_app(registry: ModelRegistry, *, concurrency: int = 1) -> Any:
                 [rs_out, rs_report],
                 "restore",
                 limit=concurrency,
+                header=after,
             )
     demo.queue(default_concurrency_limit=concurrency, max_size=256)
     return demo
