@@ -35,6 +35,7 @@ __all__ = [
     "SCRFD_STRIDES",
     "ScrfdDetector",
     "anchor_centres",
+    "decode_outputs",
     "distance_to_box",
     "distance_to_keypoints",
     "letterbox",
@@ -118,6 +119,56 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, flo
     return canvas, new_h / h
 
 
+def decode_outputs(
+    outs: list[np.ndarray],
+    height: int,
+    width: int,
+    scale: float = 1.0,
+    threshold: float = 0.5,
+    nms_iou: float = 0.4,
+    batched: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Faces from SCRFD's raw outputs for a ``height x width`` canvas.
+
+    Args:
+        outs: 6 or 9 arrays ``[scores x 3, distances x 3, (keypoint offsets x 3)]`` for strides
+            8, 16, 32, each ``(H/s * W/s * 2, C)`` (``C`` 1, 4, 10), in units of the stride;
+            with a leading batch axis of 1 when ``batched``.
+        height, width: the canvas the network read.
+        scale: the image-to-canvas scale; boxes and points are divided by it.
+        threshold: candidates need a score of at least this.
+        nms_iou: see :func:`nms`.
+
+    Returns:
+        boxes ``(N, 4)``, scores ``(N,)``, keypoints ``(N, 5, 2)`` or ``None``, best first.
+    """
+    if len(outs) not in (6, 9):
+        raise ValueError(f"SCRFD: expected 6 or 9 outputs, got {len(outs)}")
+    n = len(SCRFD_STRIDES)
+    with_kps = len(outs) == 9
+    scores, boxes, points = [], [], []
+    for level, stride in enumerate(SCRFD_STRIDES):
+        group = [outs[level + g * n] for g in range(3 if with_kps else 2)]
+        if batched:
+            group = [g[0] for g in group]
+        centres = anchor_centres(height // stride, width // stride, stride, SCRFD_ANCHORS)
+        score = group[0].reshape(-1)
+        keep = np.where(score >= threshold)[0]
+        scores.append(score[keep])
+        boxes.append(distance_to_box(centres, group[1] * stride)[keep])
+        if with_kps:
+            points.append(distance_to_keypoints(centres, group[2] * stride)[keep])
+    score = np.concatenate(scores)
+    order = np.argsort(-score, kind="stable")
+    score = score[order].astype(np.float32)
+    box = (np.concatenate(boxes) / scale)[order].astype(np.float32)
+    keep = nms(box, score, nms_iou)
+    kps = None
+    if with_kps:
+        kps = (np.concatenate(points) / scale)[order][keep].astype(np.float32)
+    return box[keep], score[keep], kps
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -176,31 +227,6 @@ class ScrfdDetector:
         self.threshold = float(threshold)
         self.nms_iou = float(nms_iou)
 
-    def _decode(
-        self, outs: list[np.ndarray], height: int, width: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Candidates above the threshold: scores ``(N,)``, boxes ``(N, 4)``, points."""
-        n = len(SCRFD_STRIDES)
-        scores, boxes, points = [], [], []
-        for level, stride in enumerate(SCRFD_STRIDES):
-
-            def out(group: int, level: int = level) -> np.ndarray:
-                value = outs[level + group * n]
-                return value[0] if self.batched else value
-
-            centres = anchor_centres(height // stride, width // stride, stride, SCRFD_ANCHORS)
-            score = out(0).reshape(-1)
-            keep = np.where(score >= self.threshold)[0]
-            scores.append(score[keep])
-            boxes.append(distance_to_box(centres, out(1) * stride)[keep])
-            if self.use_keypoints:
-                points.append(distance_to_keypoints(centres, out(2) * stride)[keep])
-        return (
-            np.concatenate(scores),
-            np.concatenate(boxes),
-            np.concatenate(points) if self.use_keypoints else None,
-        )
-
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Faces in an ``HxWx3`` RGB uint8 image: boxes ``(N, 4)`` ``(x0, y0, x1, y1)``,
         scores ``(N,)`` and keypoints ``(N, 5, 2)`` (``None`` without keypoints), best first."""
@@ -213,11 +239,7 @@ class ScrfdDetector:
     def decode(
         self, outs: list[np.ndarray], height: int, width: int, scale: float = 1.0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Decode raw network outputs for a ``height x width`` canvas; divide by ``scale``."""
-        scores, boxes, points = self._decode(outs, height, width)
-        order = np.argsort(-scores, kind="stable")
-        scores = scores[order].astype(np.float32)
-        boxes = (boxes / scale)[order].astype(np.float32)
-        keep = nms(boxes, scores, self.nms_iou)
-        kps = None if points is None else (points / scale)[order][keep].astype(np.float32)
-        return boxes[keep], scores[keep], kps
+        """:func:`decode_outputs` with this model's settings."""
+        return decode_outputs(
+            outs, height, width, scale, self.threshold, self.nms_iou, self.batched
+        )
