@@ -141,3 +141,22 @@ def test_bad_weights_file_is_one_line(tmp_path):
     bad.write_bytes(b"not safetensors")
     with pytest.raises(InputError, match="cannot read MTCNN weights"):
         MtcnnDetector.load(bad)
+
+
+def test_cli_detect_with_mtcnn_and_a_missing_scrfd(capsys, astronaut_path, tmp_path):
+    from instantportrait.cli import main
+
+    code = main(["faces", "detect", str(astronaut_path), "--detector", "mtcnn", "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    (face,) = json.loads(out.out)[0]["faces"]
+    want = GOLDEN["photos"]["astronaut"]["points"][0]
+    np.testing.assert_allclose(face["keypoints"], want, atol=0.01)
+    code = main(["faces", "detect", str(astronaut_path), "--detector", "scrfd"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--detector-weights" in err and len(err.strip().splitlines()) == 1
+    missing = tmp_path / "det_10g.onnx"
+    argv = ["faces", "detect", str(astronaut_path), "--detector-weights", str(missing)]
+    code = main([*argv, "--detector", "scrfd"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not found" in err and len(err.strip().splitlines()) == 1

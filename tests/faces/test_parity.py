@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 pytestmark = pytest.mark.parity
 
@@ -27,47 +26,12 @@ from insightface.app.common import Face as InsightFace  # noqa: E402
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX  # noqa: E402
 from insightface.model_zoo.scrfd import SCRFD  # noqa: E402
 from insightface.utils import face_align  # noqa: E402
-
-
-class SyntheticScrfd(nn.Module):
-    """Random weights, SCRFD's outputs: per stride 8/16/32 and 2 anchors per position,
-    scores ``(N, 1)``, distances ``(N, 4)`` and (with keypoints) offsets ``(N, 10)``."""
-
-    def __init__(self, keypoints: bool = True) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.keypoints = keypoints
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.down = nn.ModuleList(nn.Conv2d(8, 8, s, stride=s) for s in (8, 16, 32))
-        self.score = nn.ModuleList(nn.Conv2d(8, 2, 1) for _ in range(3))
-        self.box = nn.ModuleList(nn.Conv2d(8, 8, 1) for _ in range(3))
-        self.kps = nn.ModuleList(nn.Conv2d(8, 20, 1) for _ in range(3))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        f = torch.relu(self.stem(x))
-        scores, boxes, kps = [], [], []
-        for i in range(3):
-            g = torch.relu(self.down[i](f))
-
-            def flat(t: torch.Tensor, c: int) -> torch.Tensor:
-                return t.permute(0, 2, 3, 1).reshape(-1, c)
-
-            z = self.score[i](g)
-            z = (z - z.mean()) / z.std()  # standardised: a few percent of the anchors pass 0.5
-            scores.append(flat(torch.sigmoid(3 * z - 4.5), 1))
-            boxes.append(flat(torch.relu(self.box[i](g)) + 1.0, 4))
-            kps.append(flat(self.kps[i](g), 10))
-        return tuple(scores + boxes + (kps if self.keypoints else []))
-
-
-def _export(model: nn.Module, path, shape, dynamic_batch: bool = False) -> None:
-    model.eval()
-    kwargs = {}
-    if dynamic_batch:
-        kwargs["dynamic_axes"] = {"input.1": {0: "batch"}}
-    torch.onnx.export(
-        model, (torch.zeros(shape),), str(path), input_names=["input.1"], dynamo=False, **kwargs
-    )
+from parity_models import (  # noqa: E402
+    SyntheticScrfd,
+    TinyRecogniser,
+    as_mxnet_conversion,
+    export,
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +42,7 @@ def photos(astronaut, grace_hopper):
 @pytest.fixture(scope="module", params=[True, False], ids=["9-outputs", "6-outputs"])
 def scrfd_file(request, tmp_path_factory):
     path = tmp_path_factory.mktemp("scrfd") / "det.onnx"
-    _export(SyntheticScrfd(keypoints=request.param), path, (1, 3, 640, 640))
+    export(SyntheticScrfd(keypoints=request.param), path, (1, 3, 640, 640))
     return path
 
 
@@ -145,51 +109,15 @@ def test_224_crop_is_norm_crop_224(photos):
     assert np.abs(ours - ref).mean() < 2e-3
 
 
-class TinyRecogniser(nn.Module):
-    """A small random ArcFace-shaped network: 112x112 RGB to 64-D."""
-
-    def __init__(self, builtin_normalisation: bool = False) -> None:
-        super().__init__()
-        from instantportrait.faces.arcface import IResNet
-
-        torch.manual_seed(1)
-        self.builtin = builtin_normalisation
-        self.net = IResNet((1, 1, 1, 1), num_features=64, widths=(8, 8, 16, 16)).eval()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.builtin:  # as mxnet conversions: the graph takes raw [0, 255] pixels
-            x = (x - 127.5) * 0.0078125
-        return self.net(x)
-
-
-def _as_mxnet_conversion(path) -> None:
-    """Make the graph look like an mxnet conversion: its input normalisation (``Sub`` then
-    ``Mul``, which read only the input and constants) first, named ``_minus0`` and ``_mul0``."""
-    import onnx
-
-    model = onnx.load(str(path))
-    nodes = list(model.graph.node)
-    sub = next(n for n in nodes if n.op_type == "Sub")
-    mul = next(n for n in nodes if n.op_type == "Mul")
-    sub.name, mul.name = "_minus0", "_mul0"
-    rest = [n for n in nodes if n is not sub and n is not mul]
-    head = [n for n in rest if n.op_type == "Constant" and n.output[0] in (*sub.input, *mul.input)]
-    order = head + [sub, mul] + [n for n in rest if n not in head]
-    del model.graph.node[:]
-    model.graph.node.extend(order)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-
-
 @pytest.mark.parametrize("builtin", [False, True], ids=["plain", "builtin-normalisation"])
 def test_arcface_onnx_embedding_matches_insightface(builtin, photos, tmp_path):
     from instantportrait.faces.align import norm_crop
     from instantportrait.faces.arcface import ArcFaceOnnxEmbedder, has_builtin_normalisation
 
     path = tmp_path / "rec.onnx"
-    _export(TinyRecogniser(builtin), path, (1, 3, 112, 112), dynamic_batch=True)
+    export(TinyRecogniser(builtin), path, (1, 3, 112, 112), dynamic_batch=True)
     if builtin:
-        _as_mxnet_conversion(path)
+        as_mxnet_conversion(path)
     ref = ArcFaceONNX(str(path))
     ours = ArcFaceOnnxEmbedder(path)
     assert has_builtin_normalisation(path) == builtin
@@ -216,8 +144,8 @@ def test_scrfd_arcface_pipeline_matches_insightface(photos, tmp_path):
     from instantportrait.faces.detectors import FaceDetectorConfig
 
     det_path, rec_path = tmp_path / "det_10g.onnx", tmp_path / "w600k_r50.onnx"
-    _export(SyntheticScrfd(), det_path, (1, 3, 640, 640))
-    _export(TinyRecogniser(), rec_path, (1, 3, 112, 112), dynamic_batch=True)
+    export(SyntheticScrfd(), det_path, (1, 3, 640, 640))
+    export(TinyRecogniser(), rec_path, (1, 3, 112, 112), dynamic_batch=True)
     config = FaceDetectorConfig.from_options(face_model=tmp_path)
     assert config.name == "scrfd" and config.weights == det_path
     analyzer = FaceAnalyzer(

@@ -183,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
     if args.fpga_steps < 1:
         raise InputError("--fpga-steps: at least 1")
     cond, masks = _condition(args, len(faces))
+    from .detector_option import detector_config
+
+    detector = detector_config(args) if getattr(args, "detector", None) else None
     check_output(args.output, overwrite=args.overwrite)  # refused before the model loads
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -195,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
         name=_flag("fpga_model"),
     )
     extra = {"adapter_scale": args.fpga_adapter_scale} if rep else {}
+    if detector is not None:
+        pipe.set_face_detector(detector)
     id_embeds = pipe.encode_identity(
         faces, [f"{_flag('fpga_id_image')} {p}" for p in args.fpga_id_image]
     )

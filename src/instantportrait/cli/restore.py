@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_codeformer_arguments(p)
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    from .detector_option import add_detector_arguments
+
+    add_detector_arguments(p)
     add_device_arguments(p)
     p.set_defaults(func=run)
 
@@ -70,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
     if len({f.stem for f in files}) != len(files):
         raise InputError("inputs: two inputs share a file name; outputs would collide")
     check_codeformer_arguments(args)
+    if args.detector:
+        from .detector_option import detector_config
+
+        kwargs_detector = {"detector": {"method": detector_config(args)}}
+    else:
+        kwargs_detector = {}
     check_output(args.output, overwrite=args.overwrite)  # refused before any model loads
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -77,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from ..restoration.restorer import FaceRestorer
 
     quiet_libraries()
-    kwargs = {"prompt": prompt} if prompt else {}
+    kwargs = ({"prompt": prompt} if prompt else {}) | kwargs_detector
     # every model loads before the output is touched: a bad path writes (and removes) nothing
     restorer = FaceRestorer.from_pretrained(
         args.model,

@@ -284,6 +284,7 @@ class ArcFaceOnnxEmbedder(IdentityEmbedder):
         except (OSError, ValueError):
             raise InputError(f"{p}: not an ONNX model (cannot read its graph)") from None
         self.input_mean, self.input_std = (0.0, 1.0) if builtin else (127.5, 127.5)
+        self.path = p
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None

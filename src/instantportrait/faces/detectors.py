@@ -107,12 +107,18 @@ class FaceDetectorConfig:
         """The config from command-line style options.
 
         ``detector=None`` means: SCRFD when ``face_model`` is an insightface model folder
-        holding a detector (``det_10g.onnx`` / ``scrfd_10g_bnkps.onnx``), else ``"hog"``.
+        holding a detector (``det_10g.onnx`` / ``scrfd_10g_bnkps.onnx``), or a recogniser file
+        of one (``w600k_r50.onnx`` / ``glintr100.onnx`` beside its detector), else ``"hog"``.
         ``detector="scrfd"`` without ``weights`` also takes the folder's detector.
         """
         if isinstance(detector, FaceDetectorConfig):
             return detector
-        pack_detector = insightface_pack(face_model)[0] if face_model is not None else None
+        pack_detector = None
+        if face_model is not None:
+            folder = Path(face_model).expanduser()
+            if folder.name in INSIGHTFACE_RECOGNISERS:
+                folder = folder.parent
+            pack_detector = insightface_pack(folder)[0]
         if detector is None:
             detector = "scrfd" if pack_detector is not None and weights is None else "hog"
         if detector == "scrfd" and weights is None:
@@ -123,6 +129,40 @@ class FaceDetectorConfig:
             upsample=upsample,
             threshold=threshold,
         )
+
+    @classmethod
+    def from_spec(cls, spec: str | FaceDetectorConfig | None) -> FaceDetectorConfig:
+        """The config from one string (config files, ``--weights face-detector=SPEC``):
+        ``hog``, ``mmod``, ``mmod:FILE.dat``, ``mtcnn``, ``mtcnn:FILE.safetensors``,
+        ``scrfd:FILE.onnx``, a bare ``.onnx`` file (SCRFD) or an insightface model folder.
+        ``None`` or ``""`` is ``hog``."""
+        if isinstance(spec, FaceDetectorConfig):
+            return spec
+        if not spec:
+            return cls()
+        name, sep, rest = str(spec).partition(":")
+        if sep and name in DETECTOR_NAMES:
+            return cls.from_options(name, rest or None)
+        if spec in DETECTOR_NAMES:
+            return cls(spec)
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            found = insightface_pack(path)[0]
+            if found is None:
+                names = " or ".join(INSIGHTFACE_DETECTORS)
+                raise ModelNotFoundError(f"{path}: no {names} in the folder (SCRFD detector)")
+            return cls("scrfd", found)
+        if path.suffix.lower() == ".onnx":
+            return cls("scrfd", path)
+        raise InputError(
+            f"detector {spec!r}: one of {', '.join(DETECTOR_NAMES)}, NAME:FILE, an SCRFD .onnx "
+            "or an insightface model folder"
+        )
+
+    @property
+    def spec(self) -> str:
+        """The string :meth:`from_spec` reads back (for config files and fingerprints)."""
+        return self.name if self.weights is None else f"{self.name}:{self.weights}"
 
     def with_options(self, **changes: object) -> FaceDetectorConfig:
         """A copy with some fields changed (validated again)."""

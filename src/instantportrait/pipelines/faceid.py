@@ -80,17 +80,22 @@ class FaceIDEncoder:
     Args:
         embedder: the ArcFace embedder (see :func:`load_face_model`).
         detector: a :class:`~instantportrait.faces.detectors.FaceDetectorConfig` or a
-            detector name (default ``"hog"``; SCRFD gives insightface's own keypoints).
+            detector name (SCRFD gives insightface's own keypoints). Default: SCRFD when the
+            embedder's ONNX file sits in an insightface model folder with its detector, else
+            ``"hog"``.
         crop_size: the side of the crop given to CLIP (FastFace: 224).
     """
 
     def __init__(
         self,
         embedder: IdentityEmbedder,
-        detector: str | FaceDetectorConfig = "hog",
+        detector: str | FaceDetectorConfig | None = None,
         crop_size: int = 224,
     ) -> None:
         from ..faces.analyzer import FaceAnalyzer
+
+        if detector is None:
+            detector = FaceDetectorConfig.from_options(face_model=getattr(embedder, "path", None))
 
         self.analyzer = FaceAnalyzer(
             detector=detector,
