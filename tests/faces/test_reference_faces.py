@@ -12,6 +12,7 @@ import torch
 
 from instantportrait.errors import InputError, ModelNotFoundError
 from instantportrait.faces.align import _ARCFACE_112, keypoints_from_68, norm_crop
+from instantportrait.faces.base import IdentityEmbedder
 from instantportrait.faces.detectors import FaceDetectorConfig, insightface_pack
 from instantportrait.faces.resample import resize_linear, warp_affine
 from instantportrait.faces.scrfd import (
@@ -218,3 +219,35 @@ def test_detect_orders_reference_faces_with_their_keypoints(monkeypatch):
         img, method="mtcnn", select="all", landmarks="keypoints", min_size=30
     )
     assert len(small) == 1 and float(small.keypoints[0, 0, 0]) == 80
+
+
+class _Recorder(IdentityEmbedder):
+    template, input_size, embedding_dim = "arcface", 112, 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        self.seen.append(crops)
+        return crops.mean(dim=(2, 3)) + 1.0
+
+
+def test_faceid_inputs_are_norm_crops_of_the_keypoints(dlib_module, grace_hopper, tmp_path):
+    """FaceID-Plus-v2's inputs: the embedding of ``norm_crop(img, kps)`` (112) and the CLIP
+    crop ``norm_crop(img, kps, 224)``; the detector defaults to the embedder's model folder."""
+    from instantportrait.faces.detect import detect
+    from instantportrait.pipelines.faceid import FaceIDEncoder
+
+    rec = _Recorder()
+    inputs = FaceIDEncoder(rec)(grace_hopper)
+    img = np.array(grace_hopper)
+    kps = detect(img, landmarks="keypoints").keypoints[0].numpy()
+    got = (rec.seen[-1][0].permute(1, 2, 0).numpy() * 255).round()
+    np.testing.assert_array_equal(got, norm_crop(img, kps, 112))
+    got = (inputs.crop[0].permute(1, 2, 0).numpy() * 255).round()
+    np.testing.assert_array_equal(got, norm_crop(img, kps, 224))
+    # an embedder whose ONNX sits in an insightface folder brings its SCRFD
+    _touch(tmp_path / "det_10g.onnx")
+    rec.path = _touch(tmp_path / "w600k_r50.onnx")
+    assert FaceIDEncoder(rec).analyzer.detector.name == "scrfd"

@@ -360,4 +360,4 @@ def facenet_crop(
         int(min(y1 + my / 2, h)),
     )
     face = Image.fromarray(image).crop(rect).resize((size, size), Image.BILINEAR)
-    return np.asarray(face, dtype=np.uint8)
+    return np.array(face, dtype=np.uint8)

@@ -272,7 +272,7 @@ class ItemContext:
                     raise NoFaceFoundError(f"{self._where(which)}: no face found by MTCNN")
                 j = _best_overlap(mt.boxes, det.boxes[k]) if index is not None else _largest(mt)
                 crop = facenet_crop(img, mt.boxes[j], size)
-            t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None]
+            t = torch.from_numpy(np.array(crop)).permute(2, 0, 1)[None]
             return (t.float() / 255.0).to(self.hub.device)
 
         return self._memo(which, ("reference-crop", template, size, index), compute)
