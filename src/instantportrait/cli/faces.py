@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--reference",
         action="store_true",
         help="crop as the reference code: insightface's norm_crop for arcface, facenet-pytorch's "
-        "MTCNN box crop for facenet (use with --detector scrfd / mtcnn for the papers' numbers)",
+        "MTCNN box crop for facenet (always on with --detector scrfd / mtcnn: the papers' path)",
     )
     c.add_argument(
         "--threshold",
@@ -180,7 +180,7 @@ def run_compare(args: argparse.Namespace) -> int:
         embedder=args.embedder,
         device=device,
         weights=weights,
-        reference=args.reference,
+        reference=args.reference or config.name in ("scrfd", "mtcnn"),
     )
     analyzer.embedder  # noqa: B018 - build it now: a missing weight file fails before detection
     del images
@@ -193,7 +193,7 @@ def run_compare(args: argparse.Namespace) -> int:
                     "image_b": names[1],
                     "embedder": args.embedder,
                     "detector": config.spec,
-                    "reference": args.reference,
+                    "reference": analyzer.reference,
                     "cosine_similarity": round(res.cosine, 6),
                     "distance": None if res.distance is None else round(res.distance, 6),
                     "threshold": res.threshold,
