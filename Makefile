@@ -3,11 +3,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= face,train,eval,video,app,dev
+EXTRAS ?= face,train,eval,video,app,dev,reference
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-all test-browser browser-deps app lint style bench gpu-wheels clean
+.PHONY: setup demo test test-all test-parity test-browser browser-deps app lint style bench gpu-wheels clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: setup
 
 test-all: setup
 	INSTANTPORTRAIT_SLOW=1 $(PY) -m pytest -q
+
+# The face stack against the reference code (part of `make test`; the extra [reference]).
+test-parity: setup
+	$(PY) -m pytest -q -m parity tests/faces
 
 # Debian's Chromium for the browser test (Playwright's own browser download is not used).
 browser-deps:

@@ -257,3 +257,42 @@ def test_multi_identity_face_similarity_is_per_identity(portraits, tmp_path):
     single = ctx.detail["identities"]
     assert min(per.values()) > min(single.values()) + 0.05
     assert all(per[k] >= single[k] - 1e-6 for k in per)
+
+
+class _CropRecorder(torch.nn.Module):
+    """An identity 'embedder' that keeps the crops it is shown (template set per test)."""
+
+    def __init__(self, template: str, size: int) -> None:
+        super().__init__()
+        self.template, self.input_size = template, size
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        self.seen.append(crops)
+        return crops.mean(dim=(2, 3)) + 1.0
+
+
+def test_face_similarity_sees_the_reference_crops(portraits):
+    """ArcFace: insightface's norm_crop on the detector's five keypoints; FaceNet:
+    facenet-pytorch's MTCNN box crop; the detector comes from --weights face-detector."""
+    from instantportrait.faces.align import norm_crop
+    from instantportrait.faces.detect import detect
+    from instantportrait.faces.mtcnn import facenet_crop
+
+    _hub_with_faces()
+    astronaut, grace = portraits
+    arc, fn = _CropRecorder("arcface", 112), _CropRecorder("facenet", 160)
+    hub = M.ModelHub({"arcface": arc, "facenet": fn, "face-detector": "mtcnn"})
+    ctx = M.ItemContext(grace, astronaut, "p", hub)
+    assert ctx.detector().name == "mtcnn"
+    M.METRICS["face_sim_arcface"].fn(ctx)
+    M.METRICS["face_sim_facenet"].fn(ctx)
+    for image, arc_crop, fn_crop in zip((astronaut, grace), arc.seen, fn.seen):  # output, input
+        img = np.array(image)
+        found = detect(img, method="mtcnn", landmarks="keypoints")
+        want = norm_crop(img, found.keypoints[0].numpy(), 112)
+        got = (arc_crop[0].permute(1, 2, 0).numpy() * 255).round()
+        np.testing.assert_array_equal(got, want)
+        want = facenet_crop(img, found.boxes[0].numpy())
+        got = (fn_crop[0].permute(1, 2, 0).numpy() * 255).round()
+        np.testing.assert_array_equal(got, want)

@@ -145,7 +145,7 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(InputError, match="bad.png"):
         detect(bad)
     with pytest.raises(ValueError, match="method"):
-        detect(Image.new("RGB", (8, 8)), method="mtcnn")
+        detect(Image.new("RGB", (8, 8)), method="retinaface")
     with pytest.raises(ValueError, match="select"):
         detect(Image.new("RGB", (64, 64)), select="biggest", raise_if_none=False)
 

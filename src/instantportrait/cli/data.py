@@ -110,6 +110,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     f.add_argument("--embedder", default="dlib", help="dlib (default), arcface, facenet")
     f.add_argument("--embedder-weights", help="the weight file of arcface / facenet")
+    from .detector_option import add_detector_arguments
+
+    add_detector_arguments(f)
     f.add_argument("--min-face-fraction", type=float, default=0.08, help="(default 0.08)")
     f.add_argument("--min-sharpness", type=float, default=20.0, help="(default 20)")
     f.add_argument(
@@ -237,6 +240,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from ..data.models import DiffusersBackend
     from ..errors import InputError
     from .common import quiet_libraries
+    from .detector_option import detector_config
 
     quiet_libraries()
     width, height = parse_resolution(args.resolution)
@@ -261,6 +265,7 @@ def run_generate(args: argparse.Namespace) -> int:
         embedder_weights=args.embedder_weights,
         min_face_fraction=args.min_face_fraction,
         min_sharpness=args.min_sharpness,
+        detector=detector_config(args).spec,
     )
     paths = _model_paths(args)
     paths.check()

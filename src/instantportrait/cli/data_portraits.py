@@ -35,6 +35,9 @@ def register_portraits(cmds: argparse._SubParsersAction) -> None:
         "facenet or ffhq (default arcface)",
     )
     b.add_argument("--keypoints-dir", help="folder of STEM.json OpenPose/COCO keypoint files")
+    from .detector_option import add_detector_arguments
+
+    add_detector_arguments(b)
     b.add_argument(
         "--pose-fn", metavar="MODULE:FUNCTION", help="your pose estimator: PIL image -> (N, 18, 3)"
     )
@@ -73,8 +76,10 @@ def import_function(spec: str, flag: str) -> Callable[..., Any]:
 def run_build(args: argparse.Namespace) -> int:
     from ..data.portraits import build_portraits, check_face_template
     from ..io import prepare_output
+    from .detector_option import detector_config
 
     check_face_template(args.face_template)
+    detector = detector_config(args)
     pose = import_function(args.pose_fn, "--pose-fn") if args.pose_fn else None
     captioner = import_function(args.captioner, "--captioner") if args.captioner else None
     prepare_output(args.output, overwrite=args.overwrite)
@@ -91,6 +96,7 @@ def run_build(args: argparse.Namespace) -> int:
         captioner=captioner,
         default_caption=args.default_caption,
         overwrite=True,
+        detector=detector,
     )
     print(report.summary())
     return 0

@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="where a metric model loads from (path or Hub id), e.g. clip-vit-h-14=DIR, "
         "lpips=DIR, arcface=w600k_r50.onnx; --list-metrics shows the keys",
     )
+    from .detector_option import add_detector_arguments
+
+    add_detector_arguments(p)
     p.add_argument("--reference", help="reference images for FID (default: the input faces)")
     p.add_argument("--max-faces", type=int, help="use only the first N faces")
     p.add_argument("--max-prompts", type=int, help="use only the first N prompts")
@@ -120,6 +123,18 @@ def _faces(arg: str):
     if not parts:
         raise InputError("--faces: empty")
     return subjects_from_files(parts)
+
+
+def _face_detector_weights(args: argparse.Namespace, weights: dict) -> dict:
+    """``--detector``/``--detector-weights`` as the metric model ``face-detector``."""
+    from ..errors import InputError
+    from .detector_option import detector_config
+
+    if args.detector is None and args.detector_weights is None:
+        return weights
+    if "face-detector" in weights:
+        raise InputError("--detector: give the detector once (or --weights face-detector=...)")
+    return weights | {"face-detector": detector_config(args).spec}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -205,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         metrics=metrics,
         seeds=list(range(seeds)),
         out=out,
-        weights=_pairs(args.weights, "--weights"),
+        weights=_face_detector_weights(args, _pairs(args.weights, "--weights")),
         device=device,
         dtype=dtype,
         text_template=protocol.text_template,

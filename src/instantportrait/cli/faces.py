@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "faces",
         help="detect faces and compare identities",
-        description="Face detection (dlib HOG/MMOD), landmarks and identity comparison.",
+        description="Face detection (dlib HOG/MMOD, SCRFD, MTCNN), landmarks and identity "
+        "comparison.",
     )
     cmds = p.add_subparsers(dest="faces_command", required=True, parser_class=type(p))
 
@@ -50,7 +51,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="dlib",
         help="identity network (default dlib: offline; the others need --weights)",
     )
-    c.add_argument("--weights", help="weight file of the embedder (facenet/arcface)")
+    c.add_argument(
+        "--weights",
+        help="weight file of the embedder (facenet/arcface); for arcface also an insightface "
+        "model folder (buffalo_l/, antelopev2/), whose SCRFD then detects",
+    )
+    c.add_argument(
+        "--reference",
+        action="store_true",
+        help="crop as the reference code: insightface's norm_crop for arcface, facenet-pytorch's "
+        "MTCNN box crop for facenet (always on with --detector scrfd / mtcnn: the papers' path)",
+    )
     c.add_argument(
         "--threshold",
         type=float,
@@ -65,21 +76,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_detector_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--detector",
-        choices=("hog", "mmod"),
-        default="hog",
-        help="dlib detector: hog (fast, default) or mmod (CNN, slow on CPU)",
-    )
-    p.add_argument("--upsample", type=int, default=1, help="detector upsampling, 0-4 (default 1)")
+    from .detector_option import add_detector_arguments
+
+    add_detector_arguments(p, upsample=True)
 
 
-def _check_upsample(value: int) -> int:
+def _detector(args: argparse.Namespace, face_model: Any = None) -> Any:
     from ..errors import InputError
+    from .detector_option import detector_config
 
-    if not 0 <= value <= 4:
-        raise InputError(f"--upsample: between 0 and 4, got {value}")
-    return value
+    if not 0 <= args.upsample <= 4:
+        raise InputError(f"--upsample: between 0 and 4, got {args.upsample}")
+    return detector_config(args, face_model)
 
 
 def _draw(arr: Any, det: Any) -> Any:
@@ -93,7 +101,11 @@ def _draw(arr: Any, det: Any) -> Any:
         x0, y0, x1, y1 = (float(v) for v in det.boxes[i])
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(0, 255, 0), width=width)
         draw.text((x0 + 2, max(0, y0 - 12)), f"{i} {float(det.scores[i]):.2f}", fill=(0, 255, 0))
-        for pts, colour in ((det.landmarks68, (255, 255, 0)), (det.landmarks5, (255, 0, 0))):
+        for pts, colour in (
+            (det.landmarks68, (255, 255, 0)),
+            (det.landmarks5, (255, 0, 0)),
+            (det.keypoints, (0, 128, 255)),
+        ):
             if pts is None:
                 continue
             for x, y in pts[i].tolist():
@@ -105,7 +117,7 @@ def run_detect(args: argparse.Namespace) -> int:
     from ..faces.detect import detect, images_to_arrays
     from ..io import check_output_path, list_images, safe_output_path, save_image
 
-    upsample = _check_upsample(args.upsample)
+    config = _detector(args)
     files = list_images(args.inputs)
     # Every input passes the gate before anything is detected or written.
     arrays, _, _ = images_to_arrays([str(f) for f in files])
@@ -121,8 +133,7 @@ def run_detect(args: argparse.Namespace) -> int:
     for i, (path, arr) in enumerate(zip(files, arrays)):
         det = detect(
             arr,
-            method=args.detector,
-            upsample=upsample,
+            method=config,
             select="largest" if args.largest else "all",
             raise_if_none=False,
         )
@@ -153,17 +164,23 @@ def run_compare(args: argparse.Namespace) -> int:
     from ..io import load_image
     from .common import resolve_device
 
-    upsample = _check_upsample(args.upsample)
+    face_model = args.weights if args.embedder == "arcface" else None
+    config = _detector(args, face_model)
     device = resolve_device(args.device)
     # Both images pass the gate before any network is built.
     names = [str(p) for p in (args.image_a, args.image_b)]
     images = [load_image(p, name=p) for p in names]
+    weights = args.weights
+    if face_model is not None:
+        from ..faces.detectors import insightface_pack
+
+        weights = insightface_pack(face_model)[1] or weights
     analyzer = FaceAnalyzer(
-        detector=args.detector,
+        detector=config,
         embedder=args.embedder,
         device=device,
-        weights=args.weights,
-        upsample=upsample,
+        weights=weights,
+        reference=args.reference or config.name in ("scrfd", "mtcnn"),
     )
     analyzer.embedder  # noqa: B018 - build it now: a missing weight file fails before detection
     del images
@@ -175,6 +192,8 @@ def run_compare(args: argparse.Namespace) -> int:
                     "image_a": names[0],
                     "image_b": names[1],
                     "embedder": args.embedder,
+                    "detector": config.spec,
+                    "reference": analyzer.reference,
                     "cosine_similarity": round(res.cosine, 6),
                     "distance": None if res.distance is None else round(res.distance, 6),
                     "threshold": res.threshold,

@@ -85,6 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from .restore_option import add_restore_arguments
 
     add_restore_arguments(p.add_argument_group("face restoration (DIIR), every method"))
+    from .detector_option import add_detector_arguments
+
+    add_detector_arguments(p.add_argument_group("face detector, every method"))
     owners: dict[str, str] = {}
     for method, module in methods.items():
         group = p.add_argument_group(f"--method {method}")

@@ -54,7 +54,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--face-model",
         help="ArcFace model: insightface buffalo_l w600k_r50.onnx / antelopev2 glintr100.onnx "
-        "(or their folder), or an arcface_torch .pth/.safetensors",
+        "(or their folder: its SCRFD then detects), or an arcface_torch .pth/.safetensors",
     )
     group.add_argument("--base", help="SDXL base, folder or Hub id (default SDXL base 1.0)")
     group.add_argument(
@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import atomic_write, check_output, prepare_output, save_image
     from ..pipelines.faceid import FaceIDEncoder, load_face_model
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
+    from .detector_option import detector_config
     from .generate import prompts_of, restored, single_id_image
 
     prompts = prompts_of(args)
@@ -108,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
     preset = _preset(args.preset)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    detector = detector_config(args, face_model=args.face_model)
     quiet_libraries()
-    identity = FaceIDEncoder(load_face_model(args.face_model))(
+    identity = FaceIDEncoder(load_face_model(args.face_model), detector=detector)(
         id_image, name=f"--id-image {id_image}"
     )
     check_output(args.output, overwrite=args.overwrite)  # refused before the model loads

@@ -235,6 +235,9 @@ def run(args: argparse.Namespace) -> int:
     if args.fpga_steps < 1:
         raise InputError("--fpga-steps: at least 1")
     cond, masks = _condition(args, len(faces))
+    from .detector_option import detector_config
+
+    detector = detector_config(args) if getattr(args, "detector", None) else None
     check_output(args.output, overwrite=args.overwrite)  # refused before the model loads
     for face, name in zip(faces, id_names):
         identity_face(face, name)  # a photo without a face: one line now, not after loading
@@ -249,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
         name=flag("fpga_model"),
     )
     extra = {"adapter_scale": args.fpga_adapter_scale} if rep else {}
+    if detector is not None:
+        pipe.set_face_detector(detector)
     id_embeds = pipe.encode_identity(faces, id_names)
     restorer = restore_ids = regions = None
     if getattr(args, "restore", False):

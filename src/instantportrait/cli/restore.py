@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_codeformer_arguments(p)
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    from .detector_option import add_detector_arguments
+
+    add_detector_arguments(p)
     add_device_arguments(p)
     p.set_defaults(func=run)
 
@@ -78,18 +81,25 @@ def run(args: argparse.Namespace) -> int:
     id_name = f"--id-image {args.id_image}"
     id_image = load_image(args.id_image, name=id_name) if args.id_image else None
     check_codeformer_arguments(args)
+    if args.detector:
+        from .detector_option import detector_config
+
+        kwargs_detector = {"detector": {"method": detector_config(args)}}
+    else:
+        kwargs_detector = {}
     out = check_output(args.output, overwrite=args.overwrite)  # refused before any model loads
     if id_image is not None:
         from ..models.resampler import identity_face
 
-        identity_face(id_image, id_name)  # no face: one line now, before any model loads
+        # no face: one line now, before any model loads
+        identity_face(id_image, id_name, kwargs_detector.get("detector", {}).get("method"))
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
 
     from ..restoration.restorer import FaceRestorer
 
     quiet_libraries()
-    kwargs = {"prompt": prompt} if prompt else {}
+    kwargs = ({"prompt": prompt} if prompt else {}) | kwargs_detector
     # every model loads and the identity is encoded before the output is touched: a bad
     # path or an id image the encoder rejects writes (and removes) nothing
     restorer = FaceRestorer.from_pretrained(

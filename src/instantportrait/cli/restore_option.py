@@ -73,8 +73,14 @@ def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
     device = resolve_device(getattr(args, "device", "auto"))
     dtype = resolve_dtype(getattr(args, "dtype", "auto"), device)
     check_codeformer_arguments(args, prefix="restore-")
+    extra = {}
+    if getattr(args, "detector", None):
+        from .detector_option import detector_config
+
+        extra["detector"] = {"method": detector_config(args)}
     restorer = FaceRestorer.from_pretrained(
         args.restore_model,
+        **extra,
         restore_below=args.restore_below,
         num_inference_steps=args.restore_steps,
         mask_fn=build_face_parser(args, prefix="restore-", device=device, dtype=dtype),

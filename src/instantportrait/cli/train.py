@@ -40,6 +40,9 @@ TRAINERS = {
         "repcontrolnet.json",
     ),
 }
+#: trainers that detect faces while training (``data.detector``; FPGA and RepControlNet read
+#: the face crops of ``data portraits build --detector ...``)
+DETECTING_TRAINERS = ("idenet", "ipnet", "faceanet")
 #: trainer name -> module of this package with its own flags (``add_arguments``, ``overrides``)
 TRAINER_FLAGS = {"faceanet": "train_faceanet"}
 
@@ -83,6 +86,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                 choices=["high", "middle", "low", "all"],
                 help="a stage of Table 6, or all three in order (default all)",
             )
+        if name in DETECTING_TRAINERS:
+            from .detector_option import add_detector_arguments
+
+            add_detector_arguments(t)  # sets data.detector
         if name in TRAINER_FLAGS:
             importlib.import_module(f"{__package__}.{TRAINER_FLAGS[name]}").add_arguments(t)
         if name == "fpga":
@@ -175,6 +182,15 @@ def _train(name: str, cfg, resolved, resume: str | None, overwrite: bool = False
     return final if trainer.accelerator.is_main_process else None
 
 
+def _detector_overrides(args: argparse.Namespace) -> list[str]:
+    """``--detector``/``--detector-weights`` as ``data.detector=SPEC`` (before ``--set``)."""
+    if getattr(args, "detector", None) is None and getattr(args, "detector_weights", None) is None:
+        return []
+    from .detector_option import detector_config
+
+    return [f"data.detector={detector_config(args).spec}"]
+
+
 def run(args: argparse.Namespace) -> int:
     if args.trainer == "fpga":
         from .train_fpga import run_fpga
@@ -185,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
         if args.trainer in TRAINER_FLAGS:
             flags = importlib.import_module(f"{__package__}.{TRAINER_FLAGS[args.trainer]}")
             extra = flags.overrides(args)
+        extra = [*_detector_overrides(args), *extra]
         cfg, resolved = resolve(args.trainer, args.config, [*extra, *args.set], preset=args.preset)
         if args.dry_run:
             return print_dry_run([cfg], [resolved])
@@ -209,7 +226,8 @@ def run_ipnet(args: argparse.Namespace) -> int:
     from ..training.ipnet import STAGE_ORDER
 
     stages = STAGE_ORDER if args.stage == "all" else (args.stage,)
-    first, _ = resolve("ipnet", args.config, args.set, stages[0], args.teacher, args.preset)
+    sets = [*_detector_overrides(args), *args.set]
+    first, _ = resolve("ipnet", args.config, sets, stages[0], args.teacher, args.preset)
     root = Path(first.training.output_dir)
     previous = first.student.init
     plan = []  # (stage, config, resolved), all resolved before any stage trains
@@ -218,7 +236,7 @@ def run_ipnet(args: argparse.Namespace) -> int:
         if previous and len(stages) > 1:
             extra.append(f"student.init={previous}")
         cfg, resolved = resolve(
-            "ipnet", args.config, [*args.set, *extra], stage, args.teacher, args.preset
+            "ipnet", args.config, [*sets, *extra], stage, args.teacher, args.preset
         )
         plan.append((stage, cfg, resolved))
         previous = str(Path(cfg.training.output_dir) / "final")

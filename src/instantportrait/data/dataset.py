@@ -54,14 +54,18 @@ class ConditioningDropout:
         return False, False
 
 
-def detect_landmarks5() -> LandmarkFn:
-    """A ``PIL image -> (5, 2) landmarks | None`` function on the face stack's detector
-    (the largest face; ``None`` when none is found)."""
+def detect_landmarks5(detector: Any = None) -> LandmarkFn:
+    """A ``PIL image -> (5, 2) landmarks | None`` function on the face stack: dlib's 5 points
+    of the largest face found by ``detector`` (a ``FaceDetectorConfig`` or its spec, default
+    dlib's HOG); ``None`` when none is found."""
     from ..faces.detect import NoFaceFoundError, detect
+    from ..faces.detectors import FaceDetectorConfig
+
+    config = FaceDetectorConfig.from_spec(detector)
 
     def find(image: Image.Image) -> np.ndarray | None:
         try:
-            faces = detect(image, select="largest", landmarks=True)
+            faces = detect(image, method=config, select="largest", landmarks=5)
         except NoFaceFoundError:
             return None
         return np.asarray(faces.landmarks5[0], dtype=np.float32)

@@ -42,6 +42,8 @@ class FilterConfig:
     identity_threshold: float = 0.6
     embedder: str = "dlib"
     embedder_weights: str | None = None
+    #: the face detector as a spec (``hog``, ``mmod``, ``mtcnn``, ``scrfd:FILE.onnx``, an
+    #: insightface model folder; see ``FaceDetectorConfig.from_spec``)
     detector: str = "hog"
 
     def __post_init__(self) -> None:
@@ -106,8 +108,10 @@ class PairFilter:
             from ..faces import FaceAnalyzer
 
             embedder = self.config.embedder if self.config.enabled else None
+            from ..faces.detectors import FaceDetectorConfig
+
             self._analyzer = FaceAnalyzer(
-                detector=self.config.detector,
+                detector=FaceDetectorConfig.from_spec(self.config.detector),
                 embedder=embedder,
                 weights=self.config.embedder_weights,
                 select="largest",
@@ -155,8 +159,8 @@ class PairFilter:
         an = self.analyzer
         embeddings = []
         for image, det in ((input_image, det_i), (target_image, det_t)):
-            points = an._preferred_landmarks(det, an.template)
-            crops = an.align(image, points[:1])
+            points, kind = an._preferred_landmarks(det, an.template)
+            crops = an.align(image, points[:1], points=kind)
             raw = an.embed(crops, normalize=False)[0].detach().float().cpu().numpy()
             embeddings.append(raw)
         if cfg.embedder == "dlib":

@@ -404,6 +404,7 @@ def build_portraits(
     default_caption: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    detector: Any = None,
 ) -> BuildReport:
     """Fill a portrait manifest folder ``output`` (which must not exist) from photos in ``source``.
 
@@ -413,7 +414,9 @@ def build_portraits(
     that do not parse. Captions: ``NAME.txt`` beside the photo, ``captions.jsonl`` in
     ``source``, ``captioner(image)``, then ``default_caption``. Keypoints: ``NAME.json`` /
     ``NAME.keypoints.json`` beside the photo or in ``keypoints_dir``, else ``pose_fn(image)``,
-    else none (the row then serves the landmark stage only).
+    else none (the row then serves the landmark stage only). ``detector``: a
+    ``FaceDetectorConfig`` or detector name (default dlib's HOG); the face crop of a template
+    other than dlib's is fitted on its five keypoints (SCRFD's, MTCNN's or the 68 landmarks').
     """
     from tqdm.auto import tqdm
 
@@ -455,7 +458,9 @@ def build_portraits(
                 report.reject(photo, "duplicate")
                 continue
             seen_hashes.add(digest)
-            faces = detect(img, select="all", landmarks=True, raise_if_none=False)
+            faces = detect(
+                img, method=detector or "hog", select="all", landmarks=True, raise_if_none=False
+            )
             if len(faces) == 0:
                 report.reject(photo, "no_face")
                 continue
@@ -490,7 +495,13 @@ def build_portraits(
                 continue
             lm68 = faces.landmarks68[big].numpy()
             key = f"{len(rows):09d}"
-            crop = align_face(img, face_template, face_size, landmarks=lm68)
+            if face_template == "dlib" or faces.keypoints is None:
+                crop = align_face(img, face_template, face_size, landmarks=lm68)
+            else:
+                crop = align_face(
+                    img, face_template, face_size, landmarks=faces.keypoints[big].numpy(),
+                    points="keypoints",
+                )  # fmt: skip
             crop_img = Image.fromarray(
                 (crop[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             )

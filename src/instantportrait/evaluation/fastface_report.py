@@ -60,10 +60,12 @@ FAMILY_ORDER = ("hyper", "lightning", "lcm", "turbo")
 
 DIFFERENCES = [
     "**Face detector (ID, FFC).** The paper's code detects with insightface buffalo_l's SCRFD "
-    "(det_10g), retrying input sizes 640 to 320; the harness detects with dlib (HOG, with "
-    "upsampling retries) and aligns the 5 landmarks on ArcFace's template before the embedder. "
-    "Borderline faces (small, stylised, profile) can be found by one and not the other, so FFC "
-    "and the set ID is averaged over can differ.",
+    "(det_10g), retrying input sizes 640 to 320; the harness detects with dlib by default (HOG, "
+    "with upsampling retries; five points from its 68 landmarks), or with the same SCRFD and "
+    "its keypoints at 640 (`--detector scrfd --detector-weights det_10g.onnx`, or `--weights "
+    "face-detector=buffalo_l/`), then crops as insightface's `norm_crop`. With dlib, borderline "
+    "faces (small, stylised, profile) can be found by one and not the other, so FFC and the set "
+    "ID is averaged over can differ.",
     "**ID embedder.** `face_sim_arcface` with insightface's `w600k_r50.onnx` (buffalo_l) is the "
     "paper's; without it the column shows `face_sim_dlib` (dlib's ResNet, offline), whose "
     "values are on another scale (same-person similarities around 0.9): compare methods within "

@@ -3,8 +3,9 @@ face parsing (BiSeNet).
 
 Two levels (as facenet-pytorch): :class:`FaceAnalyzer` ``.analyze(image)`` returns faces with
 aligned crops and embeddings; :func:`detect`, :func:`crop_faces`, :func:`face_masks` and
-:func:`get_embedder` are the parts. Names are imported on first use, so importing this
-package loads neither dlib nor any network.
+:func:`get_embedder` are the parts. :class:`FaceDetectorConfig` selects the detector (dlib by
+default; SCRFD and MTCNN for the reference pipelines, with :func:`norm_crop`). Names are
+imported on first use, so importing this package loads neither dlib nor any network.
 
 ``detect`` is the function: the submodule of the same name is imported here, before the name
 is bound, so the import system can never replace the function by the module (which happened
@@ -35,6 +36,8 @@ _EXPORTS = {
     "estimate_similarity": "align",
     "to_grayscale": "align",
     "FaceDetections": "detect",
+    "FaceDetectorConfig": "detectors",
+    "norm_crop": "align",
     "NoFaceFoundError": "detect",
     "detect_landmarks": "detect",
     "FACE_PARTS": "masks",
@@ -95,5 +98,10 @@ def face_stack_status() -> dict[str, str]:
         except MissingDependencyError as exc:
             info[f"dlib model {kind}"] = f"missing ({exc})"
     found = importlib.util.find_spec("onnxruntime") is not None
-    info["onnxruntime (ArcFace ONNX)"] = "available" if found else "missing (extra [onnx])"
+    info["onnxruntime (ArcFace, SCRFD ONNX)"] = "available" if found else "missing (extra [onnx])"
+    from .mtcnn import MTCNN_WEIGHTS
+
+    info["MTCNN weights (facenet-pytorch, MIT)"] = (
+        f"available ({MTCNN_WEIGHTS})" if MTCNN_WEIGHTS.is_file() else "missing (reinstall)"
+    )
     return info

@@ -26,9 +26,25 @@ Templates (:data:`TEMPLATES`):
 * ``"ffhq"``: the 512x512 face-restoration framing of CodeFormer and GFPGAN (facexlib's
   ``FaceRestoreHelper`` template: eye centres, nose tip, mouth corners), fitted like
   ``"arcface"``.
-* ``"facenet"``: 160x160. FaceNet's own pipeline (facenet-pytorch) crops the unrotated MTCNN
-  box; we instead align with the ArcFace template scaled to 160 px (same framing, eyes at 46%
-  of the height), which also removes in-plane rotation. A deliberate difference.
+* ``"facenet"``: 160x160, the ArcFace template scaled to 160 px (eyes at 46% of the height).
+  This is *not* FaceNet's own framing: facenet-pytorch crops the unrotated MTCNN box, where
+  the face fills more of the crop (eye distance about 72-80 px against 50 px here). The
+  reference crop is :func:`~instantportrait.faces.mtcnn.facenet_crop`; this template serves
+  the differentiable training losses.
+
+Sizes: the ArcFace-family templates scale as insightface's ``estimate_norm``: points times
+``size / 112`` (``norm_crop(img, kps, 224)`` doubles them), and for multiples of 128 times
+``size / 128`` plus ``8 * size / 128`` on x; the FFHQ template times ``size / 512``
+(facexlib); dlib's chip in units of the side.
+
+Landmark sets (``points``): ``"dlib"`` takes dlib's 5 or 68 landmarks (by count);
+``"keypoints"`` takes the five reference points of SCRFD and MTCNN (eye centres, nose tip,
+mouth corners; :func:`keypoints_from_68` derives them from dlib's 68).
+
+Two warps: :func:`crop_faces` (torch, differentiable, antialiased when shrinking; for training
+losses) and :func:`norm_crop` (numpy uint8, insightface's ``norm_crop`` exactly: the similarity
+transform of scikit-image's ``SimilarityTransform.estimate`` and ``cv2.warpAffine``'s bilinear
+sampling without antialias, border 0; for metrics and embeddings that must match the papers).
 
 For the templates defined by other points than dlib's (``arcface``, ``facenet``), 68
 landmarks are reduced to those points exactly (eye centres = mean of the eye contour, nose
@@ -53,7 +69,10 @@ __all__ = [
     "crop_faces",
     "crop_matrices",
     "estimate_similarity",
+    "estimate_norm",
     "get_template",
+    "keypoints_from_68",
+    "norm_crop",
     "reduce_landmarks",
     "to_grayscale",
 ]
@@ -157,9 +176,13 @@ class AlignmentTemplate:
         dlib_chip: ``True`` follows dlib's chip convention: points are in units of the crop
             side (``p * size``; they scale with it), the template is fitted to the landmarks
             and the crop is dlib's ``chip_details`` rectangle sampled at ``size`` pixels.
-            ``False``: pixel-centre points, scaled as ``(x + 0.5) * S / size - 0.5``, the
-            landmarks fitted to the template and the transform inverted (insightface's way).
+            ``False``: pixel-centre points scaled as ``p * S / size`` (insightface, facexlib),
+            the landmarks fitted to the template and the transform inverted.
         source: where the template comes from.
+        keypoints: ``(5, 2)`` targets of the five reference keypoints (eye centres, nose tip,
+            mouth corners).
+        insightface_sizes: scale as insightface's ``estimate_norm`` (multiples of 128 get
+            ``size / 128`` and an 8/128 shift on x).
     """
 
     name: str
@@ -169,17 +192,29 @@ class AlignmentTemplate:
     points68: np.ndarray = field(repr=False)
     dlib_chip: bool = False
     source: str = ""
+    keypoints: np.ndarray | None = field(default=None, repr=False)
+    insightface_sizes: bool = False
 
     def _scale(self, pts: np.ndarray, size: int) -> np.ndarray:
         if size == self.size:
             return pts
-        if self.dlib_chip:
-            return pts * size / self.size
-        return (pts + 0.5) * size / self.size - 0.5
+        if self.insightface_sizes and size % 112 and size % 128 == 0:
+            ratio = size / 128.0
+            return pts * ratio + np.array([8.0 * ratio, 0.0])
+        return pts * size / self.size
 
-    def targets(self, num_landmarks: int, size: int | None = None) -> np.ndarray:
-        """Target points for ``num_landmarks`` (5 or 68) input landmarks at crop side ``size``."""
+    def targets(
+        self, num_landmarks: int, size: int | None = None, points: str = "dlib"
+    ) -> np.ndarray:
+        """Target points for ``num_landmarks`` (5 or 68) input landmarks at crop side ``size``;
+        ``points="keypoints"``: for the five reference keypoints."""
         size = self.size if size is None else int(size)
+        if points == "keypoints":
+            if num_landmarks != 5 or self.keypoints is None:
+                raise ValueError(f"keypoints: expected 5 points, got {num_landmarks}")
+            return self._scale(self.keypoints, size)
+        if points != "dlib":
+            raise ValueError(f"points: 'dlib' or 'keypoints', got {points!r}")
         if num_landmarks == 5:
             return self._scale(self.points5, size)
         if num_landmarks == 68:
@@ -202,14 +237,20 @@ def _dlib_template(size: int = 150, padding: float = 0.25) -> AlignmentTemplate:
         points68=place(_mean_face_points(groups)),
         dlib_chip=True,
         source="dlib get_face_chip_details (size 150, padding 0.25)",
+        keypoints=place(_mean_face_points(_ARCFACE_GROUPS)),
     )
 
 
 def _arcface_template(
-    size: int, name: str, source: str, points: np.ndarray = _ARCFACE_112, side: int = 112
+    size: int,
+    name: str,
+    source: str,
+    points: np.ndarray = _ARCFACE_112,
+    side: int = 112,
+    insightface_sizes: bool = False,
 ) -> AlignmentTemplate:
     """A five-point template (eye centres, nose tip, mouth corners) given at ``side`` px."""
-    pts = (points + 0.5) * size / side - 0.5
+    pts = points * size / side
     return AlignmentTemplate(
         name=name,
         size=size,
@@ -218,13 +259,17 @@ def _arcface_template(
         points68=pts,
         dlib_chip=False,
         source=source,
+        keypoints=pts,
+        insightface_sizes=insightface_sizes,
     )
 
 
 #: The alignment templates by name; an :class:`~.base.IdentityEmbedder`'s ``template``.
 TEMPLATES: dict[str, AlignmentTemplate] = {
     "dlib": _dlib_template(),
-    "arcface": _arcface_template(112, "arcface", "insightface face_align.arcface_dst (112x112)"),
+    "arcface": _arcface_template(
+        112, "arcface", "insightface face_align.arcface_dst (112x112)", insightface_sizes=True
+    ),
     "facenet": _arcface_template(160, "facenet", "ArcFace template scaled to 160x160"),
     "ffhq": _arcface_template(
         512, "ffhq", "facexlib FaceRestoreHelper face_template (512x512)", _FFHQ_512, 512
@@ -252,6 +297,15 @@ def reduce_landmarks(landmarks: torch.Tensor, template: str | AlignmentTemplate)
     if all(len(g) == 1 for g in tpl.groups68):
         return landmarks[..., [g[0] for g in tpl.groups68], :]
     return torch.stack([landmarks[..., list(g), :].mean(dim=-2) for g in tpl.groups68], dim=-2)
+
+
+def keypoints_from_68(landmarks68: torch.Tensor) -> torch.Tensor:
+    """The five reference keypoints ``(..., 5, 2)`` from dlib's 68 landmarks ``(..., 68, 2)``:
+    the eye centres (means of the eye contours 36-41 and 42-47), the nose tip (30) and the
+    mouth corners (48, 54), in SCRFD's and MTCNN's order."""
+    if landmarks68.shape[-2] != 68:
+        raise ValueError(f"landmarks68: expected 68 points, got {landmarks68.shape[-2]}")
+    return torch.stack([landmarks68[..., list(g), :].mean(dim=-2) for g in _ARCFACE_GROUPS], -2)
 
 
 def estimate_similarity(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
@@ -290,14 +344,21 @@ def _invert_similarity(m: torch.Tensor) -> torch.Tensor:
 
 
 def crop_matrices(
-    landmarks: torch.Tensor, template: str | AlignmentTemplate = "dlib", size: int | None = None
+    landmarks: torch.Tensor,
+    template: str | AlignmentTemplate = "dlib",
+    size: int | None = None,
+    points: str = "dlib",
 ) -> torch.Tensor:
-    """``(B, 2, 3)`` maps from crop pixel coordinates to image pixel coordinates."""
+    """``(B, 2, 3)`` maps from crop pixel coordinates to image pixel coordinates.
+
+    ``points``: ``"dlib"`` (dlib's 5 or 68 landmarks) or ``"keypoints"`` (the five reference
+    keypoints of SCRFD / MTCNN)."""
     tpl = get_template(template)
     size = tpl.size if size is None else int(size)
     k = landmarks.shape[-2]
-    dst = torch.as_tensor(tpl.targets(k, size), dtype=landmarks.dtype, device=landmarks.device)
-    src = reduce_landmarks(landmarks, tpl)
+    dst = tpl.targets(k, size, points)
+    dst = torch.as_tensor(dst, dtype=landmarks.dtype, device=landmarks.device)
+    src = landmarks if points == "keypoints" else reduce_landmarks(landmarks, tpl)
     if not tpl.dlib_chip:
         return _invert_similarity(estimate_similarity(src, dst))
     # dlib's chip_details(chip_points, img_points, dims) and extract_image_chip: the chip is
@@ -323,8 +384,13 @@ def crop_faces(
     *,
     antialias: bool = True,
     padding_mode: str = "zeros",
+    points: str = "dlib",
 ) -> torch.Tensor:
     """Aligned face crops ``(B, 3, S, S)``, differentiable w.r.t. the image pixels.
+
+    For training losses: antialiased by default, so it differs from insightface's
+    ``norm_crop`` when a face is shrunk 2x or more (cosine 0.993-0.999 of an ArcFace
+    embedding); metrics and embeddings that must match the papers use :func:`norm_crop`.
 
     Args:
         images: ``(B, C, H, W)`` float images (any range, any device and dtype).
@@ -338,6 +404,8 @@ def crop_faces(
             sampling that aliases (dlib uses an image pyramid there). Default ``True``.
         padding_mode: ``grid_sample``'s padding outside the image (default ``"zeros"``: black,
             as dlib's chips).
+        points: ``"dlib"`` (default: ``landmarks`` are dlib's 5 or 68) or ``"keypoints"``
+            (the five reference keypoints of SCRFD / MTCNN, see :func:`keypoints_from_68`).
     """
     if images.dim() != 4:
         raise ValueError(f"images: expected (B, C, H, W), got shape {tuple(images.shape)}")
@@ -351,7 +419,7 @@ def crop_faces(
         lm = lm.expand(b, -1, -1)
     if lm.shape[0] != b:
         raise ValueError(f"landmarks: {lm.shape[0]} sets for a batch of {b} images")
-    mats = crop_matrices(lm, tpl, size)  # (B, 2, 3) crop -> image, float32
+    mats = crop_matrices(lm, tpl, size, points)  # (B, 2, 3) crop -> image, float32
     factor = 1
     if antialias:
         scale = torch.linalg.matrix_norm(mats[:, :, :2], ord=2).max().item()
@@ -370,6 +438,26 @@ def crop_faces(
     if factor > 1:
         crops = F.avg_pool2d(crops, factor)
     return crops
+
+
+def estimate_norm(keypoints: np.ndarray, size: int = 112) -> np.ndarray:
+    """insightface's ``estimate_norm``: the ``(2, 3)`` similarity from the image to the
+    ``size`` x ``size`` ArcFace crop, fitted on five keypoints (Umeyama 1991, as scikit-image's
+    ``SimilarityTransform.estimate``), in float64."""
+    kps = np.asarray(keypoints, dtype=np.float64).reshape(5, 2)
+    dst = TEMPLATES["arcface"].targets(5, size, "keypoints")
+    m = estimate_similarity(torch.from_numpy(kps)[None], torch.from_numpy(dst)[None])
+    return m[0].numpy()
+
+
+def norm_crop(image: np.ndarray, keypoints: np.ndarray, size: int = 112) -> np.ndarray:
+    """insightface's ``norm_crop(img, kps, size)``: the ArcFace-aligned ``size`` x ``size``
+    uint8 crop of an ``HxWx3`` uint8 image, warped as ``cv2.warpAffine`` (bilinear, no
+    antialias, border 0; :func:`~.resample.warp_affine`). The reference path of the metrics and
+    FaceID embeddings; not differentiable."""
+    from .resample import warp_affine
+
+    return warp_affine(image, estimate_norm(keypoints, size), size, size)
 
 
 def to_grayscale(images: torch.Tensor) -> torch.Tensor:

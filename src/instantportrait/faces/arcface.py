@@ -32,6 +32,8 @@ __all__ = [
     "ArcFaceEmbedder",
     "ArcFaceOnnxEmbedder",
     "IResNet",
+    "has_builtin_normalisation",
+    "onnx_node_names",
     "iresnet50",
     "iresnet100",
 ]
@@ -185,10 +187,74 @@ class ArcFaceEmbedder(IdentityEmbedder):
         return cls(net).eval()
 
 
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _fields(data: bytes):
+    """``(field number, wire type, value)`` of a protobuf message; value: int or bytes."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire == 1:
+            value, pos = data[pos : pos + 8], pos + 8
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            value, pos = data[pos : pos + length], pos + length
+        elif wire == 5:
+            value, pos = data[pos : pos + 4], pos + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield number, wire, value
+
+
+def onnx_node_names(path: str | os.PathLike, limit: int = 8) -> list[str]:
+    """The names of the first ``limit`` nodes of an ONNX graph, read without the ``onnx``
+    package (ModelProto field 7 is the graph, GraphProto field 1 its nodes, NodeProto field 3
+    a node's name)."""
+    data = Path(path).read_bytes()
+    names: list[str] = []
+    for number, wire, graph in _fields(data):
+        if number != 7 or wire != 2:
+            continue
+        for gnum, gwire, node in _fields(graph):
+            if gnum != 1 or gwire != 2:
+                continue
+            name = next((v for n, w, v in _fields(node) if n == 3 and w == 2), b"")
+            names.append(bytes(name).decode("utf-8", "replace"))
+            if len(names) >= limit:
+                return names
+    return names
+
+
+def has_builtin_normalisation(path: str | os.PathLike) -> bool:
+    """True when an ArcFace ONNX graph normalises its input itself (mxnet conversions start
+    with ``Sub``/``_minus`` and ``Mul``/``_mul`` nodes): insightface's ``ArcFaceONNX`` then
+    feeds raw ``[0, 255]`` pixels (mean 0, std 1)."""
+    names = onnx_node_names(path, 8)
+    sub = any(n.startswith(("Sub", "_minus")) for n in names)
+    mul = any(n.startswith(("Mul", "_mul")) for n in names)
+    return sub and mul
+
+
 class ArcFaceOnnxEmbedder(IdentityEmbedder):
     """insightface's ArcFace ONNX model (``w600k_r50.onnx``) through onnxruntime; no gradients.
 
-    Preprocessing as insightface's ``ArcFaceONNX``: RGB, ``(255 x - 127.5) / 127.5``.
+    Preprocessing as insightface's ``ArcFaceONNX``: RGB, ``(255 x - mean) / std`` with mean and
+    std 127.5, or 0 and 1 for graphs that normalise their input themselves (mxnet-converted
+    models, :func:`has_builtin_normalisation`).
 
     Args:
         path: the ``.onnx`` file.
@@ -213,6 +279,12 @@ class ArcFaceOnnxEmbedder(IdentityEmbedder):
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"{p}: cannot load the ONNX model ({first})") from None
+        try:
+            builtin = has_builtin_normalisation(p)
+        except (OSError, ValueError):
+            raise InputError(f"{p}: not an ONNX model (cannot read its graph)") from None
+        self.input_mean, self.input_std = (0.0, 1.0) if builtin else (127.5, 127.5)
+        self.path = p
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
@@ -225,7 +297,7 @@ class ArcFaceOnnxEmbedder(IdentityEmbedder):
         x = crops.detach().float()
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(112, 112), mode="bilinear", antialias=True)
-        arr = ((x * 255.0 - 127.5) / 127.5).cpu().numpy().astype(np.float32)
+        arr = ((x * 255.0 - self.input_mean) / self.input_std).cpu().numpy().astype(np.float32)
         if self.fixed_batch == 1:
             out = np.concatenate(
                 [self.session.run(None, {self.input_name: a[None]})[0] for a in arr]

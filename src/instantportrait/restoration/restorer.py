@@ -128,7 +128,9 @@ class FaceRestorer:
         mask_fn: a face parser giving M_B on the crop (e.g.
             :class:`~..faces.parsing.FaceParser`; its ``take_notes()``, when it has one, joins
             the result's notes); default the landmark face mask.
-        detector: keyword arguments of :func:`~..faces.detect` (e.g. ``method="mmod"``).
+        detector: keyword arguments of :func:`~..faces.detect` (e.g. ``method="mmod"``, or
+            ``method=FaceDetectorConfig("scrfd", "det_10g.onnx")``: SCRFD's boxes, dlib's 68
+            landmarks on them; an FPGA ID encoder then finds faces with it too).
         enhancer: applied to the DIIR-restored crops before paste-back (e.g.
             :class:`~.codeformer.CodeFormerEnhancer`); ``None``: DIIR only.
     """
@@ -211,6 +213,9 @@ class FaceRestorer:
             resolution=resolution,
         )
         diir.set_progress_bar_config(disable=True)
+        method = (kwargs.get("detector") or {}).get("method")
+        if method is not None and callable(getattr(pipe, "set_face_detector", None)):
+            pipe.set_face_detector(method)  # the ID encoder finds faces with it too
         encode = getattr(pipe, "encode_identity", None)
         if callable(encode) and kwargs.get("id_encoder") is None:
             kwargs["id_encoder"] = encode

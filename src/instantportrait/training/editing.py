@@ -33,14 +33,21 @@ class DataConfig:
     dropout_text: float = 0.05
     dropout_image: float = 0.05
     dropout_both: float = 0.05
-    #: detect landmarks for rows that have none (dlib's HOG detector, the face stack)
+    #: detect landmarks for rows that have none (the face stack: dlib's 5 points on the boxes
+    #: of ``detector``)
     detect_faces: bool = True
+    #: the face detector as a spec (``hog``, ``mmod``, ``mtcnn``, ``scrfd:FILE.onnx``, an
+    #: insightface model folder; CLI ``--detector``/``--detector-weights``)
+    detector: str = "hog"
 
     def __post_init__(self) -> None:
+        from ..faces.detectors import FaceDetectorConfig
+
         check(
             self.resolution >= 8 and self.resolution % 8 == 0,
             f"data.resolution: a multiple of 8, got {self.resolution}",
         )
+        FaceDetectorConfig.from_spec(self.detector)  # one line when it cannot be used
         check(self.crop_jitter >= 0, "data.crop_jitter: must be >= 0")
         check(
             self.size is None
@@ -149,7 +156,9 @@ class EditTrainer(Trainer):
             crop_jitter=data.crop_jitter,
             dropout=ConditioningDropout(data.dropout_text, data.dropout_image, data.dropout_both),
             seed=self.run.seed,
-            landmark_fn=detect_landmarks5() if need_faces and data.detect_faces else None,
+            landmark_fn=(
+                detect_landmarks5(data.detector) if need_faces and data.detect_faces else None
+            ),
             size=None if data.size is None else tuple(data.size),
         )
         self.collate = collate_pairs

@@ -94,7 +94,9 @@ class FaceANetDataConfig:
     mask_dilate: float = 0.05
     #: horizontal flips (left/right eye masks swapped with the image)
     random_flip: bool = False
-    detector: Literal["hog", "mmod"] = "hog"
+    #: the face detector as a spec (``hog``, ``mmod``, ``mtcnn``, ``scrfd:FILE.onnx``, an
+    #: insightface model folder; CLI ``--detector``/``--detector-weights``)
+    detector: str = "hog"
     #: boxes from the face stack's landmarks, or from Grounding-DINO (needs its weights)
     mask_source: Literal["landmarks", "grounding-dino"] = "landmarks"
     #: a local Grounding-DINO folder (transformers format) for ``mask_source=grounding-dino``
@@ -111,6 +113,9 @@ class FaceANetDataConfig:
         )
         check(self.crop_scale >= 1.0, "data.crop_scale: must be >= 1")
         check(self.mask_dilate >= 0.0, "data.mask_dilate: must be >= 0")
+        from ..faces.detectors import FaceDetectorConfig
+
+        FaceDetectorConfig.from_spec(self.detector)  # one line when it cannot be used
 
 
 @dataclass

@@ -82,6 +82,7 @@ def prepare_crops(data: FaceANetDataConfig, device: torch.device | str = "cpu"):
     """Detect, crop and mask each photo; returns (images [-1,1], masks, FaceCrop list)."""
     from ..data.face_crops import head_and_shoulders_crop, task_masks
     from ..faces.detect import NoFaceFoundError, detect
+    from ..faces.detectors import FaceDetectorConfig
     from ..io import load_image
 
     detector = None
@@ -94,7 +95,12 @@ def prepare_crops(data: FaceANetDataConfig, device: torch.device | str = "cpu"):
         name = f"--images[{k}] {src}"
         img = load_image(src, name=name)
         try:
-            det = detect(img, method=data.detector, select="largest", landmarks=68)
+            det = detect(
+                img,
+                method=FaceDetectorConfig.from_spec(data.detector),
+                select="largest",
+                landmarks=68,
+            )
         except NoFaceFoundError as exc:
             reason = str(exc).partition(": ")[2]
             raise NoFaceFoundError(f"{name}: {reason} (FaceA-Net tunes on face photos)") from None

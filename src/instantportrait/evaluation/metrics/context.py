@@ -150,6 +150,16 @@ class ItemContext:
         )
 
     # ------------------------------------------------------------------ faces
+    def detector(self):
+        """The face detector's config (``--weights face-detector=SPEC``; dlib's HOG by
+        default)."""
+        from ...faces.detectors import FaceDetectorConfig
+
+        value = self.hub.get("face-detector")
+        if isinstance(value, FaceDetectorConfig):
+            return value
+        return FaceDetectorConfig.from_spec(value if isinstance(value, str) else None)
+
     def detection(self, which: Which):
         """The largest face of the image with its landmarks (empty detections when none)."""
         from ...faces.detect import detect
@@ -159,6 +169,7 @@ class ItemContext:
             ("faces",),
             lambda: detect(
                 self.image(which),
+                method=self.detector(),
                 select="largest",
                 landmarks=True,
                 upsample=0,
@@ -177,6 +188,7 @@ class ItemContext:
             ("all-faces",),
             lambda: detect(
                 self.image(which),
+                method=self.detector(),
                 select="all",
                 landmarks=True,
                 upsample=1,  # small faces of a group are missed at 0 while a large one is found
@@ -206,15 +218,64 @@ class ItemContext:
             if len(det) == 0:
                 raise NoFaceFoundError(f"{self._where(which)}: no face found")
             k = 0 if index is None else index
-            first, second = (
-                (det.landmarks5, det.landmarks68)
-                if template == "dlib"
-                else (det.landmarks68, det.landmarks5)
-            )
-            lm = first if first is not None else second
-            return crop_faces(self.tensor(which), lm[k : k + 1].to(self.hub.device), template)
+            if template != "dlib" and det.keypoints is not None:
+                lm, points = det.keypoints, "keypoints"
+            else:
+                first, second = (det.landmarks5, det.landmarks68)
+                lm, points = (first if first is not None else second), "dlib"
+            lm = lm[k : k + 1].to(self.hub.device)
+            return crop_faces(self.tensor(which), lm, template, points=points)
 
         return self._memo(which, ("crop", template, index), compute)
+
+    def mtcnn_faces(self, which: Which):
+        """Every face MTCNN finds (facenet-pytorch's weights), largest first by area."""
+        from ...faces.detect import detect
+
+        return self._memo(
+            which,
+            ("mtcnn-faces",),
+            lambda: detect(
+                self.image(which),
+                method="mtcnn",
+                select="all",
+                landmarks=False,
+                raise_if_none=False,
+            ),
+        )
+
+    def reference_crop(self, which: Which, template: str, size: int, index: int | None = None):
+        """``(1, 3, size, size)``: the crop the reference code gives its network, or ``None``
+        for templates without one. ArcFace: insightface's ``norm_crop`` on the detector's
+        five keypoints. FaceNet: facenet-pytorch's MTCNN box crop (MTCNN's largest face; for
+        face ``index`` of :meth:`all_faces`, the MTCNN face overlapping it most)."""
+        import numpy as np
+
+        from ...faces.align import norm_crop
+        from ...faces.detect import NoFaceFoundError
+        from ...faces.mtcnn import facenet_crop
+
+        if template not in ("arcface", "facenet"):
+            return None
+
+        def compute() -> torch.Tensor:
+            det = self.detection(which) if index is None else self.all_faces(which)
+            if len(det) == 0:
+                raise NoFaceFoundError(f"{self._where(which)}: no face found")
+            k = 0 if index is None else index
+            img = np.asarray(self.image(which).convert("RGB"))
+            if template == "arcface":
+                crop = norm_crop(img, det.keypoints[k].numpy(), size)
+            else:
+                mt = self.mtcnn_faces(which)
+                if len(mt) == 0:
+                    raise NoFaceFoundError(f"{self._where(which)}: no face found by MTCNN")
+                j = _best_overlap(mt.boxes, det.boxes[k]) if index is not None else _largest(mt)
+                crop = facenet_crop(img, mt.boxes[j], size)
+            t = torch.from_numpy(np.array(crop)).permute(2, 0, 1)[None]
+            return (t.float() / 255.0).to(self.hub.device)
+
+        return self._memo(which, ("reference-crop", template, size, index), compute)
 
     def box_crop(self, which: Which, size: int = 160) -> torch.Tensor:
         """``(1, 3, size, size)``: the largest face's detection box cut out and resized to a
@@ -241,7 +302,9 @@ class ItemContext:
         emb = self.hub.get(embedder_key)
 
         def compute() -> torch.Tensor:
-            crop = self.face_crop(which, emb.template, index)
+            crop = self.reference_crop(which, emb.template, emb.input_size, index)
+            if crop is None:
+                crop = self.face_crop(which, emb.template, index)
             param = next(emb.parameters(), None)
             if param is not None:
                 crop = crop.to(param.device, param.dtype)
@@ -280,6 +343,23 @@ class ItemContext:
             ("clip-text", model_key, text),
             lambda: fns.clip_text_embeddings(model, self.hub.tokenizer(), [text]),
         )
+
+
+def _largest(det) -> int:
+    b = det.boxes
+    return int(torch.argmax((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))
+
+
+def _best_overlap(boxes: torch.Tensor, box: torch.Tensor) -> int:
+    """The index of the box of ``boxes`` with the largest IoU with ``box``."""
+    x0 = torch.maximum(boxes[:, 0], box[0])
+    y0 = torch.maximum(boxes[:, 1], box[1])
+    x1 = torch.minimum(boxes[:, 2], box[2])
+    y1 = torch.minimum(boxes[:, 3], box[3])
+    inter = (x1 - x0).clamp_min(0) * (y1 - y0).clamp_min(0)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    iou = inter / (area + (box[2] - box[0]) * (box[3] - box[1]) - inter)
+    return int(torch.argmax(iou))
 
 
 def _mean_cosine(a: torch.Tensor, refs: list[torch.Tensor]) -> float:

