@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 
 from instantportrait.cli import main
+from instantportrait.records import read_records
 
 
 def test_restore_cli_folder(restore_bundle, small_astronaut, tmp_path, capsys):
@@ -22,6 +23,11 @@ def test_restore_cli_folder(restore_bundle, small_astronaut, tmp_path, capsys):
         np.asarray(Image.open(out / "blank.png")), np.asarray(Image.open(src / "blank.png"))
     )
     assert Image.open(out / "astro.png").size == (256, 256)
+    record = read_records(out)["astro.png"]  # DIIR is deterministic: no seed
+    assert (record["command"], record["seed"], record["settings"]["steps"]) == ("restore", None, 1)
+    assert record["input"] == str(src / "astro.png") and record["models"]["model"] == str(
+        restore_bundle
+    )
     # the output exists: refused without --overwrite (exit 2, one line)
     assert main(argv) == 2
     assert "already exists" in capsys.readouterr().err

@@ -17,7 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="a video file (.mp4, .mov, .mkv, .webm, .avi) or a frame folder")
     p.add_argument("--prompt", required=True, help="the instruction")
     p.add_argument(
-        "--output", "-o", required=True, help="a video file (by suffix) or a folder for PNG frames"
+        "--output",
+        "-o",
+        required=True,
+        help="a video file (by suffix) or a folder for PNG frames; records.json beside the "
+        "video (or in the frame folder) records how it was made",
     )
     p.add_argument("--model", required=True, help="pipeline folder or Hub id (an IPNet)")
     p.add_argument("--batch-size", type=int, default=4, help="frames per call (default 4)")
@@ -102,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=True,
     )
+    _record(args, result, dtype)
     print(result.output)
     print(
         f"{result.frames} frames {result.width}x{result.height} in {result.seconds:.2f} s: "
@@ -109,3 +114,36 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _record(args: argparse.Namespace, result, dtype) -> None:
+    """``records.json``: in a frame folder one record per frame; beside a video file, the
+    video's record in its folder's ``records.json``."""
+    from ..records import OutputRecords
+
+    out = result.output
+    frames = sorted(out.glob("*.png")) if out.is_dir() else None
+    records = OutputRecords(
+        out if frames is not None else out.parent,
+        command="edit-video",
+        settings={
+            "steps": args.steps,
+            "guidance_scale": args.guidance_scale,
+            "image_guidance_scale": args.image_guidance_scale,
+            "resolution": args.resolution,
+            "batch_size": args.batch_size,
+            "fps": args.fps,
+            "codec": args.codec,
+            "speed": args.speed,
+            "dtype": dtype,
+        },
+        models={"model": args.model, "tiny_vae": args.tiny_vae},
+    )
+    size = (result.width, result.height)
+    common = {"prompt": args.prompt, "seed": args.seed, "size": size, "input": args.input}
+    if frames is None:
+        records.add(out.name, frames=result.frames, **common)
+        return
+    for i, frame in enumerate(frames):
+        records.add(frame.name, frame=i, write=False, **common)
+    records.write()

@@ -150,9 +150,9 @@ def _condition(args, count: int):
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..io import check_output, load_image, prepare_output, save_image
+    from ..io import load_image, save_image
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
-    from .generate import prompts_of, restored
+    from .generate import open_output, plan_outputs, prompts_of, restored
 
     prompts = prompts_of(args)
     # the shared --model / --id-image of `generate` stand for --fpga-model / --fpga-id-image
@@ -183,9 +183,28 @@ def run(args: argparse.Namespace) -> int:
     if args.fpga_steps < 1:
         raise InputError("--fpga-steps: at least 1")
     cond, masks = _condition(args, len(faces))
-    check_output(args.output, overwrite=args.overwrite)  # refused before the model loads
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    settings = {
+        "steps": args.fpga_steps,
+        "guidance_scale": args.fpga_guidance_scale,
+        "id_scale": args.fpga_id_scale,
+        "control_strength": args.fpga_control_strength,
+        "adapter_scale": args.fpga_adapter_scale if rep else None,
+        "pose": args.fpga_pose,
+        "face_masks": args.fpga_face_mask,
+        "id_people": args.fpga_id_people,
+        "id_images": args.fpga_id_image,
+        "width": cond.width,
+        "height": cond.height,
+        "dtype": dtype,
+    }
+    # refused (or found done) before the model loads
+    records, todo = plan_outputs(
+        args, prompts, lambda im: f"{im.index:04d}.png", settings=settings, models={"model": model}
+    )
+    if not todo:
+        return 0
     quiet_libraries()
     pipe = load_fpga_family(
         model,
@@ -199,24 +218,23 @@ def run(args: argparse.Namespace) -> int:
         faces, [f"{_flag('fpga_id_image')} {p}" for p in args.fpga_id_image]
     )
     # the model loaded and every face was found: only now is an old output replaced
-    out = prepare_output(args.output, overwrite=args.overwrite, create=True)
-    save_image(cond, out / "condition.png")
-    n = 0
-    for p in prompts:
-        for _ in range(args.num_images_per_prompt):
-            image = pipe(
-                p,
-                cond,
-                id_embeds=id_embeds,
-                id_masks=masks,
-                num_inference_steps=args.fpga_steps,
-                guidance_scale=args.fpga_guidance_scale,
-                id_scale=args.fpga_id_scale,
-                generator=seeded_generator(args.seed + n, device),
-                **extra,
-            ).images[0]
-            image = restored(image, args, prompt=p)  # several people: each face towards itself
-            path = save_image(image, out / f"{n:04d}.png")
-            print(path)
-            n += 1
+    open_output(args, records)
+    save_image(cond, records.folder / "condition.png")
+    for planned, name in todo:
+        image = pipe(
+            planned.prompt,
+            cond,
+            id_embeds=id_embeds,
+            id_masks=masks,
+            num_inference_steps=args.fpga_steps,
+            guidance_scale=args.fpga_guidance_scale,
+            id_scale=args.fpga_id_scale,
+            generator=seeded_generator(planned.seed, device),
+            **extra,
+        ).images[0]
+        # several people: each face towards itself
+        image = restored(image, args, prompt=planned.prompt)
+        path = save_image(image, records.folder / name)
+        records.add(name, prompt=planned.prompt, seed=planned.seed, size=image.size)
+        print(path)
     return 0

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_face_parser_argument(p)
     add_codeformer_arguments(p)
-    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("-o", "--output", required=True, help="output folder (images and records.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_device_arguments(p)
     p.set_defaults(func=run)
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError
     from ..io import check_output, check_prompt, list_images, load_image, prepare_output, save_image
+    from ..records import OutputRecords
     from .common import quiet_libraries, resolve_device, resolve_dtype
     from .restore_option import build_codeformer, build_face_parser, check_codeformer_arguments
 
@@ -94,11 +95,31 @@ def run(args: argparse.Namespace) -> int:
         restorer.pipeline.to(dtype=dtype)
     out_dir = prepare_output(args.output, overwrite=args.overwrite, kind="dir")
     out_dir.mkdir(parents=True, exist_ok=True)
+    records = OutputRecords(
+        out_dir,
+        command="restore",
+        settings={
+            "restore_below": args.restore_below,
+            "steps": args.steps,
+            "guidance_scale": args.guidance_scale,
+            "stats_region": args.stats_region,
+            "codeformer_fidelity": args.codeformer_fidelity if args.codeformer else None,
+            "id_image": args.id_image,
+            "dtype": dtype,
+        },
+        models={
+            "model": args.model,
+            "face_parser": args.face_parser,
+            "codeformer": args.codeformer,
+        },
+    )
     for f in tqdm(files, desc="restoring", unit="image", disable=len(files) < 2, file=sys.stderr):
         result = restorer.restore(f, id_image, name=str(f))
         for note in result.notes:
             print(note, file=sys.stderr)
         dest = out_dir / f"{f.stem}.png"
         save_image(result.image, dest)
+        # DIIR is deterministic (DDIM inversion): no seed
+        records.add(dest.name, prompt=restorer.prompt, seed=None, size=result.image.size, input=f)
         print(dest)
     return 0

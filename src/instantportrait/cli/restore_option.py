@@ -24,8 +24,20 @@ __all__ = [
     "build_codeformer",
     "build_restorer",
     "check_codeformer_arguments",
+    "check_restore_arguments",
     "maybe_restore",
+    "restore_record",
 ]
+
+#: the options that only mean something with ``--restore`` (dest -> default)
+RESTORE_OPTIONS = {
+    "restore_model": None,
+    "restore_below": 100,
+    "restore_steps": 30,
+    "restore_face_parser": None,
+    "restore_codeformer": None,
+    "restore_codeformer_fidelity": 0.5,
+}
 
 
 def add_restore_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -39,19 +51,54 @@ def add_restore_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
     parser.add_argument(
         "--restore-model",
         default=None,
-        help="DIIR model folder (SD1.5 + landmark ControlNet; init-tiny --kind restore)",
+        help="the DIIR model for --restore: a folder of an SD1.5 pipeline with a face-landmark "
+        "ControlNet (see docs/restore.md; init-tiny --kind restore makes a tiny one)",
     )
     parser.add_argument(
         "--restore-below",
         type=float,
-        default=100,
+        default=RESTORE_OPTIONS["restore_below"],
         help="restore faces whose box is smaller than this many pixels (default 100)",
     )
     parser.add_argument(
-        "--restore-steps", type=int, default=30, help="DIIR DDIM steps (default 30)"
+        "--restore-steps",
+        type=int,
+        default=RESTORE_OPTIONS["restore_steps"],
+        help="DIIR DDIM steps (default 30)",
     )
     add_face_parser_argument(parser, prefix="restore-")
     add_codeformer_arguments(parser, prefix="restore-")
+
+
+def check_restore_arguments(args: argparse.Namespace) -> None:
+    """A ``--restore-*`` option given without ``--restore`` is one error line (not ignored)."""
+    from ..errors import InputError
+
+    if getattr(args, "restore", False):
+        return
+    for dest, default in RESTORE_OPTIONS.items():
+        if getattr(args, dest, default) != default:
+            flag = "--" + dest.replace("_", "-")
+            raise InputError(f"{flag}: only used with --restore, which was not given")
+
+
+def restore_record(args: argparse.Namespace) -> dict[str, Any] | None:
+    """What ``--restore`` did, for the output records: ``{"settings": ..., "model": ...}``
+    (``None`` without ``--restore``)."""
+    if not getattr(args, "restore", False):
+        return None
+    fidelity = args.restore_codeformer_fidelity if args.restore_codeformer else None
+    settings = {
+        "restore_below": args.restore_below,
+        "steps": args.restore_steps,
+        "codeformer_fidelity": fidelity,
+    }
+    model = {
+        "diir": args.restore_model,
+        "face_parser": args.restore_face_parser,
+        "codeformer": args.restore_codeformer,
+    }
+    return {"settings": settings, "model": {k: v for k, v in model.items() if v}}
 
 
 def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
