@@ -22,8 +22,10 @@ Decisions, written down:
   gathers outputs of several runs (``edit``'s does) stays true, and one entry can be copied
   out with its image.
 * ``width``/``height`` are the saved image's own size; ``settings`` holds the method's
-  options by value (a custom preset by its values, not only its name); ``models`` the model
-  sources as given (folder or Hub id; a default by the id it stands for).
+  options by value as given (a custom preset by its values, not only its name; ``null``: the
+  default), ``resolved`` what a default became once the model loaded (``edit``'s steps,
+  FastFace's family); ``models`` the model sources (folder or Hub id; a default by the id it
+  stands for).
 * The seed rule (:func:`image_seed`): image ``k`` of prompt ``p`` with ``n`` images per
   prompt gets ``seed + p * n + k``, for every method; ``edit`` applies it per input (each
   input gets the same seeds), ``restore`` has no seed (``null``).

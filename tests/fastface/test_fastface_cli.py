@@ -63,7 +63,8 @@ def test_generate_writes_images_and_settings(
     assert Image.open(out / "000_00.png").size == (32, 32)
     records = json.loads((out / "records.json").read_text())["outputs"]
     first = records["000_00.png"]
-    assert first["family"] == "turbo" and first["settings"]["preset"]["name"] == "fastface-am1"
+    assert first["resolved"]["family"] == "turbo"
+    assert first["settings"]["preset"]["name"] == "fastface-am1"
     assert (first["width"], first["height"], first["settings"]["resolution"]) == (32, 32, 32)
     assert [records[n]["seed"] for n in ("000_00.png", "000_01.png")] == [7, 8]
     assert main(_args(tiny_bundle, astronaut_path, out, "--prompt", "x")) == 2  # exists

@@ -291,6 +291,13 @@ def run(args: argparse.Namespace) -> int:
             if args.keep_size:
                 result = restore_size(result, sizes[f])
             save_image(result, dest)
-            records.add(dest.name, prompt=prompt, seed=seed, size=result.size, input=str(f))
+            records.add(
+                dest.name,
+                prompt=prompt,
+                seed=seed,
+                size=result.size,
+                input=str(f),
+                resolved={"steps": steps},
+            )
             print(dest)
     return 0

@@ -180,7 +180,11 @@ def run(args: argparse.Namespace) -> int:
         image = restored(image, args, id_image, prompt=planned.prompt)
         save_image(image, records.folder / name)
         records.add(
-            name, prompt=planned.prompt, seed=planned.seed, size=image.size, family=pipe.family
+            name,
+            prompt=planned.prompt,
+            seed=planned.seed,
+            size=image.size,
+            resolved={"family": pipe.family},
         )
     print(f"{len(todo)} image(s) in {records.folder}")
     return 0
