@@ -10,6 +10,7 @@ __all__ = [
     "DTYPES",
     "add_device_arguments",
     "add_speed_arguments",
+    "list_subcommands",
     "quiet_libraries",
     "resolve_device",
     "resolve_dtype",
@@ -47,6 +48,17 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="AutoencoderTiny (TAESD) folder: decode with it (presets fast and max use it)",
     )
+
+
+def list_subcommands(sub: argparse._SubParsersAction, name: str, lead: str) -> None:
+    """Make the ``instantportrait --help`` line of command ``name`` say ``lead: a, b, ...``
+    with its subcommands as registered (call it after registering them: it cannot lag)."""
+    parser = sub.choices[name]
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = f"{lead}: {', '.join(subs.choices)}"
+    for action in sub._choices_actions:
+        if action.dest == name:
+            action.help = text
 
 
 def quiet_libraries() -> None:

@@ -6,7 +6,11 @@ import argparse
 import sys
 
 from .common import add_device_arguments
-from .restore_option import add_codeformer_arguments, add_face_parser_argument
+from .restore_option import (
+    RESTORE_MODEL_HELP,
+    add_codeformer_arguments,
+    add_face_parser_argument,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "everything else stays bit-identical. One PNG per input in the output folder.",
     )
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
-    p.add_argument("--model", required=True, help="DIIR model folder (init-tiny --kind restore)")
+    p.add_argument("--model", required=True, help=RESTORE_MODEL_HELP)
     p.add_argument(
         "--id-image",
         default=None,

@@ -29,6 +29,12 @@ __all__ = [
     "restore_record",
 ]
 
+#: what a DIIR model folder may be (``restore --model``, ``--restore-model``)
+RESTORE_MODEL_HELP = (
+    "an FPGA pipeline folder (train fpga's final/; its ID encoder is used) or a DIIR folder "
+    "(SD1.5 + face-landmark ControlNet; init-tiny --kind restore makes a tiny one)"
+)
+
 #: the options that only mean something with ``--restore`` (dest -> default)
 RESTORE_OPTIONS = {
     "restore_model": None,
@@ -51,8 +57,8 @@ def add_restore_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
     parser.add_argument(
         "--restore-model",
         default=None,
-        help="the DIIR model for --restore: a folder of an SD1.5 pipeline with a face-landmark "
-        "ControlNet (see docs/restore.md; init-tiny --kind restore makes a tiny one)",
+        metavar="PATH",
+        help=f"the model of --restore: {RESTORE_MODEL_HELP}",
     )
     parser.add_argument(
         "--restore-below",
