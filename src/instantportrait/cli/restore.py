@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     restorer.pipeline.to(device=device)
     if dtype != restorer.pipeline.unet.dtype:
         restorer.pipeline.to(dtype=dtype)
+    restorer.pipeline.set_progress_bar_config(disable=True)  # the bar over the images stays
     out_dir = prepare_output(args.output, overwrite=args.overwrite, kind="dir")
     out_dir.mkdir(parents=True, exist_ok=True)
     records = OutputRecords(

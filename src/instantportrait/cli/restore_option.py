@@ -121,11 +121,12 @@ def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
     if args.restore_below <= 0:
         raise InputError(f"--restore-below: must be positive, got {args.restore_below}")
     from ..restoration.restorer import FaceRestorer
-    from .common import resolve_device, resolve_dtype
+    from .common import quiet_libraries, resolve_device, resolve_dtype
 
     device = resolve_device(getattr(args, "device", "auto"))
     dtype = resolve_dtype(getattr(args, "dtype", "auto"), device)
     check_codeformer_arguments(args, prefix="restore-")
+    quiet_libraries()  # it loads before the command's own models: no diffusers logs or bars
     restorer = FaceRestorer.from_pretrained(
         args.restore_model,
         restore_below=args.restore_below,
@@ -136,6 +137,7 @@ def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
     restorer.pipeline.to(device=device)
     if dtype != restorer.pipeline.unet.dtype:
         restorer.pipeline.to(dtype=dtype)
+    restorer.pipeline.set_progress_bar_config(disable=True)  # the command shows its own bar
     if prompt:
         restorer.prompt = prompt
     args._restorer = restorer
