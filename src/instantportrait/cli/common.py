@@ -11,6 +11,7 @@ __all__ = [
     "add_device_arguments",
     "add_speed_arguments",
     "list_subcommands",
+    "typed_option",
     "quiet_libraries",
     "resolve_device",
     "resolve_dtype",
@@ -59,6 +60,19 @@ def list_subcommands(sub: argparse._SubParsersAction, name: str, lead: str) -> N
     for action in sub._choices_actions:
         if action.dest == name:
             action.help = text
+
+
+def typed_option(args: argparse.Namespace, action: argparse.Action) -> str:
+    """The option string of ``action`` as the user typed it (an alias, ``--opt=value``, or an
+    abbreviation argparse accepted); its first option string when it was not typed."""
+    argv = [str(t).split("=", 1)[0] for t in getattr(args, "_argv", []) if str(t).startswith("-")]
+    for name in argv:
+        if name in action.option_strings:
+            return name
+    for name in argv:
+        if name.startswith("--") and any(o.startswith(name) for o in action.option_strings):
+            return name
+    return action.option_strings[0] if action.option_strings else action.dest
 
 
 def quiet_libraries() -> None:

@@ -110,12 +110,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def check_method_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Refuse an option given for another method than ``args.method`` (one line, exit 2)."""
     from ..errors import InputError
+    from .common import typed_option
 
     for dest, method in args._generate_owners.items():
         if method == args.method:
             continue
         if getattr(args, dest, None) != parser.get_default(dest):
-            flag = next((a.option_strings[-1] for a in parser._actions if a.dest == dest), dest)
+            action = next(a for a in parser._actions if a.dest == dest)
+            flag = typed_option(args, action)
             raise InputError(f"{flag}: an option of --method {method}, not {args.method}")
 
 

@@ -19,7 +19,7 @@ import torch
 
 from ..components import cache_dir
 from ..devices import diffusers_dtype
-from ..errors import InputError, ModelNotFoundError
+from ..errors import InputError, ModelNotFoundError, first_line
 from ..io import atomic_write
 from .fastface import FastFacePipeline
 from .fastface_presets import (
@@ -36,8 +36,7 @@ _SCHEDULER_FAMILY = {"LCMScheduler": "lcm", "EulerAncestralDiscreteScheduler": "
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(exc)
 
 
 def resolve_file(source: str | os.PathLike, filename: str, what: str) -> Path:
