@@ -1,5 +1,5 @@
-"""What a user reads from ``generate ... --restore``: our progress bar and our lines, none of
-diffusers' loading bars, logs or deprecation warnings."""
+"""What a user reads from ``generate ... --restore``: our progress bar and our lines (notes
+naming each output's file), none of diffusers' loading bars, logs or deprecation warnings."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_generate_with_restore_prints_only_our_lines(tiny_bundle, astronaut_path
     restore = write_tiny(tmp_path / "diir", "restore", seed=0)
     argv = _args(tiny_bundle, astronaut_path, tmp_path / "out", "--model", "lightning")
     argv += ["--prompt", "a portrait", "--restore", "--restore-model", str(restore)]
-    argv += ["--restore-steps", "1", "--restore-below", "1000"]
+    argv += ["--restore-steps", "1", "--restore-below", "1000", "--num-images-per-prompt", "2"]
     env = dict(os.environ, INSTANTPORTRAIT_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
     # a fresh process: diffusers' bars and logs are global state another test may have switched
     run = subprocess.run(
@@ -34,6 +34,8 @@ def test_generate_with_restore_prints_only_our_lines(tiny_bundle, astronaut_path
     bars = [ln for ln in err.splitlines() if "%|" in ln]
     assert bars and all(ln.startswith("fastface lightning/") for ln in bars), bars
     assert (Path(tmp_path / "out") / "000_00.png").is_file()
+    # the restorer's notes name each output by its file (they all said "output 0")
+    assert "000_00.png: " in err and "000_01.png: " in err and "output 0" not in err, err
 
 
 def test_no_loader_passes_the_deprecated_torch_dtype():

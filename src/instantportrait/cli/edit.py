@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
             num_images_per_prompt=per,
         ).images
         # the edit's identity is its input's: DIIR restores each small face towards it
-        results = maybe_restore(results, args, [source], prompt=None)
+        results = maybe_restore(results, args, [source], prompt=None, names=[d.name for d in dests])
         for result, dest, seed, wanted in zip(results, dests, seeds, todo):
             if wanted is None:  # done already (--skip-existing)
                 continue

@@ -156,15 +156,24 @@ def refuse_shared(args: argparse.Namespace, *names: str, hint: str = "") -> None
             raise InputError(f"{flag}: not an option of --method {args.method}{hint}")
 
 
-def restored(image, args: argparse.Namespace, id_image=None, prompt: str | None = None):
+def restored(
+    image,
+    args: argparse.Namespace,
+    id_image=None,
+    prompt: str | None = None,
+    name: str | None = None,
+):
     """``image`` with its small faces restored by DIIR when ``--restore`` was given.
 
     ``id_image``: the identity the faces should have (FastFace's ``--id-image``); ``None``
-    restores each face towards itself (several people, or a tuned identity).
+    restores each face towards itself (several people, or a tuned identity). ``name``: the
+    output's file, as the restorer's notes call it.
     """
     from .restore_option import maybe_restore
 
-    return maybe_restore([image], args, None if id_image is None else [id_image], prompt=prompt)[0]
+    ids = None if id_image is None else [id_image]
+    names = None if name is None else [name]
+    return maybe_restore([image], args, ids, prompt=prompt, names=names)[0]
 
 
 def plan_outputs(args: argparse.Namespace, prompts: list[str], name, *, settings, models):

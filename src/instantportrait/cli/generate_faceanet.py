@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         for w in caught:
             if issubclass(w.category, NoFaceWarning):
                 print(f"warning: {prompt!r} seed {seed}: {w.message}", file=sys.stderr)
-        image = restored(result.images[0], args, prompt=prompt)
+        image = restored(result.images[0], args, prompt=prompt, name=name)
         context_name = name.replace(".png", "_context.png")
         save_image(result.context_images[0], out / context_name)
         save_image(image, out / name)

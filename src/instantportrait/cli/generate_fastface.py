@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
             lora_scale=args.lora_scale,
             generator=seeded_generator(planned.seed, device),
         ).images[0]
-        image = restored(image, args, id_image, prompt=planned.prompt)
+        image = restored(image, args, id_image, prompt=planned.prompt, name=name)
         save_image(image, records.folder / name)
         records.add(
             name,

@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
             **extra,
         ).images[0]
         # several people: each face towards itself
-        image = restored(image, args, prompt=planned.prompt)
+        image = restored(image, args, prompt=planned.prompt, name=name)
         path = save_image(image, records.folder / name)
         records.add(name, prompt=planned.prompt, seed=planned.seed, size=image.size)
         print(path)

@@ -229,6 +229,7 @@ def maybe_restore(
     id_images: Sequence[Any] | None = None,
     *,
     prompt: str | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[Any]:
     """``images`` with their small faces restored when ``--restore`` was given, else as they are.
 
@@ -237,6 +238,8 @@ def maybe_restore(
         args: the parsed arguments (``--restore``, ``--restore-model``, ...).
         id_images: the identity image of each output (or one for all); ``None``: each face's own.
         prompt: the generation's prompt, used as DIIR's prompt C.
+        names: how each output is called in the restorer's notes (its file; default
+            ``output i``).
     """
     if not getattr(args, "restore", False):
         return list(images)
@@ -248,7 +251,8 @@ def maybe_restore(
     )
     out = []
     for i, (image, id_image) in enumerate(zip(images, ids)):
-        result = restorer.restore(image, id_image, prompt=prompt, name=f"output {i}")
+        name = names[i] if names is not None else f"output {i}"
+        result = restorer.restore(image, id_image, prompt=prompt, name=name)
         for note in result.notes:
             print(note, file=sys.stderr)
         out.append(result.image)
