@@ -122,3 +122,13 @@ def test_restore_options_without_restore_are_refused(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and extra[0] in err and "--restore" in err, err
     assert not out.exists()
+
+
+def test_evaluate_reads_a_malformed_preset_file_as_one_line(tmp_path):
+    from instantportrait.errors import InputError
+    from instantportrait.evaluation.methods import build_method
+
+    preset = tmp_path / "bad.json"
+    preset.write_text('{"guidance": "nope"}')  # was an internal KeyError at the first item
+    with pytest.raises(InputError, match=r"method .*: preset .*bad.json: guidance 'nope'"):
+        build_method(f"fastface:hyper,preset={preset}")

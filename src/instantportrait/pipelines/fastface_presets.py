@@ -231,8 +231,10 @@ def _check_types(preset: FastFacePreset) -> None:
             _check_value(f"{type(part).__name__}.{f.name}", value, getattr(default, f.name))
 
 
-def load_preset_file(path: str | os.PathLike) -> FastFacePreset:
+def load_preset_file(path: str | os.PathLike, *, name: str = "--preset") -> FastFacePreset:
     """A custom :class:`FastFacePreset` from a JSON file (named after the file).
+
+    ``name``: how messages call the file's source (the CLI option, an evaluation method).
 
     Raises:
         InputError: one line naming the file, for unreadable, non-JSON or malformed content.
@@ -243,17 +245,17 @@ def load_preset_file(path: str | os.PathLike) -> FastFacePreset:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"--preset {p}: cannot be read ({exc.__class__.__name__})") from None
+        raise InputError(f"{name} {p}: cannot be read ({exc.__class__.__name__})") from None
     except json.JSONDecodeError as exc:
         raise InputError(
-            f"--preset {p}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})"
+            f"{name} {p}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})"
         ) from None
     if not isinstance(data, dict):
-        raise InputError(f"--preset {p}: a JSON object with guidance and/or am is wanted")
+        raise InputError(f"{name} {p}: a JSON object with guidance and/or am is wanted")
     try:
         preset = FastFacePreset.from_dict(data | {"name": p.stem})
         _check_types(preset)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
-        raise InputError(f"--preset {p}: {message}") from None
+        raise InputError(f"{name} {p}: {message}") from None
     return preset
