@@ -88,6 +88,8 @@ def test_a_foreign_records_file_is_one_clear_error(tmp_path, text):
     (tmp_path / "records.json").write_text(text)
     with pytest.raises(InputError, match="records.json: not a records file"):
         read_records(tmp_path)
+    # an output about to be replaced (--overwrite) does not read its old records
+    assert len(OutputRecords(tmp_path, command="generate", fresh=True)) == 0
 
 
 def test_a_custom_preset_is_recorded_by_its_values():

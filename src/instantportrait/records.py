@@ -118,6 +118,8 @@ class OutputRecords:
         method: the method (``fastface`` ...; ``None`` for a command with one).
         settings: the options that shaped every output of this run, by value.
         models: model sources of this run (name -> folder or Hub id).
+        fresh: start with no records, without reading the folder's (an output about to be
+            replaced).
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class OutputRecords:
         method: str | None = None,
         settings: Mapping[str, Any] | None = None,
         models: Mapping[str, Any] | None = None,
+        fresh: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self.path = self.folder / RECORDS_FILE
@@ -137,7 +140,7 @@ class OutputRecords:
             "settings": record_value(dict(settings or {})),
             "models": record_value({k: v for k, v in (models or {}).items() if v is not None}),
         }
-        self.outputs: dict[str, dict[str, Any]] = self._read()
+        self.outputs: dict[str, dict[str, Any]] = {} if fresh else self._read()
 
     def _read(self) -> dict[str, dict[str, Any]]:
         if not self.path.is_file():

@@ -200,9 +200,8 @@ def plan_outputs(args: argparse.Namespace, prompts: list[str], name, *, settings
         method=args.method,
         settings=dict(settings) | ({"restore": restore["settings"]} if restore else {}),
         models=dict(models) | ({"restore": restore["model"]} if restore else {}),
+        fresh=not args.skip_existing,  # --overwrite: the old folder goes, records and all
     )
-    if not args.skip_existing:
-        records.outputs = {}
     todo = []
     for planned in plan_images(prompts, args.num_images_per_prompt, args.seed):
         file = name(planned)
