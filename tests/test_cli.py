@@ -78,7 +78,7 @@ def test_edit_prompt_file_and_resolution(tiny_model_dir, astronaut_path, tmp_pat
         2,
     )
     assert code == 0, err
-    names = sorted(p.name for p in (tmp_path / "o").iterdir())
+    names = sorted(p.name for p in (tmp_path / "o").glob("*.png"))
     assert names == ["astronaut_000.png", "astronaut_001.png"]
     assert Image.open(tmp_path / "o" / names[0]).size == (48, 48)
 

@@ -62,7 +62,7 @@ def test_skip_existing_resumes_and_num_images_per_prompt(
     common += ["--output", str(out), "--device", "cpu", "--num-images-per-prompt", "2"]
     assert edit(str(astronaut_path), *common) == 0
     made = sorted(p.name for p in out.iterdir())
-    assert made == ["astronaut_0.png", "astronaut_1.png"]
+    assert made == ["astronaut_0.png", "astronaut_1.png", "records.json"]
     first = (out / "astronaut_1.png").read_bytes()
     (out / "astronaut_0.png").unlink()  # "interrupted" after one image
     capsys.readouterr()

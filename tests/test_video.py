@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from instantportrait.cli import main
+from instantportrait.records import read_records
 
 av = pytest.importorskip("av")
 
@@ -77,6 +78,8 @@ def test_video_in_video_out_keeps_count_size_and_rate(clip, tiny_model_dir, tmp_
     frames, fps = read_clip(out)
     assert len(frames) == N_FRAMES and frames[0].shape == (H, W, 3) and fps == 12.0
     assert not list(tmp_path.glob(".out.mp4.*"))  # atomic: no temporary left
+    record = read_records(tmp_path)["out.mp4"]  # the video's record, in its folder
+    assert (record["frames"], record["width"], record["prompt"]) == (N_FRAMES, W, "wearing a hat")
 
 
 def test_frame_folders_and_the_same_noise_for_every_frame(tiny_model_dir, tmp_path):
@@ -99,8 +102,13 @@ def test_frame_folders_and_the_same_noise_for_every_frame(tiny_model_dir, tmp_pa
         "64",
     )
     assert rc == 0
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.glob("*.png"))
     assert names == [f"f{i:02d}.png" for i in range(5)]
+    records = read_records(out)  # each frame its record: the prompt, the one seed, its size
+    assert list(records) == names
+    assert {(r["command"], r["seed"], r["width"], r["height"]) for r in records.values()} == {
+        ("edit-video", 0, W, H)
+    }
     edited = [np.asarray(Image.open(out / n)) for n in names]
     assert all(e.shape == (H, W, 3) for e in edited)
     assert np.array_equal(edited[0], edited[3])  # same input, same noise: same output

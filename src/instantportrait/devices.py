@@ -11,7 +11,14 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["DTYPES", "available_devices", "resolve_device", "resolve_dtype", "seeded_generator"]
+__all__ = [
+    "DTYPES",
+    "available_devices",
+    "diffusers_dtype",
+    "resolve_device",
+    "resolve_dtype",
+    "seeded_generator",
+]
 
 #: Accepted dtype names (long and short forms).
 DTYPES: dict[str, torch.dtype] = {
@@ -102,3 +109,15 @@ def seeded_generator(
     if seed is None:
         return None
     return torch.Generator("cpu").manual_seed(int(seed))
+
+
+def diffusers_dtype(dtype: torch.dtype | None) -> dict[str, torch.dtype]:
+    """The ``from_pretrained`` keyword that sets a diffusers model's dtype: ``dtype`` where the
+    installed diffusers takes it (``torch_dtype`` is deprecated there and warns on every
+    load), ``torch_dtype`` in older releases. Empty for ``None``."""
+    if dtype is None:
+        return {}
+    from diffusers.utils import deprecation_utils
+
+    supports_dtype = hasattr(deprecation_utils, "_resolve_dtype")
+    return {"dtype": dtype} if supports_dtype else {"torch_dtype": dtype}

@@ -29,6 +29,25 @@ class MissingDependencyError(InstantPortraitError, ImportError):
     """An optional dependency is absent; the message names the extra to install."""
 
 
+def shorten_line(text: str, limit: int = 200) -> str:
+    """``text`` on one line of at most ``limit`` characters, cut between words (``...`` marks
+    the cut), so a quoted message never ends mid-word."""
+    line = " ".join(str(text).split())
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 3]
+    if " " in cut:
+        cut = cut[: cut.rfind(" ")]
+    return cut.rstrip(" ,;:.") + "..."
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when empty), shortened by
+    :func:`shorten_line`: how a foreign error is quoted inside our one-line messages."""
+    text = str(exc).strip()
+    return shorten_line(text.splitlines()[0] if text else type(exc).__name__, limit)
+
+
 def optional_import(module: str, extra: str, purpose: str = "") -> ModuleType:
     """Import ``module`` or raise :class:`MissingDependencyError` naming the extra to install."""
     try:

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import torch
 
 from .cuda_graphs import CUDAGraphModule
-from .errors import InputError
+from .errors import InputError, first_line
 
 __all__ = [
     "FEATURES",
@@ -174,7 +174,7 @@ def load_tiny_vae(path: str | os.PathLike | None = None) -> torch.nn.Module:
         return AutoencoderTiny.from_pretrained(str(path)).eval()
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(
-            f"{path}: could not load AutoencoderTiny weights ({str(exc).splitlines()[0][:160]}); "
+            f"{path}: could not load AutoencoderTiny weights ({first_line(exc, 160)}); "
             "pass a diffusers AutoencoderTiny folder such as a copy of madebyollin/taesd"
         ) from exc
 

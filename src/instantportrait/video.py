@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import InputError, optional_import
+from .errors import InputError, optional_import, shorten_line
 from .io import (
     IMAGE_SUFFIXES,
     atomic_directory,
@@ -114,7 +114,7 @@ def probe(source: str | os.PathLike) -> VideoInfo:
 def _first_line(exc: BaseException) -> str:
     """An exception's message on one line (FFmpeg's text without the errno)."""
     text = str(getattr(exc, "strerror", None) or exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+    return shorten_line(text.splitlines()[0]) if text else type(exc).__name__
 
 
 def read_frames(source: str | os.PathLike) -> Iterator[np.ndarray]:

@@ -3,7 +3,6 @@ the prompt split, and the CLI."""
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import numpy as np
@@ -15,6 +14,7 @@ from instantportrait.cli import main
 from instantportrait.models.feat_embeddings import identity_conditioning, task_prompt
 from instantportrait.pipelines.faceanet import FaceANetPipeline, NoFaceWarning
 from instantportrait.pipelines.prompt_split import split_prompt
+from instantportrait.records import read_records
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +167,9 @@ def test_cli_generate_context_image_and_no_face_warning(tuned, astronaut_path, t
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    rec = json.loads((out_dir / "results.json").read_text())[0]
-    assert rec["face_found"] and rec["id_prompt"] == "a woman, smiling"
+    rec = read_records(out_dir)["0000.png"]
+    assert rec["face_found"] and rec["split_prompts"]["id"] == "a woman, smiling"
+    assert rec["context_file"] == "0000_context.png" and rec["seed"] == 0
     assert (out_dir / "0000.png").is_file() and (out_dir / "0000_context.png").is_file()
     # a tiny context model draws no face: one warning line, the context returned
     code = main(
@@ -249,3 +250,22 @@ def test_training_photo_without_a_face_is_one_line(tuned, tiny_base, tmp_path, c
     )
     err = capsys.readouterr().err
     assert code == 2 and "wall.png" in err and "no face" in err
+
+
+def test_cli_generate_seeds_follow_the_one_rule_across_prompts(tuned, tmp_path, capsys):
+    # FaceA-Net used seed + k for every prompt, so two prompts repeated the same noise
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a woman in a park\na woman on a beach\n")
+    out = tmp_path / "g"
+    code = main(
+        ["generate", "--method", "faceanet", "--identity", str(tuned), "--prompt-file",
+         str(prompts), "--context-model", "tiny", "--context-steps", "1", "--context-size", "64",
+         "--inpaint-steps", "1", "--seed", "4", "-o", str(out)]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    records = read_records(out)
+    assert [(r["prompt"], r["seed"]) for r in records.values()] == [
+        ("a woman in a park", 4),
+        ("a woman on a beach", 5),
+    ]
+    assert records["0001.png"]["models"]["identity"] == str(tuned)

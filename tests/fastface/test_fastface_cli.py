@@ -59,11 +59,14 @@ def test_generate_writes_images_and_settings(
         )
     )
     assert code == 0, capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["000_00.png", "000_01.png", "fastface.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["000_00.png", "000_01.png", "records.json"]
     assert Image.open(out / "000_00.png").size == (32, 32)
-    record = json.loads((out / "fastface.json").read_text())
-    assert record["family"] == "turbo" and record["preset"] == "fastface-am1"
-    assert [r["seed"] for r in record["images"]] == [7, 8]
+    records = json.loads((out / "records.json").read_text())["outputs"]
+    first = records["000_00.png"]
+    assert first["resolved"]["family"] == "turbo"
+    assert first["settings"]["preset"]["name"] == "fastface-am1"
+    assert (first["width"], first["height"], first["settings"]["resolution"]) == (32, 32, 32)
+    assert [records[n]["seed"] for n in ("000_00.png", "000_01.png")] == [7, 8]
     assert main(_args(tiny_bundle, astronaut_path, out, "--prompt", "x")) == 2  # exists
     assert "already exists" in capsys.readouterr().err
 

@@ -10,6 +10,7 @@ from PIL import Image
 from instantportrait.cli import main
 from instantportrait.errors import InputError
 from instantportrait.pipelines.fpga import FPGAPipeline, face_region_masks
+from instantportrait.records import read_records
 
 
 def test_face_region_masks_assign_left_to_right(openpose_person):
@@ -56,8 +57,12 @@ def test_generate_cli_two_identities_from_keypoints(tiny_fpga, two_people_pose, 
             "--pose", str(two_people_pose), "--prompt", "two people", "--fpga-steps", "1",
             "-o", str(out)]  # fmt: skip
     assert main(args) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["0000.png", "condition.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["0000.png", "condition.png", "records.json"]
     assert Image.open(out / "0000.png").size == (64, 64)
+    # each output records its prompt and seed (the old command recorded neither)
+    record = read_records(out)["0000.png"]
+    assert (record["prompt"], record["seed"], record["width"]) == ("two people", 0, 64)
+    assert record["method"] == "fpga" and record["models"]["model"] == str(tiny_fpga)
     # again into the same folder: refused without --overwrite, nothing touched
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 
 from instantportrait.cli import main
+from instantportrait.records import read_records
 
 
 def test_restore_cli_folder(restore_bundle, small_astronaut, tmp_path, capsys):
@@ -22,6 +23,11 @@ def test_restore_cli_folder(restore_bundle, small_astronaut, tmp_path, capsys):
         np.asarray(Image.open(out / "blank.png")), np.asarray(Image.open(src / "blank.png"))
     )
     assert Image.open(out / "astro.png").size == (256, 256)
+    record = read_records(out)["astro.png"]  # DIIR is deterministic: no seed
+    assert (record["command"], record["seed"], record["settings"]["steps"]) == ("restore", None, 1)
+    assert record["input"] == str(src / "astro.png") and record["models"]["model"] == str(
+        restore_bundle
+    )
     # the output exists: refused without --overwrite (exit 2, one line)
     assert main(argv) == 2
     assert "already exists" in capsys.readouterr().err
@@ -151,7 +157,7 @@ def test_restore_cli_two_inputs_leave_no_partial_output(
     monkeypatch.setattr(FaceRestorer, "restore", lambda self, im, *a, **k: RestoreResult(
         Image.open(im).convert("RGB")))  # fmt: skip
     assert main([*argv, str(old), "--overwrite"]) == 0
-    assert sorted(p.name for p in old.iterdir()) == ["a.png", "b.png"]
+    assert sorted(p.name for p in old.iterdir()) == ["a.png", "b.png", "records.json"]
 
 
 def test_restore_cli_encodes_the_id_image_once_for_every_input(

@@ -18,7 +18,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from ..errors import INTERNAL_EXIT_CODE, USAGE_EXIT_CODE, InstantPortraitError
+from ..errors import INTERNAL_EXIT_CODE, USAGE_EXIT_CODE, InstantPortraitError, first_line
 
 # Command modules, in the order `--help` lists them. A module not present is skipped.
 COMMAND_MODULES = (
@@ -38,8 +38,35 @@ COMMAND_MODULES = (
 )
 
 
+class TypedFloat(float):
+    """A float option's value that prints as the user typed it: ``--fps 0`` is said back as
+    ``got 0``, not ``got 0.0`` (it computes and serialises as the float it is)."""
+
+    text: str
+
+    def __new__(cls, text: str) -> TypedFloat:
+        value = super().__new__(cls, text)
+        value.text = str(text).strip()
+        return value
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _typed_float(text: str) -> float:
+    return TypedFloat(text)
+
+
+_typed_float.__name__ = "float"  # argparse names the type in "invalid float value: 'x'"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit code 2."""
+    """argparse, but a usage error is one line on stderr and exit code 2, and a ``float``
+    option keeps the text typed (:class:`TypedFloat`) for messages that say it back."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("type", float, _typed_float)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(USAGE_EXIT_CODE, f"{self.prog}: error: {message}\n")
@@ -70,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    # what was typed, so messages name an option as the user wrote it (common.typed_option)
+    args._argv = list(sys.argv[1:] if argv is None else argv)
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings()
         return _run(args)
@@ -97,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except InstantPortraitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, always
         return USAGE_EXIT_CODE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -105,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         if os.environ.get("INSTANTPORTRAIT_DEBUG"):
             traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc, 300) if str(exc).strip() else ""
         print(
             f"internal error: {type(exc).__name__}: {first} "
             "(set INSTANTPORTRAIT_DEBUG=1 for the traceback)",

@@ -10,6 +10,8 @@ __all__ = [
     "DTYPES",
     "add_device_arguments",
     "add_speed_arguments",
+    "list_subcommands",
+    "typed_option",
     "quiet_libraries",
     "resolve_device",
     "resolve_dtype",
@@ -47,6 +49,30 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="AutoencoderTiny (TAESD) folder: decode with it (presets fast and max use it)",
     )
+
+
+def list_subcommands(sub: argparse._SubParsersAction, name: str, lead: str) -> None:
+    """Make the ``instantportrait --help`` line of command ``name`` say ``lead: a, b, ...``
+    with its subcommands as registered (call it after registering them: it cannot lag)."""
+    parser = sub.choices[name]
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = f"{lead}: {', '.join(subs.choices)}"
+    for action in sub._choices_actions:
+        if action.dest == name:
+            action.help = text
+
+
+def typed_option(args: argparse.Namespace, action: argparse.Action) -> str:
+    """The option string of ``action`` as the user typed it (an alias, ``--opt=value``, or an
+    abbreviation argparse accepted); its first option string when it was not typed."""
+    argv = [str(t).split("=", 1)[0] for t in getattr(args, "_argv", []) if str(t).startswith("-")]
+    for name in argv:
+        if name in action.option_strings:
+            return name
+    for name in argv:
+        if name.startswith("--") and any(o.startswith(name) for o in action.option_strings):
+            return name
+    return action.option_strings[0] if action.option_strings else action.dest
 
 
 def quiet_libraries() -> None:

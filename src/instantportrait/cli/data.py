@@ -1,9 +1,12 @@
-"""``instantportrait data prompts|generate|pack|check``: the pair dataset's tools."""
+"""``instantportrait data prompts|generate|pack|check``: the pair dataset's tools (and the
+portrait dataset's ``build-portraits|pack-portraits``, :mod:`.data_portraits`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from .common import list_subcommands
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -165,6 +168,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from .data_portraits import register_portraits
 
     register_portraits(cmds)
+    list_subcommands(sub, "data", "dataset tools (pairs, FPGA portraits)")
 
 
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:

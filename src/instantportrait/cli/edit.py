@@ -79,9 +79,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="outputs per input and prompt, each with its own noise (default 1)",
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="noise seed, the same for every input (default 0)"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of each input's first output; output k of prompt p gets seed + p*N + k, "
+        "N = --num-images-per-prompt (default 0)",
     )
-    p.add_argument("--output", "-o", default="outputs", help="output folder (default outputs/)")
+    p.add_argument(
+        "--output",
+        "-o",
+        default="outputs",
+        help="output folder (default outputs/); records.json there records each output",
+    )
     p.add_argument(
         "--resolution",
         type=int,
@@ -94,7 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     done.add_argument(
         "--skip-existing",
         action="store_true",
-        help="leave outputs that exist alone and edit the rest (resume an interrupted batch)",
+        help="keep the outputs records.json says were made as asked and edit the rest "
+        "(resume an interrupted batch)",
     )
     add_speed_arguments(p)
     add_device_arguments(p)
@@ -149,11 +159,18 @@ def run(args: argparse.Namespace) -> int:
         safe_output_path,
         save_image,
     )
+    from ..records import OutputRecords, image_seed
     from ..speed import resolve_speed
     from .common import quiet_libraries
-    from .restore_option import build_restorer, maybe_restore
+    from .restore_option import (
+        build_restorer,
+        check_restore_arguments,
+        maybe_restore,
+        restore_record,
+    )
 
     # Every argument, input and output is checked before the model loads or anything is written.
+    check_restore_arguments(args)
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps: must be at least 1, got {args.steps}")
     if args.iterations < 1:
@@ -184,22 +201,46 @@ def run(args: argparse.Namespace) -> int:
     sizes = {f: load_image(f).size for f in files}
     # The output folder gathers files: it may exist; each output file is checked on its own.
     out_dir = check_output_path(args.output, kind="dir")
+    restore = restore_record(args)
+    records = OutputRecords(
+        out_dir,
+        command="edit",
+        settings={
+            "steps": args.steps,
+            "iterations": args.iterations,
+            "guidance_scale": args.guidance_scale,
+            "image_guidance_scale": args.image_guidance_scale,
+            "negative_prompt": negative,
+            "resolution": args.resolution,
+            "keep_size": args.keep_size,
+            "speed": args.speed,
+            "dtype": dtype,
+            "restore": restore["settings"] if restore else None,
+        },
+        models={"model": args.model, "config": args.config, "tiny_vae": args.tiny_vae}
+        | {f"lora{i}": f"{path}:{weight:g}" for i, (path, weight) in enumerate(loras)}
+        | {"restore": restore["model"] if restore else None},
+    )
+    per = args.num_images_per_prompt
     jobs, skipped = [], 0
-    for f, row in zip(files, output_names(files, len(prompts), args.num_images_per_prompt)):
-        for prompt, names in zip(prompts, row):
+    for f, row in zip(files, output_names(files, len(prompts), per)):
+        for j, (prompt, names) in enumerate(zip(prompts, row)):
+            seeds = [image_seed(args.seed, j, k, per) for k in range(per)]
             dests = []
-            for name in names:
-                exists = (out_dir / name).exists()
-                dests.append(
-                    safe_output_path(out_dir, name, overwrite=args.overwrite or args.skip_existing)
-                    if not (exists and args.skip_existing)
-                    else None
-                )
+            for name, seed in zip(names, seeds):
+                if args.skip_existing and records.is_done(
+                    name, prompt=prompt, seed=seed, input=str(f)
+                ):
+                    dests.append(None)
+                    continue
+                replace = args.overwrite or args.skip_existing
+                dests.append(safe_output_path(out_dir, name, overwrite=replace))
             if all(d is None for d in dests):
                 skipped += len(dests)
                 continue
-            jobs.append((f, prompt, [d or out_dir / n for d, n in zip(dests, names)]))
-    flat = [d for _, _, ds in jobs for d in ds]
+            skipped += dests.count(None)
+            jobs.append((f, prompt, seeds, [d or out_dir / n for d, n in zip(dests, names)], dests))
+    flat = [d for *_, ds, _ in jobs for d in ds]
     if len(set(flat)) != len(flat):
         raise InputError("inputs: two inputs share a file name; outputs would collide")
     if skipped:
@@ -238,11 +279,9 @@ def run(args: argparse.Namespace) -> int:
         disable=len(jobs) < 2,
         file=sys.stderr,
     )
-    for f, prompt, dests in bar:
+    for f, prompt, seeds, dests, todo in bar:
         per = len(dests)
-        generator = seeded_generator(args.seed, device)
-        if per > 1:
-            generator = [seeded_generator(args.seed + k, device) for k in range(per)]
+        generator = [seeded_generator(seed, device) for seed in seeds]
         source = load_image(f)
         results = pipe(
             prompt,
@@ -252,17 +291,25 @@ def run(args: argparse.Namespace) -> int:
             image_guidance_scale=args.image_guidance_scale,
             negative_prompt=negative,
             iterations=args.iterations,
-            generator=generator,
+            generator=generator if per > 1 else generator[0],
             resolution=args.resolution,
             num_images_per_prompt=per,
         ).images
         # the edit's identity is its input's: DIIR restores each small face towards it
-        results = maybe_restore(results, args, [source], prompt=None)
-        for result, dest in zip(results, dests):
-            if dest.exists() and args.skip_existing:
+        results = maybe_restore(results, args, [source], prompt=None, names=[d.name for d in dests])
+        for result, dest, seed, wanted in zip(results, dests, seeds, todo):
+            if wanted is None:  # done already (--skip-existing)
                 continue
             if args.keep_size:
                 result = restore_size(result, sizes[f])
             save_image(result, dest)
+            records.add(
+                dest.name,
+                prompt=prompt,
+                seed=seed,
+                size=result.size,
+                input=str(f),
+                resolved={"steps": steps},
+            )
             print(dest)
     return 0

@@ -17,7 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="a video file (.mp4, .mov, .mkv, .webm, .avi) or a frame folder")
     p.add_argument("--prompt", required=True, help="the instruction")
     p.add_argument(
-        "--output", "-o", required=True, help="a video file (by suffix) or a folder for PNG frames"
+        "--output",
+        "-o",
+        required=True,
+        help="a video file (by suffix) or a folder for PNG frames; records.json beside the "
+        "video (or in the frame folder) records how it was made",
     )
     p.add_argument("--model", required=True, help="pipeline folder or Hub id (an IPNet)")
     p.add_argument("--batch-size", type=int, default=4, help="frames per call (default 4)")
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io import check_prompt
     from ..speed import resolve_speed
-    from ..video import check_fps, edit_video, plan_output, probe
+    from ..video import check_fps, edit_video, is_video_path, plan_output, probe
     from .common import quiet_libraries
 
     if args.batch_size < 1:
@@ -79,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         ResolutionPolicy(long_side=args.resolution).target_size(info.width, info.height)
     except InputError as exc:
         raise InputError(f"--{exc}") from None
+    records = _records(args, dtype) if is_video_path(args.output) else None  # read before work
     quiet_libraries()
     pipe = load_edit_pipeline(args.model, device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -102,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=True,
     )
+    _record(args, result, records if records is not None else _records(args, dtype))
     print(result.output)
     print(
         f"{result.frames} frames {result.width}x{result.height} in {result.seconds:.2f} s: "
@@ -109,3 +115,45 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _records(args: argparse.Namespace, dtype):
+    """The records of the output: a video file's folder (read now, before the work), or the
+    frame folder (made by the work)."""
+    from pathlib import Path
+
+    from ..records import OutputRecords
+    from ..video import is_video_path
+
+    out = Path(args.output)
+    return OutputRecords(
+        out.parent if is_video_path(out) else out,
+        command="edit-video",
+        settings={
+            "steps": args.steps,
+            "guidance_scale": args.guidance_scale,
+            "image_guidance_scale": args.image_guidance_scale,
+            "resolution": args.resolution,
+            "batch_size": args.batch_size,
+            "fps": args.fps,
+            "codec": args.codec,
+            "speed": args.speed,
+            "dtype": dtype,
+        },
+        models={"model": args.model, "tiny_vae": args.tiny_vae},
+    )
+
+
+def _record(args: argparse.Namespace, result, records) -> None:
+    """``records.json``: in a frame folder one record per frame; beside a video file, the
+    video's record in its folder's ``records.json``."""
+    out = result.output
+    frames = sorted(out.glob("*.png")) if out.is_dir() else None
+    size = (result.width, result.height)
+    common = {"prompt": args.prompt, "seed": args.seed, "size": size, "input": args.input}
+    if frames is None:
+        records.add(out.name, frames=result.frames, **common)
+        return
+    for i, frame in enumerate(frames):
+        records.add(frame.name, frame=i, write=False, **common)
+    records.write()

@@ -11,6 +11,11 @@ from .common import add_device_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # the help lists what the registries hold, so it cannot lag behind them
+    from ..evaluation.methods import METHOD_KINDS
+    from ..evaluation.paper_tables import list_paper_tables
+    from ..evaluation.protocols import list_protocols
+
     p = sub.add_parser(
         "evaluate",
         help="evaluate methods on a protocol (face similarity, CLIP-T, ...); resumable",
@@ -23,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--protocol",
         default="instantportrait",
-        help="instantportrait, fastface, or a protocol .json file (default instantportrait)",
+        help=f"a shipped protocol ({', '.join(list_protocols())}) or a protocol .json file "
+        "(default instantportrait)",
     )
     p.add_argument(
         "--faces",
@@ -39,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="NAME=SPEC",
         help="a method, e.g. ipnet=edit:runs/ipnet/final,steps=1 (repeat for more); kinds: "
-        "edit, folder, identity, faceanet, fpga, restore (docs/evaluation.md)",
+        f"{', '.join(METHOD_KINDS)} (docs/evaluation.md)",
     )
     p.add_argument(
         "--metrics",
@@ -77,8 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="PAPER:TABLE",
-        help="also write a paper's table with its published rows and this run's "
-        "(faceanet:table1, faceanet:table2, fpga:single_id_half_body, ...)",
+        help="also write a paper's table with its published rows and this run's: "
+        f"{', '.join(list_paper_tables())}",
     )
     p.add_argument("--dry-run", action="store_true", help="print the resolved run and exit")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

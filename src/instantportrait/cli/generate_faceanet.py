@@ -3,13 +3,13 @@
 ``--identity runs/alice --prompt "..." --context-model hyper|DIR|tiny -o OUT`` draws the scene
 with the context model and repaints the face; ``--context-image PHOTO`` repaints the face of
 a given photo instead (no context model needed). Writes ``OUT/NNNN.png``, the context images
-``OUT/NNNN_context.png`` and ``OUT/results.json`` (prompts, split, seeds, faces, timings).
+``OUT/NNNN_context.png`` and ``OUT/records.json`` (:mod:`..records`; per image also its split
+prompts, context file, whether a face was found, timings).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 
 
@@ -64,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..errors import InputError
-    from ..io import check_output, load_image, prepare_output, save_image
+    from ..io import load_image, save_image
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
-    from .generate import prompts_of, refuse_shared, restored
+    from .generate import open_output, plan_outputs, prompts_of, refuse_shared, restored
 
     refuse_shared(
         args,
@@ -87,15 +87,6 @@ def run(args: argparse.Namespace) -> int:
     )
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    check_output(args.output, overwrite=args.overwrite)  # refused before the models load
-    quiet_libraries()
-    from ..pipelines.faceanet import FaceANetPipeline, NoFaceWarning
-    from ..pipelines.faceanet_context import load_context_pipeline
-
-    pipe = FaceANetPipeline.from_identity(args.identity, base=args.inpaint_base).to(device, dtype)
-    context = None
-    if args.context_model:
-        context = load_context_pipeline(args.context_model, device, dtype)
     from ..pipelines.faceanet_context import context_defaults
 
     defaults = context_defaults(args.context_model)
@@ -110,47 +101,73 @@ def run(args: argparse.Namespace) -> int:
         "height": size,
         "width": size,
     }
+    settings = {
+        "context_prompt": args.context_prompt,
+        "id_prompt": args.id_prompt,
+        "face_index": args.face_index,
+        "inpaint_steps": args.inpaint_steps,
+        "inpaint_guidance_scale": args.inpaint_guidance_scale,
+        "context": context_kwargs if args.context_model else None,
+        "context_image": args.context_image,
+        "trim_padding": args.trim_padding,
+        "dtype": dtype,
+    }
+    models = {
+        "identity": args.identity,
+        "inpaint_base": args.inpaint_base,
+        "context_model": args.context_model,
+    }
+    # refused (or found done) before the models load
+    records, todo = plan_outputs(
+        args, prompts, lambda im: f"{im.index:04d}.png", settings=settings, models=models
+    )
+    if not todo:
+        return 0
+    quiet_libraries()
+    from ..pipelines.faceanet import FaceANetPipeline, NoFaceWarning
+    from ..pipelines.faceanet_context import load_context_pipeline
+
+    pipe = FaceANetPipeline.from_identity(args.identity, base=args.inpaint_base).to(device, dtype)
+    context = None
+    if args.context_model:
+        context = load_context_pipeline(args.context_model, device, dtype)
     # the models loaded: only now is an old output replaced
-    out = prepare_output(args.output, overwrite=args.overwrite, kind="dir", create=True)
-    records = []
-    index = 0
-    for prompt in prompts:
-        for k in range(args.num_images_per_prompt):
-            seed = args.seed + k
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", NoFaceWarning)
-                result = pipe(
-                    prompt,
-                    context_image=context_image,
-                    context_pipeline=context,
-                    context_prompt=args.context_prompt,
-                    id_prompt=args.id_prompt,
-                    face_index=args.face_index,
-                    num_inference_steps=args.inpaint_steps,
-                    guidance_scale=args.inpaint_guidance_scale,
-                    generator=seeded_generator(seed, device),
-                    context_kwargs=context_kwargs if context is not None else None,
-                    trim_padding=args.trim_padding,
-                )
-            for w in caught:
-                if issubclass(w.category, NoFaceWarning):
-                    print(f"warning: {prompt!r} seed {seed}: {w.message}", file=sys.stderr)
-            image = restored(result.images[0], args, prompt=prompt, name=f"{index:04d}.png")
-            save_image(image, out / f"{index:04d}.png")
-            save_image(result.context_images[0], out / f"{index:04d}_context.png")
-            t_c, t_id = result.prompts[0]
-            records.append(
-                {
-                    "file": f"{index:04d}.png",
-                    "prompt": prompt,
-                    "context_prompt": t_c,
-                    "id_prompt": t_id,
-                    "seed": seed,
-                    "face_found": result.faces_found[0],
-                    "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
-                }
+    open_output(args, records)
+    out = records.folder
+    for planned, name in todo:
+        prompt, seed = planned.prompt, planned.seed
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NoFaceWarning)
+            result = pipe(
+                prompt,
+                context_image=context_image,
+                context_pipeline=context,
+                context_prompt=args.context_prompt,
+                id_prompt=args.id_prompt,
+                face_index=args.face_index,
+                num_inference_steps=args.inpaint_steps,
+                guidance_scale=args.inpaint_guidance_scale,
+                generator=seeded_generator(seed, device),
+                context_kwargs=context_kwargs if context is not None else None,
+                trim_padding=args.trim_padding,
             )
-            print(f"{out / f'{index:04d}.png'}")
-            index += 1
-    (out / "results.json").write_text(json.dumps(records, indent=2))
+        for w in caught:
+            if issubclass(w.category, NoFaceWarning):
+                print(f"warning: {prompt!r} seed {seed}: {w.message}", file=sys.stderr)
+        image = restored(result.images[0], args, prompt=prompt, name=name)
+        context_name = name.replace(".png", "_context.png")
+        save_image(result.context_images[0], out / context_name)
+        save_image(image, out / name)
+        t_c, t_id = result.prompts[0]
+        records.add(
+            name,
+            prompt=prompt,
+            seed=seed,
+            size=image.size,
+            context_file=context_name,
+            split_prompts={"context": t_c, "id": t_id},
+            face_found=result.faces_found[0],
+            timings_s={k: round(v, 3) for k, v in result.timings.items()},
+        )
+        print(out / name)
     return 0

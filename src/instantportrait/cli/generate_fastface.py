@@ -5,13 +5,12 @@ Example::
     instantportrait generate --method fastface --id-image face.png --face-model w600k_r50.onnx \\
         --model hyper --preset fastface-am1 --prompt "a portrait in a garden" -o out/
 
-Outputs ``NNN_MM.png`` (prompt NNN, image MM) and ``fastface.json`` (the settings and seeds).
+Outputs ``NNN_MM.png`` (prompt NNN, image MM) and ``records.json`` (:mod:`..records`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 FAMILY_NAMES = ("hyper", "lightning", "lcm", "turbo")
@@ -71,30 +70,46 @@ def _preset(value: str):
     from pathlib import Path
 
     from ..errors import InputError
-    from ..pipelines.fastface_presets import fastface_preset
+    from ..pipelines.fastface_presets import fastface_preset, load_preset_file
 
     if value in PRESET_NAMES:
         return fastface_preset(value)
-    path = Path(value)
-    if not path.is_file():
+    if not Path(value).is_file():
         raise InputError(
             f"--preset: one of {', '.join(PRESET_NAMES)} or a JSON file; got {value!r}"
         )
-    try:
-        return fastface_preset(json.loads(path.read_text()) | {"name": path.stem})
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"--preset {path}: {exc}") from None
+    return load_preset_file(value)
+
+
+def _models(args: argparse.Namespace, model: str) -> dict[str, str | None]:
+    """The model sources of a run, defaults by the Hub id they stand for."""
+    from ..pipelines.fastface_presets import (
+        DEFAULT_ADAPTER,
+        DEFAULT_BASE,
+        DEFAULT_IMAGE_ENCODER,
+        FAMILIES,
+    )
+
+    family_name = model in FAMILY_NAMES
+    return {
+        "model": model,
+        "base": args.base or (DEFAULT_BASE if family_name else None),
+        "distilled": args.distilled or (FAMILIES[model].source if family_name else None),
+        "ip_adapter": args.ip_adapter or "/".join(DEFAULT_ADAPTER),
+        "image_encoder": args.image_encoder or DEFAULT_IMAGE_ENCODER,
+        "face_model": args.face_model,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..errors import InputError
-    from ..io import atomic_write, check_output, prepare_output, save_image
+    from ..io import save_image
     from ..pipelines.faceid import FaceIDEncoder, load_face_model
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
     from .detector_option import detector_config
-    from .generate import prompts_of, restored, single_id_image
+    from .generate import open_output, plan_outputs, prompts_of, restored, single_id_image
 
     prompts = prompts_of(args)
     id_image = single_id_image(args)
@@ -110,11 +125,30 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     detector = detector_config(args, face_model=args.face_model)
+    settings = {
+        "preset": preset,  # by value: a custom preset is recorded in full
+        "family": args.family,
+        "ip_adapter_scale": args.ip_adapter_scale,
+        "lora_scale": args.lora_scale,
+        "steps": args.steps,
+        "resolution": args.resolution,
+        "id_image": str(id_image),
+        "dtype": dtype,
+    }
+    # refused (or found done) before the model loads
+    records, todo = plan_outputs(
+        args,
+        prompts,
+        lambda im: f"{im.prompt_index:03d}_{im.image_index:02d}.png",
+        settings=settings,
+        models=_models(args, model),
+    )
+    if not todo:
+        return 0
     quiet_libraries()
     identity = FaceIDEncoder(load_face_model(args.face_model), detector=detector)(
         id_image, name=f"--id-image {id_image}"
     )
-    check_output(args.output, overwrite=args.overwrite)  # refused before the model loads
 
     from ..pipelines.fastface_loading import load_fastface
 
@@ -130,15 +164,11 @@ def run(args: argparse.Namespace) -> int:
     )
     pipe.set_progress_bar_config(disable=True)
     clip = pipe.encode_face_crop(identity.crop.to(device))
-    jobs = [(i, j) for i in range(len(prompts)) for j in range(args.num_images_per_prompt)]
-    bar = tqdm(jobs, desc=f"fastface {pipe.family}/{preset.name}", unit="image", file=sys.stderr)
-    # the model loaded: only now is an old output replaced
-    out_dir = prepare_output(args.output, overwrite=args.overwrite, kind="dir", create=True)
-    records = []
-    for n, (i, j) in enumerate(bar):
-        seed = args.seed + n
+    bar = tqdm(todo, desc=f"fastface {pipe.family}/{preset.name}", unit="image", file=sys.stderr)
+    open_output(args, records)  # the model loaded: only now is an old output replaced
+    for planned, name in bar:
         image = pipe(
-            prompts[i],
+            planned.prompt,
             identity.arcface.to(device),
             clip_embeds=clip,
             preset=preset,
@@ -147,25 +177,16 @@ def run(args: argparse.Namespace) -> int:
             width=args.resolution,
             ip_adapter_scale=args.ip_adapter_scale,
             lora_scale=args.lora_scale,
-            generator=seeded_generator(seed, device),
+            generator=seeded_generator(planned.seed, device),
         ).images[0]
-        dest = out_dir / f"{i:03d}_{j:02d}.png"
-        image = restored(image, args, id_image, prompt=prompts[i], name=dest.name)
-        save_image(image, dest)
-        records.append({"file": dest.name, "prompt": prompts[i], "seed": seed})
-    settings = {
-        "method": "fastface",
-        "model": str(model),
-        "family": pipe.family,
-        "preset": preset.name,
-        "ip_adapter_scale": args.ip_adapter_scale,
-        "lora_scale": args.lora_scale,
-        "steps": args.steps,
-        "dtype": str(dtype).removeprefix("torch."),
-        "id_image": str(id_image),
-        "images": records,
-    }
-    text = json.dumps(settings, indent=2)
-    atomic_write(out_dir / "fastface.json", lambda p: p.write_text(text, encoding="utf-8"))
-    print(f"{len(records)} image(s) in {out_dir}")
+        image = restored(image, args, id_image, prompt=planned.prompt, name=name)
+        save_image(image, records.folder / name)
+        records.add(
+            name,
+            prompt=planned.prompt,
+            seed=planned.seed,
+            size=image.size,
+            resolved={"family": pipe.family},
+        )
+    print(f"{len(todo)} image(s) in {records.folder}")
     return 0

@@ -192,10 +192,10 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..errors import InputError
-    from ..io import check_output, load_image, prepare_output, save_image
+    from ..io import load_image, save_image
     from ..models.resampler import identity_face
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
-    from .generate import prompts_of
+    from .generate import open_output, plan_outputs, prompts_of
 
     prompts = prompts_of(args)
     # the shared --model / --id-image of `generate` stand for --fpga-model / --fpga-id-image;
@@ -238,11 +238,31 @@ def run(args: argparse.Namespace) -> int:
     from .detector_option import detector_config
 
     detector = detector_config(args) if getattr(args, "detector", None) else None
-    check_output(args.output, overwrite=args.overwrite)  # refused before the model loads
     for face, name in zip(faces, id_names):
-        identity_face(face, name)  # a photo without a face: one line now, not after loading
+        # a photo without a face: one line now, not after loading
+        identity_face(face, name, detector)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    settings = {
+        "steps": args.fpga_steps,
+        "guidance_scale": args.fpga_guidance_scale,
+        "id_scale": args.fpga_id_scale,
+        "control_strength": args.fpga_control_strength,
+        "adapter_scale": args.fpga_adapter_scale if rep else None,
+        "pose": args.fpga_pose,
+        "face_masks": args.fpga_face_mask,
+        "id_people": args.fpga_id_people,
+        "id_images": args.fpga_id_image,
+        "width": cond.width,
+        "height": cond.height,
+        "dtype": dtype,
+    }
+    # refused (or found done) before the model loads
+    records, todo = plan_outputs(
+        args, prompts, lambda im: f"{im.index:04d}.png", settings=settings, models={"model": model}
+    )
+    if not todo:
+        return 0
     quiet_libraries()
     pipe = load_fpga_family(
         model,
@@ -272,26 +292,24 @@ def run(args: argparse.Namespace) -> int:
         w, h = cond.size
         regions = masks if masks is not None else np.ones((1, h, w), np.float32)
     # the model loaded and every face was found: only now is an old output replaced
-    out = prepare_output(args.output, overwrite=args.overwrite, create=True)
-    save_image(cond, out / "condition.png")
-    n = 0
-    for p in prompts:
-        for _ in range(args.num_images_per_prompt):
-            image = pipe(
-                p,
-                cond,
-                id_embeds=id_embeds,
-                id_masks=masks,
-                num_inference_steps=args.fpga_steps,
-                guidance_scale=args.fpga_guidance_scale,
-                id_scale=args.fpga_id_scale,
-                generator=seeded_generator(args.seed + n, device),
-                **extra,
-            ).images[0]
-            image = _restore_with_identities(
-                image, restorer, restore_ids, regions, p, f"{n:04d}.png"
-            )
-            path = save_image(image, out / f"{n:04d}.png")
-            print(path)
-            n += 1
+    open_output(args, records)
+    save_image(cond, records.folder / "condition.png")
+    for planned, name in todo:
+        image = pipe(
+            planned.prompt,
+            cond,
+            id_embeds=id_embeds,
+            id_masks=masks,
+            num_inference_steps=args.fpga_steps,
+            guidance_scale=args.fpga_guidance_scale,
+            id_scale=args.fpga_id_scale,
+            generator=seeded_generator(planned.seed, device),
+            **extra,
+        ).images[0]
+        image = _restore_with_identities(
+            image, restorer, restore_ids, regions, planned.prompt, name
+        )
+        path = save_image(image, records.folder / name)
+        records.add(name, prompt=planned.prompt, seed=planned.seed, size=image.size)
+        print(path)
     return 0

@@ -6,7 +6,11 @@ import argparse
 import sys
 
 from .common import add_device_arguments
-from .restore_option import add_codeformer_arguments, add_face_parser_argument
+from .restore_option import (
+    RESTORE_MODEL_HELP,
+    add_codeformer_arguments,
+    add_face_parser_argument,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "everything else stays bit-identical. One PNG per input in the output folder.",
     )
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
-    p.add_argument("--model", required=True, help="DIIR model folder (init-tiny --kind restore)")
+    p.add_argument("--model", required=True, help=RESTORE_MODEL_HELP)
     p.add_argument(
         "--id-image",
         default=None,
@@ -42,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_face_parser_argument(p)
     add_codeformer_arguments(p)
-    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("-o", "--output", required=True, help="output folder (images and records.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     from .detector_option import add_detector_arguments
 
@@ -63,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         load_image,
         save_image,
     )
+    from ..records import OutputRecords
     from .common import quiet_libraries, resolve_device, resolve_dtype
     from .restore_option import build_codeformer, build_face_parser, check_codeformer_arguments
 
@@ -115,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     restorer.pipeline.to(device=device)
     if dtype != restorer.pipeline.unet.dtype:
         restorer.pipeline.to(dtype=dtype)
+    restorer.pipeline.set_progress_bar_config(disable=True)  # the bar over the images stays
     id_embeds = None
     if id_image is not None:
         id_embeds = restorer.encode_identities([id_image], [id_name])
@@ -128,6 +134,25 @@ def run(args: argparse.Namespace) -> int:
     # through the inputs leaves no partial output, and an old output stays until then
     written = []
     with atomic_directory(out, overwrite=True) as tmp:
+        records = OutputRecords(
+            tmp,
+            command="restore",
+            settings={
+                "restore_below": args.restore_below,
+                "steps": args.steps,
+                "guidance_scale": args.guidance_scale,
+                "stats_region": args.stats_region,
+                "codeformer_fidelity": args.codeformer_fidelity if args.codeformer else None,
+                "id_image": args.id_image,
+                "dtype": dtype,
+            },
+            models={
+                "model": args.model,
+                "face_parser": args.face_parser,
+                "codeformer": args.codeformer,
+            },
+            fresh=True,
+        )
         for f in tqdm(
             files, desc="restoring", unit="image", disable=len(files) < 2, file=sys.stderr
         ):
@@ -135,6 +160,10 @@ def run(args: argparse.Namespace) -> int:
             for note in result.notes:
                 print(note, file=sys.stderr)
             save_image(result.image, tmp / f"{f.stem}.png")
+            # DIIR is deterministic (DDIM inversion): no seed
+            records.add(
+                f"{f.stem}.png", prompt=restorer.prompt, seed=None, size=result.image.size, input=f
+            )
             written.append(out / f"{f.stem}.png")
     for dest in written:
         print(dest)

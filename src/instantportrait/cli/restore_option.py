@@ -24,8 +24,26 @@ __all__ = [
     "build_codeformer",
     "build_restorer",
     "check_codeformer_arguments",
+    "check_restore_arguments",
     "maybe_restore",
+    "restore_record",
 ]
+
+#: what a DIIR model folder may be (``restore --model``, ``--restore-model``)
+RESTORE_MODEL_HELP = (
+    "an FPGA pipeline folder (train fpga's final/; its ID encoder is used) or a DIIR folder "
+    "(SD1.5 + face-landmark ControlNet; init-tiny --kind restore makes a tiny one)"
+)
+
+#: the options that only mean something with ``--restore`` (dest -> default)
+RESTORE_OPTIONS = {
+    "restore_model": None,
+    "restore_below": 100,
+    "restore_steps": 30,
+    "restore_face_parser": None,
+    "restore_codeformer": None,
+    "restore_codeformer_fidelity": 0.5,
+}
 
 
 def add_restore_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -39,19 +57,54 @@ def add_restore_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
     parser.add_argument(
         "--restore-model",
         default=None,
-        help="DIIR model folder (SD1.5 + landmark ControlNet; init-tiny --kind restore)",
+        metavar="PATH",
+        help=f"the model of --restore: {RESTORE_MODEL_HELP}",
     )
     parser.add_argument(
         "--restore-below",
         type=float,
-        default=100,
+        default=RESTORE_OPTIONS["restore_below"],
         help="restore faces whose box is smaller than this many pixels (default 100)",
     )
     parser.add_argument(
-        "--restore-steps", type=int, default=30, help="DIIR DDIM steps (default 30)"
+        "--restore-steps",
+        type=int,
+        default=RESTORE_OPTIONS["restore_steps"],
+        help="DIIR DDIM steps (default 30)",
     )
     add_face_parser_argument(parser, prefix="restore-")
     add_codeformer_arguments(parser, prefix="restore-")
+
+
+def check_restore_arguments(args: argparse.Namespace) -> None:
+    """A ``--restore-*`` option given without ``--restore`` is one error line (not ignored)."""
+    from ..errors import InputError
+
+    if getattr(args, "restore", False):
+        return
+    for dest, default in RESTORE_OPTIONS.items():
+        if getattr(args, dest, default) != default:
+            flag = "--" + dest.replace("_", "-")
+            raise InputError(f"{flag}: only used with --restore, which was not given")
+
+
+def restore_record(args: argparse.Namespace) -> dict[str, Any] | None:
+    """What ``--restore`` did, for the output records: ``{"settings": ..., "model": ...}``
+    (``None`` without ``--restore``)."""
+    if not getattr(args, "restore", False):
+        return None
+    fidelity = args.restore_codeformer_fidelity if args.restore_codeformer else None
+    settings = {
+        "restore_below": args.restore_below,
+        "steps": args.restore_steps,
+        "codeformer_fidelity": fidelity,
+    }
+    model = {
+        "diir": args.restore_model,
+        "face_parser": args.restore_face_parser,
+        "codeformer": args.restore_codeformer,
+    }
+    return {"settings": settings, "model": {k: v for k, v in model.items() if v}}
 
 
 def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
@@ -68,7 +121,7 @@ def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
     if args.restore_below <= 0:
         raise InputError(f"--restore-below: must be positive, got {args.restore_below}")
     from ..restoration.restorer import FaceRestorer
-    from .common import resolve_device, resolve_dtype
+    from .common import quiet_libraries, resolve_device, resolve_dtype
 
     device = resolve_device(getattr(args, "device", "auto"))
     dtype = resolve_dtype(getattr(args, "dtype", "auto"), device)
@@ -78,6 +131,7 @@ def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
         from .detector_option import detector_config
 
         extra["detector"] = {"method": detector_config(args)}
+    quiet_libraries()  # it loads before the command's own models: no diffusers logs or bars
     restorer = FaceRestorer.from_pretrained(
         args.restore_model,
         **extra,
@@ -89,6 +143,7 @@ def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
     restorer.pipeline.to(device=device)
     if dtype != restorer.pipeline.unet.dtype:
         restorer.pipeline.to(dtype=dtype)
+    restorer.pipeline.set_progress_bar_config(disable=True)  # the command shows its own bar
     if prompt:
         restorer.prompt = prompt
     args._restorer = restorer
@@ -189,7 +244,8 @@ def maybe_restore(
         args: the parsed arguments (``--restore``, ``--restore-model``, ...).
         id_images: the identity image of each output (or one for all); ``None``: each face's own.
         prompt: the generation's prompt, used as DIIR's prompt C.
-        names: how each output is called in the notes (its file name; default "output N").
+        names: how each output is called in the restorer's notes (its file; default
+            ``output i``).
     """
     if not getattr(args, "restore", False):
         return list(images)

@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .common import list_subcommands
+
 #: presets beside the shipped defaults: name -> file suffix (``configs/<trainer>_<suffix>.json``)
 PRESETS = ("default", "paper")
 
@@ -43,6 +45,15 @@ TRAINERS = {
 #: trainers that detect faces while training (``data.detector``; FPGA and RepControlNet read
 #: the face crops of ``data portraits build --detector ...``)
 DETECTING_TRAINERS = ("idenet", "ipnet", "faceanet")
+
+#: trainer name -> its line in ``train --help`` (a trainer missing here shows "train NAME")
+TRAINER_HELP = {
+    "idenet": "IDE-Net (stage 1): InstructPix2Pix with the annealing identity loss",
+    "ipnet": "IPNet (stage 2): the one-step student, by multi-objective distillation",
+    "faceanet": "FaceA-Net: tune LoRA + [feat] embeddings on 1-3 photos of one person",
+    "fpga": "FPGA: the ID-ControlNet (stages landmark, skeleton, both)",
+    "repcontrolnet": "RepControlNet: trainable copies, merged into the base weights",
+}
 #: trainer name -> module of this package with its own flags (``add_arguments``, ``overrides``)
 TRAINER_FLAGS = {"faceanet": "train_faceanet"}
 
@@ -51,7 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (IDE-Net, IPNet, ...) with accelerate")
     trainers = p.add_subparsers(dest="trainer", required=True)
     for name in TRAINERS:
-        t = trainers.add_parser(name, help=f"train {name}")
+        t = trainers.add_parser(
+            name, help=TRAINER_HELP.get(name, f"train {name}"), description=TRAINER_HELP.get(name)
+        )
         t.add_argument("--config", help=f"JSON or TOML config (default: the shipped {name} config)")
         t.add_argument(
             "--set",
@@ -97,6 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
             add_stage_argument(t)
         t.set_defaults(func=run)
+    list_subcommands(sub, "train", "train a model with accelerate")
 
 
 def default_config(name: str, preset: str = "default") -> dict[str, Any]:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..devices import diffusers_dtype
 from ..errors import InputError, ModelNotFoundError
 from .generation import Backend, GenerationSettings
 
@@ -151,7 +152,9 @@ def load_target_pipeline(paths: ModelPaths, device: Any, dtype: torch.dtype):
     from diffusers import StableDiffusionXLPipeline
 
     pipe = _load(
-        lambda: StableDiffusionXLPipeline.from_pretrained(paths.target_model, torch_dtype=dtype),
+        lambda: StableDiffusionXLPipeline.from_pretrained(
+            paths.target_model, **diffusers_dtype(dtype)
+        ),
         "target SDXL pipeline",
         paths.target_model,
         "--target-model",
@@ -165,14 +168,14 @@ def load_input_pipeline(paths: ModelPaths, device: Any, dtype: torch.dtype, ip_s
     from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 
     controlnet = _load(
-        lambda: ControlNetModel.from_pretrained(paths.controlnet, torch_dtype=dtype),
+        lambda: ControlNetModel.from_pretrained(paths.controlnet, **diffusers_dtype(dtype)),
         "canny ControlNet",
         paths.controlnet,
         "--controlnet",
     )
     pipe = _load(
         lambda: StableDiffusionXLControlNetPipeline.from_pretrained(
-            paths.input_model, controlnet=controlnet, torch_dtype=dtype
+            paths.input_model, controlnet=controlnet, **diffusers_dtype(dtype)
         ),
         "input SDXL pipeline",
         paths.input_model,

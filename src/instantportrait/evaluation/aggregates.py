@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from ..errors import shorten_line
 from ..io import load_image
 from . import metrics as M
 from .items import file_digest
@@ -37,7 +38,7 @@ ALL = "*"
 def first_line(exc: BaseException) -> str:
     """``Type: first line of the message`` (300 characters at most), for a failed row."""
     text = str(exc).strip()
-    return f"{type(exc).__name__}: {(text.splitlines()[0] if text else '')[:300]}"
+    return f"{type(exc).__name__}: {shorten_line(text.splitlines()[0], 300) if text else ''}"
 
 
 def members_hash(members: Sequence[Any]) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelNotFoundError
+from ..errors import ModelNotFoundError, first_line
 from ..io import atomic_directory
 from .edit_support import (
     NOT_LOADED_COMPONENTS,
@@ -129,9 +129,8 @@ class EditLoadingMixin:
                 return super().from_pretrained(name, **kwargs)
         except (OSError, ValueError, RuntimeError) as exc:
             offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelNotFoundError(
-                f"{name}: could not load the pipeline{offline}: {first[:200]}; {how}"
+                f"{name}: could not load the pipeline{offline}: {first_line(exc)}; {how}"
             ) from exc
 
     @classmethod
@@ -188,9 +187,8 @@ class EditLoadingMixin:
                 )
             pipe = super().from_single_file(str(path), **kwargs)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelNotFoundError(
-                f"{path}: could not load the single-file checkpoint: {first[:200]}"
+                f"{path}: could not load the single-file checkpoint: {first_line(exc)}"
             ) from exc
         pipe.unet_source = source
         if two_unets:

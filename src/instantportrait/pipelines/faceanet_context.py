@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import diffusers_dtype
 from ..errors import ModelNotFoundError
 
 
@@ -48,7 +49,7 @@ def load_context_pipeline(
         return pipe.to(device)
 
     try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(spec, torch_dtype=dtype)
+        pipe = StableDiffusionXLPipeline.from_pretrained(spec, **diffusers_dtype(dtype))
     except (OSError, ValueError) as exc:
         hint = "no such folder" if not Path(spec).exists() else str(exc)
         raise ModelNotFoundError(

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from ..components import cache_dir
-from ..errors import InputError, ModelNotFoundError
+from ..devices import diffusers_dtype
+from ..errors import InputError, ModelNotFoundError, first_line
 from ..io import atomic_write
 from .fastface import FastFacePipeline
 from .fastface_presets import (
@@ -35,8 +36,7 @@ _SCHEDULER_FAMILY = {"LCMScheduler": "lcm", "EulerAncestralDiscreteScheduler": "
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(exc)
 
 
 def resolve_file(source: str | os.PathLike, filename: str, what: str) -> Path:
@@ -169,7 +169,7 @@ def _apply_family(pipe: FastFacePipeline, family: str, source: str, dtype: torch
             source,
             f"{family} UNet",
             subfolder="unet",
-            torch_dtype=dtype,
+            **diffusers_dtype(dtype),
         )
         pipe.register_modules(unet=unet)
         scheduler_cls = getattr(diffusers, spec.scheduler)
@@ -213,7 +213,7 @@ def load_sdxl_family(
         if family is not None and family != name:
             raise InputError(f"--family {family}: --model {name} is already a family")
         family = name
-        pipe = _from_pretrained(cls, base or DEFAULT_BASE, "--base", torch_dtype=dtype)
+        pipe = _from_pretrained(cls, base or DEFAULT_BASE, "--base", **diffusers_dtype(dtype))
         _apply_family(pipe, family, str(distilled or FAMILIES[family].source), dtype)
     else:
         folder = Path(name).expanduser()
@@ -225,7 +225,7 @@ def load_sdxl_family(
         if family is not None and family not in FAMILIES:
             raise InputError(f"--family {family}: one of {', '.join(FAMILIES)}")
         family = _family_of_folder(folder, family)
-        pipe = _from_pretrained(cls, folder, "--model", torch_dtype=dtype)
+        pipe = _from_pretrained(cls, folder, "--model", **diffusers_dtype(dtype))
         if distilled is not None:
             _apply_family(pipe, family, str(distilled), dtype)
         else:

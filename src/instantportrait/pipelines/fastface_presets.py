@@ -12,7 +12,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..attention import AMPreset, _preset_file, am_preset
@@ -28,6 +31,7 @@ __all__ = [
     "FastFacePreset",
     "fastface_preset",
     "fastface_presets",
+    "load_preset_file",
 ]
 
 #: SDXL base, into which every distilled checkpoint is put.
@@ -153,7 +157,12 @@ class FastFacePreset:
             raise ValueError(f"FastFace preset {name!r}: unknown keys {unknown}")
         guidance = data.get("guidance")
         if isinstance(guidance, str):
-            guidance = _preset_file()["guidance"][guidance]
+            named = _preset_file()["guidance"]
+            if guidance not in named:
+                raise ValueError(f"guidance {guidance!r}: one of {', '.join(named)} or a DCG dict")
+            guidance = named[guidance]
+        if guidance is not None and not isinstance(guidance, dict):
+            raise ValueError(f"guidance {guidance!r}: a name or a DCG dict")
         am = data.get("am")
         return cls(
             name=data.get("name", name),
@@ -181,3 +190,72 @@ def fastface_preset(preset: str | FastFacePreset | dict[str, Any]) -> FastFacePr
     if preset not in presets:
         raise ValueError(f"preset {preset!r}: one of {', '.join(presets)}")
     return presets[preset]
+
+
+def _check_value(where: str, value: Any, default: Any) -> None:
+    """``value`` has the type of the field's ``default`` (numbers, flags, lists of them)."""
+    number = (int, float)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, number):
+        ok = isinstance(value, number) and not isinstance(value, bool)
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict) and all(
+            isinstance(v, number) and not isinstance(v, bool) for v in value.values()
+        )
+    elif isinstance(default, tuple) and default and isinstance(default[0], str):
+        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    elif isinstance(default, tuple) or default is None:
+        ok = value is None or (
+            isinstance(value, tuple)
+            and all(isinstance(v, number) and not isinstance(v, bool) for v in value)
+        )
+    else:
+        ok = True
+    if not ok:
+        raise ValueError(f"{where}: {value!r} is not a value of its kind")
+
+
+def _check_types(preset: FastFacePreset) -> None:
+    """Each field of the preset's guidance and AM holds a value of its kind (a preset file
+    is untrusted input: a wrong type would otherwise fail mid-generation)."""
+    for part, default in ((preset.guidance, DCGConfig()), (preset.am, AMPreset(name="x"))):
+        if part is None:
+            continue
+        for f in dataclasses.fields(part):
+            if f.name in ("name", "kind", "variant"):
+                continue
+            value = getattr(part, f.name)
+            if f.name == "rescale" and value is None:
+                continue
+            _check_value(f"{type(part).__name__}.{f.name}", value, getattr(default, f.name))
+
+
+def load_preset_file(path: str | os.PathLike, *, name: str = "--preset") -> FastFacePreset:
+    """A custom :class:`FastFacePreset` from a JSON file (named after the file).
+
+    ``name``: how messages call the file's source (the CLI option, an evaluation method).
+
+    Raises:
+        InputError: one line naming the file, for unreadable, non-JSON or malformed content.
+    """
+    from ..errors import InputError
+
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{name} {p}: cannot be read ({exc.__class__.__name__})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{name} {p}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})"
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError(f"{name} {p}: a JSON object with guidance and/or am is wanted")
+    try:
+        preset = FastFacePreset.from_dict(data | {"name": p.stem})
+        _check_types(preset)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"{name} {p}: {message}") from None
+    return preset

@@ -34,7 +34,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from PIL import Image
 
-from ..errors import InputError, ModelNotFoundError
+from ..errors import InputError, ModelNotFoundError, first_line
 from ..io import atomic_directory, check_prompt
 from ..restoration.attention import SelfAttentionStore, self_attention_fusion
 from ..restoration.fusion import STATS_REGIONS, mgff, resize_mask
@@ -106,8 +106,7 @@ class DIIRPipeline(StepCallbackMixin, DiffusionPipeline):
         try:
             return super().from_pretrained(name, **kwargs)
         except (OSError, ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelNotFoundError(f"{name}: could not load: {first[:200]}; {how}") from exc
+            raise ModelNotFoundError(f"{name}: could not load: {first_line(exc)}; {how}") from exc
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Save as safetensors atomically."""

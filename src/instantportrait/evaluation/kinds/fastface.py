@@ -82,9 +82,9 @@ class FastFaceMethod(Method):
             self.dtype = DTYPES[spec.get("dtype")]
         self.preset_name = preset
         self._pipe = None
-        self._preset = None
         self._encoder = None
         self._identities: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._preset = self._read_preset()  # a bad preset file fails before any model runs
 
     # -- settings ---------------------------------------------------------------------------
     @property
@@ -187,17 +187,16 @@ class FastFaceMethod(Method):
         return self._preset
 
     def _read_preset(self):
-        import json
-
-        from ...pipelines.fastface_presets import fastface_preset, fastface_presets
+        from ...pipelines.fastface_presets import (
+            fastface_preset,
+            fastface_presets,
+            load_preset_file,
+        )
 
         if self.preset_name in fastface_presets():
             return fastface_preset(self.preset_name)
-        path = Path(self.preset_name)
-        try:
-            return fastface_preset(json.loads(path.read_text()) | {"name": path.stem})
-        except (ValueError, TypeError) as exc:
-            raise InputError(f"method {self.spec.text!r}: preset {path}: {exc}") from None
+        # a malformed file is one line naming the method (not an internal error)
+        return load_preset_file(self.preset_name, name=f"method {self.spec.text!r}: preset")
 
     def identity(self, image: Image.Image, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(arcface (1, 512), CLIP states)`` of ``image``'s largest face, cached per name."""

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from ...errors import InputError
+from ...errors import InputError, first_line
 
 __all__ = [
     "METRICS",
@@ -112,8 +112,7 @@ def metric_key(metric: Metric, hub: ModelHub, template: str = "{prompt}") -> str
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+    return first_line(exc, 300)
 
 
 class ModelHub:
