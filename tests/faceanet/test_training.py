@@ -172,7 +172,7 @@ def test_killed_and_resumed_matches_uninterrupted(photos, tiny_base, tmp_path, c
 
 
 def test_attribute_swap_changes_only_that_attributes_vectors(
-    tuned, photos, tmp_path, capsys, train_args
+    tuned, other_person, tmp_path, capsys, train_args
 ):
     out_dir = tmp_path / "swap"
     code, out = run_cli(
@@ -182,7 +182,7 @@ def test_attribute_swap_changes_only_that_attributes_vectors(
             "--from",
             tuned,
             "--images",
-            photos[1],
+            other_person,
             "--attribute",
             "nose",
             "--steps",
@@ -207,11 +207,11 @@ def test_attribute_swap_changes_only_that_attributes_vectors(
     rows = read_metrics(out_dir)
     assert rows[0]["l_face"] == 0.0 and rows[0]["attribute"] == TASKS.index("nose")
     meta = json.loads((out_dir / "final" / "faceanet.json").read_text())
+    prior = json.loads((tuned / "final" / "faceanet.json").read_text())
     assert meta["steps"] == 3 and meta["history"][-1]["attribute"] == "nose"
-    assert (
-        meta["gender"] == "woman"
-        and meta["base"] == json.loads((tuned / "final" / "faceanet.json").read_text())["base"]
-    )
+    assert meta["gender"] == "woman" and meta["base"] == prior["base"]
+    # the swap repaints alice's face: her face/crop ratio, not the donor's crops'
+    assert meta["face_ratio"] == prior["face_ratio"]
     assert np.isfinite(rows[0]["loss"])
 
 

@@ -99,6 +99,8 @@ class FaceANetDataConfig:
     mask_source: Literal["landmarks", "grounding-dino"] = "landmarks"
     #: a local Grounding-DINO folder (transformers format) for ``mask_source=grounding-dino``
     grounding_dino: str = ""
+    #: tune even when the photos look like different people (dlib distance >= 0.6)
+    allow_mixed_identities: bool = False
 
     def __post_init__(self) -> None:
         check(
@@ -236,11 +238,21 @@ class FaceANetTrainer(Trainer):
         return base, gender, int(n)
 
     def setup(self) -> None:
+        from ..errors import ModelNotFoundError
         from ..pipelines.faceanet_parts import load_inpaint_components
 
         cfg, acc = self.cfg, self.accelerator
         self.base, self.gender, self.n = self.resolve_identity()
-        parts = load_inpaint_components(self.base, cfg.model.seed)
+        # the photos first: a photo without a face or of another person fails before any model
+        images, masks, crops = prepare_crops(cfg.data, self.device)
+        try:
+            parts = load_inpaint_components(self.base, cfg.model.seed)
+        except ModelNotFoundError as exc:
+            given = "given" if cfg.model.base else "the default"
+            raise ModelNotFoundError(
+                f"--base (model.base, {given}): {exc}; pass --base with an SD-inpainting "
+                "diffusers folder or Hub id"
+            ) from None
         self.vae, self.text_encoder = parts["vae"], parts["text_encoder"]
         self.tokenizer, self.scheduler = parts["tokenizer"], parts["scheduler"]
         from diffusers import DDPMScheduler
@@ -274,7 +286,6 @@ class FaceANetTrainer(Trainer):
         model = FaceANetTunable(
             unet, self.text_encoder, ids.to(self.device), self.tokenizer.eos_token_id, feats
         ).to(self.device)
-        images, masks, crops = prepare_crops(cfg.data, self.device)
         self.crops = crops
         repeats = max(1, -(-cfg.training.batch_size * acc.num_processes // len(images)))
         self.dataset = PhotoCrops(images, masks, repeats, cfg.data.random_flip, cfg.training.seed)
@@ -415,7 +426,9 @@ class FaceANetTrainer(Trainer):
             "lora_targets": prior.get("lora_targets", list(cfg.model.lora_targets)),
             "resolution": cfg.data.resolution,
             "crop_scale": cfg.data.crop_scale,
-            "face_ratio": float(np.median(ratios)),
+            # the identity's face/crop ratio: an attribute swap tunes on another person's
+            # photos but still repaints this identity's face, so its ratio is kept
+            "face_ratio": float(prior.get("face_ratio", np.median(ratios))),
             "mask_shape": cfg.data.mask_shape,
             "mask_source": cfg.data.mask_source,
             "mask_dilate": cfg.data.mask_dilate,
