@@ -219,6 +219,8 @@ class Trainer:
 
     #: the loss terms logged each step, in CSV column order
     log_keys: tuple[str, ...] = ("loss",)
+    #: show the step progress bar (a caller with its own progress, e.g. evaluate, turns it off)
+    progress_bar: bool = True
 
     def __init__(self, config: Any, run: RunConfig, optim: OptimConfig):
         self.config, self.run, self.optim = config, run, optim
@@ -398,7 +400,7 @@ class Trainer:
             total=run.max_steps,
             initial=step,
             desc=f"train {type(self).__name__}",
-            disable=not acc.is_local_main_process,
+            disable=not (acc.is_local_main_process and self.progress_bar),
             unit="step",
         )
         window: list[dict[str, float]] = []
