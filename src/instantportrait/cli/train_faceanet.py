@@ -41,6 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{SWAP_STEPS} steps unless --steps",
     )
     g.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute the UNet's activations in backward: less memory, about 30%% slower",
+    )
+    g.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 mixed precision (GPUs with bf16; on a CPU it is far slower than fp32)",
+    )
+    g.add_argument(
         "--allow-mixed-identities",
         action="store_true",
         help="tune even when the photos look like different people (refused by default)",
@@ -74,6 +84,10 @@ def overrides(args: argparse.Namespace) -> list[str]:
             out += ["tuning.tasks=local", f"tuning.attribute={args.attribute}"]
             if args.steps is None and not args.style:
                 out.append(f"training.max_steps={SWAP_STEPS}")
+    if args.gradient_checkpointing:
+        out.append("training.gradient_checkpointing=true")
+    if args.bf16:
+        out.append("training.mixed_precision=bf16")
     if args.allow_mixed_identities:
         out.append("data.allow_mixed_identities=true")
     return out

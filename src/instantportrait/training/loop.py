@@ -275,9 +275,14 @@ class Trainer:
         )
         return optimizer, scheduler
 
-    def clip_and_step(self, loss: torch.Tensor, module: nn.Module, optimizer, scheduler) -> None:
-        """Backward, clip at the sync step, optimizer and scheduler step, zero grads."""
-        self.accelerator.backward(loss)
+    def clip_and_step(
+        self, loss: torch.Tensor | None, module: nn.Module, optimizer, scheduler
+    ) -> None:
+        """Backward, clip at the sync step, optimizer and scheduler step, zero grads.
+
+        ``loss=None``: the gradients are already there (e.g. one backward per loss term)."""
+        if loss is not None:
+            self.accelerator.backward(loss)
         if self.accelerator.sync_gradients and self.optim.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(module.parameters(), self.optim.max_grad_norm)
         optimizer.step()
