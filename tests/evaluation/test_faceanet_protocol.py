@@ -298,3 +298,29 @@ def test_an_unfinished_identity_folder_of_an_older_run_is_tuned_again(
     m2.cache_dir = tmp_path / "cache"
     assert m2.tuned_identity(subject.identities[0]) == run / "final"
     assert m2.tuning_runs == 1 and (run / "final" / "training_config.json").is_file()
+
+
+def test_retry_failed_tunes_a_failed_identity_again(
+    identity_dir, inpaint_base, tmp_path, spec, monkeypatch, capsys
+):
+    from instantportrait.cli import main
+    from instantportrait.training.faceanet import FaceANetTrainer
+
+    real_step = FaceANetTrainer.training_step
+
+    def broken(self, batch, generator):
+        raise RuntimeError("out of memory (simulated)")
+
+    args = [
+        "evaluate", "--protocol", "faceanet", "--faces", str(identity_dir), "--max-prompts",
+        "1", "--method", f"fa=faceanet:{inpaint_base},{spec}", "--metrics", "ffc", "--out",
+        str(tmp_path / "eval"), "--no-progress",
+    ]  # fmt: skip
+    monkeypatch.setattr(FaceANetTrainer, "training_step", broken)
+    main(args)
+    assert "1 failed" in capsys.readouterr().err
+    assert list((tmp_path / "eval" / "cache").glob("*/identity-*")) == []
+    monkeypatch.setattr(FaceANetTrainer, "training_step", real_step)
+    assert main([*args, "--retry-failed"]) == 0
+    res = capsys.readouterr()
+    assert "1 generated, 0 failed" in res.err + res.out
