@@ -9,11 +9,9 @@ Modes: ``joint`` (one backward of L_A: both tasks' graphs alive together), ``per
 backward per task, the default), ``per_task+ckpt`` (plus gradient checkpointing), and on a
 GPU ``per_task+ckpt+bf16``.
 
-* **CPU** (``--device cpu``): peak RSS of the measured step (reset at its start). What the
-  step adds on top of the resident model (activations, gradients, temporaries) is fitted as
-  ``a + b x pixels`` over two small resolutions and projected to 512²; the 24 GB figure adds
-  that to the bytes of the weights and AdamW state counted from the parameters. Keep RSS
-  under 8 GB here: 128² at batch 4 peaks near 6 GB. Wrap it in the real-size lock:
+* **CPU** (``--device cpu``): peak RSS of the measured step (reset at its start), fitted as
+  ``a + b x pixels`` over two small resolutions and projected to 512² (:func:`project`).
+  Keep RSS under 8 GB here: 128² at batch 4 peaks near 6 GB. Wrap it in the real-size lock:
 
       flock /tmp/realsize.lock python benchmarks/bench_faceanet_memory.py --resolutions 64 128
 
@@ -110,32 +108,27 @@ def measure_one(mode: str, resolution: int, device: str) -> dict:
     }
 
 
-def resident_bytes(count: dict, weight_bytes: int = 4) -> int:
-    """Weights (frozen + LoRA) at ``weight_bytes`` each, plus fp32 AdamW state (2 x) of the
-    trainable LoRA and [feat] parameters."""
-    trainable = count["lora"] + count["feat"]
-    frozen = count["unet_base"] + count["vae"] + count["text_encoder"]
-    return (frozen + count["lora"]) * weight_bytes + count["feat"] * 4 + trainable * 8
-
-
 def project(rows: list[dict], target: int = 512) -> dict:
-    """``step_added = a + b x pixels`` fitted per mode over two resolutions, at ``target``²."""
+    """The step's peak fitted per mode as ``a + b x pixels`` over the smallest and largest
+    measured resolution, evaluated at ``target``².
+
+    The absolute peak is fitted, not "peak minus RSS before the step": the allocator keeps
+    the warm-up step's freed memory resident, so that difference is not the step's own.
+    Linear in pixels assumes attention without a materialised score matrix (PyTorch's SDPA
+    kernels on CPU and on CUDA); the weights, AdamW state and runtime are in ``a``.
+    """
     out = {}
     for mode in dict.fromkeys(r["mode"] for r in rows):
-        pts = sorted((r["resolution"] ** 2, r["step_added_gb"]) for r in rows if r["mode"] == mode)
+        pts = sorted((r["resolution"] ** 2, r["step_peak_gb"]) for r in rows if r["mode"] == mode)
         if len(pts) < 2 or pts[0][0] == pts[-1][0]:
             continue
         (x0, y0), (x1, y1) = pts[0], pts[-1]
         b = (y1 - y0) / (x1 - x0)
-        a = y0 - b * x0
-        added = a + b * target**2
-        count = next(r["parameters"] for r in rows if r["mode"] == mode)
-        resident = resident_bytes(count) / GB
+        peak = y0 + b * (target**2 - x0)
         out[mode] = {
-            "step_added_gb_at_512": round(added, 2),
-            "resident_fp32_gb (weights + AdamW, counted)": round(resident, 2),
-            "projected_peak_gb_at_512": round(resident + added, 2),
-            "fits_24gb_card": bool(resident + added < 24 * 0.95),
+            "gb_per_megapixel": round(b * 1e6, 2),
+            "projected_peak_gb_at_512": round(peak, 1),
+            "fits_24gb_card": bool(peak < 24 * 0.95),
         }
     return out
 
@@ -147,7 +140,14 @@ def main() -> int:
     p.add_argument("--modes", nargs="+", default=list(MODES[:3]), choices=list(MODES))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "faceanet_memory.json"))
     p.add_argument("--one", nargs=2, metavar=("MODE", "RES"), help=argparse.SUPPRESS)
+    p.add_argument("--project", metavar="JSON", help="only redo the projection of a result file")
     args = p.parse_args()
+    if args.project:
+        result = json.loads(Path(args.project).read_text())
+        result["projection_to_512"] = project(result["rows"])
+        Path(args.project).write_text(json.dumps(result, indent=2))
+        print(json.dumps(result["projection_to_512"], indent=2))
+        return 0
     if args.one:
         print(json.dumps(measure_one(args.one[0], int(args.one[1]), args.device)))
         return 0
