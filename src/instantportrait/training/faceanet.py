@@ -16,6 +16,7 @@ Checkpoints hold only the trainable tensors (LoRA + vectors), never the base UNe
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -372,12 +373,16 @@ class FaceANetTrainer(Trainer):
             plan.append(("l_attr", masks[torch.arange(bsz), attr.to(self.device)], attr))
         zero = torch.zeros((), device=self.device)
         out = {"l_face": zero, "l_attr": zero}
-        for key, mask, task_index in plan:
-            eps_hat, eps, m = self.task_term(images, z0, mask, task_index, generator)
-            term = attribute_term(eps_hat, eps, m if tune.mask_weighted else None)
-            if backward:
-                self.accelerator.backward(term)
-                term = term.detach()
+        for k, (key, mask, task_index) in enumerate(plan):
+            # several processes: only the last task's backward syncs the (summed) gradients
+            early = backward and k < len(plan) - 1
+            sync = self.accelerator.no_sync(self.model) if early else contextlib.nullcontext()
+            with sync:
+                eps_hat, eps, m = self.task_term(images, z0, mask, task_index, generator)
+                term = attribute_term(eps_hat, eps, m if tune.mask_weighted else None)
+                if backward:
+                    self.accelerator.backward(term)
+                    term = term.detach()
             out[key] = term
         out["loss"] = out["l_face"] + out["l_attr"]
         out["attribute"] = attr.float().mean()
