@@ -13,16 +13,31 @@ pytest.importorskip("peft")
 
 
 @pytest.fixture(scope="session")
-def photos(tmp_path_factory, astronaut_path, grace_hopper_path) -> list[Path]:
+def photos(tmp_path_factory, astronaut_path) -> list[Path]:
+    """Three photos of ONE person (the astronaut): whole, cropped tighter, cropped + mirrored."""
     root = tmp_path_factory.mktemp("photos")
-    a = Image.open(astronaut_path).convert("RGB").resize((256, 256))
-    g = Image.open(grace_hopper_path).convert("RGB").crop((0, 30, 512, 542)).resize((256, 256))
-    cropped = Image.open(astronaut_path).convert("RGB").crop((60, 0, 380, 320)).resize((256, 256))
+    src = Image.open(astronaut_path).convert("RGB")
+    a = src.resize((256, 256))
+    tight = src.crop((40, 0, 420, 380)).resize((256, 256))
+    cropped = src.crop((60, 0, 380, 320)).resize((256, 256))
     paths = []
-    for name, im in (("a.png", a), ("g.png", g), ("a_flip_crop.png", ImageOps.mirror(cropped))):
+    for name, im in (
+        ("a.png", a),
+        ("a_tight.png", tight),
+        ("a_flip_crop.png", ImageOps.mirror(cropped)),
+    ):
         im.save(root / name)
         paths.append(root / name)
     return paths
+
+
+@pytest.fixture(scope="session")
+def other_person(tmp_path_factory, grace_hopper_path) -> Path:
+    """A photo of another person (Grace Hopper): the attribute swap's donor, a mixed set."""
+    path = tmp_path_factory.mktemp("other") / "g.png"
+    g = Image.open(grace_hopper_path).convert("RGB").crop((0, 30, 512, 542)).resize((256, 256))
+    g.save(path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from PIL import Image, ImageOps
 from instantportrait.cli import main
 from instantportrait.models.feat_embeddings import identity_conditioning, task_prompt
 from instantportrait.pipelines.faceanet import FaceANetPipeline, NoFaceWarning
-from instantportrait.pipelines.prompt_split import split_prompt
 from instantportrait.records import read_records
 
 
@@ -134,16 +133,6 @@ def test_face_free_context_returns_the_context_with_one_warning(pipe):
     assert out.faces_found == [False] and out.paste_masks == [None]
     assert np.array_equal(np.asarray(out.images[0]), np.asarray(out.context_images[0]))
     assert out.images[0].size == (64, 64)
-
-
-def test_prompt_split_rules():
-    t_c, t_id = split_prompt("a woman smiling in a park, wearing a red dress", "woman")
-    assert t_c == "a woman in a park, wearing a red dress" and t_id == "a woman, smiling"
-    t_c, t_id = split_prompt("a man wearing sunglasses on a beach, watercolor painting", "man")
-    assert t_c == "a man on a beach, watercolor painting"
-    assert t_id == "a man, wearing sunglasses, watercolor painting"  # style in both
-    t_c, t_id = split_prompt("in a library, reading a book", "man")
-    assert t_c == "in a library, reading a book" and t_id == "a man"
 
 
 def test_cli_generate_context_image_and_no_face_warning(tuned, astronaut_path, tmp_path, capsys):

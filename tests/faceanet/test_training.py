@@ -172,7 +172,7 @@ def test_killed_and_resumed_matches_uninterrupted(photos, tiny_base, tmp_path, c
 
 
 def test_attribute_swap_changes_only_that_attributes_vectors(
-    tuned, photos, tmp_path, capsys, train_args
+    tuned, other_person, tmp_path, capsys, train_args
 ):
     out_dir = tmp_path / "swap"
     code, out = run_cli(
@@ -182,7 +182,7 @@ def test_attribute_swap_changes_only_that_attributes_vectors(
             "--from",
             tuned,
             "--images",
-            photos[1],
+            other_person,
             "--attribute",
             "nose",
             "--steps",
@@ -207,11 +207,11 @@ def test_attribute_swap_changes_only_that_attributes_vectors(
     rows = read_metrics(out_dir)
     assert rows[0]["l_face"] == 0.0 and rows[0]["attribute"] == TASKS.index("nose")
     meta = json.loads((out_dir / "final" / "faceanet.json").read_text())
+    prior = json.loads((tuned / "final" / "faceanet.json").read_text())
     assert meta["steps"] == 3 and meta["history"][-1]["attribute"] == "nose"
-    assert (
-        meta["gender"] == "woman"
-        and meta["base"] == json.loads((tuned / "final" / "faceanet.json").read_text())["base"]
-    )
+    assert meta["gender"] == "woman" and meta["base"] == prior["base"]
+    # the swap repaints alice's face: her face/crop ratio, not the donor's crops'
+    assert meta["face_ratio"] == prior["face_ratio"]
     assert np.isfinite(rows[0]["loss"])
 
 
@@ -232,3 +232,67 @@ def test_input_space_vectors_get_gradients(trainer_factory, tmp_path, space):
     rows = tr.model.feats.vectors.grad.abs().sum(dim=(1, 2))
     v = int(terms["attribute"].item())
     assert [bool(r > 0) for r in rows] == [k in (0, v) for k in range(5)]
+
+
+def test_backward_per_task_gives_the_joint_gradient(trainer_factory, tmp_path):
+    """One backward per task (the first task's graph freed early) = one backward of L_A."""
+    tr = trainer_factory(tmp_path / "r")
+    tr.setup()
+    batch = tr.collate([tr.dataset[(0, i)] for i in range(2)])
+    params = [p for p in tr.model.parameters() if p.requires_grad]
+
+    def grads(backward: bool):
+        for p in params:
+            p.grad = None
+        terms = tr.compute_loss(batch, step_generator(0, 3, 0, tr.device), backward=backward)
+        if not backward:
+            terms["loss"].backward()
+        return terms, [p.grad.clone() for p in params]
+
+    joint_terms, joint = grads(False)
+    split_terms, split = grads(True)
+    assert joint_terms["loss"].item() == pytest.approx(split_terms["loss"].item(), rel=1e-6)
+    assert joint_terms["loss"].item() == pytest.approx(
+        (joint_terms["l_face"] + joint_terms["l_attr"]).item(), rel=1e-6
+    )
+    assert any(g.abs().sum() > 0 for g in joint)
+    for a, b in zip(joint, split):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-8)
+    # a dropped term would show: the face term alone is a different gradient
+    for p in params:
+        p.grad = None
+    tr.cfg.tuning.tasks = "global"
+    tr.compute_loss(batch, step_generator(0, 3, 0, tr.device), backward=True)
+    assert not all(
+        torch.allclose(p.grad if p.grad is not None else torch.zeros_like(g), g)
+        for p, g in zip(params, joint)
+    )
+
+
+def test_memory_flags_reach_the_config(photos, capsys):
+    code, out = run_cli(
+        ["train", "faceanet", "--images", photos[0], "--gender", "man",
+         "--gradient-checkpointing", "--bf16", "--dry-run"],
+        capsys,
+    )  # fmt: skip
+    cfg = json.loads(out.out)
+    assert code == 0 and cfg["training"]["gradient_checkpointing"] is True
+    assert cfg["training"]["mixed_precision"] == "bf16"
+    assert cfg["tuning"]["backward_per_task"] is True
+
+
+def test_gradient_checkpointing_keeps_the_gradient(trainer_factory, tmp_path):
+    """Recomputed activations: the same gradient for the LoRA and the [feat] vectors."""
+    out = []
+    for ckpt in (False, True):
+        tr = trainer_factory(tmp_path / f"r{ckpt}", training={"gradient_checkpointing": ckpt})
+        torch.manual_seed(0)  # the same LoRA initialisation in both
+        tr.setup()
+        batch = tr.collate([tr.dataset[(0, i)] for i in range(2)])
+        tr.compute_loss(batch, step_generator(0, 5, 0, tr.device), backward=True)
+        out.append(
+            {n: p.grad.clone() for n, p in tr.model.named_parameters() if p.grad is not None}
+        )
+    assert out[0].keys() == out[1].keys() and any("feats" in n for n in out[0])
+    for n in out[0]:
+        assert torch.allclose(out[0][n], out[1][n], rtol=1e-4, atol=1e-7), n

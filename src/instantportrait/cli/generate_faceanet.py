@@ -60,6 +60,31 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     )
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """The numeric options, checked before anything loads or is written."""
+    from ..errors import InputError
+
+    if args.inpaint_guidance_scale < 1.0:
+        raise InputError(
+            f"--inpaint-guidance-scale: must be >= 1 (1 = no guidance), got "
+            f"{args.inpaint_guidance_scale}"
+        )
+    for flag, value in (
+        ("--inpaint-steps", args.inpaint_steps),
+        ("--context-steps", args.context_steps),
+    ):
+        if value is not None and value < 1:
+            raise InputError(f"{flag}: must be at least 1, got {value}")
+    if args.face_index is not None and args.face_index < 0:
+        raise InputError(f"--face-index: 0 or more (0 = leftmost face), got {args.face_index}")
+    if args.context_guidance_scale is not None and args.context_guidance_scale < 0:
+        raise InputError(
+            f"--context-guidance-scale: must be >= 0, got {args.context_guidance_scale}"
+        )
+    if args.context_size is not None and (args.context_size < 64 or args.context_size % 8):
+        raise InputError(f"--context-size: a multiple of 8, at least 64, got {args.context_size}")
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
@@ -81,7 +106,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--context-model or --context-image: one is required")
     if args.context_image and args.context_model:
         raise InputError("--context-image: give it or --context-model, not both")
+    check_numbers(args)
     prompts = prompts_of(args)
+    from ..pipelines.faceanet_parts import read_identity_meta
+
+    read_identity_meta(args.identity)  # a damaged identity: one line before any model loads
     context_image = (
         load_image(args.context_image, name="--context-image") if args.context_image else None
     )
@@ -131,8 +160,9 @@ def run(args: argparse.Namespace) -> int:
     context = None
     if args.context_model:
         context = load_context_pipeline(args.context_model, device, dtype)
-    # the models loaded: only now is an old output replaced
-    open_output(args, records)
+    # an old output is replaced only once the first image exists (the models loaded, the
+    # face found): a failed run leaves no empty folder
+    opened = False
     out = records.folder
     for planned, name in todo:
         prompt, seed = planned.prompt, planned.seed
@@ -155,6 +185,9 @@ def run(args: argparse.Namespace) -> int:
             if issubclass(w.category, NoFaceWarning):
                 print(f"warning: {prompt!r} seed {seed}: {w.message}", file=sys.stderr)
         image = restored(result.images[0], args, prompt=prompt, name=name)
+        if not opened:
+            open_output(args, records)
+            opened = True
         context_name = name.replace(".png", "_context.png")
         save_image(result.context_images[0], out / context_name)
         save_image(image, out / name)

@@ -217,6 +217,8 @@ class Method:
         self.cache_dir: Path | None = None
         #: The run's prompts (set by the runner before :meth:`fingerprint`).
         self.prompts: list[Any] = []
+        #: Whether the method may show progress bars of its own (set by the runner).
+        self.progress: bool = True
 
     def check(self) -> None:
         """Raise :class:`~instantportrait.errors.ModelNotFoundError` (or ``InputError``) when

@@ -319,6 +319,10 @@ def _write_md(path: Path, store: ResultStore, table, metrics: list[str], figures
                 vals.append(_md_escape(txt))
             lines.append(f"| {_md_escape(method)} | " + " | ".join(vals) + " |")
         lines.append("")
+        # what a method reports about how its numbers were made (e.g. no held-out photos)
+        for name, info in methods.items():
+            if info.get("settings", {}).get("caveat"):
+                lines += [f"**Note on {name}**: {info['settings']['caveat']}", ""]
     status = store.metric_status()
     unavailable = {m: r for m, (s, r) in status.items() if s == "unavailable" and m in metrics}
     if unavailable:

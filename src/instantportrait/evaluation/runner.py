@@ -178,6 +178,7 @@ class Evaluator(AggregateMetrics):
             fingerprints[name] = data
             self.method_keys[name] = method.fingerprint()
             method.cache_dir = self.out / "cache" / f"{name}-{self.method_keys[name][:8]}"
+            method.progress = cfg.progress  # a method's own bars (e.g. tuning) follow it
         store.register_methods(
             {
                 name: (self.specs[name], self.method_keys[name], m.settings(), fingerprints[name])

@@ -16,6 +16,15 @@ def _squared_error(
     return (err * m).sum() / m.sum().clamp_min(1.0)
 
 
+def attribute_term(
+    eps_hat: torch.Tensor, eps: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One expectation of eq. 2 (FaceA-Net, Wang et al., AAAI 2025): ``E||eps - eps_hat||^2``
+    over the full latent, or over ``mask`` (the mask-weighted variant). L_A is the sum of the
+    global and the local term; a trainer may back-propagate each on its own (same gradient)."""
+    return _squared_error(eps_hat, eps, mask)
+
+
 def attribute_reconstruction_loss(
     eps_hat_face: torch.Tensor,
     eps_face: torch.Tensor,
@@ -41,6 +50,6 @@ def attribute_reconstruction_loss(
     Returns:
         ``{"loss": L_A, "l_face": global term, "l_attr": local term}``.
     """
-    l_face = _squared_error(eps_hat_face, eps_face, mask_face)
-    l_attr = _squared_error(eps_hat_attr, eps_attr, mask_attr)
+    l_face = attribute_term(eps_hat_face, eps_face, mask_face)
+    l_attr = attribute_term(eps_hat_attr, eps_attr, mask_attr)
     return {"loss": l_face + l_attr, "l_face": l_face, "l_attr": l_attr}

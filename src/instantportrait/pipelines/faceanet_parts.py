@@ -150,8 +150,39 @@ def identity_folder(path: str | os.PathLike) -> Path:
     )
 
 
+#: the keys of ``faceanet.json`` generation and continued tuning need, with their types
+META_KEYS: dict[str, type | tuple[type, ...]] = {
+    "gender": str,
+    "num_vectors": int,
+    "base": str,
+    "lora_rank": int,
+    "lora_alpha": (int, float),
+    "lora_targets": list,
+    "resolution": int,
+    "face_ratio": (int, float),
+}
+
+
 def read_identity_meta(path: str | os.PathLike) -> dict[str, Any]:
-    return json.loads((identity_folder(path) / META_FILE).read_text())
+    """``faceanet.json`` of a tuned identity, checked: one clear line when it is not JSON or
+    lacks a key (:data:`META_KEYS`)."""
+    file = identity_folder(path) / META_FILE
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{file}: not a readable FaceA-Net identity file ({exc})") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{file}: not a FaceA-Net identity file (a JSON object is expected)")
+    for key, kind in META_KEYS.items():
+        value = meta.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, kind):
+            raise InputError(
+                f"{file}: {key!r} is missing or malformed; the identity is damaged, tune it "
+                "again with `instantportrait train faceanet`"
+            )
+    if meta["gender"] not in ("man", "woman") or meta["face_ratio"] <= 0:
+        raise InputError(f"{file}: gender / face_ratio out of range; tune the identity again")
+    return meta
 
 
 def load_identity(
@@ -165,16 +196,39 @@ def load_identity(
     from safetensors.torch import load_file
 
     folder = identity_folder(path)
-    meta = json.loads((folder / META_FILE).read_text())
-    add_lora(unet, meta["lora_rank"], meta["lora_alpha"], meta["lora_targets"], adapter)
+    meta = read_identity_meta(folder)
     device = next(unet.parameters()).device
-    raw = load_file(str(folder / LORA_FILE), device=str(device))
+    lora = folder / LORA_FILE
+    try:
+        raw = load_file(str(lora), device=str(device))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{lora}: not a readable LoRA file ({reason})") from None
     sd = {k[len("unet.") :]: v for k, v in raw.items() if k.startswith("unet.")}
-    result = set_peft_model_state_dict(unet, sd, adapter_name=adapter)
+    if not sd:
+        raise InputError(f"{lora}: holds no UNet LoRA weights (no key starts with 'unet.')")
+    add_lora(unet, meta["lora_rank"], meta["lora_alpha"], meta["lora_targets"], adapter)
+    try:
+        result = set_peft_model_state_dict(unet, sd, adapter_name=adapter)
+    except RuntimeError as exc:  # shapes that do not fit the recorded rank
+        unet.delete_adapters(adapter)
+        reason = str(exc).splitlines()[-1].strip()
+        raise InputError(f"{lora}: does not fit faceanet.json's LoRA ({reason})") from None
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
-        raise InputError(f"{folder / LORA_FILE}: keys that fit no LoRA layer, e.g. {unexpected[0]}")
+        unet.delete_adapters(adapter)
+        raise InputError(f"{lora}: keys that fit no LoRA layer, e.g. {unexpected[0]}")
     feats = None
     if (folder / FEAT_DIR).is_dir():
-        feats = FeatEmbeddings.from_pretrained(folder / FEAT_DIR).to(device)
+        try:
+            feats = FeatEmbeddings.from_pretrained(folder / FEAT_DIR).to(device)
+        except Exception as exc:  # noqa: BLE001 - diffusers raises many types for bad files
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"{folder / FEAT_DIR}: unreadable [feat] vectors ({reason})") from None
+        want = (len(meta.get("tasks", [None] * 5)), meta["num_vectors"])
+        if tuple(feats.vectors.shape[:2]) != want:
+            raise InputError(
+                f"{folder / FEAT_DIR}: vectors of shape {tuple(feats.vectors.shape)} do not fit "
+                f"faceanet.json (tasks x num_vectors = {want[0]} x {want[1]})"
+            )
     return feats, meta

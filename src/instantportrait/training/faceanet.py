@@ -16,6 +16,7 @@ Checkpoints hold only the trainable tensors (LoRA + vectors), never the base UNe
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..losses.attribute import attribute_reconstruction_loss
+from ..losses.attribute import attribute_term
 from ..models.feat_embeddings import (
     ATTRIBUTES,
     DEFAULT_NUM_VECTORS,
@@ -101,6 +102,8 @@ class FaceANetDataConfig:
     mask_source: Literal["landmarks", "grounding-dino"] = "landmarks"
     #: a local Grounding-DINO folder (transformers format) for ``mask_source=grounding-dino``
     grounding_dino: str = ""
+    #: tune even when the photos look like different people (dlib distance >= 0.6)
+    allow_mixed_identities: bool = False
 
     def __post_init__(self) -> None:
         check(
@@ -130,6 +133,9 @@ class FaceANetTuneConfig:
     attribute_sampling: Literal["step", "sample"] = "step"
     #: mean over the mask instead of the full latent (off: the paper's literal loss)
     mask_weighted: bool = False
+    #: back-propagate each task's term as soon as it is computed: its activations are freed
+    #: before the other task's forward (same gradient as one backward of the sum; lower peak)
+    backward_per_task: bool = True
     lr_embeddings: float = 2e-3
     weight_decay_embeddings: float = 0.0
 
@@ -241,11 +247,21 @@ class FaceANetTrainer(Trainer):
         return base, gender, int(n)
 
     def setup(self) -> None:
+        from ..errors import ModelNotFoundError
         from ..pipelines.faceanet_parts import load_inpaint_components
 
         cfg, acc = self.cfg, self.accelerator
         self.base, self.gender, self.n = self.resolve_identity()
-        parts = load_inpaint_components(self.base, cfg.model.seed)
+        # the photos first: a photo without a face or of another person fails before any model
+        images, masks, crops = prepare_crops(cfg.data, self.device)
+        try:
+            parts = load_inpaint_components(self.base, cfg.model.seed)
+        except ModelNotFoundError as exc:
+            given = "given" if cfg.model.base else "the default"
+            raise ModelNotFoundError(
+                f"--base (model.base, {given}): {exc}; pass --base with an SD-inpainting "
+                "diffusers folder or Hub id"
+            ) from None
         self.vae, self.text_encoder = parts["vae"], parts["text_encoder"]
         self.tokenizer, self.scheduler = parts["tokenizer"], parts["scheduler"]
         from diffusers import DDPMScheduler
@@ -279,7 +295,6 @@ class FaceANetTrainer(Trainer):
         model = FaceANetTunable(
             unet, self.text_encoder, ids.to(self.device), self.tokenizer.eos_token_id, feats
         ).to(self.device)
-        images, masks, crops = prepare_crops(cfg.data, self.device)
         self.crops = crops
         repeats = max(1, -(-cfg.training.batch_size * acc.num_processes // len(images)))
         self.dataset = PhotoCrops(images, masks, repeats, cfg.data.random_flip, cfg.training.seed)
@@ -340,9 +355,14 @@ class FaceANetTrainer(Trainer):
         return eps_hat, noise, unet_in[:, 4:5]
 
     def compute_loss(
-        self, batch: dict[str, Any], generator: torch.Generator
+        self, batch: dict[str, Any], generator: torch.Generator, backward: bool = False
     ) -> dict[str, torch.Tensor]:
-        """Eq. 2 for one batch; the draws come from ``generator`` in a fixed order."""
+        """Eq. 2 for one batch; the draws come from ``generator`` in a fixed order.
+
+        ``backward=True`` back-propagates each task's term (:func:`attribute_term`) right after
+        its forward, so only one task's graph is alive at a time. ``L_A`` is the sum of the
+        terms, so the accumulated gradient equals one backward of ``L_A`` (returned detached).
+        """
         tune = self.cfg.tuning
         images = batch["image"].to(self.device)
         masks = batch["masks"].to(self.device)  # (B, 5, 1, H, W)
@@ -351,39 +371,34 @@ class FaceANetTrainer(Trainer):
             sf = self.vae.config.scaling_factor
             z0 = self.vae.encode(images).latent_dist.sample(generator=generator) * sf
         attr = self.draw_attributes(bsz, generator)
-        zero = torch.zeros((), device=self.device)
-        terms = {}
+        plan = []
         if tune.tasks in ("both", "global"):
-            face = torch.zeros(bsz, dtype=torch.long)
-            terms["face"] = self.task_term(images, z0, masks[:, 0], face, generator)
+            plan.append(("l_face", masks[:, 0], torch.zeros(bsz, dtype=torch.long)))
         if tune.tasks in ("both", "local"):
-            m = masks[torch.arange(bsz), attr.to(self.device)]
-            terms["attr"] = self.task_term(images, z0, m, attr, generator)
-        weighted = tune.mask_weighted
-        if len(terms) == 2:
-            (ef, nf, mf), (ea, na, ma) = terms["face"], terms["attr"]
-            out = attribute_reconstruction_loss(
-                ef,
-                nf,
-                ea,
-                na,
-                mask_face=mf if weighted else None,
-                mask_attr=ma if weighted else None,
-            )
-        else:
-            key, (e, n, m) = next(iter(terms.items()))
-            part = attribute_reconstruction_loss(
-                e, n, e, n, mask_face=m if weighted else None, mask_attr=m if weighted else None
-            )["l_face"]
-            out = {"loss": part, "l_face": part if key == "face" else zero}
-            out["l_attr"] = part if key == "attr" else zero
+            plan.append(("l_attr", masks[torch.arange(bsz), attr.to(self.device)], attr))
+        zero = torch.zeros((), device=self.device)
+        out = {"l_face": zero, "l_attr": zero}
+        for k, (key, mask, task_index) in enumerate(plan):
+            # several processes: only the last task's backward syncs the (summed) gradients
+            early = backward and k < len(plan) - 1
+            sync = self.accelerator.no_sync(self.model) if early else contextlib.nullcontext()
+            with sync:
+                eps_hat, eps, m = self.task_term(images, z0, mask, task_index, generator)
+                term = attribute_term(eps_hat, eps, m if tune.mask_weighted else None)
+                if backward:
+                    self.accelerator.backward(term)
+                    term = term.detach()
+            out[key] = term
+        out["loss"] = out["l_face"] + out["l_attr"]
         out["attribute"] = attr.float().mean()
         return out
 
     def training_step(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, float]:
+        per_task = self.cfg.tuning.backward_per_task
         with self.accelerator.accumulate(self.model):
-            terms = self.compute_loss(batch, generator)
-            self.clip_and_step(terms["loss"], self.model, self.optimizer, self.lr_scheduler)
+            terms = self.compute_loss(batch, generator, backward=per_task)
+            loss = None if per_task else terms["loss"]
+            self.clip_and_step(loss, self.model, self.optimizer, self.lr_scheduler)
         logs = {k: float(v.detach()) for k, v in terms.items()}
         lrs = self.lr_scheduler.get_last_lr()
         if len(lrs) > 1:
@@ -420,7 +435,9 @@ class FaceANetTrainer(Trainer):
             "lora_targets": prior.get("lora_targets", list(cfg.model.lora_targets)),
             "resolution": cfg.data.resolution,
             "crop_scale": cfg.data.crop_scale,
-            "face_ratio": float(np.median(ratios)),
+            # the identity's face/crop ratio: an attribute swap tunes on another person's
+            # photos but still repaints this identity's face, so its ratio is kept
+            "face_ratio": float(prior.get("face_ratio", np.median(ratios))),
             "mask_shape": cfg.data.mask_shape,
             "mask_source": cfg.data.mask_source,
             "mask_dilate": cfg.data.mask_dilate,

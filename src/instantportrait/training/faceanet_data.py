@@ -17,7 +17,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PhotoCrops", "collate", "grounding_masks", "prepare_crops"]
+__all__ = ["PhotoCrops", "check_one_person", "collate", "grounding_masks", "prepare_crops"]
+
+#: dlib's same-person threshold on the Euclidean distance of its 128-d descriptors
+SAME_PERSON_DISTANCE = 0.6
 
 
 class PhotoCrops(torch.utils.data.Dataset):
@@ -78,8 +81,42 @@ def grounding_masks(
     return torch.stack(masks), missed
 
 
+def check_one_person(
+    images: list, names: list[str], threshold: float = SAME_PERSON_DISTANCE, detector="hog"
+) -> list[tuple[int, int, float]]:
+    """Refuse tuning photos that show different people.
+
+    Every pair's dlib descriptor distance (the largest face of each photo) must be below
+    ``threshold`` (dlib's 0.6). Raises :class:`~instantportrait.errors.InputError` naming the
+    most distant pair; returns every pair's ``(i, j, distance)`` otherwise.
+    """
+    from ..errors import InputError
+    from ..faces.analyzer import FaceAnalyzer
+
+    if len(images) < 2:
+        return []
+    analyzer = FaceAnalyzer(detector=detector, embedder="dlib")
+    desc = [analyzer.analyze(im, select="largest")[0].descriptor for im in images]
+    pairs = [
+        (i, j, float(torch.linalg.vector_norm(desc[i] - desc[j])))
+        for i in range(len(desc))
+        for j in range(i + 1, len(desc))
+    ]
+    i, j, worst = max(pairs, key=lambda p: p[2])
+    if worst >= threshold:
+        raise InputError(
+            f"{names[i]} and {names[j]}: they look like different people (dlib face distance "
+            f"{worst:.2f} >= {threshold}); FaceA-Net tunes on photos of one person "
+            "(--allow-mixed-identities / data.allow_mixed_identities=true to tune anyway)"
+        )
+    return pairs
+
+
 def prepare_crops(data: FaceANetDataConfig, device: torch.device | str = "cpu"):
-    """Detect, crop and mask each photo; returns (images [-1,1], masks, FaceCrop list)."""
+    """Detect, crop and mask each photo; returns (images [-1,1], masks, FaceCrop list).
+
+    The photos must show one person (:func:`check_one_person`) unless
+    ``data.allow_mixed_identities``."""
     from ..data.face_crops import head_and_shoulders_crop, task_masks
     from ..faces.detect import NoFaceFoundError, detect
     from ..faces.detectors import FaceDetectorConfig
@@ -90,10 +127,12 @@ def prepare_crops(data: FaceANetDataConfig, device: torch.device | str = "cpu"):
         from ..data.grounding_boxes import GroundingDinoBoxes
 
         detector = GroundingDinoBoxes(data.grounding_dino, device=device)
-    images, masks, crops = [], [], []
+    images, masks, crops, photos, names = [], [], [], [], []
     for k, src in enumerate(data.images):
         name = f"--images[{k}] {src}"
         img = load_image(src, name=name)
+        photos.append(img)
+        names.append(name)
         try:
             det = detect(
                 img,
@@ -120,4 +159,6 @@ def prepare_crops(data: FaceANetDataConfig, device: torch.device | str = "cpu"):
             m = task_masks(crop.landmarks68, size, shape=data.mask_shape, dilate=data.mask_dilate)
         masks.append(m)
         crops.append(crop)
+    if not data.allow_mixed_identities:
+        check_one_person(photos, names, detector=data.detector)
     return images, masks, crops

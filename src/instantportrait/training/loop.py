@@ -310,6 +310,8 @@ class Trainer:
 
     #: the loss terms logged each step, in CSV column order
     log_keys: tuple[str, ...] = ("loss",)
+    #: show the step progress bar (a caller with its own progress, e.g. evaluate, turns it off)
+    progress_bar: bool = True
 
     def __init__(self, config: Any, run: RunConfig, optim: OptimConfig):
         self.config, self.run, self.optim = config, run, optim
@@ -382,9 +384,14 @@ class Trainer:
         )
         return optimizer, scheduler
 
-    def clip_and_step(self, loss: torch.Tensor, module: nn.Module, optimizer, scheduler) -> None:
-        """Backward, clip at the sync step, optimizer and scheduler step, zero grads."""
-        self.accelerator.backward(loss)
+    def clip_and_step(
+        self, loss: torch.Tensor | None, module: nn.Module, optimizer, scheduler
+    ) -> None:
+        """Backward, clip at the sync step, optimizer and scheduler step, zero grads.
+
+        ``loss=None``: the gradients are already there (e.g. one backward per loss term)."""
+        if loss is not None:
+            self.accelerator.backward(loss)
         if self.accelerator.sync_gradients and self.optim.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(module.parameters(), self.optim.max_grad_norm)
         optimizer.step()
@@ -515,7 +522,7 @@ class Trainer:
             total=run.max_steps,
             initial=step,
             desc=f"train {type(self).__name__}",
-            disable=not acc.is_local_main_process,
+            disable=not (acc.is_local_main_process and self.progress_bar),
             unit="step",
         )
         window: list[dict[str, float]] = []
