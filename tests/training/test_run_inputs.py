@@ -222,3 +222,29 @@ def test_metrics_csv_rows_end_in_a_plain_newline(tmp_path):
     # a resumed run rewrites the kept rows the same way
     MetricsLogger(tmp_path, ["loss"], resume_step=1, tensorboard=False).close()
     assert (tmp_path / "metrics.csv").read_bytes() == b"step,loss\n1,0.5\n"
+
+
+@pytest.mark.parametrize("trainer", ["idenet", "ipnet", "faceanet", "fpga", "repcontrolnet"])
+def test_preset_paper_is_offered_only_where_its_file_ships(trainer, capsys):
+    """`--preset paper` where no configs/<trainer>_paper.json exists is an argparse error (one
+    line, exit 2), never a crash on the missing file; where it ships, --dry-run reads it."""
+    from pathlib import Path
+
+    import instantportrait
+    from instantportrait.cli import main
+
+    shipped = (
+        Path(instantportrait.__file__).parent / "configs" / f"{trainer}_paper.json"
+    ).is_file()
+    argv = ["train", trainer, "--preset", "paper", "--dry-run"] + (
+        ["--set", "data.gender=woman", "--set", "data.images=[\"a.png\"]"] if trainer == "faceanet"
+        else [])  # fmt: skip
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own refusal
+        code = exc.code
+    err = capsys.readouterr().err
+    if shipped:
+        assert code == 0, err
+    else:
+        assert code == 2 and "invalid choice: 'paper'" in err and len(err.strip().splitlines()) == 1

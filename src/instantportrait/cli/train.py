@@ -73,11 +73,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             metavar="KEY=VALUE",
             help="override one setting, e.g. --set optim.lr=1e-5 (repeatable)",
         )
+        presets = available_presets(name)
         t.add_argument(
             "--preset",
             default="default",
-            choices=PRESETS,
-            help="default (small, one device) or paper (the paper's batch, steps, resolution)",
+            choices=presets,
+            help="default (small, one device)"
+            + (" or paper (the paper's batch, steps, resolution)" if "paper" in presets else ""),
         )
         t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
         resume = t.add_mutually_exclusive_group()
@@ -111,6 +113,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             add_stage_argument(t)
         t.set_defaults(func=run)
     list_subcommands(sub, "train", "train a model with accelerate")
+
+
+def available_presets(name: str) -> list[str]:
+    """The presets a trainer ships (``default`` always; another only where its file exists),
+    so ``--help`` never offers one that is missing."""
+    folder = Path(__file__).resolve().parent.parent / "configs"
+    return [p for p in PRESETS if p == "default" or (folder / f"{name}_{p}.json").is_file()]
 
 
 def default_config(name: str, preset: str = "default") -> dict[str, Any]:
