@@ -94,9 +94,13 @@ def test_cli_requires_gender_and_images(photos, tiny_base, tmp_path, capsys):
         ],
         capsys,
     )
-    assert code == 2 and "data.gender" in out.err
+    # --dry-run prints the settings without the run's inputs, and names what is missing
+    assert code == 0 and "note: data.gender" in out.err
     code, out = run_cli(["train", "faceanet", "--gender", "man", "--dry-run"], capsys)
-    assert code == 2 and "data.images" in out.err
+    assert code == 0 and "note: data.images" in out.err
+    assert json.loads(out.out)["data"]["gender"] == "man"
+    code, out = run_cli(["train", "faceanet", "--gender", "man", "-o", str(tmp_path / "r")], capsys)
+    assert code == 2 and "data.images" in out.err and not (tmp_path / "r").exists()
     code, out = run_cli(
         ["train", "faceanet", "--images", photos[0], "--gender", "man", "--style", "--dry-run"],
         capsys,

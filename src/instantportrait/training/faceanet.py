@@ -162,12 +162,15 @@ class FaceANetConfig:
     training: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/faceanet"))
     validation: FaceANetValidationConfig = field(default_factory=FaceANetValidationConfig)
 
-    def __post_init__(self) -> None:
+    def check_inputs(self) -> None:
+        """The run's inputs are given (checked when tuning starts, not by ``--dry-run``)."""
         check(bool(self.data.images), "data.images: the person's photos are required (--images)")
         check(
             bool(self.data.gender) or bool(self.model.init_from),
             "data.gender: man or woman is required (--gender)",
         )
+
+    def __post_init__(self) -> None:
         if self.tuning.attribute:
             check(self.tuning.tasks == "local", "tuning.attribute: needs tuning.tasks=local")
 
@@ -251,6 +254,7 @@ class FaceANetTrainer(Trainer):
         from ..pipelines.faceanet_parts import load_inpaint_components
 
         cfg, acc = self.cfg, self.accelerator
+        cfg.check_inputs()
         self.base, self.gender, self.n = self.resolve_identity()
         # the photos first: a photo without a face or of another person fails before any model
         images, masks, crops = prepare_crops(cfg.data, self.device)
