@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "evaluate",
     "bench",
     "app",
+    "models",
     "env",
 )
 
