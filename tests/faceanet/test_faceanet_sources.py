@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import TRAIN_ARGS
 
 MIRROR = "stable-diffusion-v1-5/stable-diffusion-inpainting"
@@ -68,9 +69,7 @@ def test_local_folder_trains_and_generates_with_an_inpaint_base_override(
     assert (tmp_path / "gen" / "0000.png").is_file()
 
 
-def test_uncached_hub_id_and_wrong_layout_are_one_line_before_training(
-    hub_cache, tmp_path, photos
-):
+def test_uncached_hub_id_and_wrong_layout_are_one_line_before_training(hub_cache, tmp_path, photos):
     from instantportrait.tiny import write_tiny
 
     hub_cache("someone/other-model", write_tiny(tmp_path / "fpga", "fpga"))
