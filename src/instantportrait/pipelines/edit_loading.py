@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelNotFoundError
+from ..errors import InputError, ModelNotFoundError
 from ..io import atomic_directory
+from ..model_sources import hub_offline, looks_like_hub_id
 from .edit_support import (
     NOT_LOADED_COMPONENTS,
     SAFETY_CHECKER_POLICY,
@@ -20,10 +21,35 @@ from .edit_support import (
     _empty_fp32_notice,
     _first_parameter,
     _listed_components,
-    _looks_like_hub_id,
     _Placement,
     _quiet_about,
 )
+
+#: how to provide an editor, in every "not found" line.
+EDIT_HOW = (
+    "pass a local diffusers pipeline folder (`instantportrait init-tiny DIR` makes one) or a "
+    "Hub id such as timbrooks/instruct-pix2pix (cached, or on a machine that reaches the Hub)"
+)
+
+
+def _same_kind(exc: BaseException, what: str, *, hub: bool) -> Exception:
+    """diffusers' error as one line of the same kind: an ``OSError`` stays an ``OSError``
+    (:class:`ModelNotFoundError`), a ``ValueError`` a ``ValueError`` (:class:`InputError`).
+    The Hub hint comes only when the name was looked up on the Hub (``hub``)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0][:200] if text else type(exc).__name__
+    hint = ""
+    if hub:
+        hint = (
+            "; HF_HUB_OFFLINE=1 is set: pass a local folder, or fill the cache on a connected "
+            "machine (`hf download REPO`)"
+            if hub_offline()
+            else "; check the Hub id, or pass a local folder"
+        )
+    kind = ModelNotFoundError if isinstance(exc, OSError) else InputError
+    error = kind(f"{what}: {first}{hint}")
+    error.__cause__ = exc
+    return error
 
 
 class EditLoadingMixin:
@@ -92,38 +118,44 @@ class EditLoadingMixin:
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         """Load from a local diffusers folder or a Hub id; one clear line when not found.
 
-        Any InstructPix2Pix-format checkpoint loads (e.g. ``timbrooks/instruct-pix2pix``).
+        Any InstructPix2Pix-format checkpoint loads (e.g. ``timbrooks/instruct-pix2pix``); its
+        layout (a UNet with 8 input channels) is checked from the configs before any weight
+        loads. A Hub id is read from the Hugging Face cache when ``HF_HUB_OFFLINE=1``.
         Components it has beyond ours (:data:`NOT_LOADED_COMPONENTS`) are not loaded; a
         listed safety checker is reported once as a warning (:data:`SAFETY_CHECKER_POLICY`).
+
+        diffusers' exception types are kept: what it raises as ``ValueError`` (a missing
+        ``variant``) stays a ``ValueError`` (:class:`~..errors.InputError`), an ``OSError``
+        stays an ``OSError`` (:class:`~..errors.ModelNotFoundError`); the hint about the
+        Hub is added only when the name was looked up on the Hub.
         """
+        from ..model_check import check_model
+        from ..model_sources import locate
+
         name = str(pretrained_model_name_or_path)
         path = Path(name).expanduser()
-        how = (
-            "pass a local diffusers pipeline folder (`instantportrait init-tiny DIR` makes one) "
-            "or a Hub id such as timbrooks/instruct-pix2pix on a machine that reaches the Hub"
-        )
-        if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise ModelNotFoundError(f"{name}: folder has no model_index.json; {how}")
-            listed = _listed_components(path)
+        if path.is_dir() and not (path / "model_index.json").is_file():
+            raise ModelNotFoundError(f"{name}: folder has no model_index.json; {EDIT_HOW}")
+        if path.is_file():
+            raise ModelNotFoundError(
+                f"{name}: not a folder (a single .safetensors checkpoint loads with "
+                f"from_single_file / load_edit_pipeline); {EDIT_HOW}"
+            )
+        check_model(name, "edit", "model", how=EDIT_HOW)
+        where = locate(name, "model", EDIT_HOW)
+        if not isinstance(where, str):
+            listed = _listed_components(where)
             if "safety_checker" in listed:
                 warnings.warn(SAFETY_CHECKER_POLICY.format(name=name), stacklevel=2)
             for component in NOT_LOADED_COMPONENTS:
                 if component in listed:
                     kwargs.setdefault(component, None)
-        elif path.exists():
-            raise ModelNotFoundError(f"{name}: not a folder; {how}")
-        elif not _looks_like_hub_id(name):
-            raise ModelNotFoundError(f"{name}: no such folder; {how}")
         try:
             with _quiet_about(NOT_LOADED_COMPONENTS):
-                return super().from_pretrained(name, **kwargs)
-        except (OSError, ValueError, RuntimeError) as exc:
-            offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelNotFoundError(
-                f"{name}: could not load the pipeline{offline}: {first[:200]}; {how}"
-            ) from exc
+                return super().from_pretrained(str(where), **kwargs)
+        except (OSError, ValueError) as exc:
+            hub = not path.exists()
+            raise _same_kind(exc, f"{name}: could not load the pipeline", hub=hub) from exc
 
     @classmethod
     def from_single_file(cls, pretrained_model_link_or_path: str | os.PathLike, **kwargs: Any):
@@ -132,10 +164,14 @@ class EditLoadingMixin:
         Offline (this toolkit's rule: nothing is downloaded behind your back) the pipeline's
         configs must come from ``config=``: a local diffusers folder of the same architecture
         (e.g. a saved InstructPix2Pix pipeline, or ``instantportrait init-tiny`` for the tiny
-        one); its tokenizer and scheduler are used as they are, and the UNet, VAE and text
-        encoder weights are read from the checkpoint. On a machine that reaches the Hub,
-        ``config="timbrooks/instruct-pix2pix"`` works too.
+        one), or a Hub id in the Hugging Face cache; its tokenizer and scheduler are used as
+        they are, and the UNet, VAE and text encoder weights are read from the checkpoint.
+        On a machine that reaches the Hub, ``config="timbrooks/instruct-pix2pix"`` works too.
+        The checkpoint's header and the config are checked (8 input channels) first.
         """
+        from ..model_check import check_model
+        from ..model_sources import locate
+
         path = Path(str(pretrained_model_link_or_path)).expanduser()
         config = kwargs.get("config")
         how = (
@@ -146,17 +182,20 @@ class EditLoadingMixin:
             raise ModelNotFoundError(f"{path}: no such checkpoint file")
         if config is None:
             raise ModelNotFoundError(f"{path}: a single-file checkpoint needs its configs; {how}")
-        if not Path(str(config)).expanduser().is_dir() and (
-            os.environ.get("HF_HUB_OFFLINE") or not _looks_like_hub_id(str(config))
-        ):
+        if not Path(str(config)).expanduser().is_dir() and not looks_like_hub_id(str(config)):
             raise ModelNotFoundError(f"{config}: config folder not found; {how}")
+        check_model(path, "edit", "model", how=how)
+        check_model(config, "edit", "config", how=how)
+        where = locate(config, "config", how)
+        kwargs["config"] = str(where)
         try:
             return super().from_single_file(str(path), **kwargs)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelNotFoundError(
-                f"{path}: could not load the single-file checkpoint: {first[:200]}"
-            ) from exc
+        except (OSError, ValueError, KeyError) as exc:
+            if isinstance(exc, KeyError):
+                exc = ValueError(f"missing key {exc}")
+            raise _same_kind(
+                exc, f"{path}: could not load the single-file checkpoint", hub=False
+            ) from None
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Save as safetensors into ``save_directory`` atomically (temp folder, then rename)."""
