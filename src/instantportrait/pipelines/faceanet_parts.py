@@ -64,7 +64,7 @@ def load_inpaint_components(base: str, seed: int = 0, what: str = "--base") -> d
     for benchmarks). Its layout is checked (9 input channels) before any weight loads;
     ``what`` names the option in the one-line errors.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler
 
     if base in ("tiny", "random-real"):
         from ..components import SD15_SCHEDULER_CONFIG, build_components
@@ -74,30 +74,10 @@ def load_inpaint_components(base: str, seed: int = 0, what: str = "--base") -> d
         )
         parts["scheduler"] = DDIMScheduler(**SD15_SCHEDULER_CONFIG)
         return {k: parts[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from .sd_parts import load_sd_parts
 
-    from ..model_check import check_model
-    from ..model_sources import locate
-
-    check_model(base, "faceanet", what, how=BASE_HOW)
-    where = str(locate(base, what, BASE_HOW))
-    loaders = {
-        "vae": AutoencoderKL,
-        "text_encoder": CLIPTextModel,
-        "tokenizer": CLIPTokenizer,
-        "unet": UNet2DConditionModel,
-        "scheduler": DDIMScheduler,
-    }
-    parts = {}
-    for name, cls in loaders.items():
-        try:
-            parts[name] = cls.from_pretrained(where, subfolder=name)
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelNotFoundError(
-                f"{what} {base}: cannot load its {name}/ ({first[:160]}); {BASE_HOW}"
-            ) from None
-    return parts
+    parts = load_sd_parts(base, "faceanet", what, BASE_HOW)
+    return {k: parts[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
 
 
 def add_lora(unet, rank: int, alpha: float, targets: list[str], adapter: str = ADAPTER) -> None:
