@@ -58,6 +58,7 @@ USES: dict[str, Use] = {
         frozenset({"instruct-pix2pix"}),
         "an InstructPix2Pix-format pipeline (UNet with 8 input channels: the image latent is "
         "concatenated), a folder, Hub id or single .safetensors file",
+        _PICKLE,
     ),
     "fastface": Use(
         frozenset({"sdxl"}),

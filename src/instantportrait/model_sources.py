@@ -20,12 +20,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelNotFoundError
+from .errors import InputError, ModelNotFoundError
 
 __all__ = [
     "MODEL_SOURCES",
     "ModelSource",
     "hub_offline",
+    "loading_error",
     "locate",
     "looks_like_hub_id",
     "missing_model",
@@ -370,3 +371,23 @@ def locate(source: str | os.PathLike, what: str, how: str | None = None) -> Path
         if snapshot is not None:
             return snapshot
     raise missing_model(what, name, how or default_how(name))
+
+
+def loading_error(exc: BaseException, what: str, *, hub: bool) -> Exception:
+    """diffusers' error as one line of the same kind: an ``OSError`` stays an ``OSError``
+    (:class:`ModelNotFoundError`), a ``ValueError`` a ``ValueError`` (:class:`InputError`).
+    The Hub hint comes only when the name was looked up on the Hub (``hub``)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0][:200] if text else type(exc).__name__
+    hint = ""
+    if hub:
+        hint = (
+            "; HF_HUB_OFFLINE=1 is set: pass a local folder, or fill the cache on a connected "
+            "machine (`hf download REPO`)"
+            if hub_offline()
+            else "; check the Hub id, or pass a local folder"
+        )
+    kind = ModelNotFoundError if isinstance(exc, OSError) else InputError
+    error = kind(f"{what}: {first}{hint}")
+    error.__cause__ = exc
+    return error

@@ -160,9 +160,11 @@ def run(args: argparse.Namespace) -> int:
     check_method_options(args, args._generate_parser)
     if args.num_images_per_prompt < 1:
         raise InputError("--num-images-per-prompt: must be at least 1")
+    module = available_methods()[args.method]
+    if hasattr(module, "check_models"):
+        module.check_models(args)  # configs and headers only: a wrong model is one line first
     if args.restore:
         from .restore_option import build_restorer
 
         build_restorer(args)  # a missing or bad --restore-model fails before generating
-    module = available_methods()[args.method]
     return int(module.run(args) or 0)

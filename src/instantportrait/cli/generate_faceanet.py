@@ -60,6 +60,15 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     )
 
 
+def check_models(args: argparse.Namespace) -> None:
+    """``--inpaint-base`` and ``--context-model`` exist and fit, read from configs only."""
+    from .common import check_model_options
+
+    check_model_options(
+        args, ("--inpaint-base", "faceanet"), ("--context-model", "faceanet-context")
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 

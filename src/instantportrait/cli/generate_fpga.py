@@ -148,6 +148,15 @@ def _condition(args, count: int):
     return cond, masks
 
 
+def check_models(args: argparse.Namespace) -> None:
+    """The FPGA-family model exists and is one, read from its ``model_index.json``."""
+    from ..pipelines.fpga_family import pipeline_class
+
+    model = args.fpga_model or args.model
+    if model:
+        pipeline_class(model, name=_flag("fpga_model") if args.fpga_model else "--model")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io import check_output, load_image, prepare_output, save_image

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError
     from ..io import check_output, check_prompt, list_images, load_image, prepare_output, save_image
-    from .common import quiet_libraries, resolve_device, resolve_dtype
+    from .common import check_model_options, quiet_libraries, resolve_device, resolve_dtype
     from .restore_option import build_codeformer, build_face_parser, check_codeformer_arguments
 
     if args.steps < 1:
@@ -70,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
     if len({f.stem for f in files}) != len(files):
         raise InputError("inputs: two inputs share a file name; outputs would collide")
     check_codeformer_arguments(args)
+    check_model_options(
+        args,
+        ("--model", "restore"),
+        ("--face-parser", "face-parser"),
+        ("--codeformer", "codeformer"),
+    )
     check_output(args.output, overwrite=args.overwrite)  # refused before any model loads
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)

@@ -54,6 +54,22 @@ def add_restore_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
     add_codeformer_arguments(parser, prefix="restore-")
 
 
+def check_restore_models(args: argparse.Namespace) -> None:
+    """The ``--restore-*`` models exist and fit, read from configs only (no weights)."""
+    from ..errors import InputError
+    from .common import check_model_options
+
+    if getattr(args, "restore", False):
+        if not args.restore_model:
+            raise InputError("--restore: give the DIIR model with --restore-model PATH")
+        check_model_options(
+            args,
+            ("--restore-model", "restore"),
+            ("--restore-face-parser", "face-parser"),
+            ("--restore-codeformer", "codeformer"),
+        )
+
+
 def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
     """The :class:`~..restoration.restorer.FaceRestorer` of ``args`` (loaded once, cached)."""
     from ..errors import InputError
@@ -73,6 +89,7 @@ def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
     device = resolve_device(getattr(args, "device", "auto"))
     dtype = resolve_dtype(getattr(args, "dtype", "auto"), device)
     check_codeformer_arguments(args, prefix="restore-")
+    check_restore_models(args)
     restorer = FaceRestorer.from_pretrained(
         args.restore_model,
         restore_below=args.restore_below,

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, ModelNotFoundError
+from ..errors import ModelNotFoundError
 from ..io import atomic_directory
-from ..model_sources import hub_offline, looks_like_hub_id
+from ..model_sources import loading_error, looks_like_hub_id
 from .edit_support import (
     NOT_LOADED_COMPONENTS,
     SAFETY_CHECKER_POLICY,
@@ -30,26 +30,6 @@ EDIT_HOW = (
     "pass a local diffusers pipeline folder (`instantportrait init-tiny DIR` makes one) or a "
     "Hub id such as timbrooks/instruct-pix2pix (cached, or on a machine that reaches the Hub)"
 )
-
-
-def _same_kind(exc: BaseException, what: str, *, hub: bool) -> Exception:
-    """diffusers' error as one line of the same kind: an ``OSError`` stays an ``OSError``
-    (:class:`ModelNotFoundError`), a ``ValueError`` a ``ValueError`` (:class:`InputError`).
-    The Hub hint comes only when the name was looked up on the Hub (``hub``)."""
-    text = str(exc).strip()
-    first = text.splitlines()[0][:200] if text else type(exc).__name__
-    hint = ""
-    if hub:
-        hint = (
-            "; HF_HUB_OFFLINE=1 is set: pass a local folder, or fill the cache on a connected "
-            "machine (`hf download REPO`)"
-            if hub_offline()
-            else "; check the Hub id, or pass a local folder"
-        )
-    kind = ModelNotFoundError if isinstance(exc, OSError) else InputError
-    error = kind(f"{what}: {first}{hint}")
-    error.__cause__ = exc
-    return error
 
 
 class EditLoadingMixin:
@@ -155,7 +135,7 @@ class EditLoadingMixin:
                 return super().from_pretrained(str(where), **kwargs)
         except (OSError, ValueError) as exc:
             hub = not path.exists()
-            raise _same_kind(exc, f"{name}: could not load the pipeline", hub=hub) from exc
+            raise loading_error(exc, f"{name}: could not load the pipeline", hub=hub) from exc
 
     @classmethod
     def from_single_file(cls, pretrained_model_link_or_path: str | os.PathLike, **kwargs: Any):
@@ -193,7 +173,7 @@ class EditLoadingMixin:
         except (OSError, ValueError, KeyError) as exc:
             if isinstance(exc, KeyError):
                 exc = ValueError(f"missing key {exc}")
-            raise _same_kind(
+            raise loading_error(
                 exc, f"{path}: could not load the single-file checkpoint", hub=False
             ) from None
 
