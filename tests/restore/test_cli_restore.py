@@ -49,7 +49,7 @@ def test_restore_cli_loads_every_model_before_touching_the_output(restore_bundle
     junk.write_bytes(b"not a checkpoint")
     base = ["restore", str(img), "-o", str(out), "--overwrite", "--model"]
     for extra, said in (
-        ([str(tmp_path / "m")], "--model "+str(tmp_path / "m")+": model not found"),
+        ([str(tmp_path / "m")], "--model " + str(tmp_path / "m") + ": model not found"),
         ([str(restore_bundle), "--face-parser", str(junk)], "junk.pth"),
         ([str(restore_bundle), "--codeformer", str(tmp_path / "cf.pth")], "--codeformer"),
     ):
