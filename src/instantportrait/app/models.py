@@ -179,6 +179,8 @@ class ModelRegistry:
         self.faceanet_context_model = faceanet_context_model
         self.workdir = workdir
         ff = {k: v for k, v in (fastface or {}).items() if v is not None}
+        self._fastface = ff
+        self._restore = {k: v for k, v in (restore or {}).items() if v is not None}
         self.slots: dict[str, ModelSlot] = {
             "edit": ModelSlot("edit", "--edit-model", edit_model, load_edit_pipeline),
             "fastface": ModelSlot(
@@ -209,6 +211,36 @@ class ModelRegistry:
 
     def get(self, method: str) -> Any:
         return self.slots[method].get(self.device, self.dtype)
+
+    def sources(self) -> list[tuple[str, str, str, str | None]]:
+        """``(option, source, use, file)`` of every model given at start-up."""
+        from ..pipelines.fastface_presets import DEFAULT_ADAPTER
+
+        out = [(s.option, s.source, s.method, None) for s in self.slots.values() if s.configured]
+        ff = self._fastface
+        extra = [
+            ("--fastface-face-model", ff.get("face_model"), "face-model", None),
+            ("--fastface-base", ff.get("base"), "fastface", None),
+            ("--fastface-distilled", ff.get("distilled"), "distilled", None),
+            ("--fastface-ip-adapter", ff.get("ip_adapter"), "ip-adapter", DEFAULT_ADAPTER[1]),
+            ("--fastface-image-encoder", ff.get("image_encoder"), "image-encoder", None),
+            ("--faceanet-context-model", self.faceanet_context_model, "faceanet-context", None),
+            ("--restore-face-parser", self._restore.get("face_parser"), "face-parser", None),
+            ("--restore-codeformer", self._restore.get("codeformer"), "codeformer", None),
+        ]
+        return out + [e for e in extra if e[1] is not None]
+
+    def check(self) -> None:
+        """Check every model given at start-up from its configs and tensor headers, without
+        loading weights: a missing or wrong model is one line naming its option, at start
+        rather than at the first request."""
+        from ..model_check import check_model
+        from ..pipelines.fastface_presets import FAMILIES
+
+        for option, source, use, file in self.sources():
+            if str(source) in FAMILIES or str(source) in ("tiny", "random-real"):
+                continue
+            check_model(str(source), use, option, file=file)
 
     def status(self) -> dict[str, str]:
         """method -> a short line for the UI: loaded, given (loads on first use), or missing."""

@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         dtype=resolve_dtype(args.dtype, device),
     )
+    registry.check()  # every model path, from configs only: a bad one is one line at start
     demo = build_app(registry, concurrency=args.concurrency)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size="50mb")
     return 0
