@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import method_registry
 
+from conftest import method_registry
 from instantportrait.cli import main
 from instantportrait.errors import ModelNotFoundError
 from instantportrait.model_check import ModelMismatchError
@@ -31,9 +31,9 @@ def test_bad_model_paths_are_one_line_at_start(method_bundles, tmp_path, capsys,
     with pytest.raises(ModelNotFoundError, match="--edit-model /no/such/dir: model not found"):
         ModelRegistry(edit_model="/no/such/dir").check()
     restore = str(method_bundles["restore"])
-    with pytest.raises(ModelMismatchError, match="--fpga-model .*DIIR restorer folder .*; fpga needs"):
+    with pytest.raises(ModelMismatchError, match="--fpga-model .*DIIR restorer .*; fpga needs"):
         ModelRegistry(fpga_model=restore).check()
-    with pytest.raises(ModelMismatchError, match="--restore-codeformer .*JSON file.*codeformer needs"):
+    with pytest.raises(ModelMismatchError, match="--restore-codeformer .*JSON.*codeformer needs"):
         ModelRegistry(
             restore_model=restore,
             restore={"codeformer": str(method_bundles["restore"] / "model_index.json")},
