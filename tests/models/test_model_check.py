@@ -179,3 +179,21 @@ def test_models_check_cli_is_one_line_on_a_mismatch(layouts, capsys):
     assert len(err) == 1 and "SDXL" in err[0] and "8 input channels" in err[0]
     assert main(["models", "check", str(layouts["codeformer.pth"])]) == 0
     assert "CodeFormer" in capsys.readouterr().out
+
+
+def test_docs_models_page_lists_every_source_with_its_licence():
+    from pathlib import Path
+
+    from instantportrait.model_sources import MODEL_SOURCES
+
+    root = Path(__file__).resolve().parents[2]
+    page = (root / "docs" / "models.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in page.splitlines() if "|" in line}
+    for s in MODEL_SOURCES:
+        assert s.name in rows, s.name
+        assert s.source in rows[s.name] and s.licence in rows[s.name], s.name
+        assert f"| {s.commercial} |" in rows[s.name], s.name
+    assert "docs/models.md" in (root / "README.md").read_text()
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for line in doc.read_text().splitlines():  # commands never name the removed repos
+            assert "runwayml/" not in line or "removed" in line, (doc.name, line)
