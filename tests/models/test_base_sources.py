@@ -71,3 +71,24 @@ def test_fpga_base_and_image_encoder_load_by_hub_id_from_the_cache(hub_cache, ti
     parts = load_fpga_parts(FPGAModelConfig(face_embedder="dlib"))
     assert parts["unet"].config.in_channels == 4
     assert parts["resampler"].config.clip_embed_dim == parts["image_encoder"].config.hidden_size
+
+
+def test_train_commands_refuse_a_wrong_base_before_any_work(tmp_path, capsys):
+    from instantportrait.cli import main
+    from instantportrait.tiny import write_tiny
+
+    inpaint = write_tiny(tmp_path / "inpaint", "inpaint")
+    restore = write_tiny(tmp_path / "restore", "restore")
+    capsys.readouterr()  # the writers' progress bars
+    runs = tmp_path / "runs"
+    for argv, said in (
+        (["train", "repcontrolnet", "--set", f"model.pretrained={inpaint}"], "inpainting"),
+        (["train", "fpga", "--stage", "all", "--set", f"model.pretrained={restore}"], "DIIR"),
+    ):
+        where = ["--set", f"data.path={tmp_path}", "--set", f"training.output_dir={runs}"]
+        code = main([*argv, *where])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, err
+        assert err[0].startswith("error: model.pretrained ") and said in err[0]
+        assert "fpga-base needs an SD1.5 text-to-image pipeline (UNet with 4 input" in err[0]
+        assert not runs.exists()
