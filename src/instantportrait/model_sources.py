@@ -338,10 +338,13 @@ def missing_model(what: str, source: str | os.PathLike, how: str) -> ModelNotFou
 
 
 def default_how(source: str | os.PathLike, example: str | None = None) -> str:
-    """The usual "how to provide it" phrase: a local folder/file, or a downloaded Hub id."""
+    """The usual "how to provide it" phrase: a local folder/file, or a cached Hub id."""
     name = str(source) if looks_like_hub_id(str(source)) else example
-    fetch = f"`hf download {name}` on a connected machine, or " if name else ""
-    return f"give a local folder or file, or {fetch}a Hub id (`instantportrait models list`)"
+    fill = f" (`hf download {name}` on a connected machine fills the cache)" if name else ""
+    return (
+        f"give a local folder or file, or a Hub id{fill}; `instantportrait models list` "
+        "names the default sources"
+    )
 
 
 def cached_snapshot(repo: str) -> Path | None:
