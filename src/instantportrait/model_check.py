@@ -215,8 +215,16 @@ def _identify_folder(folder: Path) -> Identity:
             only = next(iter(folder.glob("*.safetensors")))
             return _identify_file(only)
     bins = list(folder.glob("ip-adapter*.bin")) + list(folder.glob("ip-adapter*.safetensors"))
-    if bins:
-        return Identity("ip-adapter-repo", f"an IP-Adapter repository folder ({bins[0].name}...)")
+    if bins:  # a repository like h94/IP-Adapter-FaceID: say what its FaceID-Plus-v2 file is
+        found = [(b, _identify_file(b)) for b in sorted(bins)]
+        plus = [(b, i) for b, i in found if i.kind == "ip-adapter-faceid-plus-v2"]
+        if plus:
+            b, ident = plus[0]
+            return Identity(
+                ident.kind, f"an IP-Adapter folder whose {b.name} is {ident.description}"
+            )
+        names = ", ".join(b.name for b in sorted(bins)[:3])
+        return Identity("ip-adapter-repo", f"an IP-Adapter folder ({names}) without FaceID-Plus-v2")
     return Identity("unknown", "a folder in no model layout the toolkit knows")
 
 

@@ -93,6 +93,9 @@ def test_every_tiny_kind_is_identified_and_fits_its_use(tiny_kinds, capsys):
         tiny_kinds["faceid-plus-v2"], "ip-adapter", file="ip-adapter-faceid-plusv2_sdxl.bin"
     )
     assert adapter.kind == "ip-adapter-faceid-plus-v2"
+    # the folder alone, as `models check DIR --for ip-adapter` sees it: its Plus-v2 file is named
+    folder = check_model(tiny_kinds["faceid-plus-v2"], "ip-adapter")
+    assert "ip-adapter-faceid-plusv2_sdxl.bin is an IP-Adapter FaceID-Plus" in folder.description
 
 
 @pytest.mark.parametrize(
