@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import method_registry
 from instantportrait.cli import main
 from instantportrait.errors import ModelNotFoundError
 from instantportrait.model_check import ModelMismatchError
@@ -20,7 +19,23 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_registry_check_passes_on_the_tiny_bundles_and_loads_nothing(
     tiny_model_dir, method_bundles
 ):
-    registry = method_registry(tiny_model_dir, method_bundles)
+    from instantportrait.app import ModelRegistry
+
+    b = method_bundles
+    registry = ModelRegistry(
+        edit_model=str(tiny_model_dir),
+        fastface_model="turbo",
+        fastface={
+            "face_model": str(b["arcface"] / "arcface.safetensors"),
+            "base": str(b["sdxl"]),
+            "distilled": str(b["sdxl-distilled"]),
+            "ip_adapter": str(b["faceid-plus-v2"]),
+            "image_encoder": str(b["clip-vision"]),
+        },
+        fpga_model=str(b["fpga"]),
+        restore_model=str(b["restore"]),
+        faceanet_base=str(b["inpaint"]),
+    )
     registry.check()
     assert not any(slot.loaded for slot in registry.slots.values())  # no weights read
 

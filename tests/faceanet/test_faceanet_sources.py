@@ -10,8 +10,6 @@ import sys
 
 import pytest
 
-from conftest import TRAIN_ARGS
-
 MIRROR = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 
 
@@ -24,6 +22,15 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         env=env,
         timeout=600,
     )
+
+
+#: the tiny tuning settings of tests/faceanet/conftest.py (passed in by the train_args fixture)
+TRAIN_ARGS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _tiny_settings(train_args):
+    TRAIN_ARGS[:] = train_args
 
 
 def _train(base: str, photos, out) -> subprocess.CompletedProcess:
