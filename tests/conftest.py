@@ -173,3 +173,41 @@ def tiny_fpga(tmp_path_factory):
     from instantportrait.tiny import write_tiny
 
     return write_tiny(tmp_path_factory.mktemp("tiny") / "fpga", "fpga")
+
+
+def fill_hub_cache(cache: Path, repo: str, folder: Path, revision: str = "0" * 40) -> Path:
+    """Put ``folder``'s files into ``cache`` as the Hugging Face cache holds a download of
+    ``repo``: ``models--org--name/blobs/<sha256>``, ``snapshots/<revision>/<path>`` symlinks
+    to the blobs, and ``refs/main`` naming the revision. Returns the snapshot folder."""
+    import hashlib
+    import os
+    import shutil
+
+    root = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = root / "snapshots" / revision
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    for src in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = hashlib.sha256(src.read_bytes()).hexdigest()
+        blob = root / "blobs" / digest
+        if not blob.exists():
+            shutil.copyfile(src, blob)
+        link = snapshot / src.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """``put(repo, folder)``: a fresh Hugging Face cache (``HF_HUB_CACHE``, offline) holding
+    ``folder`` as ``repo``; in-process readers and subprocesses both see it."""
+    import huggingface_hub.constants as hf_constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    return lambda repo, folder: fill_hub_cache(cache, repo, Path(folder))

@@ -253,9 +253,9 @@ def test_input_errors(tiny_pipe, square_faces):
 
 def test_model_not_found_is_one_line(tmp_path):
     for name, match in [
-        (tmp_path / "missing", "no such folder"),
+        (tmp_path / "missing", "model not found: no such local folder"),
         (tmp_path, "no model_index.json"),
-        ("nobody/no-such-model", "could not load"),
+        ("nobody/no-such-model", "not found: no local folder .* not in the Hugging Face cache"),
     ]:
         with pytest.raises(ModelNotFoundError, match=match) as info:
             InstantPortraitPipeline.from_pretrained(name)

@@ -40,7 +40,7 @@ SD15_SCHEDULER_CONFIG: dict[str, Any] = {
     "prediction_type": "epsilon",
 }
 
-#: runwayml/stable-diffusion-v1-5 unet/config.json (InstructPix2Pix: in_channels 8).
+#: stable-diffusion-v1-5/stable-diffusion-v1-5 unet/config.json (InstructPix2Pix: in_channels 8).
 SD15_UNET_CONFIG: dict[str, Any] = {
     "sample_size": 64,
     "in_channels": 4,

@@ -267,5 +267,8 @@ def test_repcontrolnet_kind_scores_beside_the_id_controlnet_for_table_6(
     assert "| RepControlNet | 21 | 60.7 | 195.8 | published |" in lines
     assert [ln.split(" | ")[0] for ln in lines[-2:]] == ["| fpga", "| rep"]
     assert "CLIP-score on a 0-1 scale" in table
-    with pytest.raises(InputError, match="not a merged RepControlNet"):
+    with pytest.raises(InputError, match=r"FPGA pipeline folder .*\(use the fpga kind\)"):
         build_method(f"repcontrolnet:{tiny_fpga}").check()
+    # issue 24: the fpga kind checks a merged RepControlNet up front, not per item
+    with pytest.raises(InputError, match=r"merged RepControlNet .*\(use the repcontrolnet kind\)"):
+        build_method(f"fpga:{rep}").check()

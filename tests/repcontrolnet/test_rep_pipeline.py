@@ -131,7 +131,7 @@ def test_generate_fpga_refuses_rep_options_for_an_fpga_model_and_foreign_folders
     (other / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     args[4] = str(other)
     assert main([*args, "-o", str(tmp_path / "o")]) == 2
-    assert "a StableDiffusionPipeline folder, not one of" in capsys.readouterr().err
+    assert "pipeline folder without unet/; fpga needs" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -40,7 +40,7 @@ def test_restore_cli_bad_input(tmp_path, capsys):
     Image.new("RGB", (16, 16)).save(img)
     bad = ["restore", str(img), "--model", str(tmp_path / "m"), "-o", str(tmp_path / "o")]
     assert main(bad) == 2
-    assert "no such folder" in capsys.readouterr().err
+    assert "no such local folder" in capsys.readouterr().err
 
 
 def test_restore_cli_loads_every_model_before_touching_the_output(restore_bundle, tmp_path, capsys):
@@ -55,7 +55,7 @@ def test_restore_cli_loads_every_model_before_touching_the_output(restore_bundle
     junk.write_bytes(b"not a checkpoint")
     base = ["restore", str(img), "-o", str(out), "--overwrite", "--model"]
     for extra, said in (
-        ([str(tmp_path / "m")], "no such folder"),
+        ([str(tmp_path / "m")], "--model " + str(tmp_path / "m") + ": model not found"),
         ([str(restore_bundle), "--face-parser", str(junk)], "junk.pth"),
         ([str(restore_bundle), "--codeformer", str(tmp_path / "cf.pth")], "--codeformer"),
     ):

@@ -190,6 +190,7 @@ def test_restore_option_passes_codeformer(monkeypatch, codeformer_bundle):
         )
 
     monkeypatch.setattr(FaceRestorer, "from_pretrained", staticmethod(fake_from_pretrained))
+    monkeypatch.setattr(restore_option, "check_restore_models", lambda args: None)  # "m" is fake
     restore_option.build_restorer(args)
     assert isinstance(captured["enhancer"], CodeFormerEnhancer)
     assert captured["enhancer"].fidelity == 0.5

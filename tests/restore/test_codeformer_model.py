@@ -138,7 +138,7 @@ def test_tiny_writer_loads(tmp_path, faces):
 
 
 def test_bad_weights_are_one_clear_line(tiny, tmp_path):
-    with pytest.raises(ModelNotFoundError, match="no such file.*codeformer.pth"):
+    with pytest.raises(ModelNotFoundError, match="model not found: no such local.*codeformer.pth"):
         load_codeformer(tmp_path / "nope.pth")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match="without config.json"):

@@ -190,6 +190,8 @@ class ModelRegistry:
         self.workdir = Path(workdir)
         self.identities = IdentityStore(self.workdir / "faceanet")
         ff = {k: v for k, v in (fastface or {}).items() if v is not None}
+        self._fastface = ff
+        self._restore = {k: v for k, v in (restore or {}).items() if v is not None}
         self.slots: dict[str, ModelSlot] = {
             "edit": ModelSlot("edit", "--edit-model", edit_model, load_edit_pipeline),
             "fastface": ModelSlot(
@@ -222,11 +224,13 @@ class ModelRegistry:
         return self.slots[method].get(self.device, self.dtype)
 
     def check_sources(self) -> None:
-        """Check every given model source without loading weights (each slot's ``checker``;
-        a bad one raises its one-line error). The CLI calls this before serving."""
+        """Check every given model source without loading weights (each slot's ``checker``,
+        then :meth:`check`: configs and tensor headers); a bad one raises its one-line error.
+        The CLI calls this before serving."""
         for slot in self.slots.values():
             if slot.configured and slot.checker is not None:
                 slot.checker(slot.source)
+        self.check()
 
     def page_status(self) -> dict[str, str]:
         """method -> what the page shows: loaded, loads on first use, or not available (no
@@ -239,6 +243,36 @@ class ModelRegistry:
             else "not available on this server"
             for name, slot in self.slots.items()
         }
+
+    def sources(self) -> list[tuple[str, str, str, str | None]]:
+        """``(option, source, use, file)`` of every model given at start-up."""
+        from ..pipelines.fastface_presets import DEFAULT_ADAPTER
+
+        out = [(s.option, s.source, s.method, None) for s in self.slots.values() if s.configured]
+        ff = self._fastface
+        extra = [
+            ("--fastface-face-model", ff.get("face_model"), "face-model", None),
+            ("--fastface-base", ff.get("base"), "fastface", None),
+            ("--fastface-distilled", ff.get("distilled"), "distilled", None),
+            ("--fastface-ip-adapter", ff.get("ip_adapter"), "ip-adapter", DEFAULT_ADAPTER[1]),
+            ("--fastface-image-encoder", ff.get("image_encoder"), "image-encoder", None),
+            ("--faceanet-context-model", self.faceanet_context_model, "faceanet-context", None),
+            ("--restore-face-parser", self._restore.get("face_parser"), "face-parser", None),
+            ("--restore-codeformer", self._restore.get("codeformer"), "codeformer", None),
+        ]
+        return out + [e for e in extra if e[1] is not None]
+
+    def check(self) -> None:
+        """Check every model given at start-up from its configs and tensor headers, without
+        loading weights: a missing or wrong model is one line naming its option, at start
+        rather than at the first request."""
+        from ..model_check import check_model
+        from ..pipelines.fastface_presets import FAMILIES
+
+        for option, source, use, file in self.sources():
+            if str(source) in FAMILIES or str(source) in ("tiny", "random-real"):
+                continue
+            check_model(str(source), use, option, file=file)
 
     def status(self) -> dict[str, str]:
         """method -> a line for the operator (printed at start): loaded, given (loads on first

@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "metric_env",
     "bench",
     "app",
+    "models",
     "env",
 )
 

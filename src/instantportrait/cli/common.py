@@ -84,3 +84,22 @@ def quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+#: values of a model option that name no folder or file (built-in test models, families).
+_NOT_PATHS = ("tiny", "random-real", "hyper", "lightning", "lcm", "turbo")
+
+
+def check_model_options(args: argparse.Namespace, *options: tuple[str, str]) -> None:
+    """Check the models named by ``options`` (``(flag, use)``, e.g. ``("--model", "edit")``)
+    before any computation: each given one exists (a folder, file or Hub id) and its layout
+    fits ``use``, read from configs and tensor headers only
+    (:func:`~instantportrait.model_check.check_model`). A bad one is one line naming the flag.
+    """
+    from ..model_check import check_model
+
+    for flag, use in options:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if value is None or str(value) in _NOT_PATHS:
+            continue
+        check_model(str(value), use, flag)

@@ -200,6 +200,11 @@ def run(args: argparse.Namespace) -> int:
     files = list_images(args.inputs)
     sizes = {f: load_image(f).size for f in files}
     # The output folder gathers files: it may exist; each output file is checked on its own.
+    from .common import check_model_options
+    from .restore_option import check_restore_models
+
+    check_restore_models(args)
+    check_model_options(args, ("--model", "edit"))  # configs and headers only, no weights
     out_dir = check_output_path(args.output, kind="dir")
     restore = restore_record(args)
     records = OutputRecords(

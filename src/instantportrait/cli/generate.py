@@ -241,7 +241,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             f"--num-images-per-prompt: must be at least 1, got {args.num_images_per_prompt}"
         )
+    module = available_methods()[args.method]
+    if hasattr(module, "check_models"):
+        module.check_models(args)  # configs and headers only: a wrong model is one line first
     if args.restore:
         build_restorer(args)  # a missing or bad --restore-model fails before generating
-    module = available_methods()[args.method]
     return int(module.run(args) or 0)

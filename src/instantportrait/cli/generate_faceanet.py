@@ -85,6 +85,15 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise InputError(f"--context-size: a multiple of 8, at least 64, got {args.context_size}")
 
 
+def check_models(args: argparse.Namespace) -> None:
+    """``--inpaint-base`` and ``--context-model`` exist and fit, read from configs only."""
+    from .common import check_model_options
+
+    check_model_options(
+        args, ("--inpaint-base", "faceanet"), ("--context-model", "faceanet-context")
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 

@@ -101,6 +101,26 @@ def _models(args: argparse.Namespace, model: str) -> dict[str, str | None]:
     }
 
 
+def check_models(args: argparse.Namespace) -> None:
+    """Every model option names a model that exists and fits, read from configs and headers
+    (no weights), before the face model or the pipeline loads."""
+    from ..model_check import check_model
+    from ..pipelines.fastface_presets import DEFAULT_ADAPTER
+    from .common import check_model_options
+
+    check_model_options(
+        args,
+        ("--face-model", "face-model"),
+        ("--model", "fastface"),
+        ("--base", "fastface"),
+        ("--distilled", "distilled"),
+        ("--image-encoder", "image-encoder"),
+    )
+    if args.ip_adapter is not None:
+        weight = getattr(args, "ip_adapter_weight", None) or DEFAULT_ADAPTER[1]
+        check_model(args.ip_adapter, "ip-adapter", "--ip-adapter", file=weight)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 

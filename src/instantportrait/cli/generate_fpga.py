@@ -186,6 +186,15 @@ def _restore_with_identities(image, restorer, id_embeds, regions, prompt, name):
     return result.image
 
 
+def check_models(args: argparse.Namespace) -> None:
+    """The FPGA-family model exists and is one, read from its ``model_index.json``."""
+    from ..pipelines.fpga_family import pipeline_class
+
+    model = args.fpga_model or args.model
+    if model:
+        pipeline_class(model, name=_flag("fpga_model", args) if args.fpga_model else "--model")
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         save_image,
     )
     from ..records import OutputRecords
-    from .common import quiet_libraries, resolve_device, resolve_dtype
+    from .common import check_model_options, quiet_libraries, resolve_device, resolve_dtype
     from .restore_option import build_codeformer, build_face_parser, check_codeformer_arguments
 
     if args.steps < 1:
@@ -86,6 +86,12 @@ def run(args: argparse.Namespace) -> int:
     id_name = f"--id-image {args.id_image}"
     id_image = load_image(args.id_image, name=id_name) if args.id_image else None
     check_codeformer_arguments(args)
+    check_model_options(
+        args,
+        ("--model", "restore"),
+        ("--face-parser", "face-parser"),
+        ("--codeformer", "codeformer"),
+    )
     if args.detector:
         from .detector_option import detector_config
 

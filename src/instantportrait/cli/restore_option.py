@@ -107,6 +107,22 @@ def restore_record(args: argparse.Namespace) -> dict[str, Any] | None:
     return {"settings": settings, "model": {k: v for k, v in model.items() if v}}
 
 
+def check_restore_models(args: argparse.Namespace) -> None:
+    """The ``--restore-*`` models exist and fit, read from configs only (no weights)."""
+    from ..errors import InputError
+    from .common import check_model_options
+
+    if getattr(args, "restore", False):
+        if not args.restore_model:
+            raise InputError("--restore: give the DIIR model with --restore-model PATH")
+        check_model_options(
+            args,
+            ("--restore-model", "restore"),
+            ("--restore-face-parser", "face-parser"),
+            ("--restore-codeformer", "codeformer"),
+        )
+
+
 def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
     """The :class:`~..restoration.restorer.FaceRestorer` of ``args`` (loaded once, cached)."""
     from ..errors import InputError
@@ -126,6 +142,7 @@ def build_restorer(args: argparse.Namespace, *, prompt: str | None = None):
     device = resolve_device(getattr(args, "device", "auto"))
     dtype = resolve_dtype(getattr(args, "dtype", "auto"), device)
     check_codeformer_arguments(args, prefix="restore-")
+    check_restore_models(args)
     extra = {}
     if getattr(args, "detector", None):
         from .detector_option import detector_config

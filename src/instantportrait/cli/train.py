@@ -195,9 +195,42 @@ def print_dry_run(configs: list, resolved: list[dict[str, Any]]) -> int:
     return 0
 
 
+#: trainer -> (setting, use) of each model it loads; ``None``: an FPGA folder or an SD1.5 base.
+#: (idenet/ipnet: their loader, ``InstantPortraitPipeline.from_pretrained``, checks the layout
+#: first and names the tiny settings.)
+TRAIN_MODELS: dict[str, tuple[tuple[str, str | None], ...]] = {
+    "faceanet": (("model.base", "faceanet"),),
+    "fpga": (("model.pretrained", None),),
+    "repcontrolnet": (("model.pretrained", "fpga-base"), ("model.identity_encoder", "fpga")),
+}
+
+
+def check_train_models(name: str, cfg) -> None:
+    """The models the trainer ``name`` loads exist and fit, read from configs and headers
+    only, before the trainer reads any data or weights (one line naming the setting)."""
+    from ..model_check import check_model, identify
+    from ..model_sources import locate
+
+    for setting, use in TRAIN_MODELS.get(name, ()):
+        section, _, key = setting.partition(".")
+        value = str(getattr(getattr(cfg, section), key, "") or "")
+        if name == "faceanet" and not value and not cfg.model.init_from:
+            from ..pipelines.faceanet_parts import DEFAULT_BASE
+
+            value = DEFAULT_BASE
+        if value in ("", "tiny", "random-real"):
+            continue
+        if use is None:  # train fpga: continue from an FPGA folder, or start from an SD1.5 base
+            where = locate(value, setting)
+            use = "fpga" if not isinstance(where, str) and identify(where).kind == "fpga" else None
+            use = use or "fpga-base"
+        check_model(value, use, "--base" if name == "faceanet" else setting)
+
+
 def _train(name: str, cfg, resolved, resume: str | None, overwrite: bool = False) -> Path:
     from .common import quiet_libraries
 
+    check_train_models(name, cfg)
     quiet_libraries()
     module, _, trainer_name, _ = TRAINERS[name]
     trainer = getattr(importlib.import_module(module), trainer_name)(cfg)

@@ -323,29 +323,22 @@ def build_method(
     return method_class(spec.kind)(spec, device=device, dtype=dtype)
 
 
-def check_model_path(path: str, what: str, marker: str = "model_index.json") -> None:
-    """Raise :class:`ModelNotFoundError` unless ``path`` is a local folder holding ``marker``
-    or a Hub id that can be fetched (cached, or the Hub is reachable)."""
-    p = Path(path).expanduser()
-    if p.exists():
-        if p.is_dir() and not (p / marker).is_file():
-            raise ModelNotFoundError(f"{what}: {p} is not a model folder (no {marker})")
-        return
-    looks_like_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path) is not None
-    if not looks_like_id:
-        raise ModelNotFoundError(f"{what}: {p}: no such folder (give a model folder or Hub id)")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        try:
-            from huggingface_hub import try_to_load_from_cache
+def check_model_path(
+    path: str, what: str, marker: str = "model_index.json", use: str | None = None
+) -> None:
+    """Check a method's model before any item runs: it exists (a local folder or file, or a
+    Hub id that is cached or fetchable) and, with ``use`` (a key of
+    :data:`~instantportrait.model_check.USES`), its layout fits that use. Without ``use`` a
+    folder must hold ``marker``. Every failure is one line naming ``what``."""
+    from ..model_check import check_model
+    from ..model_sources import locate
 
-            found = try_to_load_from_cache(path, marker)
-        except Exception:  # noqa: BLE001
-            found = None
-        if not isinstance(found, str):
-            raise ModelNotFoundError(
-                f"{what}: {path}: not a local folder and not in the Hub cache "
-                "(HF_HUB_OFFLINE=1); download it or give its folder"
-            )
+    if use is not None:
+        check_model(path, use, what)
+        return
+    where = locate(path, what)
+    if not isinstance(where, str) and where.is_dir() and not (where / marker).is_file():
+        raise ModelNotFoundError(f"{what} {path}: not a model folder (no {marker})")
 
 
 @register_method("identity")
@@ -404,7 +397,7 @@ class EditMethod(Method):
         self._pipe = None
 
     def check(self) -> None:
-        check_model_path(str(self.spec.path), f"method {self.spec.text!r}")
+        check_model_path(str(self.spec.path), f"method {self.spec.text!r}", use="edit")
 
     @property
     def pipe(self):

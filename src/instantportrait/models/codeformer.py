@@ -380,9 +380,9 @@ def load_codeformer(
     """
     p = Path(path).expanduser()
     if not p.exists():
-        raise ModelNotFoundError(
-            f"CodeFormer weights: {p}: no such file or folder ({WEIGHTS_HINT})"
-        )
+        from ..model_sources import missing_model
+
+        raise missing_model("CodeFormer weights", p, WEIGHTS_HINT)
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise ModelNotFoundError(

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelNotFoundError, first_line
+from ..errors import ModelNotFoundError
 from ..io import atomic_directory
+from ..model_sources import loading_error, looks_like_hub_id
 from .edit_support import (
     NOT_LOADED_COMPONENTS,
     SAFETY_CHECKER_POLICY,
@@ -21,9 +22,14 @@ from .edit_support import (
     _empty_fp32_notice,
     _first_parameter,
     _listed_components,
-    _looks_like_hub_id,
     _Placement,
     _quiet_about,
+)
+
+#: how to provide an editor, in every "not found" line.
+EDIT_HOW = (
+    "pass a local diffusers pipeline folder (`instantportrait init-tiny DIR` makes one) or a "
+    "Hub id such as timbrooks/instruct-pix2pix (cached, or on a machine that reaches the Hub)"
 )
 
 
@@ -101,37 +107,44 @@ class EditLoadingMixin:
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         """Load from a local diffusers folder or a Hub id; one clear line when not found.
 
-        Any InstructPix2Pix-format checkpoint loads (e.g. ``timbrooks/instruct-pix2pix``).
+        Any InstructPix2Pix-format checkpoint loads (e.g. ``timbrooks/instruct-pix2pix``); its
+        layout (a UNet with 8 input channels) is checked from the configs before any weight
+        loads. A Hub id is read from the Hugging Face cache when ``HF_HUB_OFFLINE=1``.
         Components it has beyond ours (:data:`NOT_LOADED_COMPONENTS`) are not loaded; a
         listed safety checker is reported once as a warning (:data:`SAFETY_CHECKER_POLICY`).
+
+        diffusers' exception types are kept: what it raises as ``ValueError`` (a missing
+        ``variant``) stays a ``ValueError`` (:class:`~..errors.InputError`), an ``OSError``
+        stays an ``OSError`` (:class:`~..errors.ModelNotFoundError`); the hint about the
+        Hub is added only when the name was looked up on the Hub.
         """
+        from ..model_check import check_model
+        from ..model_sources import locate
+
         name = str(pretrained_model_name_or_path)
         path = Path(name).expanduser()
-        how = (
-            "pass a local diffusers pipeline folder (`instantportrait init-tiny DIR` makes one) "
-            "or a Hub id such as timbrooks/instruct-pix2pix on a machine that reaches the Hub"
-        )
-        if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise ModelNotFoundError(f"{name}: folder has no model_index.json; {how}")
-            listed = _listed_components(path)
+        if path.is_dir() and not (path / "model_index.json").is_file():
+            raise ModelNotFoundError(f"{name}: folder has no model_index.json; {EDIT_HOW}")
+        if path.is_file():
+            raise ModelNotFoundError(
+                f"{name}: not a folder (a single .safetensors checkpoint loads with "
+                f"from_single_file / load_edit_pipeline); {EDIT_HOW}"
+            )
+        check_model(name, "edit", "model", how=EDIT_HOW)
+        where = locate(name, "model", EDIT_HOW)
+        if not isinstance(where, str):
+            listed = _listed_components(where)
             if "safety_checker" in listed:
                 warnings.warn(SAFETY_CHECKER_POLICY.format(name=name), stacklevel=2)
             for component in NOT_LOADED_COMPONENTS:
                 if component in listed:
                     kwargs.setdefault(component, None)
-        elif path.exists():
-            raise ModelNotFoundError(f"{name}: not a folder; {how}")
-        elif not _looks_like_hub_id(name):
-            raise ModelNotFoundError(f"{name}: no such folder; {how}")
         try:
             with _quiet_about(NOT_LOADED_COMPONENTS):
-                return super().from_pretrained(name, **kwargs)
+                return super().from_pretrained(str(where), **kwargs)
         except (OSError, ValueError, RuntimeError) as exc:
-            offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-            raise ModelNotFoundError(
-                f"{name}: could not load the pipeline{offline}: {first_line(exc)}; {how}"
-            ) from exc
+            hub = not path.exists()
+            raise loading_error(exc, f"{name}: could not load the pipeline", hub=hub) from exc
 
     @classmethod
     def from_single_file(
@@ -146,9 +159,10 @@ class EditLoadingMixin:
         Offline (this toolkit's rule: nothing is downloaded behind your back) the pipeline's
         configs must come from ``config=``: a local diffusers folder of the same architecture
         (e.g. a saved InstructPix2Pix pipeline, or ``instantportrait init-tiny`` for the tiny
-        one); its tokenizer and scheduler are used as they are, and the UNet, VAE and text
-        encoder weights are read from the checkpoint. On a machine that reaches the Hub,
-        ``config="timbrooks/instruct-pix2pix"`` works too.
+        one), or a Hub id in the Hugging Face cache; its tokenizer and scheduler are used as
+        they are, and the UNet, VAE and text encoder weights are read from the checkpoint.
+        On a machine that reaches the Hub, ``config="timbrooks/instruct-pix2pix"`` works too.
+        The checkpoint's header and the config are checked (8 input channels) first.
 
         A checkpoint with an EMA copy of its UNet (``model_ema.*``, as InstructPix2Pix's
         released ``instruct-pix2pix-00-22000.safetensors``) loads that copy, as the official
@@ -156,6 +170,8 @@ class EditLoadingMixin:
         (diffusers' own name for the choice, ``extract_ema``, is honoured too). Which copy was
         loaded is logged and kept in ``pipe.unet_source``.
         """
+        from ..model_check import check_model
+        from ..model_sources import locate
         from ..single_file import checkpoint_keys, has_ema_unet
 
         use_ema = bool(kwargs.pop("extract_ema", use_ema))
@@ -169,15 +185,19 @@ class EditLoadingMixin:
             raise ModelNotFoundError(f"{path}: no such checkpoint file")
         if config is None:
             raise ModelNotFoundError(f"{path}: a single-file checkpoint needs its configs; {how}")
-        if not Path(str(config)).expanduser().is_dir() and (
-            os.environ.get("HF_HUB_OFFLINE") or not _looks_like_hub_id(str(config))
-        ):
+        if not Path(str(config)).expanduser().is_dir() and not looks_like_hub_id(str(config)):
             raise ModelNotFoundError(f"{config}: config folder not found; {how}")
+        check_model(path, "edit", "model", how=how)
+        check_model(config, "edit", "config", how=how)
+        where = locate(config, "config", how)
+        kwargs["config"] = str(where)
         try:
             two_unets = has_ema_unet(checkpoint_keys(path))
             source = f"the UNet of {path.name}"
             if two_unets and "unet" not in kwargs:
-                kwargs["unet"] = _unet_copy(path, str(config), use_ema, kwargs.get("torch_dtype"))
+                kwargs["unet"] = _unet_copy(
+                    path, kwargs["config"], use_ema, kwargs.get("torch_dtype")
+                )
                 source = (
                     f"the EMA UNet of {path.name} (it also holds the non-EMA one: use_ema=False, "
                     "CLI --no-ema)"
@@ -187,9 +207,11 @@ class EditLoadingMixin:
                 )
             pipe = super().from_single_file(str(path), **kwargs)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise ModelNotFoundError(
-                f"{path}: could not load the single-file checkpoint: {first_line(exc)}"
-            ) from exc
+            if isinstance(exc, KeyError):
+                exc = ValueError(f"missing key {exc}")
+            raise loading_error(
+                exc, f"{path}: could not load the single-file checkpoint", hub=False
+            ) from None
         pipe.unet_source = source
         if two_unets:
             logging.getLogger(__name__).info("loaded %s", source)

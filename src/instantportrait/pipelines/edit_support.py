@@ -71,11 +71,6 @@ def _first_parameter(module: Any) -> torch.Tensor | None:
     return next(module.parameters(), None)
 
 
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
-
-
 #: Components an InstructPix2Pix checkpoint may list that this pipeline does not load.
 NOT_LOADED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
 

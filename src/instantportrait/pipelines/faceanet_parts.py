@@ -25,8 +25,15 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 FEAT_DIR = "feat_embeddings"
 META_FILE = "faceanet.json"
 ADAPTER = "faceanet"
-#: the paper's recommended G_id (SD-1.5 inpainting); any 9-channel SD inpainting model works.
-DEFAULT_BASE = "runwayml/stable-diffusion-inpainting"
+#: the paper's recommended G_id (SD-1.5 inpainting, the maintained mirror of the removed
+#: runwayml repo); any 9-channel SD inpainting model works.
+DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+#: how to provide G_id, in every "not found" line.
+BASE_HOW = (
+    f"give a local SD-inpainting folder or a Hub id such as {DEFAULT_BASE} (`hf download "
+    f"{DEFAULT_BASE}` on a connected machine fills the cache), or `init-tiny --kind inpaint` "
+    "for a test model"
+)
 
 #: tiny SD-inpainting UNet (9 input channels: noisy latent 4 + mask 1 + masked-image latent 4)
 TINY_INPAINT_IN_CHANNELS = 9
@@ -48,14 +55,16 @@ def masked_image(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return images * (1.0 - mask.to(images))
 
 
-def load_inpaint_components(base: str, seed: int = 0) -> dict[str, Any]:
+def load_inpaint_components(base: str, seed: int = 0, what: str = "--base") -> dict[str, Any]:
     """vae, text_encoder, tokenizer, unet (9 channels), scheduler (DDIM) of an SD-inpainting model.
 
     ``base``: a diffusers folder or Hub id (``vae/``, ``text_encoder/``, ``tokenizer/``,
-    ``unet/``, ``scheduler/``); ``tiny`` (tests) or ``random-real`` (SD-1.5-inpainting
-    architecture with random weights, for benchmarks).
+    ``unet/``, ``scheduler/``; a Hub id is read from the Hugging Face cache when offline);
+    ``tiny`` (tests) or ``random-real`` (SD-1.5-inpainting architecture with random weights,
+    for benchmarks). Its layout is checked (9 input channels) before any weight loads;
+    ``what`` names the option in the one-line errors.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler
 
     if base in ("tiny", "random-real"):
         from ..components import SD15_SCHEDULER_CONFIG, build_components
@@ -64,33 +73,10 @@ def load_inpaint_components(base: str, seed: int = 0) -> dict[str, Any]:
             "tiny" if base == "tiny" else "sd15", seed=seed, in_channels=TINY_INPAINT_IN_CHANNELS
         )
         parts["scheduler"] = DDIMScheduler(**SD15_SCHEDULER_CONFIG)
-    else:
-        from transformers import CLIPTextModel, CLIPTokenizer
+        return {k: parts[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+    from .sd_parts import load_sd_parts
 
-        local = Path(base).is_dir()
-        if not local and (os.path.sep in base or base.startswith(".")):
-            raise ModelNotFoundError(
-                f"{base}: no such folder (an SD-inpainting diffusers folder or Hub id is needed)"
-            )
-        try:
-            parts = {
-                "vae": AutoencoderKL.from_pretrained(base, subfolder="vae"),
-                "text_encoder": CLIPTextModel.from_pretrained(base, subfolder="text_encoder"),
-                "tokenizer": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
-                "unet": UNet2DConditionModel.from_pretrained(base, subfolder="unet"),
-                "scheduler": DDIMScheduler.from_pretrained(base, subfolder="scheduler"),
-            }
-        except (OSError, ValueError) as exc:
-            raise ModelNotFoundError(
-                f"{base}: could not load an SD-inpainting model (vae/, text_encoder/, "
-                f"tokenizer/, unet/, scheduler/); pass a local folder, a Hub id with the hub "
-                f"reachable, or `init-tiny --kind inpaint` for a test model ({exc})"
-            ) from None
-    if parts["unet"].config.in_channels != 9:
-        raise InputError(
-            f"{base}: UNet has {parts['unet'].config.in_channels} input channels; an "
-            "SD-inpainting model (9 channels) is needed"
-        )
+    parts = load_sd_parts(base, "faceanet", what, BASE_HOW)
     return {k: parts[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
 
 

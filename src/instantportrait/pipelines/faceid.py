@@ -70,7 +70,9 @@ def load_face_model(path: str | os.PathLike | IdentityEmbedder | None) -> Identi
             raise InputError(f"--face-model {p}: no {names} in the folder")
         p = found
     if not p.is_file():
-        raise InputError(f"--face-model {p}: no such file. {FACE_MODEL_HINT}")
+        from ..model_sources import missing_model
+
+        raise missing_model("--face-model", p, FACE_MODEL_HINT)
     return get_embedder("arcface", p)
 
 

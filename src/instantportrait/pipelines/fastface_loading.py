@@ -41,22 +41,25 @@ def _first_line(exc: BaseException) -> str:
 
 def resolve_file(source: str | os.PathLike, filename: str, what: str) -> Path:
     """``source/filename`` from a local folder, or from the Hub (cache first)."""
-    local = Path(source).expanduser()
-    if local.is_dir():
-        path = local / filename
+    from ..model_sources import default_how, locate, missing_model
+
+    how = default_how(source)
+    where = locate(source, what, how)
+    if not isinstance(where, str):
+        if where.is_file():
+            return where
+        path = where / filename
         if not path.is_file():
-            raise ModelNotFoundError(f"{what}: {path} not found")
+            raise missing_model(what, f"{source}/{filename}", how)
         return path
-    if local.is_file():
-        return local
     from huggingface_hub import hf_hub_download
 
     try:
         return Path(hf_hub_download(str(source), filename))
     except Exception as exc:  # noqa: BLE001 - hub errors have many types
         raise ModelNotFoundError(
-            f"{what}: {source}/{filename} is neither a local folder nor reachable on the Hub "
-            f"({_first_line(exc)}); download it and pass the folder"
+            f"{what} {source}/{filename}: could not fetch it from the Hub "
+            f"({_first_line(exc)}); {how}"
         ) from None
 
 
@@ -135,12 +138,14 @@ def _family_of_folder(folder: Path, family: str | None) -> str:
 
 
 def _from_pretrained(cls: Any, source: str | os.PathLike, what: str, **kwargs: Any) -> Any:
+    from ..model_sources import loading_error, locate
+
+    where = locate(source, what)
     try:
-        return cls.from_pretrained(str(source), **kwargs)
+        return cls.from_pretrained(str(where), **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(
-            f"{what}: cannot load {source} ({_first_line(exc)}); pass a local folder or a Hub id"
-        ) from None
+        hub = not Path(str(source)).expanduser().exists()
+        raise loading_error(exc, f"{what} {source}: cannot load", hub=hub) from None
 
 
 def _apply_family(pipe: FastFacePipeline, family: str, source: str, dtype: torch.dtype) -> None:
@@ -216,16 +221,22 @@ def load_sdxl_family(
         pipe = _from_pretrained(cls, base or DEFAULT_BASE, "--base", **diffusers_dtype(dtype))
         _apply_family(pipe, family, str(distilled or FAMILIES[family].source), dtype)
     else:
-        folder = Path(name).expanduser()
-        if not (folder / "model_index.json").is_file():
-            raise InputError(
-                f"--model {name}: neither a family ({', '.join(FAMILIES)}) nor a diffusers "
-                "pipeline folder (no model_index.json)"
-            )
+        from ..model_check import check_model
+        from ..model_sources import locate
+
+        how = f"give a family ({', '.join(FAMILIES)}), an SDXL pipeline folder or a Hub id"
+        check_model(name, "fastface", "--model", how=how)
+        where = locate(name, "--model", how)
+        if isinstance(where, str):  # a Hub id to fetch: its index tells the family
+            from huggingface_hub import hf_hub_download
+
+            folder = Path(hf_hub_download(name, "model_index.json")).parent
+        else:
+            folder = where
         if family is not None and family not in FAMILIES:
             raise InputError(f"--family {family}: one of {', '.join(FAMILIES)}")
         family = _family_of_folder(folder, family)
-        pipe = _from_pretrained(cls, folder, "--model", **diffusers_dtype(dtype))
+        pipe = _from_pretrained(cls, name, "--model", **diffusers_dtype(dtype))
         if distilled is not None:
             _apply_family(pipe, family, str(distilled), dtype)
         else:

@@ -26,28 +26,32 @@ FPGA_PIPELINES = {
 }
 
 
+#: how to provide an FPGA-family model, in every "not found" line.
+FPGA_HOW = (
+    "train one with `instantportrait train fpga` / `train repcontrolnet`, or write a tiny one "
+    "with `init-tiny --kind fpga` / `--kind repcontrolnet`"
+)
+_KIND_CLASS = {"fpga": "FPGAPipeline", "repcontrolnet": "RepControlNetPipeline"}
+
+
 def pipeline_class(model: str | os.PathLike, *, name: str = "model") -> str:
     """``FPGAPipeline`` or ``RepControlNetPipeline``: the class ``model`` was saved as.
 
+    ``model`` is a local folder or a Hub id (from the Hugging Face cache offline); its layout
+    is checked from ``model_index.json`` first (:func:`~..model_check.check_model`).
     ``name`` names the input in the one-line error (e.g. ``--model``).
     """
-    model = Path(model)
-    index = model / "model_index.json"
-    if not index.is_file():
-        raise ModelNotFoundError(
-            f"{name} {model}: no FPGA or RepControlNet pipeline folder (model_index.json); "
-            "train one with `instantportrait train fpga` / `train repcontrolnet`, or write a "
-            "tiny one with `init-tiny --kind fpga` / `--kind repcontrolnet`"
-        )
-    try:
-        cls = json.loads(index.read_text()).get("_class_name")
-    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
-        cls = None
-    if cls not in FPGA_PIPELINES:
-        raise ModelNotFoundError(
-            f"{name} {model}: a {cls or 'unknown'} folder, not one of {', '.join(FPGA_PIPELINES)}"
-        )
-    return cls
+    from ..model_check import check_model
+
+    found = check_model(model, "fpga", name, how=FPGA_HOW)
+    if found.kind == "hub":  # online and not cached: read the class from its index
+        from huggingface_hub import hf_hub_download
+
+        index = json.loads(Path(hf_hub_download(str(model), "model_index.json")).read_text())
+        if index.get("_class_name") not in FPGA_PIPELINES:
+            raise ModelNotFoundError(f"{name} {model}: not an FPGA-family pipeline; {FPGA_HOW}")
+        return str(index["_class_name"])
+    return _KIND_CLASS[found.kind]
 
 
 def load_fpga_family(
@@ -63,12 +67,14 @@ def load_fpga_family(
     ``control_strength``: a RepControlNet's beta (re-merged from its saved copies).
     """
     from ..errors import InputError
+    from ..model_sources import locate
 
     cls = pipeline_class(model, name=name)
+    where = str(locate(model, name, FPGA_HOW))
     if cls == "RepControlNetPipeline":
         from .rep_controlnet import RepControlNetPipeline
 
-        pipe = RepControlNetPipeline.from_pretrained(str(model), dtype=dtype)
+        pipe = RepControlNetPipeline.from_pretrained(where, dtype=dtype)
         if control_strength is not None:
             pipe.set_control_strength(control_strength)
     else:
@@ -76,7 +82,7 @@ def load_fpga_family(
             raise InputError(f"{name} {model}: control strength is for a RepControlNet model")
         from .fpga import FPGAPipeline
 
-        pipe = FPGAPipeline.from_pretrained(str(model), dtype=dtype)
+        pipe = FPGAPipeline.from_pretrained(where, dtype=dtype)
     if device is not None:
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

@@ -34,8 +34,10 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from PIL import Image
 
-from ..errors import InputError, ModelNotFoundError, first_line
+from ..errors import InputError
 from ..io import atomic_directory, check_prompt
+from ..model_check import ModelMismatchError
+from ..model_sources import loading_error
 from ..restoration.attention import SelfAttentionStore, self_attention_fusion
 from ..restoration.fusion import STATS_REGIONS, mgff, resize_mask
 from ..restoration.inversion import InversionCache, ddim_inversion, ddim_step
@@ -59,6 +61,14 @@ def control_to_tensor(image: Image.Image) -> torch.Tensor:
     """A condition image as diffusers' ControlNets read it: ``(1, 3, H, W)`` in ``[0, 1]``."""
     arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+#: how to provide a DIIR model, in every "not found" line.
+DIIR_HOW = (
+    "pass a diffusers folder with vae, text_encoder, tokenizer, unet, controlnet (landmark "
+    "ControlNet) and scheduler, or a Hub id (`instantportrait init-tiny DIR --kind restore` "
+    "makes a tiny one; `train fpga` makes an FPGA folder that restores too)"
+)
 
 
 class DIIRPipeline(StepCallbackMixin, DiffusionPipeline):
@@ -92,21 +102,23 @@ class DIIRPipeline(StepCallbackMixin, DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         """Load a DIIR folder (``init-tiny --kind restore`` makes one); one line when missing."""
+        from ..model_check import check_model
+        from ..model_sources import locate
+
         name = str(pretrained_model_name_or_path)
-        path = Path(name).expanduser()
-        how = (
-            "pass a diffusers folder with vae, text_encoder, tokenizer, unet, controlnet "
-            "(landmark ControlNet) and scheduler (`instantportrait init-tiny DIR --kind restore` "
-            "makes a tiny one)"
-        )
-        if path.is_dir() and not (path / "model_index.json").is_file():
-            raise ModelNotFoundError(f"{name}: folder has no model_index.json; {how}")
-        if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
-            raise ModelNotFoundError(f"{name}: no such folder; {how}")
+        how = DIIR_HOW
+        found = check_model(name, "restore", "model", how=how)
+        if found.kind == "fpga":
+            raise ModelMismatchError(
+                f"model {name}: an FPGA pipeline folder; load it with "
+                "FaceRestorer.from_pretrained (DIIR on FPGA's components)"
+            )
+        where = str(locate(name, "model", how))
         try:
-            return super().from_pretrained(name, **kwargs)
+            return super().from_pretrained(where, **kwargs)
         except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelNotFoundError(f"{name}: could not load: {first_line(exc)}; {how}") from exc
+            hub = not Path(name).expanduser().exists()
+            raise loading_error(exc, f"{name}: could not load", hub=hub) from exc
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Save as safetensors atomically."""

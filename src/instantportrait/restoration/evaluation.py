@@ -100,7 +100,9 @@ class RestoredMethod(Method):
         self._restorer = None
 
     def check(self) -> None:
-        check_model_path(str(self.spec.path), f"method {self.spec.text!r}: DIIR model")
+        check_model_path(
+            str(self.spec.path), f"method {self.spec.text!r}: DIIR model", use="restore"
+        )
         self.inner.check()
         parser = self.spec.options.get("face_parser")
         if parser and not Path(str(parser)).expanduser().exists():

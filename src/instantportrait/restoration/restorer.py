@@ -172,21 +172,23 @@ class FaceRestorer:
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> FaceRestorer:
         """A restorer on the model folder ``path``; ``kwargs`` as for the constructor.
 
-        A DIIR folder (``init-tiny --kind restore``) loads as it is; an FPGA pipeline folder
+        ``path`` is a local folder or a Hub id (from the Hugging Face cache offline), its
+        layout checked first. A DIIR folder (``init-tiny --kind restore``) loads as it is; an
+        FPGA pipeline folder
         (``_class_name`` ``FPGAPipeline``: SD1.5 + ID-ControlNet + resampler) loads through
         :meth:`from_pipeline`, so its ``encode_identity`` becomes the ID encoder.
         """
-        import json
-        from pathlib import Path
+        from ..model_check import check_model
+        from ..model_sources import locate
+        from ..pipelines.restore import DIIR_HOW, DIIRPipeline
 
-        from ..pipelines.restore import DIIRPipeline
-
-        index = Path(path).expanduser() / "model_index.json"
-        if index.is_file() and json.loads(index.read_text()).get("_class_name") == "FPGAPipeline":
+        found = check_model(path, "restore", "model", how=DIIR_HOW)
+        where = locate(path, "model", DIIR_HOW)
+        if found.kind == "fpga":
             from ..pipelines.fpga import FPGAPipeline  # issue 15
 
-            return cls.from_pipeline(FPGAPipeline.from_pretrained(str(path)), **kwargs)
-        pipe = DIIRPipeline.from_pretrained(path)
+            return cls.from_pipeline(FPGAPipeline.from_pretrained(str(where)), **kwargs)
+        pipe = DIIRPipeline.from_pretrained(where)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, **kwargs)
 

@@ -60,7 +60,8 @@ class FaceANetModelConfig:
     """G_id, the LoRA and the ``[feat]`` vectors."""
 
     #: SD-inpainting folder or Hub id; ``tiny`` / ``random-real`` for tests and benchmarks;
-    #: empty: the identity's base with ``init_from``, else runwayml/stable-diffusion-inpainting
+    #: empty: the identity's base with ``init_from``, else
+    #: stable-diffusion-v1-5/stable-diffusion-inpainting (the maintained mirror)
     base: str = ""
     seed: int = 0
     lora_rank: int = 48

@@ -246,39 +246,50 @@ def load_fpga_parts(m: FPGAModelConfig) -> dict[str, Any]:
     if m.pretrained in ("tiny", "random-real"):
         return fpga_components("tiny" if m.pretrained == "tiny" else "sd15", seed=m.seed)
     path = Path(m.pretrained)
+    if (path / "model_index.json").is_file() and (path / "controlnet").is_dir():
+        from ..model_check import check_model
+        from ..pipelines.fpga import FPGAPipeline
+
+        check_model(path, "fpga", "model.pretrained")
+        pipe = FPGAPipeline.from_pretrained(str(path))
+        parts = dict(pipe.components)
+        parts["face_embedder"] = pipe.config.face_embedder
+        return parts
+    from ..models.id_controlnet import IDControlNetModel
+    from ..models.resampler import IDResampler
+    from ..pipelines.sd_parts import load_sd_parts
+    from .repcontrolnet import SD15_HOW
+
+    parts = load_sd_parts(m.pretrained, "fpga-base", "model.pretrained", SD15_HOW)
+    image_encoder = load_image_encoder(m.image_encoder, m.image_encoder_subfolder)
+    return {
+        **parts,
+        "controlnet": IDControlNetModel.from_unet(parts["unet"]),
+        "resampler": IDResampler(clip_embed_dim=image_encoder.config.hidden_size),
+        "image_encoder": image_encoder,
+        "face_embedder": m.face_embedder,
+    }
+
+
+def load_image_encoder(source: str, subfolder: str | None = None):
+    """The CLIP vision encoder at ``source`` (folder or Hub id) / ``subfolder``, checked first."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from ..model_check import check_model
+    from ..model_sources import locate
+
+    how = "give a CLIP vision folder, or a Hub id such as h94/IP-Adapter with its subfolder"
+    where = locate(source, "model.image_encoder", how)
+    if not isinstance(where, str):
+        check_model(Path(where) / (subfolder or ""), "image-encoder", "model.image_encoder")
     try:
-        if (path / "model_index.json").is_file() and (path / "controlnet").is_dir():
-            from ..pipelines.fpga import FPGAPipeline
-
-            pipe = FPGAPipeline.from_pretrained(str(path))
-            parts = dict(pipe.components)
-            parts["face_embedder"] = pipe.config.face_embedder
-            return parts
-        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
-
-        from ..models.id_controlnet import IDControlNetModel
-        from ..models.resampler import IDResampler
-
-        unet = UNet2DConditionModel.from_pretrained(m.pretrained, subfolder="unet")
-        image_encoder = CLIPVisionModelWithProjection.from_pretrained(
-            m.image_encoder, subfolder=m.image_encoder_subfolder or None
+        return CLIPVisionModelWithProjection.from_pretrained(
+            str(where), subfolder=subfolder or None
         )
-        return {
-            "vae": AutoencoderKL.from_pretrained(m.pretrained, subfolder="vae"),
-            "text_encoder": CLIPTextModel.from_pretrained(m.pretrained, subfolder="text_encoder"),
-            "tokenizer": CLIPTokenizer.from_pretrained(m.pretrained, subfolder="tokenizer"),
-            "unet": unet,
-            "controlnet": IDControlNetModel.from_unet(unet),
-            "resampler": IDResampler(clip_embed_dim=image_encoder.config.hidden_size),
-            "image_encoder": image_encoder,
-            "scheduler": DDIMScheduler.from_pretrained(m.pretrained, subfolder="scheduler"),
-            "face_embedder": m.face_embedder,
-        }
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFoundError(
-            f"model.pretrained={m.pretrained}: cannot load ({exc}); give an SD1.5 folder with "
-            "unet/vae/text_encoder/tokenizer/scheduler, an FPGA pipeline folder, or 'tiny'"
+            f"model.image_encoder {source}: cannot load ({first[:160]}); {how}"
         ) from None
 
 

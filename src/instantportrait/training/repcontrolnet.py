@@ -42,7 +42,7 @@ from .loop import OptimConfig, RunConfig, Trainer
 class RepModelConfig:
     #: an SD1.5 diffusers folder (unet/vae/text_encoder/tokenizer/scheduler); ``tiny`` (tests)
     #: or ``random-real`` (SD1.5's architecture with random weights, benchmarks)
-    pretrained: str = "runwayml/stable-diffusion-v1-5"
+    pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     init_scale: float = 0.1
     inject_at: Literal["conv_in_output", "latent_input"] = "conv_in_output"
     adapter_channels: list[int] = field(default_factory=lambda: [16, 32, 96, 256])
@@ -191,10 +191,18 @@ def open_portraits(path: str):
     return source
 
 
+#: how to provide an SD1.5 base, in every "not found" line (FPGA and RepControlNet).
+SD15_HOW = (
+    "give a diffusers SD1.5 folder or a Hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5"
+    " or SG161222/Realistic_Vision_V4.0_noVAE (FPGA's Table 6 base; `hf download` on a "
+    "connected machine fills the cache), or tiny / random-real"
+)
+
+
 def load_sd_components(pretrained: str, seed: int = 0) -> dict[str, Any]:
-    """vae, text_encoder, tokenizer, unet, scheduler of an SD1.5-format model (4-ch UNet)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    """vae, text_encoder, tokenizer, unet, scheduler of an SD1.5-format model (4-ch UNet):
+    a folder or Hub id, its layout checked first (:func:`~..pipelines.sd_parts.load_sd_parts`)."""
+    from diffusers import DDIMScheduler
 
     from ..components import SD15_SCHEDULER_CONFIG, build_components
 
@@ -205,21 +213,9 @@ def load_sd_components(pretrained: str, seed: int = 0) -> dict[str, Any]:
         )
         parts["scheduler"] = DDIMScheduler(**SD15_SCHEDULER_CONFIG, **sched_kw)
         return parts
-    try:
-        return {
-            "unet": UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet"),
-            "vae": AutoencoderKL.from_pretrained(pretrained, subfolder="vae"),
-            "text_encoder": CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder"),
-            "tokenizer": CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer"),
-            "scheduler": DDIMScheduler.from_pretrained(pretrained, subfolder="scheduler"),
-        }
-    except (OSError, ValueError) as exc:
-        from ..errors import ModelNotFoundError
+    from ..pipelines.sd_parts import load_sd_parts
 
-        raise ModelNotFoundError(
-            f"model.pretrained={pretrained}: could not load an SD1.5 folder ({exc}); pass a "
-            "diffusers SD1.5 folder, or tiny / random-real"
-        ) from exc
+    return load_sd_parts(pretrained, "fpga-base", "model.pretrained", SD15_HOW)
 
 
 class RepControlNetTrainer(Trainer):

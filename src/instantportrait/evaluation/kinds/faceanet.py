@@ -168,10 +168,14 @@ class FaceANetMethod(Method):
 
     # ------------------------------------------------------------------ harness API
     def check(self) -> None:
-        check_model_path(str(self.spec.path), f"method {self.spec.text!r}")
+        from ...pipelines.fastface_presets import FAMILIES
+
+        if str(self.spec.path) not in ("tiny", "random-real"):
+            check_model_path(str(self.spec.path), f"method {self.spec.text!r}", use="faceanet")
         ctx = self.setting("context_model")
-        if ctx not in (None, "tiny"):
-            check_model_path(str(ctx), f"method {self.spec.text!r}: context_model")
+        if ctx not in (None, "tiny") and str(ctx) not in FAMILIES:
+            what = f"method {self.spec.text!r}: context_model"
+            check_model_path(str(ctx), what, use="faceanet-context")
         if self.setting("context_photos"):
             self.context_photos()
 

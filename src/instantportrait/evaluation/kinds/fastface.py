@@ -127,8 +127,9 @@ class FastFaceMethod(Method):
             )
         if not Path(str(face)).expanduser().exists():
             raise ModelNotFoundError(f"{what}: face_model {face}: no such file or folder")
+        uses = {"base": "fastface", "model": "fastface", "image_encoder": "image-encoder"}
         for key, source, marker in self._sources():
-            check_model_path(source, f"{what}: {key}", marker=marker)
+            check_model_path(source, f"{what}: {key}", marker=marker, use=uses.get(key))
 
     def _sources(self) -> list[tuple[str, str, str]]:
         """``(setting, source, a file it must hold)`` of every model the pipeline reads."""

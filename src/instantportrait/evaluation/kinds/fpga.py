@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from ...errors import InputError
-from ..methods import Method, MethodSpec, check_model_path
+from ..methods import Method, MethodSpec
 
 __all__ = ["FPGAMethod", "subject_condition"]
 
@@ -90,8 +90,22 @@ class FPGAMethod(Method):
         self._pipe = None
         self._ids: dict[str, torch.Tensor] = {}
 
+    #: the model kind (:func:`~instantportrait.model_check.identify`) this method loads.
+    model_kind = "fpga"
+
     def check(self) -> None:
-        check_model_path(str(self.spec.path), f"method {self.spec.text!r}")
+        """The folder is an FPGA-family pipeline of this kind (a merged RepControlNet given
+        to ``fpga:`` says to use ``repcontrolnet:``), before any item runs."""
+        from ...model_check import check_model
+
+        where = f"method {self.spec.text!r}"
+        found = check_model(str(self.spec.path), "fpga", where)
+        if found.kind not in (self.model_kind, "hub"):
+            loads = {"fpga": "an FPGA pipeline folder", "repcontrolnet": "a merged RepControlNet"}
+            raise InputError(
+                f"{where}: {found.description}; the {self.model_kind} kind loads "
+                f"{loads[self.model_kind]} (use the {found.kind} kind)"
+            )
 
     @property
     def pipe(self):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import InputError
 from .fpga import FPGAMethod
 
 __all__ = ["RepControlNetMethod"]
@@ -26,13 +25,7 @@ class RepControlNetMethod(FPGAMethod):
 
     options = (*FPGAMethod.options, "control_strength", "adapter_scale")
 
-    def check(self) -> None:
-        from ...pipelines.fpga_family import pipeline_class
-
-        super().check()
-        where = f"method {self.spec.text!r}"
-        if pipeline_class(self.spec.path, name=where) != "RepControlNetPipeline":
-            raise InputError(f"{where}: not a merged RepControlNet folder (use the fpga kind)")
+    model_kind = "repcontrolnet"
 
     def load_pipeline(self):
         from ...pipelines.fpga_family import load_fpga_family

@@ -166,6 +166,10 @@ class ModelHub:
             self._failures[key] = reason
             raise MetricUnavailable(reason)
         try:
+            from ...model_sources import locate, looks_like_hub_id
+
+            if src is not None and looks_like_hub_id(src):  # the cache, offline; one line if absent
+                src = str(locate(src, f"--weights {key}", f"provide {spec.provide}"))
             model = spec.loader(src, self.device)
         except Exception as exc:  # noqa: BLE001 - any load failure makes the metric unavailable
             from ...errors import InstantPortraitError

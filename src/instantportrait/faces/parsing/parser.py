@@ -195,7 +195,9 @@ def load_bisenet(
     """
     p = Path(path).expanduser()
     if not p.exists():
-        raise ModelNotFoundError(f"{p}: face parser not found; give {WEIGHTS_HINT}")
+        from ...model_sources import missing_model
+
+        raise missing_model("face parser", p, f"give {WEIGHTS_HINT}")
     if p.is_dir():
         if not (p / BiSeNet.config_name).is_file():
             raise ModelNotFoundError(
