@@ -147,3 +147,39 @@ def test_comfyui_nodes_take_a_kontext_folder(kontext_dir, portrait):
     )
     want = _direct(kontext_dir, small, 1, iterations=2)
     np.testing.assert_allclose(out[0].numpy() * 255.0, np.asarray(want), atol=1e-3)
+
+
+def test_edit_video_refuses_a_kontext_folder_in_one_line(kontext_dir, tmp_path, capsys):
+    pytest.importorskip("av")
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from test_video import synthetic_frames, write_clip
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    clip = write_clip(tmp_path / "in.mp4", synthetic_frames())
+    code, _, err = _cli(capsys, "edit-video", clip, "-o", tmp_path / "out.mp4", "--model",
+                        kontext_dir, "--prompt", PROMPT, "--device", "cpu")  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Kontext" in err
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_edit_cli_lora_on_kontext_equals_the_adapter(
+    kontext_dir, portrait, astronaut_path, tmp_path, capsys
+):
+    from instantportrait.backbones.kontext_adapters import add_adapter, save_adapter
+    from instantportrait.pipelines.kontext_edit import KontextEditPipeline
+
+    pipe = KontextEditPipeline.from_pretrained(kontext_dir)
+    pipe.set_progress_bar_config(disable=True)
+    add_adapter(pipe.transformer, "ide", rank=4, init_lora_weights=False)
+    save_adapter(pipe.transformer, "ide", tmp_path / "lora")
+    want = pipe(PROMPT, portrait, num_inference_steps=1, resolution=64,
+                generator=torch.Generator("cpu").manual_seed(0)).images[0]  # fmt: skip
+    code, _, err = _cli(capsys, "edit", astronaut_path, "--model", kontext_dir, "--prompt",
+                        PROMPT, "--steps", 1, "--resolution", 64, "--lora", tmp_path / "lora",
+                        "-o", tmp_path / "o")  # fmt: skip
+    assert code == 0, err
+    got = np.asarray(Image.open(tmp_path / "o" / "astronaut.png"))
+    np.testing.assert_array_equal(got, np.asarray(want))
+    base = _direct(kontext_dir, portrait, 1)
+    assert np.abs(np.asarray(base, float) - got).max() > 0  # the LoRA changed the edit
