@@ -8,8 +8,12 @@ which formulas of :mod:`instantportrait.parameterization` turn the output into x
 ``trainable_modules()``. Where the edit image goes (on the UNet's channels, on the DiT's
 sequence) is the backbone's business alone.
 
+* :class:`~.ip2p_unet.InstructPix2PixBackbone`: the InstructPix2Pix UNet (image on the
+  channels, epsilon, three-branch guidance); every UNet call of
+  :class:`~instantportrait.pipelines.InstantPortraitPipeline` goes through it.
 * :class:`~.flux_kontext.FluxKontextBackbone`: FLUX.1 Kontext (image on the sequence,
   velocity, distilled guidance).
+* :mod:`~.kontext_adapters`: LoRA adapters on the Kontext transformer, switched by name.
 """
 
 from __future__ import annotations

@@ -27,8 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="pipeline folder or Hub id (IPNet, IDE-Net or InstructPix2Pix format), or a "
-        "single-file .safetensors checkpoint with --config",
+        help="pipeline folder or Hub id (IPNet, IDE-Net or InstructPix2Pix format), a FLUX.1 "
+        "Kontext folder (the teacher, or an exported one-step student), or a single-file "
+        ".safetensors checkpoint with --config",
     )
     p.add_argument(
         "--config",
@@ -64,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--guidance-scale",
         type=float,
         default=None,
-        help="text guidance s_T (default: the checkpoint's)",
+        help="text guidance s_T (default: the checkpoint's); for a FLUX.1 Kontext model its "
+        "distilled guidance (default 2.5)",
     )
     p.add_argument(
         "--image-guidance-scale",
@@ -143,6 +145,27 @@ def parse_lora(spec: str) -> tuple[str, float]:
     return spec, 1.0
 
 
+def check_kontext_arguments(args: argparse.Namespace) -> None:
+    """For a FLUX.1 Kontext ``--model``: refuse the InstructPix2Pix-only options in one line
+    (Kontext's guidance is one distilled scalar, ``--guidance-scale``)."""
+    from ..backbones import is_kontext_folder
+    from ..errors import InputError
+
+    model = Path(str(args.model)).expanduser()
+    if not (model.is_dir() and is_kontext_folder(model)):
+        return
+    unused = {
+        "--image-guidance-scale": args.image_guidance_scale is not None,
+        "--negative-prompt": args.negative_prompt is not None,
+        "--config": args.config is not None,
+        "--speed": args.speed not in (None, "none"),
+        "--tiny-vae": bool(args.tiny_vae),
+    }
+    for option, given in unused.items():
+        if given:
+            raise InputError(f"{option}: not used by a FLUX.1 Kontext model; leave it out")
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -179,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--num-images-per-prompt: at least 1, got {args.num_images_per_prompt}")
     if args.no_ema and not str(args.model).lower().endswith((".safetensors", ".ckpt")):
         raise InputError("--no-ema: only for a single-file --model (.safetensors or .ckpt)")
+    check_kontext_arguments(args)
     try:
         ResolutionPolicy(long_side=args.resolution)
     except InputError as exc:

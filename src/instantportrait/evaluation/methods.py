@@ -361,7 +361,9 @@ class IdentityMethod(Method):
 
 @register_method("edit")
 class EditMethod(Method):
-    """:class:`~instantportrait.pipelines.InstantPortraitPipeline` from ``PATH``.
+    """:class:`~instantportrait.pipelines.InstantPortraitPipeline` from ``PATH``, or
+    :class:`~instantportrait.pipelines.kontext_edit.KontextEditPipeline` for a FLUX.1 Kontext
+    folder (``load_edit_pipeline`` tells them apart; its cost counts the transformer).
 
     ``steps`` (default: the checkpoint's recommendation), ``iterations`` (style boost, default
     1), ``guidance_scale``, ``image_guidance_scale``, ``resolution`` (default 512),
@@ -403,10 +405,9 @@ class EditMethod(Method):
     def pipe(self):
         """The pipeline, loaded on first use."""
         if self._pipe is None:
-            from ..pipelines import InstantPortraitPipeline
+            from ..pipelines import load_edit_pipeline  # InstructPix2Pix format or Kontext
 
-            pipe = InstantPortraitPipeline.from_pretrained(self.spec.path)
-            pipe = pipe.to(device=self.device, dtype=self.dtype)
+            pipe = load_edit_pipeline(self.spec.path, device=self.device, dtype=self.dtype)
             pipe.set_progress_bar_config(disable=True)
             self._pipe = pipe
         return self._pipe
@@ -414,7 +415,7 @@ class EditMethod(Method):
     @property
     def steps(self) -> int:
         """The denoising steps used."""
-        return int(self.spec.get("steps") or self.pipe.config.recommended_steps)
+        return int(self.spec.get("steps") or self.pipe.recommended_steps)
 
     def generate(self, image: Image.Image, prompt: str, seed: int, **context: Any) -> Image.Image:
         return self.pipe(
@@ -433,7 +434,7 @@ class EditMethod(Method):
         from ..components import count_parameters
 
         return {
-            "params": count_parameters(self.pipe.unet),
+            "params": count_parameters(getattr(self.pipe, "transformer", None) or self.pipe.unet),
             "steps": self.steps * int(self.spec.get("iterations") or 1),
         }
 

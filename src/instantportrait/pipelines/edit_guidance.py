@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import torch
 
+from ..backbones.ip2p_unet import InstructPix2PixBackbone
 from ..guidance import instruct_pix2pix_guidance, needs_three_branches
 
 
 class EditGuidanceMixin:
-    """The guided UNet prediction; expects ``self.unet`` (8 input channels)."""
+    """The guided UNet prediction, each call through ``self.backbone``
+    (:class:`~instantportrait.backbones.ip2p_unet.InstructPix2PixBackbone`: 8 input channels,
+    the image latents on the channels)."""
+
+    @property
+    def backbone(self) -> InstructPix2PixBackbone:
+        """This pipeline's UNet behind the edit-backbone interface (made once)."""
+        made = self.__dict__.get("_backbone")
+        if made is None:
+            made = self.__dict__["_backbone"] = InstructPix2PixBackbone(self)
+        return made
 
     def guided_prediction(
         self,
@@ -70,13 +81,12 @@ class EditGuidanceMixin:
         """One (batched) UNet call on the branch inputs of :meth:`_branch_inputs`, guided when
         they hold the three branches."""
         image_part, ctx = branches
+        predict = self.backbone.predict  # the image goes on the UNet's channels there
         if image_part.shape[0] == latents.shape[0]:
-            x = torch.cat([latents, image_part], dim=1)
-            return self.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
-        x = torch.cat([torch.cat([latents, latents, latents]), image_part], dim=1)
+            return predict(latents, t, ctx, image_part)
         if isinstance(t, torch.Tensor) and t.ndim == 1 and t.shape[0] == latents.shape[0] > 1:
             t = t.repeat(3)  # per-item timesteps follow the items into every branch
-        out = self.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
+        out = predict(torch.cat([latents, latents, latents]), t, ctx, image_part)
         none, image_only, full = out.chunk(3)
         return instruct_pix2pix_guidance(
             full, image_only, none, guidance_scale, image_guidance_scale

@@ -10,6 +10,13 @@ FLUX.1-Kontext-dev`` or a one-step student exported from it) and edits through t
   resolution-dependent shift and the distilled guidance scale, exactly as diffusers'
   ``FluxKontextPipeline`` does (tested to 1e-4 on the same components and seeds);
 * ``iterations=2``: style boost, the output fed back as the next input.
+
+Its call takes the arguments of :class:`~instantportrait.pipelines.InstantPortraitPipeline`
+that the CLI, the app, the ComfyUI node and the evaluation harness pass (``resolution``,
+``num_images_per_prompt``, ``None`` for the checkpoint's defaults), so they drive either
+editor. A folder's ``recommended_steps`` (28 for the published teacher, 1 for an exported
+student, :func:`~instantportrait.backbones.kontext_adapters.export_student`) is the step count
+when none is given. LoRA files load through diffusers' ``load_lora_weights``.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import FluxLoraLoaderMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..backbones.flux_kontext import FluxKontextBackbone, flux_shift_mu
 from ..errors import InputError
+from ..io import ResolutionPolicy, load_image
 
 __all__ = ["KontextEditPipeline", "KontextEditOutput"]
 
@@ -37,8 +46,17 @@ class KontextEditOutput(dict):
         return self["images"]
 
 
-class KontextEditPipeline(DiffusionPipeline):
-    """Instruction editing with FLUX.1 Kontext's components (diffusers' names)."""
+#: The published teacher's step count (the model card's 28) and distilled guidance (2.5).
+TEACHER_STEPS = 28
+DEFAULT_GUIDANCE = 2.5
+
+
+class KontextEditPipeline(DiffusionPipeline, FluxLoraLoaderMixin):
+    """Instruction editing with FLUX.1 Kontext's components (diffusers' names).
+
+    ``recommended_steps`` (stored in ``model_index.json``): the steps run when none are given,
+    :data:`TEACHER_STEPS` for the published folder, 1 for an exported one-step student.
+    """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae"
     _callback_tensor_inputs = ["latents"]
@@ -54,6 +72,8 @@ class KontextEditPipeline(DiffusionPipeline):
         transformer: Any,
         image_encoder: Any = None,
         feature_extractor: Any = None,
+        recommended_steps: int = TEACHER_STEPS,
+        default_guidance_scale: float = DEFAULT_GUIDANCE,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -67,6 +87,10 @@ class KontextEditPipeline(DiffusionPipeline):
             image_encoder=image_encoder,
             feature_extractor=feature_extractor,
         )
+        self.register_to_config(
+            recommended_steps=int(recommended_steps),
+            default_guidance_scale=float(default_guidance_scale),
+        )
         self.backbone = FluxKontextBackbone(
             transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2
         )
@@ -74,7 +98,17 @@ class KontextEditPipeline(DiffusionPipeline):
             vae_scale_factor=self.backbone.vae_scale_factor * 2
         )
         self._num_timesteps = 0
-        self._guidance_scale = 2.5
+        self._guidance_scale = float(default_guidance_scale)
+
+    @property
+    def recommended_steps(self) -> int:
+        """Steps used when ``num_inference_steps`` is not given (1 = the one-step student)."""
+        return int(self.config.recommended_steps)
+
+    @property
+    def default_guidance_scale(self) -> float:
+        """The distilled guidance used when ``guidance_scale`` is not given."""
+        return float(self.config.default_guidance_scale)
 
     @property
     def num_timesteps(self) -> int:
@@ -84,9 +118,17 @@ class KontextEditPipeline(DiffusionPipeline):
     def guidance_scale(self) -> float:
         return self._guidance_scale
 
-    def _size(self, image: PIL.Image.Image, height: int | None, width: int | None) -> tuple:
+    def _size(
+        self,
+        image: PIL.Image.Image,
+        height: int | None,
+        width: int | None,
+        resolution: int | None = None,
+    ) -> tuple:
         multiple = self.backbone.vae_scale_factor * 2
         w, h = image.size
+        if resolution is not None and height is None and width is None:
+            w, h = ResolutionPolicy(long_side=resolution, multiple=multiple).target_size(w, h)
         height, width = height or h, width or w
         if height < multiple or width < multiple:
             raise InputError(f"image size {width}x{height}: at least {multiple} px a side")
@@ -109,9 +151,9 @@ class KontextEditPipeline(DiffusionPipeline):
     def __call__(
         self,
         prompt: str | list[str],
-        image: PIL.Image.Image | list[PIL.Image.Image],
-        num_inference_steps: int = 1,
-        guidance_scale: float = 2.5,
+        image: Any,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         height: int | None = None,
         width: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -121,33 +163,71 @@ class KontextEditPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Any = None,
+        resolution: int | None = None,
+        num_images_per_prompt: int = 1,
+        image_guidance_scale: float | None = None,
+        negative_prompt: str | list[str] | None = None,
+        timestep: int | None = None,
     ) -> Any:
         """Edit ``image`` by ``prompt``.
 
         Args:
-            num_inference_steps: 1 runs the one-step student at sigma = 1; more run the teacher.
-            guidance_scale: FLUX's distilled guidance (the model card's 2.5; diffusers' 3.5).
+            image: a PIL image, path or array (or a list, one per prompt).
+            num_inference_steps: 1 runs the one-step student at sigma = 1; more run the
+                teacher; default the folder's ``recommended_steps``.
+            guidance_scale: FLUX's distilled guidance (default the folder's, the model card's
+                2.5; diffusers' is 3.5).
             height, width: output size (default the image's, rounded down to a multiple of 16).
+            resolution: the long side the input is resized to (multiple of 16 kept), unless
+                ``height``/``width`` are given; ``None`` keeps the input's size.
+            num_images_per_prompt: outputs per (prompt, image) pair, each with its own noise.
+            image_guidance_scale, negative_prompt, timestep: the InstructPix2Pix editor's
+                arguments; Kontext has no image guidance, no negative branch and samples the
+                student at sigma = 1, so anything but ``None`` is refused in one line.
             latents: the starting noise ``(B, 16, h, w)`` (unpacked), instead of drawing it.
             iterations: style boost: run the edit again on its own output.
             output_type: ``pil``, ``np``, ``pt`` or ``latent``.
         """
+        for name, value in (
+            ("image_guidance_scale", image_guidance_scale),
+            ("negative_prompt", negative_prompt),
+            ("timestep", timestep),
+        ):
+            if value is not None:
+                raise InputError(f"{name}: not used by a FLUX.1 Kontext model; leave it out")
+        num_inference_steps = num_inference_steps or self.recommended_steps
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        images = [image] if isinstance(image, PIL.Image.Image) else list(image)
+        images = image if isinstance(image, (list, tuple)) else [image]
+        images = [
+            im if isinstance(im, PIL.Image.Image) else load_image(im, name=f"image[{i}]")
+            for i, im in enumerate(images)
+        ]
         if len(images) == 1 and len(prompts) > 1:
             images = images * len(prompts)
+        if len(prompts) == 1 and len(images) > 1:
+            prompts = prompts * len(images)
         if len(images) != len(prompts):
             raise InputError(f"{len(prompts)} prompts but {len(images)} images")
         if num_inference_steps < 1 or iterations < 1:
             raise InputError("num_inference_steps and iterations: at least 1")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise InputError(
+                f"num_images_per_prompt: a positive integer, got {num_images_per_prompt}"
+            )
+        if num_images_per_prompt > 1:  # the outputs of a pair are adjacent
+            prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+            images = [im for im in images for _ in range(num_images_per_prompt)]
+        if isinstance(generator, (list, tuple)) and len(generator) != len(prompts):
+            raise InputError(f"generator: {len(generator)} generators for {len(prompts)} images")
+        if guidance_scale is None:
+            guidance_scale = self.default_guidance_scale
         self._guidance_scale = float(guidance_scale)
         device = self._execution_device
         dtype = self.transformer.dtype
-        height, width = self._size(images[0], height, width)
+        height, width = self._size(images[0], height, width, resolution)
         cond = self.backbone.encode_prompt(prompts, max_sequence_length)
-        pixels = self.image_processor.preprocess(
-            self.image_processor.resize(images, height, width), height, width
-        )
+        # Lanczos to the size, each image (diffusers' resize-then-preprocess, for a list)
+        pixels = self.image_processor.preprocess(images, height, width)
         result = None
         for it in range(iterations):
             image_latents = self.backbone.encode_image(pixels.to(device)).to(dtype)

@@ -1,4 +1,11 @@
-"""Loading an edit pipeline from what a user points at: a folder, a Hub id or one file."""
+"""Loading an edit pipeline from what a user points at: a folder, a Hub id or one file.
+
+This is the one place that tells the editors apart: a FLUX.1 Kontext folder (its
+``model_index.json`` names ``FluxKontextPipeline``, or ``KontextEditPipeline`` for an exported
+one-step student) loads as :class:`~.kontext_edit.KontextEditPipeline`; everything else as the
+InstructPix2Pix-format :class:`~.edit.InstantPortraitPipeline`. The CLI's ``edit``, the app's
+Edit tab, the ComfyUI loader node and the evaluation harness's ``edit`` method all load here.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ..backbones import is_kontext_folder
+from ..errors import InputError, ModelNotFoundError
 from .edit import InstantPortraitPipeline
 
 #: Suffixes read as single-file checkpoints (``from_single_file``).
@@ -22,18 +31,43 @@ def load_edit_pipeline(
     dtype: torch.dtype | None = None,
     use_ema: bool = True,
     **kwargs: Any,
-) -> InstantPortraitPipeline:
-    """A folder or Hub id through ``from_pretrained``; a ``.safetensors``/``.ckpt`` file
-    through ``from_single_file`` (with ``config``, a local folder of the same architecture;
-    its EMA UNet when it holds one, the non-EMA one with ``use_ema=False``: the loaded copy
-    is named in ``pipe.unet_source``); then moved to ``device``/``dtype`` when given."""
+) -> Any:
+    """A FLUX.1 Kontext folder as ``KontextEditPipeline`` (see the module doc); otherwise an
+    ``InstantPortraitPipeline``: a folder or Hub id through ``from_pretrained``; a
+    ``.safetensors``/``.ckpt`` file through ``from_single_file`` (with ``config``, a local
+    folder of the same architecture; its EMA UNet when it holds one, the non-EMA one with
+    ``use_ema=False``: the loaded copy is named in ``pipe.unet_source``); then moved to
+    ``device``/``dtype`` when given."""
     path = Path(str(model)).expanduser()
+    if path.is_dir() and is_kontext_folder(path):
+        if config is not None:
+            raise InputError(f"{model}: a FLUX.1 Kontext folder takes no --config")
+        return _load_kontext(path, device=device, dtype=dtype, **kwargs)
     if path.suffix.lower() in SINGLE_FILE_SUFFIXES and not path.is_dir():
         pipe = InstantPortraitPipeline.from_single_file(
             path, config=None if config is None else str(config), use_ema=use_ema, **kwargs
         )
     else:
         pipe = InstantPortraitPipeline.from_pretrained(model, **kwargs)
+    if device is not None or dtype is not None:
+        pipe.to(device=device, dtype=dtype)
+    return pipe
+
+
+def _load_kontext(
+    path: Path, *, device: torch.device | str | None, dtype: torch.dtype | None, **kwargs: Any
+) -> Any:
+    """A FLUX.1 Kontext teacher or exported student folder as ``KontextEditPipeline``; a
+    broken folder is one line."""
+    from .kontext_edit import KontextEditPipeline
+
+    try:
+        pipe = KontextEditPipeline.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, RuntimeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(
+            f"{path}: could not load the FLUX.1 Kontext folder: {first[:200]}"
+        ) from exc
     if device is not None or dtype is not None:
         pipe.to(device=device, dtype=dtype)
     return pipe
