@@ -55,9 +55,10 @@ _PICKLE = frozenset({"pickle"})
 #: ``--for`` uses of ``models check`` and of every loader's check.
 USES: dict[str, Use] = {
     "edit": Use(
-        frozenset({"instruct-pix2pix"}),
+        frozenset({"instruct-pix2pix", "flux-kontext"}),
         "an InstructPix2Pix-format pipeline (UNet with 8 input channels: the image latent is "
-        "concatenated), a folder, Hub id or single .safetensors file",
+        "concatenated), a folder, Hub id or single .safetensors file, or a FLUX.1 Kontext "
+        "pipeline folder (teacher or exported one-step student)",
         _PICKLE,
     ),
     "fastface": Use(
@@ -167,7 +168,7 @@ def _identify_folder(folder: Path) -> Identity:
         cls = str(index.get("_class_name", ""))
         if cls in _PIPELINE_KINDS:
             return Identity(*_PIPELINE_KINDS[cls])
-        if cls.startswith("Flux"):
+        if cls.startswith("Flux") or cls == "KontextEditPipeline":
             kontext = "Kontext" in cls
             return Identity(
                 "flux-kontext" if kontext else "flux",

@@ -158,8 +158,9 @@ def resolve(
 
 
 def precheck(name: str, configs: list) -> None:
-    """Before anything trains: each stage's inputs are given and its dataset fills one batch
-    (every process's micro-batch), so that a later stage cannot fail after earlier ones ran."""
+    """Before anything trains: each stage's models exist and fit, its inputs are given and its
+    dataset fills one batch (every process's micro-batch), so that a later stage cannot fail
+    after earlier ones ran."""
     import os
 
     from ..training.loop import check_batch_fits
@@ -168,6 +169,7 @@ def precheck(name: str, configs: list) -> None:
     trainer = getattr(importlib.import_module(module), trainer_name)
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
     for cfg in configs:
+        check_train_models(name, cfg)  # the models first: configs and headers, no weights
         check_inputs = getattr(cfg, "check_inputs", None)
         if check_inputs is not None:
             check_inputs()
@@ -230,7 +232,6 @@ def check_train_models(name: str, cfg) -> None:
 def _train(name: str, cfg, resolved, resume: str | None, overwrite: bool = False) -> Path:
     from .common import quiet_libraries
 
-    check_train_models(name, cfg)
     quiet_libraries()
     module, _, trainer_name, _ = TRAINERS[name]
     trainer = getattr(importlib.import_module(module), trainer_name)(cfg)
