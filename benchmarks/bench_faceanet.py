@@ -51,7 +51,13 @@ def tuning(args, tmp: Path) -> tuple[dict, object]:
         FaceANetConfig,
         {
             "model": {"base": args.size},
-            "data": {"images": images, "gender": "woman", "resolution": args.resolution},
+            "data": {
+                "images": images,
+                "gender": "woman",
+                "resolution": args.resolution,
+                # the GPU suite: no dlib recognition weights there (and one person here anyway)
+                "allow_mixed_identities": getattr(args, "allow_mixed_identities", False),
+            },
             "training": {"output_dir": str(tmp / "run"), "batch_size": 4, "tensorboard": False},
         },
     )

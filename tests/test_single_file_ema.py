@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from instantportrait.components import build_components
-from instantportrait.errors import ModelNotFoundError
+from instantportrait.errors import InstantPortraitError
 from instantportrait.pipelines import InstantPortraitPipeline, load_edit_pipeline
 from instantportrait.single_file import save_single_file
 
@@ -100,7 +100,7 @@ def test_an_incomplete_ema_copy_is_one_clear_line(two_unet_file, tmp_path):
     state = load_file(str(root / "ip2p.safetensors"))
     del state["model_ema.diffusion_modelinput_blocks00weight"]
     save_file(state, str(tmp_path / "broken.safetensors"))
-    with pytest.raises(ModelNotFoundError, match="EMA UNet lacks 1 of"):
+    with pytest.raises(InstantPortraitError, match="EMA UNet lacks 1 of"):
         load_edit_pipeline(tmp_path / "broken.safetensors", config=root / "config")
     # The trained copy is complete: it still loads.
     load_edit_pipeline(tmp_path / "broken.safetensors", config=root / "config", use_ema=False)

@@ -247,6 +247,8 @@ def _header(path: Path) -> dict[str, tuple[int, ...]] | None:
         state = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
     except Exception:  # noqa: BLE001 - unreadable pickles have many error types
         return None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # the LDM / Lightning checkpoint wrapper
     flat: dict[str, tuple[int, ...]] = {}
 
     def walk(prefix: str, value: Any) -> None:

@@ -99,7 +99,9 @@ def test_cli_requires_gender_and_images(photos, tiny_base, tmp_path, capsys):
     code, out = run_cli(["train", "faceanet", "--gender", "man", "--dry-run"], capsys)
     assert code == 0 and "note: data.images" in out.err
     assert json.loads(out.out)["data"]["gender"] == "man"
-    code, out = run_cli(["train", "faceanet", "--gender", "man", "-o", str(tmp_path / "r")], capsys)
+    code, out = run_cli(
+        ["train", "faceanet", "--gender", "man", "--base", tiny_base, "-o", tmp_path / "r"], capsys
+    )
     assert code == 2 and "data.images" in out.err and not (tmp_path / "r").exists()
     code, out = run_cli(
         ["train", "faceanet", "--images", photos[0], "--gender", "man", "--style", "--dry-run"],

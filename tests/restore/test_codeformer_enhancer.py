@@ -186,7 +186,11 @@ def test_restore_option_passes_codeformer(monkeypatch, codeformer_bundle):
     def fake_from_pretrained(path, **kwargs):
         captured.update(kwargs)
         return SimpleNamespace(
-            pipeline=SimpleNamespace(to=lambda **k: None, unet=SimpleNamespace(dtype=torch.float32))
+            pipeline=SimpleNamespace(
+                to=lambda **k: None,
+                unet=SimpleNamespace(dtype=torch.float32),
+                set_progress_bar_config=lambda **k: None,
+            )
         )
 
     monkeypatch.setattr(FaceRestorer, "from_pretrained", staticmethod(fake_from_pretrained))

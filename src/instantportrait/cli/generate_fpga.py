@@ -244,12 +244,6 @@ def run(args: argparse.Namespace) -> int:
     if args.fpga_steps < 1:
         raise InputError("--fpga-steps: at least 1")
     cond, masks = _condition(args, len(faces))
-    from .detector_option import detector_config
-
-    detector = detector_config(args) if getattr(args, "detector", None) else None
-    for face, name in zip(faces, id_names):
-        # a photo without a face: one line now, not after loading
-        identity_face(face, name, detector)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     settings = {
@@ -272,6 +266,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if not todo:
         return 0
+    from .detector_option import detector_config
+
+    detector = detector_config(args) if getattr(args, "detector", None) else None
+    for face, name in zip(faces, id_names):
+        # a photo without a face: one line now, not after loading
+        identity_face(face, name, detector)
     quiet_libraries()
     pipe = load_fpga_family(
         model,

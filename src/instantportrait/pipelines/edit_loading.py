@@ -229,9 +229,10 @@ def _unet_copy(path: Path, config: str, use_ema: bool, torch_dtype: Any):
     (only that copy's ``model.diffusion_model.*`` keys are handed over)."""
     from diffusers import UNet2DConditionModel
 
+    from ..devices import diffusers_dtype
     from ..single_file import read_checkpoint, unet_checkpoint
 
     state = unet_checkpoint(read_checkpoint(path), ema=use_ema)
     return UNet2DConditionModel.from_single_file(
-        state, config=config, subfolder="unet", torch_dtype=torch_dtype
+        state, config=config, subfolder="unet", **diffusers_dtype(torch_dtype)
     )
