@@ -69,17 +69,31 @@ class Recorder(torch.nn.Module):
     forward = embed
 
 
-def idenet_crops(batch, is_keypoints):
-    """The input crops IDE-Net's identity term takes (its own code, stand-in parts)."""
+def idenet_crops(batch, is_keypoints, window=False):
+    """The (input, predicted) crops IDE-Net's identity term takes (its own code, stand-in
+    parts: the 'latents' are the images and the decoder is the identity, factor 1)."""
     emb = Recorder()
     loss = SimpleNamespace(
-        grayscale=False, face_window=False, t_max=999, weighting="linear", a=1, b=0, alpha=1
+        grayscale=False,
+        face_window=window,
+        window_margin=2.0,
+        t_max=999,
+        weighting="linear",
+        a=1,
+        b=0,
+        alpha=1,
     )
     fake = SimpleNamespace(
-        cfg=SimpleNamespace(loss=loss), embedder=emb, device="cpu", decode=lambda z: z
+        cfg=SimpleNamespace(loss=loss),
+        embedder=emb,
+        device="cpu",
+        decode=lambda z: z,
+        vae=SimpleNamespace(config=SimpleNamespace(block_out_channels=[32])),
     )
     x = batch["input"]
     IDENetTrainer.identity_term(fake, x, x, batch["landmarks"], torch.zeros(len(x)), is_keypoints)
+    if window:
+        return emb.seen
     return emb.seen[0]
 
 
@@ -108,6 +122,16 @@ def test_a_row_with_keypoints_is_cropped_at_them_an_old_row_as_before(rows, astr
     assert torch.equal(crops[1:], old)
     # a batch without the flag (another producer) is the old crop too
     assert torch.equal(idenet_crops(batch, None)[1:], old)
+
+
+def test_the_face_window_crops_the_keypoint_row_at_its_keypoints(rows):
+    """With loss.face_window the predicted face is cropped from a window around the points,
+    shifted by the window's corner: the same crop as from the whole image, for both kinds."""
+    ds = PairDataset(open_pair_source(rows), resolution=256, random_flip=False)
+    batch = collate_pairs([ds[(0, 0)], ds[(0, 1)]])
+    ref, hat = idenet_crops(batch, batch["is_keypoints"], window=True)
+    torch.testing.assert_close(hat, ref, atol=1e-4, rtol=0)
+    assert torch.equal(ref, idenet_crops(batch, batch["is_keypoints"]))
 
 
 def test_ipnet_face_crops_follow_the_rows_points(rows, astronaut):
