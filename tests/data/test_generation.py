@@ -80,11 +80,45 @@ def test_filter_reasons_are_recorded_and_filtered_rows_never_reach_a_shard(
     assert len(source) == 1
     ex = source[0]
     assert ex.key == "000000000" and len(ex.landmarks) == 5
+    assert ex.keypoints is None  # dlib's detector: dlib's 5 landmarks only, as before
+    assert manifest["face_points"] == {
+        "detector": "hog",
+        "landmarks": "dlib 5 points",
+        "keypoints": None,
+    }
     row = json.loads(prompts.read_text().splitlines()[0])
     assert ex.instruction == row["instruction"] and ex.extra["identity"] == row["identity"]
     assert ex.extra["filter"]["identity_distance"] < 0.6
     table = summary_table(manifest)
     assert "identity" in table and "throughput" in table
+
+
+def test_mtcnn_rows_carry_its_own_keypoints_for_the_trainers(
+    tmp_path, prompts, faces, scripted_backend
+):
+    pytest.importorskip("dlib")
+    import numpy as np
+
+    from instantportrait.faces.detect import detect
+
+    out = tmp_path / "out"
+    job = GenerationJob(
+        prompts,
+        out,
+        scripted_backend([(faces["a_mirror"], faces["a"])]),
+        SMALL,
+        FilterConfig(detector="mtcnn"),
+        limit=1,
+    )
+    job.prepare()
+    manifest = job.run(progress=False)
+    assert manifest["pairs"] == 1 and manifest["face_points"]["keypoints"] == "mtcnn"
+    ex = open_pair_source(out)[0]
+    mtcnn = detect(faces["a_mirror"], method="mtcnn", landmarks="keypoints").keypoints[0]
+    np.testing.assert_allclose(ex.keypoints, mtcnn.numpy(), atol=1e-4)
+    # dlib's 5 points (on MTCNN's box) stay beside them, and are other points
+    assert len(ex.landmarks) == 5
+    assert np.abs(np.asarray(ex.landmarks) - np.asarray(ex.keypoints)).max() > 3
 
 
 def test_two_ranks_take_disjoint_shards_and_the_last_writes_the_manifest(

@@ -112,12 +112,31 @@ def test_fsc_variants_as_registered(portraits, tiny_clip):
         M.METRICS["fsc"].fn(ctx)
     # the paper's variant: the whole prompt, the detection box resized to 160 x 160
     det = ctx.detection("output")
-    x0, y0, x1, y1 = (round(float(v)) for v in det.boxes[0])
+    x0, y0, x1, y1 = (int(float(v)) for v in det.boxes[0])
     box = out.crop((x0, y0, x1, y1)).resize((160, 160), Image.BILINEAR)
     emb = fns.clip_image_embeddings(tiny_clip, fns.pil_to_tensor(box))
     expected = float(fns.cosine(emb, text(plain))[0])
     assert M.METRICS["fsc_paper"].fn(ctx) == pytest.approx(expected, abs=1e-5)
     assert fns.style_part_paper(styled) == "oil painting"
+
+
+def test_box_crop_truncates_the_box_as_facenet_pytorch(photo):
+    """FastFace's FSC crop is facenet-pytorch's ``extract_face`` with margin 0: the box
+    truncated to integers (not rounded) and clipped to the image, then PIL's bilinear resize."""
+    from instantportrait.faces.detect import FaceDetections
+
+    ctx = M.ItemContext(photo, photo, "p", M.ModelHub(), input_key="p")
+    # fractions above .5, so rounding would move every side by one pixel; x0 < 0 and
+    # y1 > height are clipped to the image
+    box = torch.tensor([[-3.7, 20.6, 150.8, 260.9]])
+    ctx._local[("faces",)] = FaceDetections(box, torch.ones(1), image_size=photo.size)
+    expected = photo.crop((0, 20, 150, 200)).resize((160, 160), Image.BILINEAR)
+    ours = ctx.box_crop("output", 160)
+    assert ours.shape == (1, 3, 160, 160)
+    ref = np.asarray(expected, dtype=np.float32) / 255
+    np.testing.assert_array_equal(ours[0].permute(1, 2, 0).numpy(), ref)
+    rounded = photo.crop((0, 21, 151, 200)).resize((160, 160), Image.BILINEAR)
+    assert np.abs(np.asarray(rounded, dtype=np.float32) / 255 - ref).max() > 0.05
 
 
 class FailsOnSecond(Method):

@@ -114,8 +114,8 @@ def record_features(trainer, monkeypatch):
     seen = []
     original = trainer.face_features
 
-    def spy(images, landmarks):
-        f = original(images, landmarks)
+    def spy(images, landmarks, points="dlib"):
+        f = original(images, landmarks, points)
         seen.append((images, f))
         return f
 

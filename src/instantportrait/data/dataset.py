@@ -23,7 +23,14 @@ from .pairs import PairSource
 #: dlib's 5-point order: 0-1 corners of the image-right eye (outer, inner), 2-3 of the
 #: image-left eye (outer, inner), 4 the base of the nose. A horizontal flip swaps the eyes.
 FLIP_5_POINTS = (2, 3, 0, 1, 4)
+#: The detectors' five keypoints' order: 0-1 the eye centres (image-left, image-right), 2 the
+#: nose tip, 3-4 the mouth corners (image-left, image-right). A flip swaps each pair.
+FLIP_KEYPOINTS = (1, 0, 2, 4, 3)
+FLIPS = {"dlib": FLIP_5_POINTS, "keypoints": FLIP_KEYPOINTS}
 
+#: ``PIL image -> (5, 2) points | None``. A function with a ``points`` attribute of
+#: ``"keypoints"`` (:func:`detect_face_points` on SCRFD or MTCNN) gives the detector's five
+#: keypoints; any other gives dlib's 5 points.
 LandmarkFn = Callable[[Image.Image], "np.ndarray | None"]
 
 
@@ -73,6 +80,31 @@ def detect_landmarks5(detector: Any = None) -> LandmarkFn:
     return find
 
 
+def detect_face_points(detector: Any = None) -> LandmarkFn:
+    """The points the trainers crop faces from, on the face stack: with SCRFD or MTCNN their
+    own five keypoints of the largest face (the returned function's ``points`` is
+    ``"keypoints"``); with dlib's detectors dlib's 5 points, as :func:`detect_landmarks5`
+    (``points`` is ``"dlib"``). ``None`` when no face is found."""
+    from ..faces.detect import NoFaceFoundError, detect
+    from ..faces.detectors import FaceDetectorConfig
+
+    config = FaceDetectorConfig.from_spec(detector)
+    if config.is_dlib:
+        find = detect_landmarks5(config)
+        find.points = "dlib"  # type: ignore[attr-defined]
+        return find
+
+    def find_keypoints(image: Image.Image) -> np.ndarray | None:
+        try:
+            faces = detect(image, method=config, select="largest", landmarks="keypoints")
+        except NoFaceFoundError:
+            return None
+        return np.asarray(faces.keypoints[0], dtype=np.float32)
+
+    find_keypoints.points = "keypoints"  # type: ignore[attr-defined]
+    return find_keypoints
+
+
 def has_landmarks(landmarks: Any) -> bool:
     """True for 5 given points that are not all zero (all zero is the batch's 'no face')."""
     if landmarks is None:
@@ -86,7 +118,7 @@ class FaceCount:
     """How many inputs of a pair source show a face, as the trainers will see them."""
 
     total: int = 0
-    #: rows whose landmarks were given in the data
+    #: rows whose landmarks (or keypoints) were given in the data
     given: int = 0
     #: rows whose face the detector found
     detected: int = 0
@@ -112,9 +144,10 @@ def count_faces(
 ) -> FaceCount:
     """Count the inputs of ``source`` that show no face, the way training decides it.
 
-    A row with landmarks has a face; a row without is run through ``landmark_fn`` (default:
-    :func:`detect_landmarks5`) on its input resized to ``resolution`` (long side; the training
-    resolution, since small faces are missed at small sizes; ``None`` keeps the stored size).
+    A row with landmarks or keypoints has a face; a row without is run through ``landmark_fn``
+    (default: :func:`detect_landmarks5`) on its input resized to ``resolution`` (long side; the
+    training resolution, since small faces are missed at small sizes; ``None`` keeps the
+    stored size).
     Unreadable rows count as faceless. ``instantportrait data check`` reports this.
     """
     from tqdm.auto import tqdm
@@ -130,7 +163,7 @@ def count_faces(
             count.faceless.append(str(i))
             continue
         key = str(ex.key if getattr(ex, "key", None) is not None else i)
-        if has_landmarks(ex.landmarks):
+        if has_landmarks(getattr(ex, "keypoints", None)) or has_landmarks(ex.landmarks):
             count.given += 1
             continue
         if find is None:
@@ -172,16 +205,22 @@ class PairDataset(torch.utils.data.Dataset):
             the same crop for input and target (0 disables).
         dropout: conditioning dropout probabilities.
         seed: seeds every example's random choices with ``(seed, epoch, index)``.
-        landmark_fn: called on the resized input when the example has no landmarks (e.g. a
-            face detector); returns ``(5, 2)`` points or ``None`` when no face is found.
+        landmark_fn: called on the resized input when the example has neither keypoints nor
+            landmarks (e.g. :func:`detect_face_points`); returns ``(5, 2)`` points or ``None``
+            when no face is found: the detector's keypoints when its ``points`` attribute is
+            ``"keypoints"``, else dlib's 5.
         square: crop inputs to a centred square first (so batches share one size).
         size: ``(width, height)``: train at this exact, possibly non-square size instead (the
             input is centre-cropped to its aspect ratio, then resized; ``resolution`` and
             ``square`` are then unused). Landmarks follow every crop, resize and flip.
 
+    A row's ``keypoints`` (the detector's own five points) are used when present, else its
+    ``landmarks`` (dlib's 5), else ``landmark_fn``'s points.
+
     Items are dicts: ``input``, ``target`` (``(3, H, W)`` in [-1, 1]), ``instruction`` (the
     empty string when text is dropped), ``drop_image`` (bool), ``landmarks`` (``(5, 2)`` float,
-    zeros when absent), ``has_face`` (bool), ``key``, ``index``.
+    zeros when absent), ``is_keypoints`` (bool: ``landmarks`` holds the detector's keypoints,
+    crop with ``points="keypoints"``; else dlib's 5), ``has_face`` (bool), ``key``, ``index``.
     """
 
     def __init__(
@@ -244,8 +283,13 @@ class PairDataset(torch.utils.data.Dataset):
         rng = example_rng(self.seed, epoch, index)
         image = self._decode(ex.input_bytes, "input", index)
         target = self._decode(ex.target_bytes, "target", index)
-        # all-zero landmarks are the batch format's "no face": treat them as absent
+        # all-zero landmarks are the batch format's "no face": treat them as absent; a row's
+        # detector keypoints come before its dlib landmarks
+        points = "dlib"
         landmarks = np.asarray(ex.landmarks, np.float32) if has_landmarks(ex.landmarks) else None
+        keypoints = getattr(ex, "keypoints", None)  # pair sources of other formats have none
+        if has_landmarks(keypoints):
+            points, landmarks = "keypoints", np.asarray(keypoints, np.float32)
 
         # 1. geometry shared by input, target and landmarks: square crop, resize
         if self.size is not None:
@@ -264,6 +308,7 @@ class PairDataset(torch.utils.data.Dataset):
                 [out_w / crop_w, out_h / crop_h], dtype=np.float32
             )
         elif self.landmark_fn is not None:
+            points = getattr(self.landmark_fn, "points", "dlib")
             if index not in self._landmark_cache:
                 found = self.landmark_fn(image)
                 self._landmark_cache[index] = (
@@ -289,7 +334,7 @@ class PairDataset(torch.utils.data.Dataset):
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             target = target.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             if landmarks is not None:
-                landmarks = landmarks[list(FLIP_5_POINTS)].copy()
+                landmarks = landmarks[list(FLIPS[points])].copy()
                 landmarks[:, 0] = out_w - 1 - landmarks[:, 0]
 
         # 3. conditioning dropout
@@ -301,6 +346,7 @@ class PairDataset(torch.utils.data.Dataset):
             "instruction": "" if drop_text else ex.instruction,
             "drop_image": drop_image,
             "landmarks": torch.from_numpy(landmarks) if has_face else torch.zeros(5, 2),
+            "is_keypoints": has_face and points == "keypoints",
             "has_face": has_face,
             "key": ex.key,
             "index": index,
@@ -333,6 +379,7 @@ def collate_pairs(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "instruction": [it["instruction"] for it in items],
         "drop_image": torch.tensor([it["drop_image"] for it in items]),
         "landmarks": torch.stack([it["landmarks"] for it in items]),
+        "is_keypoints": torch.tensor([it["is_keypoints"] for it in items]),
         "has_face": torch.tensor([it["has_face"] for it in items]),
         "key": [it["key"] for it in items],
         "index": torch.tensor([it["index"] for it in items]),

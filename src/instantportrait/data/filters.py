@@ -15,7 +15,8 @@ A pair is kept when, in order:
 
 The first failing check is the pair's reason; the measured values are kept either way. The
 input's 5 landmarks (dlib's order, input pixels) come out of the same detection and are
-stored with each kept pair for the identity loss.
+stored with each kept pair for the identity loss; with SCRFD or MTCNN their own five
+keypoints too (``keypoints``), which the trainers then crop from.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class FilterResult:
     reason: str | None
     landmarks: list[list[float]] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    #: the input's five keypoints from SCRFD or MTCNN (``None`` with dlib's detectors)
+    keypoints: list[list[float]] | None = None
 
     @property
     def kept(self) -> bool:
@@ -69,6 +72,18 @@ class FilterResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _points(array: Any) -> list[list[float]]:
+    return [[float(x), float(y)] for x, y in array.tolist()]
+
+
+def own_keypoints(det: Any) -> list[list[float]] | None:
+    """The largest face's keypoints when the detector gives its own (SCRFD, MTCNN); ``None``
+    with dlib's detectors (their keypoints are derived from the 68 landmarks)."""
+    if det is None or det.method not in ("scrfd", "mtcnn") or det.keypoints is None:
+        return None
+    return _points(det.keypoints[0])
 
 
 def laplacian_variance(gray: np.ndarray) -> float:
@@ -120,9 +135,12 @@ class PairFilter:
         return self._analyzer
 
     def _largest(self, image: Image.Image):
+        last = getattr(self, "_last", None)
+        if last is not None and last[0] is image:  # landmarks_only then keypoints_only
+            return last[1]
         faces = self.analyzer.detect(image, landmarks=True, raise_if_none=False)
-        if len(faces) == 0:
-            return None
+        faces = None if len(faces) == 0 else faces
+        self._last = (image, faces)
         return faces
 
     def landmarks_only(self, image: Image.Image) -> list[list[float]] | None:
@@ -133,11 +151,21 @@ class PairFilter:
             return None
         if det is None or det.landmarks5 is None:
             return None
-        return [[float(x), float(y)] for x, y in det.landmarks5[0].tolist()]
+        return _points(det.landmarks5[0])
+
+    def keypoints_only(self, image: Image.Image) -> list[list[float]] | None:
+        """The input's SCRFD / MTCNN keypoints (:func:`own_keypoints`), or ``None``."""
+        if self.config.detector in ("hog", "mmod"):
+            return None
+        try:
+            return own_keypoints(self._largest(image))
+        except ImportError:
+            return None
 
     def __call__(self, input_image: Image.Image, target_image: Image.Image) -> FilterResult:
         if not self.config.enabled:
-            return FilterResult(None, self.landmarks_only(input_image))
+            kps = self.keypoints_only(input_image)
+            return FilterResult(None, self.landmarks_only(input_image), keypoints=kps)
         cfg = self.config
         metrics: dict[str, float] = {}
         det_t = self._largest(target_image)
@@ -146,16 +174,17 @@ class PairFilter:
         det_i = self._largest(input_image)
         if det_i is None:
             return FilterResult("no_face_input", None, metrics)
-        lm = [[float(x), float(y)] for x, y in det_i.landmarks5[0].tolist()]
+        lm = None if det_i.landmarks5 is None else _points(det_i.landmarks5[0])
+        kps = own_keypoints(det_i)
         x0, y0, x1, y1 = (float(v) for v in det_i.boxes[0].tolist())
         side = min(x1 - x0, y1 - y0)
         metrics["face_fraction"] = side / min(input_image.size)
         if metrics["face_fraction"] < cfg.min_face_fraction:
-            return FilterResult("small_face", lm, metrics)
+            return FilterResult("small_face", lm, metrics, kps)
         box = (max(0, int(x0)), max(0, int(y0)), int(x1), int(y1))
         metrics["sharpness"] = laplacian_variance(np.asarray(input_image.convert("L").crop(box)))
         if metrics["sharpness"] < cfg.min_sharpness:
-            return FilterResult("blurry", lm, metrics)
+            return FilterResult("blurry", lm, metrics, kps)
         an = self.analyzer
         embeddings = []
         for image, det in ((input_image, det_i), (target_image, det_t)):
@@ -168,5 +197,5 @@ class PairFilter:
         else:
             metrics["identity_distance"] = cosine_distance(*embeddings)
         if metrics["identity_distance"] >= cfg.identity_threshold:
-            return FilterResult("identity", lm, metrics)
-        return FilterResult(None, lm, metrics)
+            return FilterResult("identity", lm, metrics, kps)
+        return FilterResult(None, lm, metrics, kps)

@@ -5,7 +5,8 @@ edges; the **input** from the identity prompt, the edges (ControlNet) and the ta
 (IP-Adapter), so the input shows the same person and composition without the edit; then the
 filters (:mod:`.filters`). Kept pairs go into shards of the pair format
 (:mod:`.pairs`): ``KEY.input.EXT``, ``KEY.target.EXT`` and ``KEY.json`` (instruction, the
-input's landmarks, the prompts, attributes, the filter's measures).
+input's landmarks, with SCRFD or MTCNN its keypoints, the prompts, attributes, the filter's
+measures); ``manifest.json`` records the detector under ``face_points``.
 
 **Shards, resume, ranks.** Rows are cut into shards of ``shard_size`` consecutive rows;
 shard ``s`` holds the kept pairs of rows ``s*K .. s*K+K-1``, keyed by their row position, so
@@ -376,6 +377,8 @@ class GenerationJob:
                 }
                 if verdict.landmarks is not None:
                     meta["landmarks"] = verdict.landmarks
+                if verdict.keypoints is not None:
+                    meta["keypoints"] = verdict.keypoints
                 members += [
                     (f"{key}.input{ext}", _encode(image, s)),
                     (f"{key}.target{ext}", _encode(targets[i], s)),
@@ -475,10 +478,20 @@ class GenerationJob:
             "settings": asdict(self.settings),
             "filters": asdict(self.filters),
             "models": self.describe,
+            "face_points": face_points_record(self.filters.detector),
         }
         text = json.dumps(manifest, indent=2) + "\n"
         atomic_write(self.output / MANIFEST_FILE, lambda p: p.write_text(text, "utf-8"))
         return manifest
+
+
+def face_points_record(detector: str) -> dict[str, Any]:
+    """What the rows' face points are, for ``manifest.json``: the detector's spec, and the
+    source of the rows' ``keypoints`` (SCRFD's or MTCNN's own; ``None`` with dlib's detectors,
+    whose rows hold dlib's 5 ``landmarks`` only)."""
+    name = (detector or "hog").partition(":")[0]
+    own = None if name in ("hog", "mmod") else ("mtcnn" if name == "mtcnn" else "scrfd")
+    return {"detector": detector or "hog", "landmarks": "dlib 5 points", "keypoints": own}
 
 
 def summary_table(manifest: dict[str, Any]) -> str:

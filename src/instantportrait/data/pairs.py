@@ -7,8 +7,13 @@
 
   Paths are relative to the folder. ``landmarks`` (dlib's 5-point order, input-image pixels)
   and ``key`` are optional; missing landmarks are detected when the identity loss needs them.
+  ``keypoints`` (optional) are the five reference points of the detector that made the
+  dataset (SCRFD's or MTCNN's own: eye centres left then right as seen in the image, nose
+  tip, left and right mouth corner; input-image pixels): when a row has them, the trainers
+  crop its face from them (``points="keypoints"``) instead of from ``landmarks``.
 * **Shards**: WebDataset-style tar files ``shard-000000.tar`` whose members are
-  ``KEY.input.EXT``, ``KEY.target.EXT`` and ``KEY.json`` (instruction, landmarks), in order.
+  ``KEY.input.EXT``, ``KEY.target.EXT`` and ``KEY.json`` (instruction, landmarks, keypoints),
+  in order.
   ``instantportrait data pack`` writes them from a manifest folder. They are read by index:
   the tar headers are scanned once when a source opens (no pixel is read), then each example
   is one seek and one read, so millions of pairs stream from local or network disks and
@@ -48,20 +53,35 @@ class PairExample:
     extra: dict[str, Any] = field(default_factory=dict)
     input_name: str = "input.png"
     target_name: str = "target.png"
+    #: the detector's five reference keypoints (module docstring), or ``None``
+    keypoints: list[list[float]] | None = None
 
 
-def _landmark_problem(lm: Any) -> str | None:
+#: The optional point fields of a row and the order their five points follow.
+POINT_FIELDS = {"landmarks": "dlib's 5-point order", "keypoints": "the detector's keypoint order"}
+
+
+def _landmark_problem(lm: Any, name: str = "landmarks") -> str | None:
     """Why ``lm`` is not 5 finite ``[x, y]`` points, or ``None`` when it is."""
+    shape = f"'{name}' must be 5 [x, y] points ({POINT_FIELDS[name]})"
     if not isinstance(lm, list) or len(lm) != 5:
-        return "'landmarks' must be 5 [x, y] points (dlib's 5-point order)"
+        return shape
     for p in lm:
         if not isinstance(p, list) or len(p) != 2:
-            return "'landmarks' must be 5 [x, y] points (dlib's 5-point order)"
+            return shape
         for v in p:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-                return "'landmarks' must hold finite numbers"
+                return f"'{name}' must hold finite numbers"
             if v in (float("inf"), float("-inf")):
-                return "'landmarks' must hold finite numbers"
+                return f"'{name}' must hold finite numbers"
+    return None
+
+
+def _points_problem(row: dict[str, Any]) -> str | None:
+    """The first problem of the row's optional point fields, or ``None``."""
+    for name in POINT_FIELDS:
+        if row.get(name) is not None and (p := _landmark_problem(row[name], name)):
+            return p
     return None
 
 
@@ -80,7 +100,7 @@ def row_problems(row: Any) -> list[str]:
     if not isinstance(row, dict):
         return ["expected a JSON object"]
     problems = [p for k in ("input", "instruction", "target") if (p := _field_problem(row, k))]
-    if row.get("landmarks") is not None and (p := _landmark_problem(row["landmarks"])):
+    if p := _points_problem(row):
         problems.append(p)
     if "key" in row and not isinstance(row["key"], (str, int)):
         problems.append("'key' must be a string or an integer")
@@ -150,7 +170,7 @@ class ManifestSource:
             k: v
             for k, v in row.items()
             if not k.startswith("_")
-            and k not in ("input", "target", "instruction", "landmarks", "key")
+            and k not in ("input", "target", "instruction", "key", *POINT_FIELDS)
         }
         return PairExample(
             key=str(row["key"]),
@@ -161,6 +181,7 @@ class ManifestSource:
             extra=extra,
             input_name=Path(row["input"]).name,
             target_name=Path(row["target"]).name,
+            keypoints=row.get("keypoints"),
         )
 
 
@@ -218,11 +239,11 @@ class ShardSource:
         if not isinstance(meta, dict):
             raise InputError(f"{self.describe(index)}: metadata is not a JSON object")
         problem = _field_problem(meta, "instruction")
-        if problem is None and meta.get("landmarks") is not None:
-            problem = _landmark_problem(meta["landmarks"])
+        if problem is None:
+            problem = _points_problem(meta)
         if problem is not None:
             raise InputError(f"{self.describe(index)}: {problem}")
-        extra = {k: v for k, v in meta.items() if k not in ("instruction", "landmarks")}
+        extra = {k: v for k, v in meta.items() if k not in ("instruction", *POINT_FIELDS)}
         return PairExample(
             key=key,
             instruction=meta["instruction"],
@@ -232,6 +253,7 @@ class ShardSource:
             extra=extra,
             input_name=parts["input"][2],
             target_name=parts["target"][2],
+            keypoints=meta.get("keypoints"),
         )
 
 
@@ -287,6 +309,8 @@ def pack_shards(
                     meta = {"instruction": ex.instruction, "source_key": ex.key, **ex.extra}
                     if ex.landmarks is not None:
                         meta["landmarks"] = ex.landmarks
+                    if ex.keypoints is not None:
+                        meta["keypoints"] = ex.keypoints
                     in_ext = Path(ex.input_name).suffix or ".png"
                     tg_ext = Path(ex.target_name).suffix or ".png"
                     for name, data in (

@@ -347,14 +347,21 @@ def crop_matrices(
     landmarks: torch.Tensor,
     template: str | AlignmentTemplate = "dlib",
     size: int | None = None,
-    points: str = "dlib",
+    points: str | torch.Tensor = "dlib",
 ) -> torch.Tensor:
     """``(B, 2, 3)`` maps from crop pixel coordinates to image pixel coordinates.
 
-    ``points``: ``"dlib"`` (dlib's 5 or 68 landmarks) or ``"keypoints"`` (the five reference
-    keypoints of SCRFD / MTCNN)."""
+    ``points``: ``"dlib"`` (dlib's 5 or 68 landmarks), ``"keypoints"`` (the five reference
+    keypoints of SCRFD / MTCNN), or a ``(B,)`` bool tensor saying per row (``True``: keypoints;
+    a training batch mixing rows of both kinds)."""
     tpl = get_template(template)
     size = tpl.size if size is None else int(size)
+    if isinstance(points, torch.Tensor):
+        rows = points.to(device=landmarks.device, dtype=torch.bool).reshape(-1)
+        if bool(rows.all()) or not bool(rows.any()):
+            return crop_matrices(landmarks, tpl, size, "keypoints" if rows.all() else "dlib")
+        kps = crop_matrices(landmarks, tpl, size, "keypoints")
+        return torch.where(rows[:, None, None], kps, crop_matrices(landmarks, tpl, size, "dlib"))
     k = landmarks.shape[-2]
     dst = tpl.targets(k, size, points)
     dst = torch.as_tensor(dst, dtype=landmarks.dtype, device=landmarks.device)
@@ -384,7 +391,7 @@ def crop_faces(
     *,
     antialias: bool = True,
     padding_mode: str = "zeros",
-    points: str = "dlib",
+    points: str | torch.Tensor = "dlib",
 ) -> torch.Tensor:
     """Aligned face crops ``(B, 3, S, S)``, differentiable w.r.t. the image pixels.
 
@@ -405,7 +412,9 @@ def crop_faces(
         padding_mode: ``grid_sample``'s padding outside the image (default ``"zeros"``: black,
             as dlib's chips).
         points: ``"dlib"`` (default: ``landmarks`` are dlib's 5 or 68) or ``"keypoints"``
-            (the five reference keypoints of SCRFD / MTCNN, see :func:`keypoints_from_68`).
+            (the five reference keypoints of SCRFD / MTCNN, see :func:`keypoints_from_68`), or
+            a ``(B,)`` bool tensor: keypoints in the rows where it is ``True``, dlib's 5 in the
+            others (the trainers' batches, :class:`~instantportrait.data.dataset.PairDataset`).
     """
     if images.dim() != 4:
         raise ValueError(f"images: expected (B, C, H, W), got shape {tuple(images.shape)}")

@@ -3,7 +3,8 @@
 ``L = L_dm + lambda_aid * W_a(t, T_max) * L_cid`` with
 ``L_cid = || E(g(crop(c_I))) - E(g(crop(x_hat))) ||^2``: E a frozen identity embedder
 (L2-normalised embeddings, so ``L_cid = 2 - 2 cos``), g the grayscale op, crop the
-differentiable face crop at the landmarks found on the input.
+differentiable face crop at the input's points (the detector's five keypoints when the row
+has them, e.g. SCRFD's or MTCNN's, else dlib's 5 landmarks; docs/training.md, "Faces").
 """
 
 from __future__ import annotations

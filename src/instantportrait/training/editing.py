@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..data.dataset import ConditioningDropout, PairDataset, collate_pairs, detect_landmarks5
+from ..data.dataset import ConditioningDropout, PairDataset, collate_pairs, detect_face_points
 from ..data.pairs import open_pair_source
 from ..errors import InputError
 from .config import check
@@ -33,8 +33,8 @@ class DataConfig:
     dropout_text: float = 0.05
     dropout_image: float = 0.05
     dropout_both: float = 0.05
-    #: detect landmarks for rows that have none (the face stack: dlib's 5 points on the boxes
-    #: of ``detector``)
+    #: detect landmarks for rows that have none (the face stack: SCRFD's or MTCNN's own five
+    #: keypoints with those detectors, dlib's 5 points with dlib's)
     detect_faces: bool = True
     #: the face detector as a spec (``hog``, ``mmod``, ``mtcnn``, ``scrfd:FILE.onnx``, an
     #: insightface model folder; CLI ``--detector``/``--detector-weights``)
@@ -148,7 +148,8 @@ class EditTrainer(Trainer):
         return len(open_pair_source(config.data.path))
 
     def build_dataset(self, data, need_faces: bool) -> None:
-        """The pair dataset of a ``DataConfig``; landmarks detected when ``need_faces``."""
+        """The pair dataset of a ``DataConfig``; face points detected when ``need_faces``
+        (a row's own keypoints or landmarks come first)."""
         self.dataset = PairDataset(
             open_pair_source(data.path),
             resolution=data.resolution,
@@ -157,7 +158,7 @@ class EditTrainer(Trainer):
             dropout=ConditioningDropout(data.dropout_text, data.dropout_image, data.dropout_both),
             seed=self.run.seed,
             landmark_fn=(
-                detect_landmarks5(data.detector) if need_faces and data.detect_faces else None
+                detect_face_points(data.detector) if need_faces and data.detect_faces else None
             ),
             size=None if data.size is None else tuple(data.size),
         )

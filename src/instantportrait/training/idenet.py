@@ -153,10 +153,13 @@ class IDENetTrainer(EditTrainer):
         z0_hat: torch.Tensor,
         landmarks: torch.Tensor,
         t: torch.Tensor,
+        is_keypoints: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """W_a-weighted L_cid (eqs. 3-4) for rows that all show a face; logs its parts.
 
         The caller passes only the rows with a face: a row without landmarks has no crop.
+        ``is_keypoints`` ``(B,)``: rows whose points are the detector's five keypoints, cropped
+        with the template's keypoint targets (``None``: all dlib's 5).
         """
         from ..faces.align import crop_faces, to_grayscale
 
@@ -176,9 +179,10 @@ class IDENetTrainer(EditTrainer):
         else:
             images_hat, lm_hat = self.decode(z0_hat) / 2 + 0.5, lm
         g = to_grayscale if cfg.grayscale else (lambda x: x)
+        pts = "dlib" if is_keypoints is None else is_keypoints
         with torch.no_grad():
-            ref = emb.embed(g(crop_faces(images_in, lm, emb.template, emb.input_size)))
-        hat = emb.embed(g(crop_faces(images_hat, lm_hat, emb.template, emb.input_size)))
+            ref = emb.embed(g(crop_faces(images_in, lm, emb.template, emb.input_size, points=pts)))
+        hat = emb.embed(g(crop_faces(images_hat, lm_hat, emb.template, emb.input_size, points=pts)))
         l_cid = identity_distance(ref, hat)
         w_a = annealing_weight(t, cfg.t_max, cfg.weighting, cfg.a, cfg.b, cfg.alpha)
         return {"l_aid": annealed_identity_loss(l_cid, w_a), "l_cid": l_cid, "w_a": w_a}
@@ -219,7 +223,11 @@ class IDENetTrainer(EditTrainer):
             # only the rows with a face are cropped and embedded (mixed batches are the rule)
             rows = valid.nonzero().flatten()
             z0_hat = predict_x0(pred[rows].float(), z_t[rows].float(), ab[rows].float(), ptype)
-            terms = self.identity_term(x_in[rows], z0_hat, batch["landmarks"][rows.cpu()], t[rows])
+            kps = batch.get("is_keypoints")
+            kps = None if kps is None else kps[rows.cpu()]
+            terms = self.identity_term(
+                x_in[rows], z0_hat, batch["landmarks"][rows.cpu()], t[rows], kps
+            )
             out["l_aid"] = terms["l_aid"]
             out["l_cid"] = terms["l_cid"].mean()
             out["w_a"] = terms["w_a"].float().mean()

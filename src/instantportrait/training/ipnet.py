@@ -319,8 +319,11 @@ class IPNetTrainer(EditTrainer):
         target = predict_x0(out, z_t, ab, self.prediction_type)
         return {"latent": target, "t": t, "inversion_fraction": len(inv) / bsz}
 
-    def face_features(self, images, landmarks) -> torch.Tensor:
+    def face_features(self, images, landmarks, points: Any = "dlib") -> torch.Tensor:
         """F of eq. 11: DINOv2 embeddings of the face crops, L2-normalised.
+
+        ``points``: ``"dlib"``, ``"keypoints"`` or a per-row bool tensor (the batch's
+        ``is_keypoints``), as :func:`~instantportrait.faces.align.crop_faces` takes it.
 
         DINOv2's raw features have no fixed scale, so a fixed margin would mean nothing;
         normalised, ``d = ||F(a) - F(b)||`` lies in [0, 2] (``d^2 = 2 - 2 cos``).
@@ -332,6 +335,7 @@ class IPNetTrainer(EditTrainer):
             landmarks,
             self.cfg.triplet.template,
             self.cfg.triplet.crop_size,
+            points=points,
         )
         return torch.nn.functional.normalize(self.dino(crops).float(), dim=-1)
 
@@ -377,10 +381,12 @@ class IPNetTrainer(EditTrainer):
             # only the rows with a face are cropped and embedded (mixed batches are the rule)
             rows = valid.nonzero().flatten()
             lm = batch["landmarks"].to(device)[rows]
+            kps = batch.get("is_keypoints")
+            pts = "dlib" if kps is None else kps.to(device)[rows]
             with torch.no_grad():
-                f_in = self.face_features(x_in[rows], lm)
-                f_tg = self.face_features(x_tg[rows], lm)
-            f_out = self.face_features(x_hat[rows], lm)
+                f_in = self.face_features(x_in[rows], lm, pts)
+                f_tg = self.face_features(x_tg[rows], lm, pts)
+            f_out = self.face_features(x_hat[rows], lm, pts)
             out["l_triplet"] = face_style_triplet_loss(f_in, f_out, f_tg, self.cfg.triplet.margin)
             d1, d2 = face_style_distances(f_in, f_out, f_tg)
             out["triplet_d1"], out["triplet_d2"] = d1.mean().detach(), d2.mean().detach()

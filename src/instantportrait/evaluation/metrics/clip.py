@@ -160,6 +160,7 @@ register_metric(
             "FastFace §5.1 as its code computes it: CLIP ViT-L/14 cosine of the output face's "
             "box crop (160 px) and prompt.split(';')[0] (the whole prompt without ';')"
         ),
+        version=2,  # 2: the box truncated as facenet-pytorch does (was rounded)
     )
 )
 register_metric(

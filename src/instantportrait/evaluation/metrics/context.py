@@ -279,20 +279,22 @@ class ItemContext:
 
     def box_crop(self, which: Which, size: int = 160) -> torch.Tensor:
         """``(1, 3, size, size)``: the largest face's detection box cut out and resized to a
-        square (facenet-pytorch MTCNN's ``image_size`` crop with margin 0, as FastFace's FSC
-        uses; the box's aspect is not kept)."""
+        square, as FastFace's FSC does with facenet-pytorch's MTCNN (``image_size`` 160,
+        margin 0): the box truncated to integers and clipped to the image
+        (:func:`~instantportrait.faces.mtcnn.facenet_crop`), PIL's bilinear resize; the box's
+        aspect is not kept."""
+        import numpy as np
+
         from ...faces.detect import NoFaceFoundError
+        from ...faces.mtcnn import facenet_crop
 
         def compute() -> torch.Tensor:
             det = self.detection(which)
             if len(det) == 0:
                 raise NoFaceFoundError(f"{self._where(which)}: no face found")
-            x0, y0, x1, y1 = (float(v) for v in det.boxes[0])
-            im = self.image(which)
-            box = (max(0, round(x0)), max(0, round(y0)), min(im.width, round(x1)))
-            box = (*box, min(im.height, round(y1)))
-            crop = im.crop(box).resize((size, size), Image.BILINEAR)
-            return fns.pil_to_tensor(crop).to(self.hub.device)
+            img = np.asarray(self.image(which).convert("RGB"))
+            crop = facenet_crop(img, det.boxes[0], size)
+            return fns.pil_to_tensor(Image.fromarray(crop)).to(self.hub.device)
 
         return self._memo(which, ("box-crop", size), compute)
 
