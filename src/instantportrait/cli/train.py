@@ -127,12 +127,29 @@ def resolve(
     return cfg, to_dict(cfg)
 
 
+def trainer_class(name: str, cfg) -> type:
+    """The trainer of ``name`` for this config: the Kontext trainers when the backbone is
+    FLUX.1 Kontext (IDE-Net: ``model.backbone=kontext``; IPNet: a Kontext IDE-Net teacher)."""
+    if name == "idenet" and cfg.model.backbone == "kontext":
+        from ..training.kontext_idenet import KontextIDENetTrainer
+
+        return KontextIDENetTrainer
+    if name == "ipnet":
+        from ..training.kontext_model import is_kontext_training_export
+
+        if is_kontext_training_export(cfg.teacher.path):
+            from ..training.kontext_ipnet import KontextIPNetTrainer
+
+            return KontextIPNetTrainer
+    module, _, trainer_name, _ = TRAINERS[name]
+    return getattr(importlib.import_module(module), trainer_name)
+
+
 def _train(name: str, cfg, resolved, resume: str | None, overwrite: bool = False) -> Path:
     from .common import quiet_libraries
 
     quiet_libraries()
-    module, _, trainer_name, _ = TRAINERS[name]
-    trainer = getattr(importlib.import_module(module), trainer_name)(cfg)
+    trainer = trainer_class(name, cfg)(cfg)
     final = trainer.fit(resume=resume, resolved_config=resolved, overwrite=overwrite)
     return final if trainer.accelerator.is_main_process else None
 
