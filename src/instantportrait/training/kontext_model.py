@@ -115,7 +115,9 @@ class KontextModel:
         for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
             module = self.components[name]
             dtype = torch.float32 if name == "vae" else self.dtype
-            module.requires_grad_(False).eval().to(device, dtype)
+            module.requires_grad_(False).eval().to(device)
+            if module.dtype != dtype:
+                module.to(dtype)
         self.transformer = self.components["transformer"]
         self.scheduler = self.components["scheduler"]
         c = self.components
@@ -141,7 +143,11 @@ class KontextModel:
 
     def add_adapter(self, name: str, trainable: bool) -> list[torch.nn.Parameter]:
         """Add LoRA ``name`` (B = 0: the base's function unchanged), fp32; its parameters."""
-        self.transformer.add_adapter(self.lora_config(), adapter_name=name)
+        import warnings
+
+        with warnings.catch_warnings():  # several adapters on one model is the design here
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            self.transformer.add_adapter(self.lora_config(), adapter_name=name)
         params = self.adapter_parameters(name)
         for p in params:
             p.data = p.data.float()
