@@ -455,3 +455,59 @@ def test_cli_idenet_then_ipnet_on_kontext_with_exact_resume(
     meta = json.loads((tmp_path / "all" / "final" / "instantportrait.json").read_text())
     assert [s["stage"] for s in meta["stages"]] == ["high", "middle", "low"]
     assert [s["sigma_range"] for s in meta["stages"]] == [[0.4, 0.8], [0.2, 0.4], [0.15, 0.2]]
+
+
+def test_gradient_checkpointing_recomputes_the_student_not_the_teacher(ipnet):
+    """Checkpointed blocks are recomputed in the backward, after the teacher's calls: the
+    gradients must equal those without checkpointing (the student's adapter active again)."""
+    t = ipnet.kmodel.transformer
+    batch = batch_of(ipnet)
+
+    def grads():
+        ipnet.optimizer.zero_grad(set_to_none=True)
+        out = ipnet.compute_losses(batch, step_generator(0, 2, 0, ipnet.device))
+        out["loss_g"].backward()
+        g = {n: p.grad.clone() for n, p in t.named_parameters() if p.grad is not None}
+        ipnet.optimizer.zero_grad(set_to_none=True)
+        return g
+
+    plain = grads()
+    t.enable_gradient_checkpointing()
+    try:
+        checkpointed = grads()
+    finally:
+        t.disable_gradient_checkpointing()
+    assert plain.keys() == checkpointed.keys() and all(".student." in n for n in plain)
+    for n in plain:
+        torch.testing.assert_close(checkpointed[n], plain[n], atol=1e-6, rtol=1e-4)
+
+
+def test_fsdp_config_wraps_flux_blocks_and_paper_preset_resolves(kontext_dir, capsys):
+    from pathlib import Path
+
+    import diffusers.models.transformers.transformer_flux as flux
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = ClusterConfig.from_yaml_file(str(root / "examples/accelerate/fsdp_kontext.yaml"))
+    fsdp = cfg.fsdp_config
+    assert cfg.distributed_type == "FSDP" and fsdp["fsdp_sharding_strategy"] == "FULL_SHARD"
+    assert fsdp["fsdp_use_orig_params"] is True  # frozen base + LoRA in one unit
+    for name in fsdp["fsdp_transformer_layer_cls_to_wrap"].split(","):
+        assert isinstance(getattr(flux, name), type)
+    code, out = run_cli(
+        [
+            "train",
+            "idenet",
+            "--preset",
+            "paper",
+            *_settings(model__backbone="kontext", model__pretrained=kontext_dir, data__path="x"),
+            "--dry-run",
+        ],
+        capsys,
+    )
+    assert code == 0, out.err
+    resolved = json.loads(out.out)
+    assert resolved["model"]["backbone"] == "kontext" and resolved["model"]["lora_rank"] == 64
+    assert resolved["data"]["size"] == [1024, 576]
+    assert resolved["training"]["gradient_checkpointing"] is True
