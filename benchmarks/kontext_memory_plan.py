@@ -221,6 +221,33 @@ def plan(width: int, height: int, devices: int, batch: int, rank: int, txt: int)
     }
 
 
+#: InstantPortrait's schedules (Table 6): steps x global batch; the denoiser-call equivalents
+#: of one sample's step with gradient checkpointing (forward 1, backward 2, recompute 1), the
+#: teacher's target call (1) and the inversion's Euler calls (4, for sigma' <= tau only: none in
+#: the high stage, ~1/201 of the middle stage's draws, all of the low stage's)
+SCHEDULE = {
+    "idenet": (40000, 256, 4.0),
+    "ipnet high": (25000, 256, 4.0 + 1.0),
+    "ipnet middle": (15000, 256, 4.0 + 1.0 + 4.0 / 201),
+    "ipnet low": (1000, 2048, 4.0 + 1.0 + 4.0),
+}
+
+
+def gpu_hours(call_tflop: float, peak_tflops: float, mfu: float) -> dict:
+    """Projected GPU-hours of each stage from the FLOPs of one transformer call at the
+    training size (the VAE, text encoders, embedder and discriminator left out)."""
+    out = {}
+    for name, (steps, batch, calls) in SCHEDULE.items():
+        flop = steps * batch * calls * call_tflop * 1e12
+        out[name] = {
+            "samples": steps * batch,
+            "calls_per_sample": calls,
+            "flop": flop,
+            "gpu_hours": flop / (peak_tflops * 1e12 * mfu) / 3600,
+        }
+    return out
+
+
 def table(p: dict) -> str:
     lines = [
         f"| at {p['width']}x{p['height']}, batch {p['batch_per_device']} per device | "
@@ -248,11 +275,27 @@ def main() -> int:
     parser.add_argument(
         "--out", default=str(ROOT / "benchmarks" / "results" / "kontext_memory_plan.json")
     )
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="H100 SXM dense bf16")
+    parser.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOP utilisation")
     args = parser.parse_args()
     start = time.perf_counter()
     p = plan(args.width, args.height, args.devices, args.batch, args.rank, args.text_tokens)
     p["seconds"] = time.perf_counter() - start
+    p["projection"] = {
+        "peak_tflops": args.peak_tflops,
+        "mfu": args.mfu,
+        "stages": gpu_hours(p["flops_per_call_train_size_tflop"], args.peak_tflops, args.mfu),
+    }
     print(table(p))
+    print("| stage | samples | calls/sample | PFLOP | GPU-hours |\n|---|---:|---:|---:|---:|")
+    total = 0.0
+    for name, r in p["projection"]["stages"].items():
+        total += r["gpu_hours"]
+        print(
+            f"| {name} | {r['samples']:,} | {r['calls_per_sample']:.2f} | "
+            f"{r['flop'] / 1e15:,.0f} | {r['gpu_hours']:,.0f} |"
+        )
+    print(f"| **all** | | | | **{total:,.0f}** |")
     print(
         f"FLOPs of one transformer call: {p['flops_per_call_1024x1024_tflop']:.1f} TFLOP at "
         f"1024x1024, {p['flops_per_call_train_size_tflop']:.1f} TFLOP at "
