@@ -400,6 +400,14 @@ def _resume_matches(argv, tmp_path, capsys, keys, runs="run"):
         for key in keys:
             assert ra.get(key) == rb.get(key), (key, ra["step"])
     assert sorted(p.name for p in (one / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    # checkpoints hold the adapters, never the frozen base
+    from safetensors.torch import load_file
+
+    ckpt = one / "checkpoints" / "step-000004"
+    keys = set(load_file(str(ckpt / "adapters.safetensors")))
+    assert keys and all("lora_" in k for k in keys)
+    for f in ckpt.glob("model*.safetensors"):
+        assert not any("transformer_blocks" in k for k in load_file(str(f)))
     return one
 
 

@@ -20,6 +20,9 @@ from ..parameterization import flow_noise, flow_velocity_target
 from .idenet import IDENetConfig, IDENetTrainer
 from .kontext_model import KontextModel, flux_training_sigmas
 
+#: the checkpoint's file of the transformer's LoRA weights (all adapters)
+ADAPTERS_FILE = "adapters.safetensors"
+
 
 class KontextTrainerMixin:
     """What both Kontext trainers share: the model in memory, encoding, decoding."""
@@ -33,10 +36,50 @@ class KontextTrainerMixin:
         return m
 
     def use_prepared(self, model: torch.nn.Module) -> None:
-        """Route the backbone's calls through the accelerate-prepared transformer (DDP/FSDP)."""
+        """Route the backbone's calls through the accelerate-prepared transformer (DDP/FSDP)
+        and checkpoint only its adapters (the frozen base is the pretrained folder's)."""
         if model is not self.kmodel.transformer and not hasattr(model, "config"):
             model.config = self.kmodel.transformer.config
         self.backbone.transformer = model
+        acc = self.accelerator
+        acc.register_save_state_pre_hook(self._save_adapters)
+        acc.register_load_state_pre_hook(self._load_adapters)
+
+    def _is_transformer(self, model) -> bool:
+        return self.accelerator.unwrap_model(model) is self.kmodel.transformer
+
+    def _save_adapters(self, models, weights, output_dir) -> None:
+        """accelerate's save hook: the transformer's LoRA weights go to ``adapters.safetensors``
+        instead of the whole 12B state (FSDP saves its own shards: left alone)."""
+        from safetensors.torch import save_file
+
+        if len(weights) != len(models):
+            return
+        for i, model in enumerate(models):
+            if self._is_transformer(model):
+                state = weights.pop(i)
+                lora = {k: v.contiguous() for k, v in state.items() if "lora_" in k}
+                save_file(lora, str(Path(output_dir) / ADAPTERS_FILE))
+                (Path(output_dir) / ADAPTERS_FILE).chmod(0o644)  # as accelerate's own files
+                return
+
+    def _load_adapters(self, models, input_dir) -> None:
+        """accelerate's load hook, the inverse of :meth:`_save_adapters`."""
+        from safetensors.torch import load_file
+
+        path = Path(input_dir) / ADAPTERS_FILE
+        for i, model in enumerate(models):
+            if self._is_transformer(model) and path.is_file():
+                models.pop(i)
+                state = load_file(str(path))
+                result = self.kmodel.transformer.load_state_dict(state, strict=False)
+                if result.unexpected_keys:
+                    from ..errors import InputError
+
+                    raise InputError(
+                        f"{path}: adapters of another model ({result.unexpected_keys[0]})"
+                    )
+                return
 
     def encode_pair(self, batch: dict[str, Any], max_sequence_length: int):
         """The edit image's latents (zeroed where the image is dropped) and the instruction."""
