@@ -516,6 +516,19 @@ def test_fsdp_config_wraps_flux_blocks_and_paper_preset_resolves(kontext_dir, ca
     )
     assert code == 0, out.err
     resolved = json.loads(out.out)
+    # a Kontext base as IPNet's teacher: one line naming the setting, before anything loads
+    code, out = run_cli(
+        ["train", "ipnet", "--teacher", kontext_dir, *_settings(data__path="x")], capsys
+    )
+    assert code == 2 and "not an IDE-Net export" in out.err and len(out.err.splitlines()) == 1
     assert resolved["model"]["backbone"] == "kontext" and resolved["model"]["lora_rank"] == 64
     assert resolved["data"]["size"] == [1024, 576]
     assert resolved["training"]["gradient_checkpointing"] is True
+
+
+def test_ema_averages_the_student_adapter_only(ipnet):
+    from instantportrait.training.ema import EMA
+
+    ema = EMA(ipnet.accelerator.unwrap_model(ipnet.model))  # as the loop builds it
+    student = [n for n, _ in ipnet.kmodel.transformer.named_parameters() if ".student." in n]
+    assert sorted(ema.names) == sorted(student)

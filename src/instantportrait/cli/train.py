@@ -135,12 +135,20 @@ def trainer_class(name: str, cfg) -> type:
 
         return KontextIDENetTrainer
     if name == "ipnet":
+        from ..backbones import is_kontext_folder
         from ..training.kontext_model import is_kontext_training_export
 
         if is_kontext_training_export(cfg.teacher.path):
             from ..training.kontext_ipnet import KontextIPNetTrainer
 
             return KontextIPNetTrainer
+        if is_kontext_folder(cfg.teacher.path):
+            from ..errors import InputError
+
+            raise InputError(
+                f"teacher.path={cfg.teacher.path}: a FLUX.1 Kontext folder, not an IDE-Net "
+                "export; train the teacher first (train idenet --set model.backbone=kontext)"
+            )
     module, _, trainer_name, _ = TRAINERS[name]
     return getattr(importlib.import_module(module), trainer_name)
 
