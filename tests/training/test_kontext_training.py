@@ -373,7 +373,9 @@ COMMON = _settings(
     training__ema="true",
     training__ema_decay=0.9,
     training__num_workers=0,
-    training__validate_every=0,
+    training__validate_every=2,
+    validation__count=2,
+    validation__resolution=64,
     optim__warmup_steps=0,
     optim__lr="1e-3",
 )
@@ -425,9 +427,11 @@ def test_cli_idenet_then_ipnet_on_kontext_with_exact_resume(
             model__lora_rank=4,
             model__max_sequence_length=32,
             data__path=pair_dir,
+            validation__steps=2,
         ),
     ]
     run = _resume_matches(ide, tmp_path / "ide", capsys, ("loss", "l_dm", "l_cid", "w_a"))
+    assert (run / "validation" / "step-000004.png").is_file()
     assert any(r.get("l_cid", 0) > 0 for r in read_metrics(run))  # the identity term ran
     teacher = run / "final"
     assert (teacher / "ide_lora.safetensors").is_file()
@@ -447,6 +451,7 @@ def test_cli_idenet_then_ipnet_on_kontext_with_exact_resume(
     ]
     keys = ("loss_g", "l_adv", "l_distill", "l_triplet", "loss_d", "inversion_fraction")
     run = _resume_matches(ip, tmp_path / "ip", capsys, keys)
+    assert (run / "validation" / "step-000002.png").is_file()
     assert all(r["inversion_fraction"] == 1.0 for r in read_metrics(run))  # low: sigma' <= tau
     # --stage all: high -> middle -> low, each from the previous student
     code, out = run_cli(

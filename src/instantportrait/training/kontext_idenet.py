@@ -28,6 +28,9 @@ class KontextTrainerMixin:
     """What both Kontext trainers share: the model in memory, encoding, decoding."""
 
     kmodel: KontextModel
+    #: the distilled guidance scale and T5's token count the trainer conditions with
+    guidance: float
+    max_sequence_length: int
 
     def load_kontext(self, pretrained: str, rank: int) -> KontextModel:
         m = KontextModel(pretrained, self.device, rank)
@@ -99,7 +102,44 @@ class KontextTrainerMixin:
         raise NotImplementedError("the Kontext trainers encode through the backbone")
 
     def validate(self, step: int) -> dict[str, float]:
-        return {}  # validation edits: the exported folder through `edit` (see docs/training.md)
+        """Edits of the validation set with the current adapter (IDE-Net: ``validation.steps``
+        of the teacher's sampler; IPNet: one step), saved as a grid with dlib distances."""
+        if not self.accelerator.is_main_process:
+            return {}
+        from ..pipelines.kontext_edit import KontextEditPipeline
+        from .validation import run_validation, validation_items
+
+        m = self.kmodel
+        pipe = KontextEditPipeline(**{**m.components, "transformer": m.transformer})
+        pipe.set_progress_bar_config(disable=True)
+
+        def edit(prompt, image, num_inference_steps, guidance_scale, generator, **_):
+            scale = self.guidance if guidance_scale is None else guidance_scale
+            return pipe(
+                prompt,
+                image,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=scale,
+                generator=generator,
+                max_sequence_length=self.max_sequence_length,
+            )
+
+        was_training = m.transformer.training
+        m.transformer.eval()
+        try:
+            v = self.cfg.validation
+            return run_validation(
+                edit,
+                validation_items(v, self.dataset.source),
+                self.run_dir / "validation" / f"step-{step:06d}.png",
+                embedder=self.validation_embedder(),
+                steps=v.steps,
+                guidance_scale=v.guidance_scale,
+                resolution=v.resolution,
+                seed=v.seed,
+            )
+        finally:
+            m.transformer.train(was_training)
 
 
 class KontextIDENetTrainer(KontextTrainerMixin, IDENetTrainer):
@@ -107,6 +147,8 @@ class KontextIDENetTrainer(KontextTrainerMixin, IDENetTrainer):
 
     def __init__(self, config: IDENetConfig):
         super().__init__(config)
+        self.guidance = config.model.guidance
+        self.max_sequence_length = config.model.max_sequence_length
 
     def setup(self) -> None:
         cfg = self.cfg
