@@ -24,8 +24,8 @@ import torch
 from ..errors import InputError
 from ..parameterization import flow_noise, sigma_from_timestep
 from .ipnet import IPNetConfig, IPNetTrainer
-from .kontext_idenet import KontextTrainerMixin
 from .kontext_model import LORA_FILES, read_export_metadata
+from .kontext_trainer import KontextTrainerMixin
 
 
 def flow_inversion(velocity, x0: torch.Tensor, sigma: torch.Tensor, steps: int) -> torch.Tensor:
