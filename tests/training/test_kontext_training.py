@@ -537,3 +537,72 @@ def test_ema_averages_the_student_adapter_only(ipnet):
     ema = EMA(ipnet.accelerator.unwrap_model(ipnet.model))  # as the loop builds it
     student = [n for n, _ in ipnet.kmodel.transformer.named_parameters() if ".student." in n]
     assert sorted(ema.names) == sorted(student)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_train_both_kontext_stages(kontext_dir, pair_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "ACCELERATE_USE_CPU": "1",
+    }
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",  # + ACCELERATE_USE_CPU: 2 CPU processes on gloo
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "instantportrait",
+        "train",
+    ]
+    small = [*COMMON, *_settings(training__batch_size=1, training__max_steps=2)]
+    ide = [
+        "idenet",
+        *small,
+        *_settings(
+            model__backbone="kontext",
+            model__pretrained=kontext_dir,
+            model__lora_rank=4,
+            model__max_sequence_length=32,
+            data__path=pair_dir,
+            loss__lambda_aid=0,
+            training__output_dir=tmp_path / "ide",
+            training__validate_every=0,
+        ),
+    ]
+    ip = [
+        "ipnet",
+        "--teacher",
+        tmp_path / "ide" / "final",
+        "--stage",
+        "low",
+        *small,
+        *_settings(
+            data__path=pair_dir,
+            discriminator__backbone="tiny",
+            triplet__dino="tiny",
+            training__output_dir=tmp_path / "ip",
+            training__validate_every=0,
+        ),
+    ]
+    for args in (ide, ip):
+        cmd = [*launch, *[str(a) for a in args]]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r["step"] for r in read_metrics(tmp_path / "ip")] == [1, 2]
+    assert (tmp_path / "ip" / "final" / "student_lora.safetensors").is_file()
