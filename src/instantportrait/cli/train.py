@@ -165,11 +165,10 @@ def precheck(name: str, configs: list) -> None:
 
     from ..training.loop import check_batch_fits
 
-    module, _, trainer_name, _ = TRAINERS[name]
-    trainer = getattr(importlib.import_module(module), trainer_name)
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
     for cfg in configs:
         check_train_models(name, cfg)  # the models first: configs and headers, no weights
+        trainer = trainer_class(name, cfg)
         check_inputs = getattr(cfg, "check_inputs", None)
         if check_inputs is not None:
             check_inputs()
@@ -229,12 +228,37 @@ def check_train_models(name: str, cfg) -> None:
         check_model(value, use, "--base" if name == "faceanet" else setting)
 
 
+def trainer_class(name: str, cfg) -> type:
+    """The trainer of ``name`` for this config: the Kontext trainers when the backbone is
+    FLUX.1 Kontext (IDE-Net: ``model.backbone=kontext``; IPNet: a Kontext IDE-Net teacher)."""
+    if name == "idenet" and cfg.model.backbone == "kontext":
+        from ..training.kontext_idenet import KontextIDENetTrainer
+
+        return KontextIDENetTrainer
+    if name == "ipnet":
+        from ..backbones import is_kontext_folder
+        from ..training.kontext_model import is_kontext_training_export
+
+        if is_kontext_training_export(cfg.teacher.path):
+            from ..training.kontext_ipnet import KontextIPNetTrainer
+
+            return KontextIPNetTrainer
+        if is_kontext_folder(cfg.teacher.path):
+            from ..errors import InputError
+
+            raise InputError(
+                f"teacher.path={cfg.teacher.path}: a FLUX.1 Kontext folder, not an IDE-Net "
+                "export; train the teacher first (train idenet --set model.backbone=kontext)"
+            )
+    module, _, trainer_name, _ = TRAINERS[name]
+    return getattr(importlib.import_module(module), trainer_name)
+
+
 def _train(name: str, cfg, resolved, resume: str | None, overwrite: bool = False) -> Path:
     from .common import quiet_libraries
 
     quiet_libraries()
-    module, _, trainer_name, _ = TRAINERS[name]
-    trainer = getattr(importlib.import_module(module), trainer_name)(cfg)
+    trainer = trainer_class(name, cfg)(cfg)
     final = trainer.fit(resume=resume, resolved_config=resolved, overwrite=overwrite)
     return final if trainer.accelerator.is_main_process else None
 

@@ -42,6 +42,13 @@ class ModelConfig:
     #: ``random-real`` the real InstructPix2Pix architecture with random weights (benchmarks)
     pretrained: str = "timbrooks/instruct-pix2pix"
     seed: int = 0
+    #: ``kontext``: FLUX.1 Kontext (``pretrained`` a FluxKontextPipeline folder), trained as
+    #: the LoRA ``ide`` (see :mod:`instantportrait.training.kontext_idenet`)
+    backbone: Literal["instructpix2pix", "kontext"] = "instructpix2pix"
+    #: Kontext only: the LoRA rank, the distilled guidance scale, T5's token count
+    lora_rank: int = 64
+    guidance: float = 2.5
+    max_sequence_length: int = 512
 
 
 @dataclass
@@ -154,12 +161,15 @@ class IDENetTrainer(EditTrainer):
         landmarks: torch.Tensor,
         t: torch.Tensor,
         is_keypoints: torch.Tensor | None = None,
+        t_max: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """W_a-weighted L_cid (eqs. 3-4) for rows that all show a face; logs its parts.
 
         The caller passes only the rows with a face: a row without landmarks has no crop.
         ``is_keypoints`` ``(B,)``: rows whose points are the detector's five keypoints, cropped
         with the template's keypoint targets (``None``: all dlib's 5).
+        ``t`` is each row's noise level on the scale ``t_max`` (default ``loss.t_max``; the
+        flow backbones pass sigma with ``t_max = 1``).
         """
         from ..faces.align import crop_faces, to_grayscale
 
@@ -184,7 +194,8 @@ class IDENetTrainer(EditTrainer):
             ref = emb.embed(g(crop_faces(images_in, lm, emb.template, emb.input_size, points=pts)))
         hat = emb.embed(g(crop_faces(images_hat, lm_hat, emb.template, emb.input_size, points=pts)))
         l_cid = identity_distance(ref, hat)
-        w_a = annealing_weight(t, cfg.t_max, cfg.weighting, cfg.a, cfg.b, cfg.alpha)
+        t_max = cfg.t_max if t_max is None else t_max
+        w_a = annealing_weight(t, t_max, cfg.weighting, cfg.a, cfg.b, cfg.alpha)
         return {"l_aid": annealed_identity_loss(l_cid, w_a), "l_cid": l_cid, "w_a": w_a}
 
     def compute_loss(
@@ -214,7 +225,26 @@ class IDENetTrainer(EditTrainer):
         pred = self.model(unet_in, t, encoder_hidden_states=text).sample
         ptype = self.train_scheduler.config.prediction_type
         l_dm = diffusion_loss(pred, diffusion_target(noise, z0, ab, ptype)).mean()
-        out = {"l_dm": l_dm}
+        rows_x0 = lambda rows: predict_x0(  # noqa: E731
+            pred[rows].float(), z_t[rows].float(), ab[rows].float(), ptype
+        )
+        return self.add_identity_terms({"l_dm": l_dm}, batch, x_in, keep_image, rows_x0, t)
+
+    def add_identity_terms(
+        self,
+        out: dict[str, torch.Tensor],
+        batch: dict[str, Any],
+        x_in: torch.Tensor,
+        keep_image: torch.Tensor,
+        x0_hat_of: Any,
+        level: torch.Tensor,
+        t_max: float | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Eq. 5 from ``out["l_dm"]``: the identity term on the rows that show a face (and keep
+        their input image), x0_hat from ``x0_hat_of(rows)`` at noise ``level`` (scale ``t_max``);
+        every backbone shares this (only how x0_hat is predicted differs)."""
+        device = self.device
+        bsz = x_in.shape[0]
         valid = batch["has_face"].to(device) & keep_image
         lam = self.cfg.loss.lambda_aid
         if lam > 0 and self.coverage is not None:
@@ -222,11 +252,15 @@ class IDENetTrainer(EditTrainer):
         if lam > 0 and bool(valid.any()):
             # only the rows with a face are cropped and embedded (mixed batches are the rule)
             rows = valid.nonzero().flatten()
-            z0_hat = predict_x0(pred[rows].float(), z_t[rows].float(), ab[rows].float(), ptype)
             kps = batch.get("is_keypoints")
             kps = None if kps is None else kps[rows.cpu()]
             terms = self.identity_term(
-                x_in[rows], z0_hat, batch["landmarks"][rows.cpu()], t[rows], kps
+                x_in[rows],
+                x0_hat_of(rows),
+                batch["landmarks"][rows.cpu()],
+                level[rows],
+                kps,
+                t_max,
             )
             out["l_aid"] = terms["l_aid"]
             out["l_cid"] = terms["l_cid"].mean()
@@ -234,7 +268,7 @@ class IDENetTrainer(EditTrainer):
         else:
             out["l_aid"] = torch.zeros((), device=device)
         out["face_fraction"] = valid.float().mean()
-        out["loss"] = idenet_loss(l_dm, out["l_aid"], lam)
+        out["loss"] = idenet_loss(out["l_dm"], out["l_aid"], lam)
         return out
 
     def training_step(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, float]:

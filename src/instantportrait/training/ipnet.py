@@ -192,27 +192,9 @@ class IPNetTrainer(EditTrainer):
     # ---- set-up -------------------------------------------------------------------------
     def setup(self) -> None:
         from ..models.discriminator import CropDiscriminator
-        from ..pipelines import InstantPortraitPipeline
 
         cfg, acc = self.cfg, self.accelerator
-        teacher_unet = self.load_components(cfg.teacher.path, cfg.teacher.seed, "teacher.path")
-        teacher_unet.requires_grad_(False).eval().to(acc.device)
-        self.teacher = InstantPortraitPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=teacher_unet,
-            scheduler=self.scheduler,
-        )
-        if cfg.student.init:
-            student = InstantPortraitPipeline.from_pretrained(cfg.student.init).unet
-            self.history = _read_history(Path(cfg.student.init))
-        else:
-            student = copy.deepcopy(teacher_unet)
-            self.history = []
-        student.requires_grad_(True).train()
-        if cfg.training.gradient_checkpointing:
-            student.enable_gradient_checkpointing()
+        student, student_params = self.build_models()
         d = cfg.discriminator
         with tiny_hint("discriminator.backbone"):
             disc = CropDiscriminator.from_backbone(
@@ -236,7 +218,7 @@ class IPNetTrainer(EditTrainer):
             from .loop import FaceCoverage
 
             self.coverage = FaceCoverage("triplet")
-        opt_g, sched_g = self.make_optimizer(student.parameters())
+        opt_g, sched_g = self.make_optimizer(student_params)
         opt_d = torch.optim.AdamW(
             disc.heads.parameters(), lr=d.lr, betas=(0.0, 0.99), weight_decay=0.0
         )
@@ -246,6 +228,32 @@ class IPNetTrainer(EditTrainer):
         (self.model, self.disc, self.optimizer, self.opt_d, self.lr_scheduler, self.sched_d) = (
             acc.prepare(student, disc, opt_g, opt_d, sched_g, sched_d)
         )
+
+    def build_models(self) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+        """The frozen teacher and the student; returns the module to prepare and the student's
+        trained parameters (each backbone builds its own; the rest of set-up is shared)."""
+        from ..pipelines import InstantPortraitPipeline
+
+        cfg, acc = self.cfg, self.accelerator
+        teacher_unet = self.load_components(cfg.teacher.path, cfg.teacher.seed, "teacher.path")
+        teacher_unet.requires_grad_(False).eval().to(acc.device)
+        self.teacher = InstantPortraitPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=teacher_unet,
+            scheduler=self.scheduler,
+        )
+        if cfg.student.init:
+            student = InstantPortraitPipeline.from_pretrained(cfg.student.init).unet
+            self.history = _read_history(Path(cfg.student.init))
+        else:
+            student = copy.deepcopy(teacher_unet)
+            self.history = []
+        student.requires_grad_(True).train()
+        if cfg.training.gradient_checkpointing:
+            student.enable_gradient_checkpointing()
+        return student, list(student.parameters())
 
     def trainable(self) -> dict[str, torch.nn.Module]:
         unwrap = self.accelerator.unwrap_model
@@ -339,17 +347,22 @@ class IPNetTrainer(EditTrainer):
         )
         return torch.nn.functional.normalize(self.dino(crops).float(), dim=-1)
 
+    @torch.no_grad()
+    def edit_condition(self, batch: dict[str, Any], x_in: torch.Tensor) -> tuple[Any, Any, Any]:
+        """The input image's latents (zero where dropped), the instruction and the unconditional
+        text (what the student and the teacher condition on)."""
+        keep = (~batch["drop_image"]).to(self.device).view(-1, 1, 1, 1)
+        image_latents = self.vae.encode(x_in).latent_dist.mode() * keep
+        cond = self.encode_text(batch["instruction"])
+        return image_latents, cond, self.encode_text([""]).expand_as(cond)
+
     def compute_losses(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
         """The student's terms of eq. 13 (with graph) and what the discriminator step needs."""
         from diffusers.utils.torch_utils import randn_tensor
 
         st, device = self.cfg.stage, self.device
         x_in, x_tg = batch["input"].to(device), batch["target"].to(device)
-        with torch.no_grad():
-            keep = (~batch["drop_image"]).to(device).view(-1, 1, 1, 1)
-            image_latents = self.vae.encode(x_in).latent_dist.mode() * keep
-            cond = self.encode_text(batch["instruction"])
-            uncond = self.encode_text([""]).expand_as(cond)
+        image_latents, cond, uncond = self.edit_condition(batch, x_in)
         noise = randn_tensor(
             image_latents.shape, generator=generator, device=device, dtype=image_latents.dtype
         )

@@ -1,0 +1,283 @@
+"""One FLUX.1 Kontext model in memory for both trainers: the frozen base and its LoRA adapters.
+
+A 12B transformer cannot be held three times (teacher, student, EMA), so the trainers keep ONE
+set of base weights and switch PEFT adapters on it:
+
+* IDE-Net trains the LoRA ``ide`` (rank 64 on the attention q/k/v/out and the MLP projections of
+  every double and single block);
+* the IPNet student is a second LoRA, ``student``, initialised from ``ide``;
+* the teacher is base + ``ide`` with ``student`` inactive (:meth:`KontextModel.adapter`);
+* the EMA averages the parameters that require gradients: the trained adapter only.
+
+The base is frozen, bf16 on a GPU and fp32 on the CPU; the adapters are fp32. Exports: a LoRA
+file that diffusers' ``load_lora_weights`` reads, and a fused pipeline folder (base + adapter
+merged) that :class:`~instantportrait.pipelines.kontext_edit.KontextEditPipeline` and the
+``edit`` command load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backbones.flux_kontext import FluxKontextBackbone, flux_shift_mu
+
+__all__ = [
+    "KontextModel",
+    "LORA_TARGETS",
+    "flux_training_sigmas",
+    "is_kontext_training_export",
+    "read_export_metadata",
+]
+
+#: PEFT's ``target_modules`` (a full-match regex): attention q/k/v/out (image and text streams)
+#: and the MLP projections of the double blocks; q/k/v, the MLP-in and the fused out projection
+#: of the single blocks. The transformer's own input/output layers and the norms stay frozen.
+LORA_TARGETS = (
+    r".*transformer_blocks\.\d+\.("
+    r"attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+    r"|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)|proj_mlp|proj_out)"
+)
+
+#: the file names of the exported adapters (in the diffusers LoRA format)
+LORA_FILES = {"ide": "ide_lora.safetensors", "student": "student_lora.safetensors"}
+METADATA = "instantportrait.json"
+
+
+def flux_training_sigmas(
+    batch: int,
+    image_seq_len: int,
+    scheduler_config: dict[str, Any],
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Noise levels for a training batch, as FLUX's training draws them: ``u`` logit-normal
+    (Esser et al. 2024 (SD3) §3.1, eq. 19, m = 0, s = 1), then FLUX's resolution-dependent shift
+    ``sigma = e^mu / (e^mu + 1/u - 1)`` with ``mu`` linear in the image's token count (SD3
+    §5.3.2; the scheduler config's base/max shift and sequence lengths)."""
+    u = torch.sigmoid(torch.randn(batch, generator=generator))
+    cfg = scheduler_config
+    if cfg.get("use_dynamic_shifting", False):
+        mu = flux_shift_mu(
+            image_seq_len,
+            cfg.get("base_image_seq_len", 256),
+            cfg.get("max_image_seq_len", 4096),
+            cfg.get("base_shift", 0.5),
+            cfg.get("max_shift", 1.15),
+        )
+        shift = math.exp(mu)
+    else:
+        shift = float(cfg.get("shift", 1.0))
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def read_export_metadata(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / METADATA
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def is_kontext_training_export(folder: str | Path) -> bool:
+    """Whether ``folder`` is an IDE-Net or IPNet export of the Kontext trainers."""
+    return read_export_metadata(folder).get("backbone") == "kontext"
+
+
+class KontextModel:
+    """The Kontext components with one frozen base transformer and named LoRA adapters.
+
+    Args:
+        pretrained: a ``FluxKontextPipeline`` folder (``init-tiny --kind kontext`` for tests).
+        device: where the networks run.
+        rank: the LoRA rank (alpha = rank, so the update's scale is 1).
+    """
+
+    def __init__(self, pretrained: str, device: torch.device, rank: int = 64) -> None:
+        from diffusers import FluxKontextPipeline
+
+        from ..errors import InputError
+        from .editing import tiny_hint
+
+        if not Path(pretrained).is_dir():
+            raise InputError(
+                f"model.pretrained={pretrained}: a FLUX.1 Kontext pipeline folder is needed "
+                "(black-forest-labs/FLUX.1-Kontext-dev downloaded, or init-tiny --kind kontext)"
+            )
+        with tiny_hint("model.pretrained"):
+            pipe = FluxKontextPipeline.from_pretrained(pretrained)
+        self.pretrained, self.rank, self.device = str(pretrained), int(rank), device
+        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        skip = ("image_encoder", "feature_extractor")
+        self.components = {k: v for k, v in pipe.components.items() if k not in skip}
+        for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
+            module = self.components[name]
+            dtype = torch.float32 if name == "vae" else self.dtype
+            module.requires_grad_(False).eval().to(device)
+            if module.dtype != dtype:
+                module.to(dtype)
+        self.transformer = self.components["transformer"]
+        self.scheduler = self.components["scheduler"]
+        c = self.components
+        self.backbone = FluxKontextBackbone(
+            self.transformer,
+            c["vae"],
+            c["text_encoder"],
+            c["tokenizer"],
+            c["text_encoder_2"],
+            c["tokenizer_2"],
+        )
+
+    # ---- adapters ---------------------------------------------------------------------
+    def lora_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.rank,
+            init_lora_weights=True,
+            target_modules=LORA_TARGETS,
+        )
+
+    def add_adapter(self, name: str, trainable: bool) -> list[torch.nn.Parameter]:
+        """Add LoRA ``name`` (B = 0: the base's function unchanged), fp32; its parameters."""
+        import warnings
+
+        with warnings.catch_warnings():  # several adapters on one model is the design here
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            self.transformer.add_adapter(self.lora_config(), adapter_name=name)
+        params = self.adapter_parameters(name)
+        for p in params:
+            p.data = p.data.float()
+        self.set_trainable(name if trainable else None)
+        return params
+
+    def adapter_parameters(self, name: str) -> list[torch.nn.Parameter]:
+        return [p for n, p in self.transformer.named_parameters() if f".{name}." in n]
+
+    def set_trainable(self, name: str | None) -> None:
+        """Only adapter ``name``'s parameters require gradients (none when ``None``)."""
+        for n, p in self.transformer.named_parameters():
+            p.requires_grad_(name is not None and f".{name}." in n)
+
+    def copy_adapter(self, source: str, target: str) -> None:
+        """Initialise adapter ``target`` with ``source``'s weights (the student from ``ide``)."""
+        named = dict(self.transformer.named_parameters())
+        with torch.no_grad():
+            for n, p in named.items():
+                if f".{source}." in n:
+                    named[n.replace(f".{source}.", f".{target}.")].copy_(p)
+
+    def active_adapters(self) -> list[str]:
+        return list(self.transformer.active_adapters())
+
+    @contextlib.contextmanager
+    def adapter(self, name: str) -> Iterator[None]:
+        """Run with only adapter ``name`` active (PEFT's ``set_adapter``), then restore the
+        previous adapters and every parameter's ``requires_grad`` (PEFT toggles them)."""
+        t = self.transformer
+        before = self.active_adapters()
+        flags = [(p, p.requires_grad) for p in t.parameters()]
+        t.set_adapter(name)
+        try:
+            yield
+        finally:
+            t.set_adapter(before if len(before) > 1 else before[0])
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+    def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
+        """Adapter ``name`` in PEFT's saved form (keys without the adapter name)."""
+        from peft.utils import get_peft_model_state_dict
+
+        return {
+            k: v.detach().float().cpu().contiguous()
+            for k, v in get_peft_model_state_dict(self.transformer, adapter_name=name).items()
+        }
+
+    def load_adapter_file(self, path: str | Path, name: str) -> None:
+        """Load an exported LoRA file (diffusers' ``transformer.``-prefixed keys) into ``name``."""
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        state = {k.removeprefix("transformer."): v for k, v in load_file(str(path)).items()}
+        result = set_peft_model_state_dict(self.transformer, state, adapter_name=name)
+        missing = [k for k in result.missing_keys if f".{name}." in k]
+        if missing:
+            from ..errors import InputError
+
+            raise InputError(f"{path}: not a LoRA of this transformer (missing {missing[0]})")
+
+    # ---- export -----------------------------------------------------------------------
+    def save_lora(self, folder: Path, name: str, weights: dict[str, torch.Tensor]) -> None:
+        """The adapter as a LoRA file in diffusers' format (``load_lora_weights`` reads it)."""
+        from diffusers import FluxKontextPipeline
+
+        FluxKontextPipeline.save_lora_weights(
+            str(folder), transformer_lora_layers=weights, weight_name=LORA_FILES[name]
+        )
+
+    @torch.no_grad()
+    def save_fused(self, folder: Path, name: str) -> None:
+        """A ``KontextEditPipeline`` folder whose transformer is the base with adapter ``name``
+        merged in (fp32 merge, saved in the base's dtype); the live model is left unmerged."""
+        from accelerate import init_empty_weights
+        from diffusers import FluxTransformer2DModel
+        from peft.tuners.lora import LoraLayer
+
+        from ..pipelines.kontext_edit import KontextEditPipeline
+
+        t = self.transformer
+        state: dict[str, torch.Tensor] = {}
+        layers = {n: m for n, m in t.named_modules() if isinstance(m, LoraLayer)}
+        for n, p in t.state_dict().items():
+            if "lora_" in n:
+                continue
+            key = n.replace(".base_layer.", ".")
+            owner = key.rsplit(".", 1)[0]
+            if owner in layers and key.endswith(".weight") and ".base_layer." in n:
+                delta = layers[owner].get_delta_weight(name).float()
+                p = (p.float() + delta).to(p.dtype)
+            state[key] = p.detach().to("cpu")
+        with init_empty_weights():
+            fused = FluxTransformer2DModel.from_config(t.config)
+        fused.load_state_dict(state, assign=True)
+        parts = {**self.components, "transformer": fused}
+        KontextEditPipeline(**parts).save_pretrained(str(folder), safe_serialization=True)
+
+    def export(self, folder: Path, name: str, metadata: dict[str, Any]) -> None:
+        """Write ``folder`` atomically: the fused pipeline, the LoRA file of adapter ``name``
+        and ``instantportrait.json`` (where the base lives, the rank, ``metadata``)."""
+        from ..io import atomic_directory
+
+        with atomic_directory(folder, overwrite=True) as tmp:
+            tmp = Path(tmp)
+            self.save_fused(tmp, name)
+            self.save_lora(tmp, name, self.adapter_state(name))
+            record = {
+                "backbone": "kontext",
+                "base": self.pretrained,
+                "lora_rank": self.rank,
+                "adapter": name,
+                "lora_file": LORA_FILES[name],
+                **metadata,
+            }
+            (tmp / METADATA).write_text(json.dumps(record, indent=2))
+
+    @contextlib.contextmanager
+    def averaged(self, ema: Any) -> Iterator[None]:
+        """Run with the EMA's weights in the trained adapter (none: the live weights)."""
+        if ema is None:
+            yield
+            return
+        params = [p for p in self.transformer.parameters() if p.requires_grad]
+        backup = [p.detach().clone() for p in params]
+        ema.copy_to(self.transformer)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, b in zip(params, backup):
+                    p.copy_(b)

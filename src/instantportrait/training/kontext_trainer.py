@@ -1,0 +1,133 @@
+"""What both FLUX.1 Kontext trainers share: the one model in memory
+(:class:`~instantportrait.training.kontext_model.KontextModel`), encoding a pair through the
+backbone, differentiable decoding, checkpoints that hold only the adapters, validation edits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .kontext_model import KontextModel
+
+#: the checkpoint's file of the transformer's LoRA weights (all adapters)
+ADAPTERS_FILE = "adapters.safetensors"
+
+
+class KontextTrainerMixin:
+    """What both Kontext trainers share: the model in memory, encoding, decoding."""
+
+    kmodel: KontextModel
+    #: the distilled guidance scale and T5's token count the trainer conditions with
+    guidance: float
+    max_sequence_length: int
+
+    def load_kontext(self, pretrained: str, rank: int) -> KontextModel:
+        m = KontextModel(pretrained, self.device, rank)
+        self.kmodel, self.backbone = m, m.backbone
+        self.vae, self.scheduler = m.components["vae"], m.scheduler
+        return m
+
+    def use_prepared(self, model: torch.nn.Module) -> None:
+        """Route the backbone's calls through the accelerate-prepared transformer (DDP/FSDP)
+        and checkpoint only its adapters (the frozen base is the pretrained folder's)."""
+        if model is not self.kmodel.transformer and not hasattr(model, "config"):
+            model.config = self.kmodel.transformer.config
+        self.backbone.transformer = model
+        acc = self.accelerator
+        acc.register_save_state_pre_hook(self._save_adapters)
+        acc.register_load_state_pre_hook(self._load_adapters)
+
+    def _is_transformer(self, model) -> bool:
+        return self.accelerator.unwrap_model(model) is self.kmodel.transformer
+
+    def _save_adapters(self, models, weights, output_dir) -> None:
+        """accelerate's save hook: the transformer's LoRA weights go to ``adapters.safetensors``
+        instead of the whole 12B state (FSDP saves its own shards: left alone)."""
+        from safetensors.torch import save_file
+
+        if len(weights) != len(models):
+            return
+        for i, model in enumerate(models):
+            if self._is_transformer(model):
+                state = weights.pop(i)
+                lora = {k: v.contiguous() for k, v in state.items() if "lora_" in k}
+                save_file(lora, str(Path(output_dir) / ADAPTERS_FILE))
+                (Path(output_dir) / ADAPTERS_FILE).chmod(0o644)  # as accelerate's own files
+                return
+
+    def _load_adapters(self, models, input_dir) -> None:
+        """accelerate's load hook, the inverse of :meth:`_save_adapters`."""
+        from safetensors.torch import load_file
+
+        path = Path(input_dir) / ADAPTERS_FILE
+        for i, model in enumerate(models):
+            if self._is_transformer(model) and path.is_file():
+                models.pop(i)
+                state = load_file(str(path))
+                result = self.kmodel.transformer.load_state_dict(state, strict=False)
+                if result.unexpected_keys:
+                    from ..errors import InputError
+
+                    raise InputError(
+                        f"{path}: adapters of another model ({result.unexpected_keys[0]})"
+                    )
+                return
+
+    def encode_pair(self, batch: dict[str, Any], max_sequence_length: int):
+        """The edit image's latents (zeroed where the image is dropped) and the instruction."""
+        x_in = batch["input"].to(self.device)
+        keep = (~batch["drop_image"]).to(self.device)
+        with torch.no_grad():
+            image_latents = self.backbone.encode_image(x_in).float()
+            image_latents = image_latents * keep.view(-1, 1, 1, 1).to(image_latents)
+            cond = self.backbone.encode_prompt(list(batch["instruction"]), max_sequence_length)
+        return x_in, keep, image_latents, cond
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Clean latents to images in [-1, 1]; differentiable (the VAE is frozen, not detached)."""
+        return self.backbone.decode(latents.float()).float().clamp(-1, 1)
+
+    def encode_text(self, texts):  # pragma: no cover - the UNet's path; never on Kontext
+        raise NotImplementedError("the Kontext trainers encode through the backbone")
+
+    def validate(self, step: int) -> dict[str, float]:
+        """Edits of the validation set with the current adapter (IDE-Net: ``validation.steps``
+        of the teacher's sampler; IPNet: one step), saved as a grid with dlib distances."""
+        if not self.accelerator.is_main_process:
+            return {}
+        from ..pipelines.kontext_edit import KontextEditPipeline
+        from .validation import run_validation, validation_items
+
+        m = self.kmodel
+        pipe = KontextEditPipeline(**{**m.components, "transformer": m.transformer})
+        pipe.set_progress_bar_config(disable=True)
+
+        def edit(prompt, image, num_inference_steps, guidance_scale, generator, **_):
+            scale = self.guidance if guidance_scale is None else guidance_scale
+            return pipe(
+                prompt,
+                image,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=scale,
+                generator=generator,
+                max_sequence_length=self.max_sequence_length,
+            )
+
+        was_training = m.transformer.training
+        m.transformer.eval()
+        try:
+            v = self.cfg.validation
+            return run_validation(
+                edit,
+                validation_items(v, self.dataset.source),
+                self.run_dir / "validation" / f"step-{step:06d}.png",
+                embedder=self.validation_embedder(),
+                steps=v.steps,
+                guidance_scale=v.guidance_scale,
+                resolution=v.resolution,
+                seed=v.seed,
+            )
+        finally:
+            m.transformer.train(was_training)
