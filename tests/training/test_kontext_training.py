@@ -169,8 +169,8 @@ def test_wa_follows_each_rows_sigma_and_face_free_rows_skip(idenet, monkeypatch)
     hook = idenet.kmodel.transformer.register_forward_pre_hook(record, with_kwargs=True)
     original = idenet.identity_term
 
-    def spy(x_in, z0_hat, landmarks, t, t_max=None):
-        out = original(x_in, z0_hat, landmarks, t, t_max)
+    def spy(x_in, z0_hat, landmarks, t, **kw):
+        out = original(x_in, z0_hat, landmarks, t, **kw)
         terms.update(n=x_in.shape[0], w_a=out["w_a"].detach())
         return out
 

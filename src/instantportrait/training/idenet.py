@@ -259,8 +259,8 @@ class IDENetTrainer(EditTrainer):
                 x0_hat_of(rows),
                 batch["landmarks"][rows.cpu()],
                 level[rows],
-                kps,
-                t_max,
+                is_keypoints=kps,
+                t_max=t_max,
             )
             out["l_aid"] = terms["l_aid"]
             out["l_cid"] = terms["l_cid"].mean()
