@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 from test_idenet import SmallEmbedder
 
 from instantportrait.backbones.flux_kontext import FluxKontextBackbone
@@ -468,6 +469,19 @@ def test_cli_idenet_then_ipnet_on_kontext_with_exact_resume(
     meta = json.loads((tmp_path / "all" / "final" / "instantportrait.json").read_text())
     assert [s["stage"] for s in meta["stages"]] == ["high", "middle", "low"]
     assert [s["sigma_range"] for s in meta["stages"]] == [[0.4, 0.8], [0.2, 0.4], [0.15, 0.2]]
+    # the exported student edits through `edit --model` in one step (its default)
+    from instantportrait.records import read_records
+
+    photo = tmp_path / "in.png"
+    Image.new("RGB", (32, 32), (120, 80, 60)).save(photo)
+    code, out = run_cli(
+        ["edit", photo, "--prompt", "make it a watercolor painting",
+         "--model", tmp_path / "all" / "final", "-o", tmp_path / "edited"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, out.err
+    edited = read_records(tmp_path / "edited")
+    assert len(edited) == 1 and (tmp_path / "edited" / next(iter(edited))).is_file()
 
 
 def test_gradient_checkpointing_recomputes_the_student_not_the_teacher(ipnet):

@@ -21,7 +21,22 @@ import torch
 from ..guidance import instruct_pix2pix_guidance
 from ..parameterization import alpha_bar, predict_epsilon, predict_x0
 
-__all__ = ["InstructPix2PixBackbone"]
+__all__ = ["InstructPix2PixBackbone", "unet_on_channels"]
+
+
+def unet_on_channels(
+    unet: Any,
+    x_t: torch.Tensor,
+    t: torch.Tensor | int,
+    cond: torch.Tensor,
+    image_latents: torch.Tensor,
+) -> torch.Tensor:
+    """One InstructPix2Pix UNet call: the edit image's raw latents concatenated to the noisy
+    latent on the channels (4 + 4), CLIP's tokens as cross-attention (Brooks et al. 2023,
+    §3.2). The one place that knows the image goes on the channels: the pipeline's backbone
+    and the trainers (whose ``unet`` may be accelerate's wrapper) call it."""
+    x = torch.cat([x_t, image_latents], dim=1)
+    return unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
 
 
 class InstructPix2PixBackbone:
@@ -76,8 +91,7 @@ class InstructPix2PixBackbone:
         three branches ``(0, 0)``, ``(c_I, 0)``, ``(c_I, c_T)`` in one call, combined by
         InstructPix2Pix's guidance (Brooks et al. 2023, eq. 3)."""
         if guidance is None:
-            x = torch.cat([x_t, image_latents], dim=1)
-            return self.unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
+            return unet_on_channels(self.unet, x_t, t, cond, image_latents)
         text_scale, image_scale, uncond = guidance
         image_part = torch.cat([torch.zeros_like(image_latents), image_latents, image_latents])
         ctx = torch.cat([uncond, uncond, cond])

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..backbones.ip2p_unet import unet_on_channels
 from ..losses.diffusion import diffusion_loss, diffusion_target
 from ..losses.identity import (
     annealed_identity_loss,
@@ -221,8 +222,7 @@ class IDENetTrainer(EditTrainer):
         ).to(device)
         ab = alpha_bar(self.alphas_cumprod, t, z0)
         z_t = add_noise(z0, noise, ab)
-        unet_in = torch.cat([z_t, image_latents], dim=1)
-        pred = self.model(unet_in, t, encoder_hidden_states=text).sample
+        pred = unet_on_channels(self.model, z_t, t, text, image_latents)
         ptype = self.train_scheduler.config.prediction_type
         l_dm = diffusion_loss(pred, diffusion_target(noise, z0, ab, ptype)).mean()
         rows_x0 = lambda rows: predict_x0(  # noqa: E731

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..backbones.ip2p_unet import unet_on_channels
 from ..losses.adversarial import hinge_discriminator_loss, hinge_generator_loss
 from ..losses.distillation import ddim_inversion, distillation_loss, renoise_epsilon
 from ..losses.triplet import face_style_distances, face_style_triplet_loss
@@ -271,9 +272,7 @@ class IPNetTrainer(EditTrainer):
         t = torch.full(
             (noise.shape[0],), self.cfg.student.timestep, device=self.device, dtype=torch.long
         )
-        out = self.model(
-            torch.cat([noise, image_latents], dim=1), t, encoder_hidden_states=text
-        ).sample
+        out = unet_on_channels(self.model, noise, t, text, image_latents)
         return predict_x0(
             out.float(),
             noise.float(),
