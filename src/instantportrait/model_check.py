@@ -2,8 +2,8 @@
 
 :func:`identify` reads only configs (``model_index.json``, ``*/config.json``) and tensor
 headers: safetensors' header through ``safe_open`` (names and shapes, no data), and the
-pickle index of a zip-format PyTorch file through ``torch.load(mmap=True,
-weights_only=True)`` (tensors stay mapped, unread). It names the layout: an SD1.5
+pickle index of a zip-format PyTorch file through a memory-mapped, weights-only
+``torch.load`` (tensors stay mapped, unread). It names the layout: an SD1.5
 text-to-image UNet has 4 input channels, InstructPix2Pix 8, inpainting 9; SDXL has
 ``text_time`` added embeddings; an IP-Adapter FaceID-Plus-v2 checkpoint has a perceiver
 resampler in ``image_proj``; and so on.
