@@ -195,6 +195,16 @@ def test_safetensors_cache_round_trip(embedder, cache_dir, chips, monkeypatch):
         torch.testing.assert_close(again(crop), embedder(crop), atol=0, rtol=0)
 
 
+def test_cache_loads_on_an_indexed_cpu_device(embedder, cache_dir, chips):
+    """accelerate's multi-process CPU runs name the device "cpu:0", which safetensors refuses:
+    the cache is read on the CPU and moved, giving the same network."""
+    cached = cache_dir / "dlib_face_recognition_resnet_model_v1.safetensors"
+    net = dlib_resnet.DlibResNet.from_safetensors(cached, device=torch.device("cpu", 0))
+    crop = torch.from_numpy(chips["grace_hopper/original"]).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        torch.testing.assert_close(net(crop), embedder.net(crop), atol=0, rtol=0)
+
+
 def test_corrupt_cache_is_reported(tmp_path):
     bad = tmp_path / "dlib_face_recognition_resnet_model_v1.safetensors"
     bad.write_bytes(b"not a safetensors file")

@@ -247,9 +247,11 @@ class DlibResNet(nn.Module):
 
         path = Path(path)
         try:
-            with safe_open(str(path), framework="pt", device=str(device or "cpu")) as f:
+            # read on the CPU, then move: safetensors refuses device names such as "cpu:0",
+            # which accelerate's multi-process CPU runs hand out
+            with safe_open(str(path), framework="pt", device="cpu") as f:
                 metadata = f.metadata() or {}
-                tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+                tensors = {key: f.get_tensor(key).to(device or "cpu") for key in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
         except (OSError, SafetensorError) as exc:
             raise InputError(f"{path}: not a readable safetensors file ({exc})") from exc
         try:
