@@ -34,7 +34,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_training import make_dataset, timed  # noqa: E402
+from bench_training import ipnet_step, make_dataset, timed  # noqa: E402
 
 STAGE_NAMES = ("high", "middle", "low")
 
@@ -112,22 +112,7 @@ def kontext_ipnet(teacher: Path, data: Path, res: int, out: Path, warmup: int, r
 
 
 def _ipnet_step(trainer):
-    from instantportrait.losses.adversarial import hinge_discriminator_loss
-    from instantportrait.training.loop import step_generator
-
-    batch = trainer.collate([trainer.dataset[(0, 0)]])
-
-    def step():
-        trainer.model.zero_grad(set_to_none=True)
-        trainer.disc.zero_grad(set_to_none=True)
-        gen = step_generator(0, 0, 0, trainer.device)
-        losses = trainer.compute_losses(batch, gen)
-        losses["loss_g"].backward()
-        real = trainer.disc(losses["x_target"], generator=gen)
-        fake = trainer.disc(losses["x_hat"].detach(), generator=gen)
-        hinge_discriminator_loss(real, fake).backward()
-
-    return step
+    return ipnet_step(trainer, trainer.collate([trainer.dataset[(0, 0)]]))
 
 
 def ideal_calls(backbone: str) -> dict[str, float]:

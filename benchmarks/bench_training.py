@@ -167,12 +167,30 @@ def bench_idenet(
     return results
 
 
+def ipnet_step(trainer, batch):
+    """One IPNet student step of any backbone's trainer: the generator's losses and backward,
+    then the discriminator's hinge loss and backward (optimizer updates left out)."""
+    from instantportrait.losses.adversarial import hinge_discriminator_loss
+    from instantportrait.training.loop import step_generator
+
+    def step():
+        trainer.model.zero_grad(set_to_none=True)
+        trainer.disc.zero_grad(set_to_none=True)
+        gen = step_generator(0, 0, 0, trainer.device)
+        losses = trainer.compute_losses(batch, gen)
+        losses["loss_g"].backward()
+        real = trainer.disc(losses["x_target"], generator=gen)
+        fake = trainer.disc(losses["x_hat"].detach(), generator=gen)
+        hinge_discriminator_loss(real, fake).backward()
+
+    return step
+
+
 def bench_ipnet(
     size: str, data: Path, resolution: int, out: Path, warmup: int, repeats: int
 ) -> dict:
     from instantportrait.training.config import from_dict
     from instantportrait.training.ipnet import STAGES, IPNetConfig, IPNetTrainer, StageConfig
-    from instantportrait.training.loop import step_generator
 
     tiny = size == "tiny"
     cfg = from_dict(
@@ -208,20 +226,8 @@ def bench_ipnet(
     for name in ("high", "middle", "low"):
         trainer.cfg.stage = StageConfig(**{**STAGES["low"]["stage"], **STAGES[name]["stage"]})
 
-        def student_step():
-            trainer.model.zero_grad(set_to_none=True)
-            trainer.disc.zero_grad(set_to_none=True)
-            gen = step_generator(0, 0, 0, trainer.device)
-            losses = trainer.compute_losses(batch, gen)
-            losses["loss_g"].backward()
-            from instantportrait.losses.adversarial import hinge_discriminator_loss
-
-            real = trainer.disc(losses["x_target"], generator=gen)
-            fake = trainer.disc(losses["x_hat"].detach(), generator=gen)
-            hinge_discriminator_loss(real, fake).backward()
-
         gpu_peak_gb(reset=True)
-        seconds = timed(student_step, warmup, repeats)
+        seconds = timed(ipnet_step(trainer, batch), warmup, repeats)
         results[f"{name}_step_s"] = seconds
         results[f"{name}_gpu_peak_gb"] = gpu_peak_gb()
         results[f"{name}_ratio_to_teacher_forward"] = seconds / results["teacher_forward_s"]

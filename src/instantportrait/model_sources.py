@@ -98,7 +98,7 @@ MODEL_SOURCES: tuple[ModelSource, ...] = (
         "CreativeML OpenRAIL-M",
         "yes",
         "~5 GB (fp32 folders)",
-        "maintained mirror of the removed runwayml/stable-diffusion-v1-5",
+        "maintained mirror of the original SD1.5 repository (removed from the Hub in 2024)",
     ),
     ModelSource(
         "realistic-vision-v4",
@@ -120,7 +120,7 @@ MODEL_SOURCES: tuple[ModelSource, ...] = (
         "CreativeML OpenRAIL-M",
         "yes",
         "~5 GB (fp32 folders)",
-        "maintained mirror of the removed runwayml/stable-diffusion-inpainting",
+        "maintained mirror of the original SD1.5 inpainting repository (removed in 2024)",
     ),
     ModelSource(
         "sdxl-base",
