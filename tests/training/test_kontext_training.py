@@ -518,8 +518,8 @@ def test_fsdp_config_wraps_flux_blocks_and_paper_preset_resolves(kontext_dir, ca
     root = Path(__file__).resolve().parents[2]
     cfg = ClusterConfig.from_yaml_file(str(root / "examples/accelerate/fsdp_kontext.yaml"))
     fsdp = cfg.fsdp_config
-    assert cfg.distributed_type == "FSDP" and fsdp["fsdp_sharding_strategy"] == "FULL_SHARD"
-    assert fsdp["fsdp_use_orig_params"] is True  # frozen base + LoRA in one unit
+    assert cfg.distributed_type == "FSDP" and fsdp["fsdp_reshard_after_forward"] is True
+    assert fsdp["fsdp_version"] == 2  # FSDP1 cannot flatten a block of bf16 base + fp32 LoRA
     for name in fsdp["fsdp_transformer_layer_cls_to_wrap"].split(","):
         assert isinstance(getattr(flux, name), type)
     code, out = run_cli(
@@ -551,6 +551,27 @@ def test_ema_averages_the_student_adapter_only(ipnet):
     ema = EMA(ipnet.accelerator.unwrap_model(ipnet.model))  # as the loop builds it
     student = [n for n, _ in ipnet.kmodel.transformer.named_parameters() if ".student." in n]
     assert sorted(ema.names) == sorted(student)
+
+
+def test_export_holds_the_ema_weights_not_the_live_ones(kontext_dir, pair_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    t = SmallKontextIDENet(
+        idenet_config(kontext_dir, pair_dir, out, max_steps=2, batch_size=2, ema=True)
+    )
+    t.run.ema_decay = 0.5  # far from the live weights after two steps at lr 1e-3
+    final = t.fit()
+    exported = load_file(str(final / "ide_lora.safetensors"))
+    shadows = dict(zip(t.ema.names, t.ema.model.shadow_params))
+    live = dict(t.kmodel.transformer.named_parameters())
+    assert len(exported) == len(shadows) > 0
+    moved = 0
+    for name, shadow in shadows.items():
+        key = "transformer." + name.replace(".ide.", ".")
+        torch.testing.assert_close(exported[key], shadow.float())
+        moved += not torch.allclose(exported[key], live[name].detach().float())
+    assert moved > 0  # the live adapter differs: the export took the average
 
 
 @pytest.mark.slow

@@ -11,10 +11,17 @@ name and plugs into ``accelerator.register_for_checkpointing``.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from .sharding import is_dtensor
+
+#: the folder of a checkpoint that holds a sharded EMA (``torch.distributed.checkpoint``)
+SHARDED_DIR = "ema_sharded"
 
 
 class EMA:
@@ -76,6 +83,47 @@ class EMA:
         """Write the averaged weights into ``module`` (e.g. a copy used for export)."""
         for p, s in zip(self._params(module), self.model.shadow_params):
             p.copy_(s.to(p.dtype))
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the averaged parameters are FSDP2 shards (``DTensor``): the EMA is then
+        checkpointed with :meth:`save_sharded`, not pickled by the main process alone."""
+        return any(is_dtensor(s) for s in self.model.shadow_params)
+
+    def _shadows(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.model.shadow_params))
+
+    def save_sharded(self, folder: str | Path) -> None:
+        """Collective: every process writes its shards of the averages with
+        ``torch.distributed.checkpoint`` into ``folder/ema_sharded`` (which reshards on load:
+        a run may resume on another number of processes); the main process adds the
+        schedule's counters as ``schedule.json``."""
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+
+        path = Path(folder) / SHARDED_DIR
+        dcp.save(self._shadows(), checkpoint_id=str(path))
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            schedule = {k: v for k, v in self.model.state_dict().items() if k != "shadow_params"}
+            (path / "schedule.json").write_text(json.dumps(schedule, indent=2))
+
+    def load_sharded(self, folder: str | Path) -> None:
+        """Collective: the inverse of :meth:`save_sharded`, into this run's shard layout."""
+        import torch.distributed.checkpoint as dcp
+
+        path = Path(folder) / SHARDED_DIR
+        if not (path / "schedule.json").is_file():
+            from ..errors import InputError
+
+            raise InputError(
+                f"{folder}: no sharded EMA in this checkpoint (it was written by a run "
+                "without FSDP or without training.ema; resume with the same settings)"
+            )
+        shadows = self._shadows()
+        dcp.load(shadows, checkpoint_id=str(path))
+        schedule = json.loads((path / "schedule.json").read_text())
+        self.model.load_state_dict({**schedule, "shadow_params": list(shadows.values())})
+        self.model.shadow_params = [p.float() for p in self.model.shadow_params]
 
     def state_dict(self) -> dict[str, Any]:
         return self.model.state_dict()

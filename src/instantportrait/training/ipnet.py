@@ -35,6 +35,7 @@ from ..parameterization import add_noise, alpha_bar, predict_epsilon, predict_x0
 from .config import check
 from .editing import DataConfig, EditTrainer, ValidationConfig, tiny_hint
 from .loop import OptimConfig, RunConfig
+from .sharding import frozen, whole_unit
 
 #: Table 6 of InstantPortrait (App. G.2). Global batch = batch_size x accumulation x processes:
 #: the presets reach 256 / 256 / 2048 on one device by gradient accumulation; on N devices
@@ -226,9 +227,10 @@ class IPNetTrainer(EditTrainer):
         from diffusers.optimization import get_scheduler
 
         sched_d = get_scheduler("constant", opt_d)
-        (self.model, self.disc, self.optimizer, self.opt_d, self.lr_scheduler, self.sched_d) = (
-            acc.prepare(student, disc, opt_g, opt_d, sched_g, sched_d)
-        )
+        # two calls: accelerate's FSDP2 prepares one model per call
+        self.model, self.optimizer, self.lr_scheduler = acc.prepare(student, opt_g, sched_g)
+        with whole_unit(acc):  # the discriminator has no transformer blocks to wrap
+            self.disc, self.opt_d, self.sched_d = acc.prepare(disc, opt_d, sched_d)
 
     def build_models(self) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
         """The frozen teacher and the student; returns the module to prepare and the student's
@@ -371,11 +373,8 @@ class IPNetTrainer(EditTrainer):
         # The student's step goes through the unwrapped discriminator with its heads frozen:
         # under DDP the wrapped one would wait for head gradients this backward never makes.
         disc = self.accelerator.unwrap_model(self.disc)
-        disc.heads.requires_grad_(False)
-        try:
+        with frozen(disc.heads, disc):
             out["l_adv"] = hinge_generator_loss(disc(x_hat, generator=generator))
-        finally:
-            disc.heads.requires_grad_(True)
         if st.lambda_distill > 0:
             target = self.distillation_target(z_hat, image_latents, cond, uncond, generator)
             if st.space == "pixel":

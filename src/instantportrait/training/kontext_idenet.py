@@ -27,6 +27,7 @@ class KontextIDENetTrainer(KontextTrainerMixin, IDENetTrainer):
 
     #: IDE-Net's columns and the batch's mean sigma
     log_keys = (*IDENetTrainer.log_keys, "sigma")
+    adapter_name = "ide"
 
     def __init__(self, config: IDENetConfig):
         super().__init__(config)
@@ -85,5 +86,4 @@ class KontextIDENetTrainer(KontextTrainerMixin, IDENetTrainer):
         IPNet teacher's adapter), the EMA's weights when the run keeps one."""
         meta = {"kind": "idenet", "guidance": self.cfg.model.guidance}
         meta["max_sequence_length"] = self.cfg.model.max_sequence_length
-        with self.kmodel.averaged(self.ema):
-            self.kmodel.export(folder, "ide", meta)
+        self.kmodel.export(folder, "ide", self.exported_adapter(), meta)

@@ -44,6 +44,7 @@ class KontextIPNetTrainer(KontextTrainerMixin, IPNetTrainer):
     """One stage of IPNet on FLUX.1 Kontext: only the LoRA ``student`` learns."""
 
     pipeline_config: dict[str, Any] = {}
+    adapter_name = "student"
 
     def __init__(self, config: IPNetConfig):
         super().__init__(config)
@@ -154,8 +155,7 @@ class KontextIPNetTrainer(KontextTrainerMixin, IPNetTrainer):
             "teacher": self.cfg.teacher.path,
             "stages": [*self.history, record],
         }
-        with self.kmodel.averaged(self.ema):
-            self.kmodel.export(folder, "student", meta)
+        self.kmodel.export(folder, "student", self.exported_adapter(), meta)
 
 
 def _rows(cond, rows):

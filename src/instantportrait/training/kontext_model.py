@@ -12,7 +12,9 @@ set of base weights and switch PEFT adapters on it:
 The base is frozen, bf16 on a GPU and fp32 on the CPU; the adapters are fp32. Exports: a LoRA
 file that diffusers' ``load_lora_weights`` reads, and a fused pipeline folder (base + adapter
 merged) that :class:`~instantportrait.pipelines.kontext_edit.KontextEditPipeline` and the
-``edit`` command load.
+``edit`` command load. The export reads the adapter through :meth:`KontextModel.gather_adapter`
+(collective under FSDP2, see :mod:`~instantportrait.training.sharding`) and merges it into the
+base read again from the pretrained folder, so it never needs the sharded base whole.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from typing import Any
 import torch
 
 from ..backbones.flux_kontext import FluxKontextBackbone, flux_shift_mu
+from .sharding import full_tensors
 
 __all__ = [
     "KontextModel",
     "LORA_TARGETS",
     "flux_training_sigmas",
+    "fuse_lora_",
     "is_kontext_training_export",
     "read_export_metadata",
 ]
@@ -76,6 +80,33 @@ def flux_training_sigmas(
     return shift * u / (1 + (shift - 1) * u)
 
 
+@torch.no_grad()
+def fuse_lora_(
+    weights: dict[str, torch.Tensor], lora: dict[str, torch.Tensor], scale: float
+) -> int:
+    """Merge a LoRA into base weights in place: ``W <- W + scale B A`` for every adapted linear
+    (Hu et al. 2021, LoRA §4.1: ``h = W0 x + B A x``, scaled by ``alpha / r``), computed in fp32
+    and stored in ``W``'s dtype.
+
+    Args:
+        weights: the base's state (``<module>.weight`` keys), changed in place.
+        lora: the adapter in PEFT's saved form (``<module>.lora_A.weight``/``lora_B.weight``).
+        scale: ``lora_alpha / r``.
+
+    Returns the number of weights merged; a LoRA module the base lacks raises ``KeyError``.
+    """
+    merged = 0
+    for key, a in lora.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key.removesuffix(".lora_A.weight")
+        b = lora[f"{module}.lora_B.weight"]
+        w = weights[f"{module}.weight"]
+        w.copy_((w.float() + scale * (b.float() @ a.float())).to(w.dtype))
+        merged += 1
+    return merged
+
+
 def read_export_metadata(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / METADATA
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -93,9 +124,14 @@ class KontextModel:
         pretrained: a ``FluxKontextPipeline`` folder (``init-tiny --kind kontext`` for tests).
         device: where the networks run.
         rank: the LoRA rank (alpha = rank, so the update's scale is 1).
+        shard: the transformer will be sharded by FSDP2: it stays on the CPU here and
+            ``fully_shard`` moves each process's shard to its device (never the whole 12B
+            base on one GPU).
     """
 
-    def __init__(self, pretrained: str, device: torch.device, rank: int = 64) -> None:
+    def __init__(
+        self, pretrained: str, device: torch.device, rank: int = 64, shard: bool = False
+    ) -> None:
         from diffusers import FluxKontextPipeline
 
         from ..errors import InputError
@@ -115,7 +151,9 @@ class KontextModel:
         for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
             module = self.components[name]
             dtype = torch.float32 if name == "vae" else self.dtype
-            module.requires_grad_(False).eval().to(device)
+            module.requires_grad_(False).eval()
+            if not (shard and name == "transformer"):
+                module.to(device)
             if module.dtype != dtype:
                 module.to(dtype)
         self.transformer = self.components["transformer"]
@@ -188,14 +226,20 @@ class KontextModel:
             for p, flag in flags:
                 p.requires_grad_(flag)
 
-    def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
-        """Adapter ``name`` in PEFT's saved form (keys without the adapter name)."""
+    @property
+    def lora_scale(self) -> float:
+        """``lora_alpha / r`` of the adapters (1: alpha = rank)."""
+        config = self.lora_config()
+        return config.lora_alpha / config.r
+
+    def gather_adapter(self, name: str) -> dict[str, torch.Tensor]:
+        """Adapter ``name`` whole, fp32 on the CPU, in PEFT's saved form (keys without the
+        adapter name). Collective under FSDP2: every process calls it."""
         from peft.utils import get_peft_model_state_dict
 
-        return {
-            k: v.detach().float().cpu().contiguous()
-            for k, v in get_peft_model_state_dict(self.transformer, adapter_name=name).items()
-        }
+        whole = full_tensors(self.transformer, lambda n: f".{name}." in n)
+        state = get_peft_model_state_dict(self.transformer, state_dict=whole, adapter_name=name)
+        return {k: v.float().contiguous() for k, v in state.items()}
 
     def load_adapter_file(self, path: str | Path, name: str) -> None:
         """Load an exported LoRA file (diffusers' ``transformer.``-prefixed keys) into ``name``."""
@@ -220,42 +264,35 @@ class KontextModel:
         )
 
     @torch.no_grad()
-    def save_fused(self, folder: Path, name: str) -> None:
-        """A ``KontextEditPipeline`` folder whose transformer is the base with adapter ``name``
-        merged in (fp32 merge, saved in the base's dtype); the live model is left unmerged."""
-        from accelerate import init_empty_weights
+    def save_fused(self, folder: Path, lora: dict[str, torch.Tensor]) -> None:
+        """A ``KontextEditPipeline`` folder whose transformer is the base, read again from
+        ``pretrained`` in the training dtype, with ``lora`` (PEFT's saved form, from
+        :meth:`gather_adapter`) merged in by :func:`fuse_lora_`; the live model is untouched."""
         from diffusers import FluxTransformer2DModel
-        from peft.tuners.lora import LoraLayer
 
         from ..pipelines.kontext_edit import KontextEditPipeline
 
-        t = self.transformer
-        state: dict[str, torch.Tensor] = {}
-        layers = {n: m for n, m in t.named_modules() if isinstance(m, LoraLayer)}
-        for n, p in t.state_dict().items():
-            if "lora_" in n:
-                continue
-            key = n.replace(".base_layer.", ".")
-            owner = key.rsplit(".", 1)[0]
-            if owner in layers and key.endswith(".weight") and ".base_layer." in n:
-                delta = layers[owner].get_delta_weight(name).float()
-                p = (p.float() + delta).to(p.dtype)
-            state[key] = p.detach().to("cpu")
-        with init_empty_weights():
-            fused = FluxTransformer2DModel.from_config(t.config)
-        fused.load_state_dict(state, assign=True)
+        fused = FluxTransformer2DModel.from_pretrained(
+            self.pretrained, subfolder="transformer", torch_dtype=self.dtype
+        )
+        weights = dict(fused.named_parameters())
+        if not fuse_lora_(weights, lora, self.lora_scale):
+            raise ValueError("the adapter holds no LoRA weights to merge")
         parts = {**self.components, "transformer": fused}
         KontextEditPipeline(**parts).save_pretrained(str(folder), safe_serialization=True)
 
-    def export(self, folder: Path, name: str, metadata: dict[str, Any]) -> None:
-        """Write ``folder`` atomically: the fused pipeline, the LoRA file of adapter ``name``
-        and ``instantportrait.json`` (where the base lives, the rank, ``metadata``)."""
+    def export(
+        self, folder: Path, name: str, lora: dict[str, torch.Tensor], metadata: dict[str, Any]
+    ) -> None:
+        """Write ``folder`` atomically (the main process): the fused pipeline, adapter
+        ``name``'s weights ``lora`` (from :meth:`gather_adapter`) as a LoRA file and
+        ``instantportrait.json`` (where the base lives, the rank, ``metadata``)."""
         from ..io import atomic_directory
 
         with atomic_directory(folder, overwrite=True) as tmp:
             tmp = Path(tmp)
-            self.save_fused(tmp, name)
-            self.save_lora(tmp, name, self.adapter_state(name))
+            self.save_fused(tmp, lora)
+            self.save_lora(tmp, name, lora)
             record = {
                 "backbone": "kontext",
                 "base": self.pretrained,

@@ -1,6 +1,12 @@
 """What both FLUX.1 Kontext trainers share: the one model in memory
 (:class:`~instantportrait.training.kontext_model.KontextModel`), encoding a pair through the
-backbone, differentiable decoding, checkpoints that hold only the adapters, validation edits."""
+backbone, differentiable decoding, checkpoints that hold only the adapters, validation edits,
+the export's gathering of the trained adapter.
+
+Under FSDP2 (``examples/accelerate/fsdp_kontext.yaml``) the transformer is sharded: accelerate
+then checkpoints it whole in its own sharded format (the frozen base included), validation's
+edits run on every process, and the adapter is gathered on every process before the main
+process exports (see :mod:`~instantportrait.training.sharding`)."""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import Any
 import torch
 
 from .kontext_model import KontextModel
+from .sharding import check_fsdp_version, runs_collectively
 
 #: the checkpoint's file of the transformer's LoRA weights (all adapters)
 ADAPTERS_FILE = "adapters.safetensors"
@@ -22,9 +29,18 @@ class KontextTrainerMixin:
     #: the distilled guidance scale and T5's token count the trainer conditions with
     guidance: float
     max_sequence_length: int
+    #: the adapter this trainer trains and exports (``ide`` or ``student``)
+    adapter_name: str
+    #: the trained adapter whole (the EMA's weights when kept), gathered for the export
+    export_weights: dict[str, torch.Tensor] | None = None
 
     def load_kontext(self, pretrained: str, rank: int) -> KontextModel:
-        m = KontextModel(pretrained, self.device, rank)
+        from accelerate.utils import DistributedType
+
+        acc = self.accelerator
+        check_fsdp_version(acc, "model.backbone=kontext")
+        shard = acc.distributed_type == DistributedType.FSDP
+        m = KontextModel(pretrained, self.device, rank, shard=shard)
         self.kmodel, self.backbone = m, m.backbone
         self.vae, self.scheduler = m.components["vae"], m.scheduler
         return m
@@ -75,6 +91,18 @@ class KontextTrainerMixin:
                     )
                 return
 
+    def collect_export(self) -> None:
+        """Every process: the trained adapter whole, with the EMA's weights when the run keeps
+        one (collective under FSDP2)."""
+        with self.kmodel.averaged(self.ema):
+            self.export_weights = self.kmodel.gather_adapter(self.adapter_name)
+
+    def exported_adapter(self) -> dict[str, torch.Tensor]:
+        """What :meth:`collect_export` gathered (gathered now in a single-process export)."""
+        if self.export_weights is None:
+            self.collect_export()
+        return self.export_weights
+
     def encode_pair(self, batch: dict[str, Any], max_sequence_length: int):
         """The edit image's latents (zeroed where the image is dropped) and the instruction."""
         x_in = batch["input"].to(self.device)
@@ -94,8 +122,10 @@ class KontextTrainerMixin:
 
     def validate(self, step: int) -> dict[str, float]:
         """Edits of the validation set with the current adapter (IDE-Net: ``validation.steps``
-        of the teacher's sampler; IPNet: one step), saved as a grid with dlib distances."""
-        if not self.accelerator.is_main_process:
+        of the teacher's sampler; IPNet: one step), saved as a grid with dlib distances. A
+        sharded transformer runs the edits on every process; the main process records them."""
+        acc = self.accelerator
+        if not runs_collectively(self.kmodel.transformer, acc):
             return {}
         from ..pipelines.kontext_edit import KontextEditPipeline
         from .validation import run_validation, validation_items
@@ -123,11 +153,12 @@ class KontextTrainerMixin:
                 edit,
                 validation_items(v, self.dataset.source),
                 self.run_dir / "validation" / f"step-{step:06d}.png",
-                embedder=self.validation_embedder(),
+                embedder=self.validation_embedder() if acc.is_main_process else None,
                 steps=v.steps,
                 guidance_scale=v.guidance_scale,
                 resolution=v.resolution,
                 seed=v.seed,
+                record=acc.is_main_process,
             )
         finally:
             m.transformer.train(was_training)

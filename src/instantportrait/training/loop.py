@@ -339,8 +339,13 @@ class Trainer:
         raise NotImplementedError
 
     def validate(self, step: int) -> dict[str, float]:
-        """Validation at ``step``; default none. Returns scalar metrics to log."""
+        """Validation at ``step`` (every process calls it); default none. Returns scalar
+        metrics to log (the main process's count)."""
         return {}
+
+    def collect_export(self) -> None:
+        """Every process, before the main process's :meth:`export`: gather what the export
+        needs from a model sharded across processes (default: nothing to gather)."""
 
     @classmethod
     def count_examples(cls, config: Any) -> int | None:
@@ -458,10 +463,17 @@ class Trainer:
 
     def _register_state(self) -> Progress:
         """The objects accelerate saves beside models/optimizers: progress (and EMA)."""
-        progress = Progress(world_size=self.accelerator.num_processes)
-        self.accelerator.register_for_checkpointing(progress)
-        if self.ema is not None:
-            self.accelerator.register_for_checkpointing(self.ema)
+        acc = self.accelerator
+        progress = Progress(world_size=acc.num_processes)
+        acc.register_for_checkpointing(progress)
+        ema = self.ema
+        if ema is not None and ema.sharded:
+            # an EMA of FSDP2 shards: every process saves its shards (accelerate pickles a
+            # registered object on the main process only)
+            acc.register_save_state_pre_hook(lambda models, weights, out: ema.save_sharded(out))
+            acc.register_load_state_pre_hook(lambda models, folder: ema.load_sharded(folder))
+        elif ema is not None:
+            acc.register_for_checkpointing(ema)
         return progress
 
     # ---- the loop -----------------------------------------------------------------------
@@ -562,6 +574,7 @@ class Trainer:
         if logger is not None:
             logger.close()
         final = self.run_dir / "final"
+        self.collect_export()
         if acc.is_main_process:
             self.export(final)
             text = json.dumps(resolved_config or {}, indent=2)

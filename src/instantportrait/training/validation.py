@@ -95,8 +95,12 @@ def run_validation(
     image_guidance_scale: float | None = None,
     resolution: int = 256,
     seed: int = 0,
+    record: bool = True,
 ) -> dict[str, float]:
     """Edit each (image, prompt), save the grid at ``path``.
+
+    ``record=False`` only runs the edits (a process holding a shard of the model must join
+    every forward pass; the main process records) and returns ``{}``.
 
     Returns ``val_id_distance`` (mean dlib distance input -> edit over the faces found) and
     ``val_same_person`` (the fraction below 0.6); each caption shows the distance and verdict.
@@ -122,11 +126,15 @@ def run_validation(
             resolution=resolution,
             generator=torch.Generator().manual_seed(seed),
         ).images[0]
+        if not record:
+            continue
         dist = identity_distance(embedder, image, out, find(image) if find else None)
         if dist is not None:
             dists.append(dist)
         label = "no face" if dist is None else f"dlib dist {dist:.2f} ({verdict(dist)})"
         rows.append((image, out, f"{label} | {prompt}"))
+    if not record:
+        return {}
     save_image(contact_grid(rows), Path(path))
     if not dists:
         return {}
