@@ -44,11 +44,12 @@ from ..errors import InputError
 from ..io import atomic_write, load_image
 from . import metrics as M
 from .aggregates import AggregateMetrics, first_line, members_hash
+from .claims import ItemKey
 from .items import Subject
 from .methods import Method, MethodSpec, build_method
 from .protocols import DEFAULT_SPLIT, Prompt
 from .run_config import EvaluationConfig, Item, RunSummary, process_rank, rank_block
-from .store import ItemKey, ResultRow, ResultStore
+from .store import ResultRow, ResultStore
 
 __all__ = [
     "EvaluationConfig",
