@@ -186,7 +186,7 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
 def run_prompts(args: argparse.Namespace) -> int:
     from ..data.prompts import PromptConfig, write_prompts
     from ..errors import InputError
-    from ..io import prepare_output
+    from ..writer import prepare_output
 
     if args.num < 1:
         raise InputError(f"--num: must be at least 1, got {args.num}")

@@ -76,7 +76,7 @@ def import_function(spec: str, flag: str) -> Callable[..., Any]:
 
 def run_build(args: argparse.Namespace) -> int:
     from ..data.portrait_builder import build_portraits, check_face_template
-    from ..io import prepare_output
+    from ..writer import prepare_output
     from .detector_option import detector_config
 
     check_face_template(args.face_template)

@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..io import atomic_write, prepare_output
+from ..writer import atomic_write, prepare_output
 from .canny import canny_image
 from .filters import REASONS, FilterConfig, PairFilter
 from .pair_drawing import IMAGE_FORMATS, Backend, GenerationSettings, row_generators

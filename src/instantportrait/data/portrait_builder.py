@@ -136,8 +136,8 @@ def build_portraits(
     from ..conditions import load_keypoints
     from ..faces.detect import detect
     from ..faces.masks import face_mask
-    from ..io import atomic_directory
     from ..models.resampler import align_face
+    from ..writer import atomic_directory
 
     check_face_template(face_template, "face_template")
     src = Path(source)

@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..io import atomic_write, check_output, load_image, prepare_output
+from ..io import load_image
+from ..writer import atomic_write, check_output, prepare_output
 
 MANIFEST = "portraits.jsonl"
 META = "dataset.json"

@@ -17,7 +17,8 @@ from typing import Any
 
 from PIL import Image
 
-from ..io import atomic_write, load_image
+from ..io import load_image
+from ..writer import atomic_write
 from . import metrics as M
 from .aggregates import first_line
 from .run_config import Item, RunSummary

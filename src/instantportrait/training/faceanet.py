@@ -349,7 +349,7 @@ class FaceANetTrainer(Trainer):
     def validate(self, step: int) -> dict[str, float]:
         from PIL import Image
 
-        from ..io import save_image
+        from ..writer import save_image
         from .validation import contact_grid
 
         if not self.accelerator.is_main_process:
