@@ -66,7 +66,7 @@ def main() -> None:
 
     from instantportrait.faces.dlib_resnet import DlibResNetEmbedder, convert_dlib_resnet
     from instantportrait.faces.model_files import dlib_model_path
-    from instantportrait.io import atomic_write_bytes
+    from instantportrait.writer import atomic_write_bytes
 
     dat = dlib_model_path("resnet")
     chips = _chips(args.batch)

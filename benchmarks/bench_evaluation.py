@@ -91,7 +91,8 @@ def main() -> None:
     from instantportrait.evaluation.metrics import METRICS, ModelHub
     from instantportrait.evaluation.protocols import Prompt
     from instantportrait.evaluation.runner import EvaluationConfig, Evaluator
-    from instantportrait.io import ResolutionPolicy, atomic_write
+    from instantportrait.io import ResolutionPolicy
+    from instantportrait.writer import atomic_write
 
     policy = ResolutionPolicy(long_side=args.size)
     inputs = {}

@@ -24,8 +24,9 @@ from instantportrait.components import SD_VAE_CONFIG
 from instantportrait.data.dataset import detect_landmarks5, pil_to_tensor
 from instantportrait.faces.align import crop_faces, to_grayscale
 from instantportrait.faces.embedders import get_embedder
-from instantportrait.io import atomic_write, load_image
+from instantportrait.io import load_image
 from instantportrait.training.idenet import latent_face_windows
+from instantportrait.writer import atomic_write
 
 torch.manual_seed(0)
 res = 256

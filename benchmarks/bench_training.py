@@ -256,7 +256,7 @@ def main() -> int:
     args = parser.parse_args()
     sizes = args.size or ["tiny"]
     from instantportrait.environment import environment_report
-    from instantportrait.io import atomic_write
+    from instantportrait.writer import atomic_write
 
     report = {
         "date": time.strftime("%Y-%m-%d"),

@@ -15,16 +15,13 @@ from PIL import Image
 from instantportrait.errors import InputError
 from instantportrait.io import (
     ResolutionPolicy,
-    atomic_directory,
-    atomic_write,
     check_prompt,
     list_images,
     load_image,
     read_prompt_file,
     restore_size,
-    safe_output_path,
-    save_image,
 )
+from instantportrait.writer import atomic_directory, atomic_write, safe_output_path, save_image
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

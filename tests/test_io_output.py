@@ -9,13 +9,8 @@ import stat
 import pytest
 
 from instantportrait.errors import InputError
-from instantportrait.io import (
-    MAX_RESOLUTION,
-    ResolutionPolicy,
-    atomic_directory,
-    check_output_path,
-    save_image,
-)
+from instantportrait.io import MAX_RESOLUTION, ResolutionPolicy
+from instantportrait.writer import atomic_directory, check_output_path, save_image
 
 
 def mode(path) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .errors import MissingDependencyError
-from .io import atomic_write
+from .writer import atomic_write
 
 CLIP_VOCAB_SIZE = 49408
 CLIP_BOS, CLIP_EOS = 49406, 49407

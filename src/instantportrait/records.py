@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .io import atomic_write
+from .writer import atomic_write
 
 __all__ = [
     "FORMAT",

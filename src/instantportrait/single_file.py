@@ -213,7 +213,7 @@ def save_single_file(pipe: Any, path: str | os.PathLike, ema_unet: Any = None) -
     """Write :func:`original_state_dict` to ``path`` (safetensors), atomically."""
     from safetensors.torch import save_file
 
-    from .io import atomic_write
+    from .writer import atomic_write
 
     tensors = original_state_dict(pipe, ema_unet)
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))

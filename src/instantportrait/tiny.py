@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .io import atomic_directory
+from .writer import atomic_directory
 
 #: kind -> ("module:function", one-line description). The first entry is the default kind.
 TINY_KINDS: dict[str, tuple[str, str]] = {

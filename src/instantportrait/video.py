@@ -34,15 +34,8 @@ import torch
 from PIL import Image
 
 from .errors import InputError, optional_import, shorten_line
-from .io import (
-    IMAGE_SUFFIXES,
-    atomic_directory,
-    atomic_write,
-    check_output_path,
-    check_prompt,
-    list_images,
-    load_image,
-)
+from .io import IMAGE_SUFFIXES, check_prompt, list_images, load_image
+from .writer import atomic_directory, atomic_write, check_output_path
 
 #: Container format of each video suffix.
 VIDEO_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
-from instantportrait.data.generation import Backend
+from instantportrait.data.pair_drawing import Backend
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,8 @@ import pytest
 
 from instantportrait.cli import main
 from instantportrait.data.filters import FilterConfig, PairFilter
-from instantportrait.data.generation import GenerationJob, GenerationSettings, summary_table
+from instantportrait.data.generation import GenerationJob, summary_table
+from instantportrait.data.pair_drawing import GenerationSettings
 from instantportrait.data.pairs import open_pair_source
 from instantportrait.data.prompts import write_prompts
 from instantportrait.errors import InputError

@@ -134,7 +134,7 @@ def format_tables(results: dict[str, Any]) -> str:
 
 def write_results(results: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write the results as JSON, atomically."""
-    from ..io import atomic_write
+    from ..writer import atomic_write
 
     text = json.dumps(results, indent=2, default=str) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

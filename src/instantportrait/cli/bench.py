@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(settings.as_dict(), indent=2))
         return 0
     from ..devices import resolve_device
-    from ..io import prepare_output
+    from ..writer import prepare_output
 
     resolve_device(args.device)
     # The writer policy: an existing results file is not replaced without --overwrite.

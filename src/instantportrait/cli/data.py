@@ -186,7 +186,7 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
 def run_prompts(args: argparse.Namespace) -> int:
     from ..data.prompts import PromptConfig, write_prompts
     from ..errors import InputError
-    from ..io import prepare_output
+    from ..writer import prepare_output
 
     if args.num < 1:
         raise InputError(f"--num: must be at least 1, got {args.num}")
@@ -234,14 +234,9 @@ def run_generate(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.filters import FilterConfig
-    from ..data.generation import (
-        GenerationJob,
-        GenerationSettings,
-        distributed_rank,
-        parse_resolution,
-        summary_table,
-    )
+    from ..data.generation import GenerationJob, distributed_rank, summary_table
     from ..data.models import DiffusersBackend
+    from ..data.pair_drawing import GenerationSettings, parse_resolution
     from ..errors import InputError
     from .common import quiet_libraries
     from .detector_option import detector_config

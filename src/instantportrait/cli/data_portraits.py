@@ -1,5 +1,6 @@
 """``instantportrait data build-portraits SRC OUT`` and ``data pack-portraits``: FPGA's
-portrait dataset (:mod:`instantportrait.data.portraits`)."""
+portrait dataset (:mod:`instantportrait.data.portrait_builder` builds it,
+:mod:`instantportrait.data.portraits` packs it)."""
 
 from __future__ import annotations
 
@@ -74,8 +75,8 @@ def import_function(spec: str, flag: str) -> Callable[..., Any]:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from ..data.portraits import build_portraits, check_face_template
-    from ..io import prepare_output
+    from ..data.portrait_builder import build_portraits, check_face_template
+    from ..writer import prepare_output
     from .detector_option import detector_config
 
     check_face_template(args.face_template)

@@ -173,17 +173,15 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io import (
         ResolutionPolicy,
-        check_output_path,
         check_prompt,
         list_images,
         load_image,
         read_prompt_file,
         restore_size,
-        safe_output_path,
-        save_image,
     )
     from ..records import OutputRecords, image_seed
     from ..speed import resolve_speed
+    from ..writer import check_output_path, safe_output_path, save_image
     from .common import quiet_libraries
     from .restore_option import (
         build_restorer,

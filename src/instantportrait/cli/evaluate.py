@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         return _list_metrics()
     if not args.out:
         raise InputError("--out: the output folder is required")
-    from ..io import check_output_path
+    from ..writer import check_output_path
 
     # a resumable folder: an existing one is continued, but a file (or a path below one) is
     # refused here, before any model loads
@@ -275,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
 def _paper_tables(names: list[str], out: Path) -> None:
     """Write and print each ``--paper-table`` (published rows + this run's)."""
     from ..evaluation.paper_tables import paper_table
-    from ..io import atomic_write
+    from ..writer import atomic_write
 
     for name in names:
         text = paper_table(out, name)

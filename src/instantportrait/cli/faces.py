@@ -115,7 +115,8 @@ def _draw(arr: Any, det: Any) -> Any:
 
 def run_detect(args: argparse.Namespace) -> int:
     from ..faces.detect import detect, images_to_arrays
-    from ..io import check_output_path, list_images, safe_output_path, save_image
+    from ..io import list_images
+    from ..writer import check_output_path, safe_output_path, save_image
 
     config = _detector(args)
     files = list_images(args.inputs)

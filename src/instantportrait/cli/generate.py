@@ -191,8 +191,8 @@ def plan_outputs(args: argparse.Namespace, prompts: list[str], name, *, settings
     """
     import sys
 
-    from ..io import check_output
     from ..records import OutputRecords, plan_images
+    from ..writer import check_output
     from .restore_option import restore_record
 
     check_output(args.output, overwrite=args.overwrite or args.skip_existing)
@@ -222,7 +222,7 @@ def plan_outputs(args: argparse.Namespace, prompts: list[str], name, *, settings
 def open_output(args: argparse.Namespace, records) -> None:
     """Make the output folder once the models have loaded: with ``--overwrite`` an old one
     is replaced only now; with ``--skip-existing`` it is kept."""
-    from ..io import check_output_path, prepare_output
+    from ..writer import check_output_path, prepare_output
 
     if args.skip_existing:
         check_output_path(args.output, kind="dir").mkdir(parents=True, exist_ok=True)

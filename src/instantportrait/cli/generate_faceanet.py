@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..errors import InputError
-    from ..io import load_image, save_image
+    from ..io import load_image
+    from ..writer import save_image
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
     from .generate import open_output, plan_outputs, prompts_of, refuse_shared, restored
 

@@ -125,8 +125,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..errors import InputError
-    from ..io import save_image
     from ..pipelines.faceid import FaceIDEncoder, load_face_model
+    from ..writer import save_image
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
     from .detector_option import detector_config
     from .generate import open_output, plan_outputs, prompts_of, restored, single_id_image

@@ -201,8 +201,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..errors import InputError
-    from ..io import load_image, save_image
+    from ..io import load_image
     from ..models.resampler import identity_face
+    from ..writer import save_image
     from .common import quiet_libraries, resolve_device, resolve_dtype, seeded_generator
     from .generate import open_output, plan_outputs, prompts_of
 

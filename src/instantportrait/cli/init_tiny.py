@@ -37,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..io import prepare_output
     from ..tiny import write_tiny
+    from ..writer import prepare_output
     from .common import quiet_libraries
 
     quiet_libraries()

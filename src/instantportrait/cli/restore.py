@@ -59,15 +59,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..errors import InputError
-    from ..io import (
-        atomic_directory,
-        check_output,
-        check_prompt,
-        list_images,
-        load_image,
-        save_image,
-    )
+    from ..io import check_prompt, list_images, load_image
     from ..records import OutputRecords
+    from ..writer import atomic_directory, check_output, save_image
     from .common import check_model_options, quiet_libraries, resolve_device, resolve_dtype
     from .restore_option import build_codeformer, build_face_parser, check_codeformer_arguments
 

@@ -303,8 +303,8 @@ def run_ipnet(args: argparse.Namespace) -> int:
     """
     import shutil
 
-    from ..io import atomic_directory
     from ..training.ipnet import STAGE_ORDER
+    from ..writer import atomic_directory
 
     stages = STAGE_ORDER if args.stage == "all" else (args.stage,)
     sets = [*_detector_overrides(args), *args.set]

@@ -35,7 +35,7 @@ def _file_sets_max_steps(config: str | None) -> bool:
 
 
 def run_fpga(args: argparse.Namespace) -> int:
-    from ..io import atomic_directory
+    from ..writer import atomic_directory
     from .train import _train, precheck, print_dry_run, resolve
 
     user_steps = _file_sets_max_steps(args.config) or any(

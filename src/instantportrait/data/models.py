@@ -37,7 +37,7 @@ from PIL import Image
 
 from ..devices import diffusers_dtype
 from ..errors import InputError, ModelNotFoundError
-from .generation import Backend, GenerationSettings
+from .pair_drawing import Backend, GenerationSettings
 
 MEMORY_MODES = ("in-turn", "together", "model-offload")
 BUNDLE_FILE = "bundle.json"

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..io import atomic_write, load_image, prepare_output
+from ..io import load_image
+from ..writer import atomic_write, prepare_output
 
 MANIFEST = "pairs.jsonl"
 SHARD_PATTERN = "shard-{:06d}.tar"

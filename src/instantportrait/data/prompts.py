@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..io import atomic_write
+from ..writer import atomic_write
 
 #: Rows drawn per generator: the unit of the stream's memory and of its random access.
 BLOCK = 4096

@@ -191,7 +191,7 @@ def convert_checkpoint(
     """Read an OpenCLIP checkpoint (``.pt`` with ``weights_only`` or ``.safetensors``) and
     save it as a transformers CLIPModel folder (safetensors), atomically."""
     from ..faces.embedders import read_state_dict
-    from ..io import atomic_directory
+    from ..writer import atomic_directory
 
     model = openclip_to_transformers(read_state_dict(source, "OpenCLIP"), arch)
     with atomic_directory(destination, overwrite=True) as tmp:

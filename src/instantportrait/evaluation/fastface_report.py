@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write
+from ..writer import atomic_write
 from .protocols import DEFAULT_SPLIT
 from .report import Cell, run_methods, summarize
 from .store import ResultStore

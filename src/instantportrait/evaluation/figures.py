@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write, save_image
+from ..writer import atomic_write, save_image
 from . import metrics as M
 from .report import (
     FACE_AXIS,

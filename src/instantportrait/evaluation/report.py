@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write
+from ..writer import atomic_write
 from . import metrics as M
 from .protocols import DEFAULT_SPLIT
 from .store import ResultStore

@@ -7,7 +7,9 @@ time; the input's detections and embeddings are computed once per subject). Each
 model is checked before anything is generated (a missing model: one line, exit 2). Results
 are keyed by everything that determines them (:mod:`.store`): a changed setting, dtype,
 model file, folder image, input photo, metric model or text template gives new keys, and
-only the current run's keys are reported.
+only the current run's keys are reported. This module plans, claims and orders the items;
+one item's output and scores are made by :mod:`.item_scoring`, the group and set metrics by
+:mod:`.aggregates`.
 
 An item is *done* when its output failed (recorded, not retried unless ``retry_failed``) or
 every available item metric has a row under its current key. Before computing an item a run
@@ -41,14 +43,16 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..io import atomic_write, load_image
+from ..io import load_image
 from . import metrics as M
-from .aggregates import AggregateMetrics, first_line, members_hash
+from .aggregates import AggregateMetrics, members_hash
+from .claims import ItemKey
+from .item_scoring import ItemScoring
 from .items import Subject
 from .methods import Method, MethodSpec, build_method
 from .protocols import DEFAULT_SPLIT, Prompt
 from .run_config import EvaluationConfig, Item, RunSummary, process_rank, rank_block
-from .store import ItemKey, ResultRow, ResultStore
+from .store import ResultStore
 
 __all__ = [
     "EvaluationConfig",
@@ -65,7 +69,7 @@ __all__ = [
 POLL_SECONDS = 0.5
 
 
-class Evaluator(AggregateMetrics):
+class Evaluator(ItemScoring, AggregateMetrics):
     """Runs an :class:`EvaluationConfig` into its output folder.
 
     Args:
@@ -113,15 +117,6 @@ class Evaluator(AggregateMetrics):
             item.prompt.text,
             int(item.seed),
         )
-
-    def output_relpath(self, item: Item) -> str:
-        """Where an item's PNG goes, relative to the output folder (the ``folder`` method
-        reads this layout back: ``folder:OUT/outputs/NAME``)."""
-        p = item.prompt
-        return f"outputs/{item.method}/{item.subject.name}/{p.index:03d}-{p.hash}_s{item.seed}.png"
-
-    def _item_metrics(self) -> list[str]:
-        return [m for m in self.available if M.METRICS[m].scope == "item"]
 
     def _needed(self) -> set[tuple[str, str]]:
         return {(m, self.metric_keys[m]) for m in self._item_metrics()}
@@ -336,122 +331,6 @@ class Evaluator(AggregateMetrics):
 
                 summary.report = write_report(self.out, store=store)
         return summary
-
-    def _generate(self, item: Item, image: Image.Image) -> Image.Image:
-        out = self.methods[item.method].generate(
-            image,
-            item.prompt.text,
-            item.seed,
-            face=item.subject.name,
-            prompt_index=item.prompt.index,
-            prompt_hash=item.prompt.hash,
-            subject=item.subject,
-        )
-        if not isinstance(out, Image.Image):
-            out = load_image(out, name=f"{item.method} output")
-        return out.convert("RGB")
-
-    def _output(self, item: Item, image: Image.Image, store: ResultStore, summary: RunSummary):
-        key = self.key(item)
-        rel = self.output_relpath(item)
-        stored = store.output(key)
-        path = self.out / rel
-        if stored and stored[1] == "ok" and stored[0] and (self.out / stored[0]).is_file():
-            summary.reused_outputs += 1
-            return load_image(self.out / stored[0])
-        t0 = time.perf_counter()
-        try:
-            out = self._generate(item, image)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # noqa: BLE001 - a method failing on one item is recorded
-            error = first_line(exc)
-            store.set_output(key, None, "failed", error, time.perf_counter() - t0)
-            rows = [
-                self._row(item, name, value=M.METRICS[name].on_generation_failure)
-                for name in self._item_metrics()
-                if M.METRICS[name].on_generation_failure is not None
-            ]
-            rows = [
-                ResultRow(
-                    **{**r.__dict__, "error": "generation failed", "detail": {"error": error}}
-                )
-                for r in rows
-            ]
-            store.add_rows(rows)
-            summary.rows_written += len(rows)
-            summary.failed_outputs += 1
-            return None
-        seconds = time.perf_counter() - t0
-        # lossless PNG at zlib level 1: ~8x faster to write than level 6, a little larger
-        atomic_write(path, lambda tmp: out.save(tmp, format="PNG", compress_level=1))
-        store.set_output(key, rel, "ok", None, seconds)
-        summary.generated += 1
-        return out
-
-    def _row(self, item: Item, metric: str, **fields: Any) -> ResultRow:
-        key = self.key(item)
-        base = dict(
-            method=key[0],
-            face=key[1],
-            subject_fp=key[2],
-            prompt=key[3],
-            seed=key[4],
-            metric=metric,
-            metric_key=self.metric_keys[metric],
-            value=None,
-        )
-        base.update(fields)
-        return ResultRow(**base)
-
-    def _process(self, item: Item, image: Image.Image, store: ResultStore, summary) -> None:
-        output = self._output(item, image, store, summary)
-        if output is None:
-            return
-        have = store.done_item(self.key(item))
-        ctx = M.ItemContext(
-            image,
-            output,
-            item.prompt.text,
-            self.hub,
-            text=self.config.text_template.format(prompt=item.prompt.text),
-            input_key=str(item.face),
-            subject=item.subject,
-            face_match=self.config.face_match,
-        )
-        rows = []
-        for name in self._item_metrics():
-            if (name, self.metric_keys[name]) in have:
-                continue
-            rows.append(self._score(name, item, ctx))
-        store.add_rows(rows)
-        summary.rows_written += len(rows)
-
-    def _score(self, name: str, item: Item, ctx: M.ItemContext) -> ResultRow:
-        t0 = time.perf_counter()
-        ctx.detail = {}
-        try:
-            value = M.METRICS[name].fn(ctx)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except M.NotApplicable as exc:
-            return self._row(item, name, status="n/a", error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - recorded as this item's failure
-            return self._row(
-                item,
-                name,
-                status="failed",
-                error=first_line(exc),
-                seconds=time.perf_counter() - t0,
-            )
-        return self._row(
-            item,
-            name,
-            value=float(value),
-            seconds=time.perf_counter() - t0,
-            n=1,
-            detail=dict(ctx.detail) or None,
-        )
 
 
 def _as_list(value: Any) -> list[Any]:

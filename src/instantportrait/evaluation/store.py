@@ -23,7 +23,8 @@ Tables:
   whose key changes under the same SPEC (a new dtype, changed folder images, changed model
   files) gets the new identity and its old rows are dropped.
 * ``prompts``: the current run's prompts (text, index, split).
-* ``claims``: items being computed by a running ``evaluate`` (so concurrent runs share work).
+* ``claims``: items being computed by a running ``evaluate`` (so concurrent runs share work;
+  :mod:`.claims`).
 * ``metric_status``, ``meta`` (``run``: the current run's keys; protocol; environment).
 
 The report shows only the current run's rows (``meta.run``). Every item's rows are written
@@ -45,13 +46,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .claims import ITEM_WHERE, ItemClaims, ItemKey, item_args
 
 __all__ = ["STORE_NAME", "ResultRow", "ResultStore", "StoreBusy"]
 
 STORE_NAME = "results.sqlite"
 SCHEMA_VERSION = 2
-#: A claim older than this is considered abandoned (seconds).
-CLAIM_TIMEOUT = 3 * 3600.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -115,21 +115,7 @@ class ResultRow:
     detail: dict[str, Any] | None = None
 
 
-#: An item's key in the store: (method key, subject, subject fingerprint, prompt, seed).
-ItemKey = tuple[str, str, str, str, int]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class ResultStore:
+class ResultStore(ItemClaims):
     """The SQLite store of one evaluation folder (see the module docstring).
 
     Args:
@@ -276,7 +262,7 @@ class ResultStore:
         with self.transaction():
             self.conn.execute(
                 "INSERT OR REPLACE INTO outputs VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (*key[:4], int(key[4]), path, status, error, seconds, _now()),
+                (*item_args(key), path, status, error, seconds, _now()),
             )
 
     def register_methods(self, methods: dict[str, tuple[str, str, dict, dict]]) -> list[str]:
@@ -370,61 +356,6 @@ class ResultStore:
             ).rowcount
         return n
 
-    # ------------------------------------------------------------------ claims
-    def _claims_of(self, method: str) -> list[tuple]:
-        return self.conn.execute(
-            "SELECT owner, host, pid, since FROM claims WHERE method=?", (method,)
-        ).fetchall()
-
-    def _stale(self, claim: tuple) -> bool:
-        owner, host, pid, since = claim
-        if owner == self.owner:
-            return False
-        if time.time() - float(since or 0) > CLAIM_TIMEOUT:
-            return True
-        return host == socket.gethostname() and pid is not None and not _pid_alive(int(pid))
-
-    def claim(self, key: ItemKey) -> bool:
-        """Claim item ``key`` for this store object atomically; ``False`` when another live
-        run holds it (a stale claim -- its process gone, or older than
-        :data:`CLAIM_TIMEOUT` -- is taken over)."""
-        with self.transaction():
-            row = self.conn.execute(
-                "SELECT owner, host, pid, since FROM claims WHERE method=? AND subject=? AND "
-                "subject_fp=? AND prompt=? AND seed=?",
-                (*key[:4], int(key[4])),
-            ).fetchone()
-            if row is not None and row[0] != self.owner and not self._stale(row):
-                return False
-            self.conn.execute(
-                "INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?,?,?,?,?)",
-                (*key[:4], int(key[4]), self.owner, socket.gethostname(), os.getpid(), time.time()),
-            )
-        return True
-
-    def claimed_by_other(self, key: ItemKey) -> bool:
-        """Whether another live run holds a claim on ``key``."""
-        row = self.conn.execute(
-            "SELECT owner, host, pid, since FROM claims WHERE method=? AND subject=? AND "
-            "subject_fp=? AND prompt=? AND seed=?",
-            (*key[:4], int(key[4])),
-        ).fetchone()
-        return row is not None and row[0] != self.owner and not self._stale(row)
-
-    def release(self, key: ItemKey) -> None:
-        """Drop this store's claim on ``key``."""
-        with self.transaction():
-            self.conn.execute(
-                "DELETE FROM claims WHERE method=? AND subject=? AND subject_fp=? AND prompt=? "
-                "AND seed=? AND owner=?",
-                (*key[:4], int(key[4]), self.owner),
-            )
-
-    def release_all(self) -> None:
-        """Drop every claim of this store object."""
-        with self.transaction():
-            self.conn.execute("DELETE FROM claims WHERE owner=?", (self.owner,))
-
     # ------------------------------------------------------------------ reading
     def done_keys(self, method: str) -> dict[tuple[str, str, str, int], set[tuple[str, str]]]:
         """``(subject, fingerprint, prompt, seed) -> {(metric, metric key)}`` stored for
@@ -442,18 +373,14 @@ class ResultStore:
     def done_item(self, key: ItemKey) -> set[tuple[str, str]]:
         """``{(metric, metric key)}`` stored for one item."""
         rows = self.conn.execute(
-            "SELECT metric, metric_key FROM results WHERE method=? AND subject=? AND "
-            "subject_fp=? AND prompt=? AND seed=?",
-            (*key[:4], int(key[4])),
+            f"SELECT metric, metric_key FROM results WHERE {ITEM_WHERE}", item_args(key)
         )
         return {(m, k) for m, k in rows}
 
     def output(self, key: ItemKey) -> tuple[str | None, str, str | None] | None:
         """``(path, status, error)`` of a stored output, or ``None``."""
         row = self.conn.execute(
-            "SELECT path, status, error FROM outputs WHERE method=? AND subject=? AND "
-            "subject_fp=? AND prompt=? AND seed=?",
-            (*key[:4], int(key[4])),
+            f"SELECT path, status, error FROM outputs WHERE {ITEM_WHERE}", item_args(key)
         ).fetchone()
         return None if row is None else (row[0], row[1], row[2])
 

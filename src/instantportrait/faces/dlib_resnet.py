@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..io import atomic_write
+from ..writer import atomic_write
 from .base import IdentityEmbedder
 from .dlib_serialization import DlibNetwork, read_dlib_network
 

@@ -144,7 +144,7 @@ class CropDiscriminator(nn.Module):
 
     def save_heads(self, path: str | os.PathLike) -> Path:
         """The trainable heads as safetensors (the backbone is reloaded from its source)."""
-        from ..io import atomic_write
+        from ..writer import atomic_write
 
         sd = {k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}
         return atomic_write(path, lambda p: save_file(sd, str(p)))

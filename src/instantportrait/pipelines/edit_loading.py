@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelNotFoundError
-from ..io import atomic_directory
 from ..model_sources import loading_error, looks_like_hub_id
+from ..writer import atomic_directory
 from .edit_support import (
     NOT_LOADED_COMPONENTS,
     SAFETY_CHECKER_POLICY,

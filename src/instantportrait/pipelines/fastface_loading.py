@@ -20,7 +20,7 @@ import torch
 from ..components import cache_dir
 from ..devices import diffusers_dtype
 from ..errors import InputError, ModelNotFoundError, first_line
-from ..io import atomic_write
+from ..writer import atomic_write
 from .fastface import FastFacePipeline
 from .fastface_presets import (
     DEFAULT_ADAPTER,

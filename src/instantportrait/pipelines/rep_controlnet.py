@@ -33,7 +33,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ..errors import InputError, ModelNotFoundError
-from ..io import atomic_directory, check_prompt, load_image
+from ..io import check_prompt, load_image
 from ..models.rep_controlnet import (  # noqa: F401  (diffusers finds components by import)
     ConditionAdapter,
     IDProjections,
@@ -42,6 +42,7 @@ from ..models.rep_controlnet import (  # noqa: F401  (diffusers finds components
 )
 from ..models.resampler import IDResampler  # noqa: F401
 from ..multi_id_attention import set_id_scale
+from ..writer import atomic_directory
 from .edit import tensor_to_images
 from .id_encoding import IDEncodingMixin
 from .restore import control_to_tensor
@@ -354,7 +355,7 @@ def save_merged(
     the adapter, with the merge's (alpha, beta) in its metadata (to re-merge another beta)."""
     from safetensors.torch import save_file
 
-    from ..io import atomic_write
+    from ..writer import atomic_write
 
     folder = Path(folder)
     pipe.save_pretrained(folder)

@@ -35,12 +35,13 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from ..errors import InputError
-from ..io import atomic_directory, check_prompt
+from ..io import check_prompt
 from ..model_check import ModelMismatchError
 from ..model_sources import loading_error
 from ..restoration.attention import SelfAttentionStore, self_attention_fusion
 from ..restoration.fusion import STATS_REGIONS, mgff, resize_mask
 from ..restoration.inversion import InversionCache, ddim_inversion, ddim_step
+from ..writer import atomic_directory
 from .edit import image_to_tensor, tensor_to_images
 from .step_callbacks import StepCallback, StepCallbackMixin, rows_for
 from .vae_latents import decode_latents, encode_raw, to_diffusion_latents, vae_scale_factor

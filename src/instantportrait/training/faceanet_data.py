@@ -13,7 +13,7 @@ import torch
 from ..models.feat_embeddings import TASKS
 
 if TYPE_CHECKING:
-    from .faceanet import FaceANetDataConfig
+    from .faceanet_config import FaceANetDataConfig
 
 logger = logging.getLogger(__name__)
 

@@ -463,7 +463,7 @@ class FPGATrainer(Trainer):
 
     def validate(self, step: int) -> dict[str, float]:
         """A grid of (condition, generation, caption) for the first rows."""
-        from ..io import save_image
+        from ..writer import save_image
         from .validation import contact_grid
 
         if not self.accelerator.is_main_process:

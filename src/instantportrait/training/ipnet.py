@@ -437,7 +437,7 @@ class IPNetTrainer(EditTrainer):
     def export_metadata(self, folder: Path, pipe) -> None:
         """``instantportrait.json``: the student's parameter count and its stage history."""
         from ..components import count_parameters
-        from ..io import atomic_write
+        from ..writer import atomic_write
 
         st = self.cfg.stage
         record = {

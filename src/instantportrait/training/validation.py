@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..io import ResolutionPolicy, load_image, save_image
+from ..io import ResolutionPolicy, load_image
+from ..writer import save_image
 
 #: dlib's same-person threshold on the Euclidean descriptor distance
 DLIB_SAME_PERSON = 0.6
