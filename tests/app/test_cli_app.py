@@ -84,6 +84,7 @@ def test_start_passes_sign_in_and_limits_and_sweeps_aged_identities(tmp_path, mo
     store.release(folder)
     monkeypatch.setattr(app, "build_app", lambda registry, **kw: FakeDemo())
     argv = ["app", "--host", "0.0.0.0", "--auth", "alice:pw", "--retention", "1",
+            "--sign-in-failures", "2", "--sign-in-lockout", "1",
             "--workdir", str(tmp_path / "work"), "--max-upload-mb", "2", "--port", "0"]  # fmt: skip
     assert main(argv) == 2  # port 0 is refused before anything starts
     argv[-1] = port = str(free_port())
@@ -91,10 +92,28 @@ def test_start_passes_sign_in_and_limits_and_sweeps_aged_identities(tmp_path, mo
     launched = FakeDemo.launched
     assert launched["auth"]("alice", "pw") and not launched["auth"]("alice", "nope")
     assert launched["max_file_size"] == 2_000_000 and launched["server_name"] == "0.0.0.0"
+    assert not launched["auth"]("alice", "nope")  # the 2nd failure: alice is paused
+    with pytest.raises(Exception) as paused:  # noqa: B017 - FastAPI's HTTPException
+        launched["auth"]("alice", "pw")
+    assert paused.value.status_code == 400 and paused.value.headers["Retry-After"] == "60"
+    assert launched["app_kwargs"]["middleware"]  # the client address reaches the limit
     assert not folder.exists()  # retention ran at start
     out = capsys.readouterr().out
-    assert "sign-in: 1 user(s)" in out and "deleted after 1 h" in out
+    assert "sign-in: 1 user(s); after 2 failed sign-ins" in out and "pauses for 1 minute " in out
+    assert "deleted after 1 h" in out
     argv = ["app", "--host", "0.0.0.0", "--public-without-auth", "--port", port,
             "--workdir", str(tmp_path / "work")]  # fmt: skip
     assert main(argv) == 0 and FakeDemo.launched["auth"] is None
     assert "--public-without-auth: serving 0.0.0.0 with no sign-in" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [("--sign-in-failures", "0", "sign-in failures: at least 1"),
+     ("--sign-in-failures-per-address", "-1", "sign-in failures per address"),
+     ("--sign-in-window", "0", "sign-in window: must be positive"),
+     ("--sign-in-lockout", "-2", "sign-in lockout: must be positive")],
+)  # fmt: skip
+def test_bad_sign_in_limits_are_one_line(flag, value, says, capsys):
+    assert main(["app", "--auth", "alice:pw", flag, value]) == 2
+    assert says in one_line_error(capsys)

@@ -23,6 +23,7 @@ def shared_app(method_bundles, tmp_path_factory, app_serving, tiny_faceanet):
     """(url, registry, demo): the Personalise tab behind sign-in, at most 2 identities a user."""
     from instantportrait.app import ModelRegistry, build_app
     from instantportrait.app.access import Credentials
+    from instantportrait.app.serving import sign_in_options
 
     workdir = tmp_path_factory.mktemp("shared_workdir")
     registry = ModelRegistry(
@@ -32,7 +33,7 @@ def shared_app(method_bundles, tmp_path_factory, app_serving, tiny_faceanet):
     )
     demo = build_app(registry)
     users = Credentials(plain=USERS.items())
-    with app_serving(demo, auth=users, max_file_size=MAX_UPLOAD) as url:
+    with app_serving(demo, max_file_size=MAX_UPLOAD, **sign_in_options(users)) as url:
         yield url, registry, demo
 
 

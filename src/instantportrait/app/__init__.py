@@ -2,7 +2,8 @@
 
 :mod:`.models` (lazy model slots) and the operations -- :mod:`.handlers` (edit, live),
 :mod:`.methods` (FastFace, FPGA, DIIR), :mod:`.personalise` (FaceA-Net) -- import no UI library,
-nor do :mod:`.access` (sign-in: password hashes, the loopback rule) and :mod:`.identities`
+nor do :mod:`.access` (sign-in: password hashes, the loopback rule), :mod:`.sign_in_limit`
+(failed sign-ins pause a name or address) and :mod:`.identities`
 (who owns a tuned identity; deletion, retention). :mod:`.serving` (uploads through the gate,
 the caller, one log line per refused request) and :mod:`.ui` (the page) use Gradio.
 """

@@ -4,7 +4,9 @@ Passwords are never stored: ``--auth-file`` holds one ``user:hash`` a line, the 
 scrypt (:func:`hashlib.scrypt`, a random 16-byte salt per user) in the self-describing form
 ``scrypt$N$r$p$salt$key`` (salt and key in base64). :class:`Credentials` is the callable that
 Gradio's ``launch(auth=...)`` asks; it compares in constant time and spends the same work on an
-unknown user as on a wrong password, so a login does not reveal which names exist.
+unknown user as on a wrong password, so a login does not reveal which names exist. It counts
+failed sign-ins and pauses a user name or client address that fails too often
+(:mod:`.sign_in_limit`).
 
 Nothing here imports Gradio.
 """
@@ -21,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import InputError
+from .sign_in_limit import SignInThrottle, client_address
 
 #: scrypt's cost parameters (N, r, p): about 16 MiB and a few tens of ms a check.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -127,27 +130,43 @@ def write_auth_user(path: str | os.PathLike, user: str, password: str) -> bool:
 class Credentials:
     """The users allowed to sign in, as Gradio's ``auth`` callable ``(user, password) -> bool``.
 
+    A sign-in of a paused user name or client address raises
+    :class:`~.sign_in_limit.SignInPaused` before any password is checked (the client address
+    comes from :data:`~.sign_in_limit.client_address`; unknown, only the name is counted).
+
     Args:
         hashes: user -> password hash (an ``--auth-file``'s content).
         plain: ``(user, password)`` pairs (``--auth``); hashed here, at start.
+        throttle: the failure counters (default: :class:`~.sign_in_limit.SignInThrottle` with
+            the default limits).
     """
 
     def __init__(
-        self, hashes: dict[str, str] | None = None, plain: Iterable[tuple[str, str]] = ()
+        self,
+        hashes: dict[str, str] | None = None,
+        plain: Iterable[tuple[str, str]] = (),
+        throttle: SignInThrottle | None = None,
     ) -> None:
         self._hashes = dict(hashes or {})
         for user, password in plain:
             self._hashes[user] = hash_password(password)
         # an unknown user costs the same scrypt work as a known one
         self._decoy = hash_password(secrets.token_hex(16))
+        self.throttle = SignInThrottle() if throttle is None else throttle
 
     def __len__(self) -> int:
         return len(self._hashes)
 
     def __call__(self, username: str, password: str) -> bool:
+        username, address = str(username), client_address.get()
+        self.throttle.check(username, address)
         encoded = self._hashes.get(username)
-        ok = verify_password(str(password), encoded or self._decoy)
-        return ok and encoded is not None
+        ok = verify_password(str(password), encoded or self._decoy) and encoded is not None
+        if ok:
+            self.throttle.succeeded(username)
+        else:
+            self.throttle.failed(username, address)
+        return ok
 
 
 def is_loopback(host: str) -> bool:

@@ -9,6 +9,9 @@ identity, and one line per refused or failed request.
   and ONE log line, with any file path replaced by ``<file>``; no traceback for a refused
   request, and none with paths for a failed one.
 - :func:`discard_uploads`: remove uploaded files from Gradio's upload folder.
+- :func:`sign_in_options`: the ``launch()`` arguments of sign-in: the credentials, a paused
+  sign-in answered in one line, and :class:`ClientAddress`, which hands each request's
+  client address to the credentials (Gradio's ``auth`` callable sees only name and password).
 """
 
 from __future__ import annotations
@@ -154,3 +157,62 @@ def discard_uploads(payloads: Any, upload_folder: str | os.PathLike) -> None:
         file.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             file.parent.rmdir()
+
+
+class ClientAddress:
+    """ASGI middleware: each HTTP request's client address in
+    :data:`~.sign_in_limit.client_address` while it is served.
+
+    The address is the one the server reports: behind a reverse proxy, the proxy's
+    ``X-Forwarded-For`` when the proxy connects from an address uvicorn trusts
+    (``FORWARDED_ALLOW_IPS``, default ``127.0.0.1,::1``), else the proxy's own address.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from .sign_in_limit import client_address
+
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        token = client_address.set(str(client[0]) if client else None)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            client_address.reset(token)
+
+
+def sign_in_options(credentials: Any) -> dict[str, Any]:
+    """The ``launch()`` arguments for ``credentials`` (an :class:`~.access.Credentials`;
+    ``None``: sign-in off): ``auth``, the limits on the sign-in page (``auth_message``), and
+    the middleware that tells the credentials the client's address (``app_kwargs``).
+
+    A sign-in while paused is answered ``400``, as a wrong password is, but with the one-line
+    reason and ``Retry-After``: Gradio's sign-in page reacts to ``400`` only (it shows
+    "incorrect credentials"; a ``429`` would leave it silent), the limits are written above
+    its form, and an HTTP client reads the reason."""
+    if credentials is None:
+        return {"auth": None}
+    import math
+
+    from fastapi import HTTPException
+    from starlette.middleware import Middleware
+
+    from .sign_in_limit import SignInPaused
+
+    def auth(username: str, password: str) -> bool:
+        try:
+            return credentials(username, password)
+        except SignInPaused as exc:
+            headers = {"Retry-After": str(math.ceil(exc.retry_after))}
+            raise HTTPException(status_code=400, detail=str(exc), headers=headers) from None
+
+    limits = credentials.throttle.limits.describe()
+    return {
+        "auth": auth,
+        "auth_message": f"{limits[0].upper()}{limits[1:]}.",
+        "app_kwargs": {"middleware": [Middleware(ClientAddress)]},
+    }

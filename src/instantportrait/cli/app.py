@@ -88,6 +88,36 @@ def register(sub: argparse._SubParsersAction) -> None:
         "write its scrypt hash into the file, and exit",
     )
     ac.add_argument(
+        "--sign-in-failures",
+        type=int,
+        default=5,
+        metavar="N",
+        help="failed sign-ins of one user name, within --sign-in-window, that pause its "
+        "sign-in for --sign-in-lockout (default 5; unknown names are counted alike)",
+    )
+    ac.add_argument(
+        "--sign-in-failures-per-address",
+        type=int,
+        default=20,
+        metavar="N",
+        help="failed sign-ins from one client address (any names) that pause that address "
+        "(default 20; 0: off)",
+    )
+    ac.add_argument(
+        "--sign-in-window",
+        type=float,
+        default=15,
+        metavar="MINUTES",
+        help="minutes over which failures are counted (default 15)",
+    )
+    ac.add_argument(
+        "--sign-in-lockout",
+        type=float,
+        default=15,
+        metavar="MINUTES",
+        help="minutes a paused user name or address stays paused (default 15)",
+    )
+    ac.add_argument(
         "--public-without-auth",
         action="store_true",
         help="serve a non-loopback --host with no sign-in (anyone who reaches it may use it)",
@@ -155,14 +185,22 @@ def add_user(args: argparse.Namespace) -> int:
 
 
 def credentials(args: argparse.Namespace):
-    """The sign-in users of ``--auth`` and ``--auth-file`` (``None``: sign-in off)."""
+    """The sign-in users of ``--auth`` and ``--auth-file`` with the ``--sign-in-*`` limits
+    (``None``: sign-in off)."""
     from ..app.access import Credentials, parse_auth_pair, read_auth_file
+    from ..app.sign_in_limit import SignInLimits, SignInThrottle
 
+    limits = SignInLimits(  # checked there: one line naming the setting
+        failures=args.sign_in_failures,
+        window=60.0 * args.sign_in_window,
+        lockout=60.0 * args.sign_in_lockout,
+        address_failures=args.sign_in_failures_per_address,
+    )
     plain = [parse_auth_pair(pair) for pair in args.auth]
     hashes = read_auth_file(args.auth_file) if args.auth_file else {}
     if not plain and not hashes:
         return None
-    return Credentials(hashes, plain)
+    return Credentials(hashes, plain, throttle=SignInThrottle(limits))
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -208,6 +246,7 @@ def serve(args: argparse.Namespace, users) -> int:
     """Check the rest of the options, build the app and serve it until interrupted."""
     from ..app import ModelRegistry, build_app
     from ..app.identities import RetentionSweeper
+    from ..app.serving import sign_in_options
     from ..errors import InputError
     from .common import quiet_libraries, resolve_device, resolve_dtype
     from .restore_option import check_codeformer_arguments
@@ -267,7 +306,7 @@ def serve(args: argparse.Namespace, users) -> int:
         print(f"--public-without-auth: serving {args.host} with no sign-in; anyone who reaches "
               "it can use the app")  # fmt: skip
     elif users is not None:
-        print(f"sign-in: {len(users)} user(s)")
+        print(f"sign-in: {len(users)} user(s); {users.throttle.limits.describe()}")
     print(f"identities kept in {registry.identities.root}"
           + (f", deleted after {args.retention:g} h" if args.retention else ""))  # fmt: skip
     demo = build_app(registry, concurrency=args.concurrency)
@@ -275,8 +314,8 @@ def serve(args: argparse.Namespace, users) -> int:
         demo.launch(
             server_name=args.host,
             server_port=args.port,
-            auth=users,
             max_file_size=int(args.max_upload_mb * 1_000_000),
+            **sign_in_options(users),
         )
     except OSError as exc:  # the port taken between the check and the launch
         raise InputError(f"--port {args.port}: cannot listen on {args.host} ({exc})") from None

@@ -154,8 +154,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     chk.add_argument(
         "--faces",
         action="store_true",
-        help="also count inputs that show no face, as training decides it (dlib; rows with "
-        "landmarks are trusted)",
+        help="also count inputs that show no face, as training decides it with the same "
+        "--detector (default dlib's HOG; rows with landmarks are trusted)",
     )
     chk.add_argument(
         "--resolution",
@@ -164,6 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --faces: long side inputs are resized to before detection, the training "
         "resolution (default 512; small faces are missed at small sizes)",
     )
+    add_detector_arguments(chk.add_argument_group("with --faces"))
     chk.set_defaults(func=run_check)
     from .data_portraits import register_portraits
 
@@ -331,6 +332,7 @@ def run_check(args: argparse.Namespace) -> int:
     from ..data.portraits import is_portrait_dataset, iter_check_portraits, open_portrait_source
 
     portraits = is_portrait_dataset(args.dataset)
+    detector = faces_detector(args, load=not portraits)  # portrait rows carry their points
     if portraits:
         source = open_portrait_source(args.dataset, strict=False)
         rows, unit, checks = "portraits", "row", iter_check_portraits(source)
@@ -359,8 +361,31 @@ def run_check(args: argparse.Namespace) -> int:
     elif args.faces:
         from ..data.dataset import count_faces
 
-        counted = count_faces(source, resolution=args.resolution, progress=len(source) >= 50)
+        counted = count_faces(
+            source, resolution=args.resolution, progress=len(source) >= 50, detector=detector
+        )
         n, total = len(counted.faceless), counted.total
         share = 100.0 * n / total if total else 0.0
-        print(f"{n} of {total} inputs show no face ({share:.1f}%): the identity loss skips them")
+        print(
+            f"{n} of {total} inputs show no face ({share:.1f}%) with detector "
+            f"{detector.describe()}: the identity loss skips them"
+        )
     return 0 if not bad else 2
+
+
+def faces_detector(args: argparse.Namespace, load: bool):
+    """``data check --faces``'s detector (``None`` without ``--faces``), its model loaded when
+    ``load``, so a wrong model file is one line before any row is read."""
+    from ..errors import InputError
+    from .detector_option import detector_config
+
+    if not args.faces:
+        if args.detector is not None or args.detector_weights is not None:
+            raise InputError("--detector, --detector-weights: only with --faces")
+        return None
+    config = detector_config(args)
+    if load:
+        from ..faces.detect import load_detector
+
+        load_detector(config)
+    return config

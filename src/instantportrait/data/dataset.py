@@ -141,17 +141,21 @@ def count_faces(
     resolution: int | None = None,
     landmark_fn: LandmarkFn | None = None,
     progress: bool = True,
+    detector: Any = None,
 ) -> FaceCount:
     """Count the inputs of ``source`` that show no face, the way training decides it.
 
     A row with landmarks or keypoints has a face; a row without is run through ``landmark_fn``
-    (default: :func:`detect_landmarks5`) on its input resized to ``resolution`` (long side; the
-    training resolution, since small faces are missed at small sizes; ``None`` keeps the
-    stored size).
+    (default: :func:`detect_face_points` of ``detector``, a ``FaceDetectorConfig`` or its
+    spec, default dlib's HOG: what the trainers run with the same ``data.detector``) on its
+    input resized to ``resolution`` (long side; the training resolution, since small faces
+    are missed at small sizes; ``None`` keeps the stored size).
     Unreadable rows count as faceless. ``instantportrait data check`` reports this.
     """
     from tqdm.auto import tqdm
 
+    if landmark_fn is not None and detector is not None:
+        raise ValueError("count_faces: give landmark_fn or detector, not both")
     find = landmark_fn
     policy = ResolutionPolicy(long_side=resolution) if resolution else None
     count = FaceCount()
@@ -167,7 +171,7 @@ def count_faces(
             count.given += 1
             continue
         if find is None:
-            find = detect_landmarks5()
+            find = detect_face_points(detector)
         try:
             image = load_image(ex.input_bytes, name=source.describe(i))
         except InputError:

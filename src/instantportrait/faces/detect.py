@@ -49,6 +49,7 @@ __all__ = [
     "detect",
     "detect_landmarks",
     "images_to_arrays",
+    "load_detector",
 ]
 
 DETECTORS = ("hog", "mmod", "scrfd", "mtcnn")
@@ -75,7 +76,13 @@ def _hog_detector():
 
 @functools.lru_cache(maxsize=2)
 def _mmod_detector(path: str):
-    return _dlib().cnn_face_detection_model_v1(path)
+    dlib = _dlib()
+    try:
+        return dlib.cnn_face_detection_model_v1(path)
+    except RuntimeError:  # dlib's message quotes its parser; ours names the file
+        raise InputError(
+            f"{path}: not a dlib MMOD detector model (mmod_human_face_detector.dat)"
+        ) from None
 
 
 @functools.lru_cache(maxsize=4)
@@ -256,6 +263,18 @@ def _reference_detector(config: FaceDetectorConfig) -> Any:
     from .mtcnn import MtcnnDetector
 
     return MtcnnDetector.load(config.weights, min_face=config.min_face, threshold=config.threshold)
+
+
+def load_detector(detector: FaceDetectorConfig | str | None = None) -> None:
+    """Load ``detector``'s model now (it stays loaded for :func:`detect`), so that a wrong
+    model file fails in one line before any work rather than at the first image."""
+    config = FaceDetectorConfig.from_spec(detector)
+    if config.name == "hog":
+        _hog_detector()
+    elif config.name == "mmod":
+        _mmod_detector(str(config.weights or dlib_model_path("mmod")))
+    else:
+        _reference_detector(config)
 
 
 def _run_reference(arr: np.ndarray, config: FaceDetectorConfig) -> tuple[np.ndarray, ...]:
