@@ -14,24 +14,36 @@ sequence) is the backbone's business alone.
 * :class:`~.flux_kontext.FluxKontextBackbone`: FLUX.1 Kontext (image on the sequence,
   velocity, distilled guidance).
 * :mod:`~.kontext_adapters`: LoRA adapters on the Kontext transformer, switched by name.
+* :class:`~.qwen_edit.QwenEditBackbone`: Qwen-Image-Edit (image on the sequence and through
+  the Qwen2.5-VL prompt encoder, velocity, true CFG).
 """
 
 from __future__ import annotations
 
-__all__ = ["is_kontext_folder"]
+__all__ = ["is_kontext_folder", "is_qwen_edit_folder"]
 
 
-def is_kontext_folder(path) -> bool:
-    """Whether ``path`` is a diffusers folder of a FLUX.1 Kontext pipeline (its
-    ``model_index.json`` names ``FluxKontextPipeline`` or this toolkit's Kontext editor)."""
+def _pipeline_class(path) -> str:
+    """The ``_class_name`` of ``path``'s ``model_index.json`` ("" when there is none)."""
     import json
     from pathlib import Path
 
     index = Path(path) / "model_index.json"
     if not index.is_file():
-        return False
+        return ""
     try:
-        name = json.loads(index.read_text()).get("_class_name", "")
-    except (OSError, ValueError):
-        return False
-    return name in ("FluxKontextPipeline", "KontextEditPipeline")
+        return str(json.loads(index.read_text()).get("_class_name", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def is_kontext_folder(path) -> bool:
+    """Whether ``path`` is a diffusers folder of a FLUX.1 Kontext pipeline (its
+    ``model_index.json`` names ``FluxKontextPipeline`` or this toolkit's Kontext editor)."""
+    return _pipeline_class(path) in ("FluxKontextPipeline", "KontextEditPipeline")
+
+
+def is_qwen_edit_folder(path) -> bool:
+    """Whether ``path`` is a diffusers folder of a Qwen-Image-Edit pipeline (its
+    ``model_index.json`` names ``QwenImageEditPipeline`` or this toolkit's Qwen editor)."""
+    return _pipeline_class(path) in ("QwenImageEditPipeline", "QwenEditPipeline")
