@@ -84,10 +84,12 @@ def run(args: argparse.Namespace) -> int:
         ResolutionPolicy(long_side=args.resolution).target_size(info.width, info.height)
     except InputError as exc:
         raise InputError(f"--{exc}") from None
-    from ..backbones import is_kontext_folder
+    from ..backbones import is_kontext_folder, is_qwen_edit_folder
 
-    if is_kontext_folder(Path(str(args.model)).expanduser()):
-        raise InputError(f"--model {args.model}: FLUX.1 Kontext edits images, not videos, so far")
+    model = Path(str(args.model)).expanduser()
+    if is_kontext_folder(model) or is_qwen_edit_folder(model):
+        family = "FLUX.1 Kontext" if is_kontext_folder(model) else "Qwen-Image-Edit"
+        raise InputError(f"--model {args.model}: {family} edits images, not videos, so far")
     records = _records(args, dtype) if is_video_path(args.output) else None  # read before work
     quiet_libraries()
     pipe = load_edit_pipeline(args.model, device=device, dtype=dtype)
