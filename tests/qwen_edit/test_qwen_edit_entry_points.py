@@ -80,7 +80,8 @@ def test_broken_qwen_folder_is_one_line(qwen_edit_dir, tmp_path):
     assert "\n" not in str(info.value)
 
 
-def test_evaluation_edit_kind_and_app_loader_take_a_qwen_folder(qwen_edit_dir, portrait):
+def test_evaluation_edit_kind_and_the_app_take_a_qwen_folder(qwen_edit_dir, portrait):
+    from instantportrait.app.handlers import edit_portrait
     from instantportrait.app.models import load_edit_pipeline
     from instantportrait.evaluation.methods import build_method
     from instantportrait.pipelines.qwen_edit import QwenEditPipeline
@@ -92,6 +93,11 @@ def test_evaluation_edit_kind_and_app_loader_take_a_qwen_folder(qwen_edit_dir, p
     assert build_method(f"edit:{qwen_edit_dir}").steps == 50  # the model card's count
     pipe = load_edit_pipeline(str(qwen_edit_dir), torch.device("cpu"), torch.float32)
     assert isinstance(pipe, QwenEditPipeline)
+    # the app's Edit handler (and the ComfyUI edit node, which calls it) with style boost
+    result = edit_portrait(pipe, portrait, PROMPT, steps=1, iterations=2, seed=0, resolution=64,
+                           measure_identity=False)  # fmt: skip
+    want = _direct(qwen_edit_dir, portrait, 1, iterations=2)
+    np.testing.assert_array_equal(np.asarray(result.images[0]), np.asarray(want))
 
 
 def test_models_check_identifies_a_qwen_folder(qwen_edit_dir, tmp_path, capsys):
