@@ -116,3 +116,26 @@ def test_models_check_identifies_a_qwen_folder(qwen_edit_dir, tmp_path, capsys):
     assert identify(t2i).kind == "qwen-image"
     assert main(["models", "check", str(t2i), "--for", "edit"]) == 2
     assert "Qwen-Image pipeline" in capsys.readouterr().err
+
+
+def test_the_registry_hub_id_loads_from_the_cache_offline(
+    hub_cache, qwen_edit_dir, portrait, astronaut_path, tmp_path, capsys
+):
+    """``--model Qwen/Qwen-Image-Edit`` (the registry's source) with the folder in the Hugging
+    Face cache is recognised as Qwen-Image-Edit: its InstructPix2Pix-only options are refused,
+    and it edits as the folder does."""
+    from instantportrait.pipelines import load_edit_pipeline
+    from instantportrait.pipelines.qwen_edit import QwenEditPipeline
+
+    hub_cache("Qwen/Qwen-Image-Edit", qwen_edit_dir)
+    assert isinstance(load_edit_pipeline("Qwen/Qwen-Image-Edit"), QwenEditPipeline)
+    code, _, err = _cli(capsys, "edit", astronaut_path, "--model", "Qwen/Qwen-Image-Edit",
+                        "--prompt", PROMPT, "--image-guidance-scale", 2,
+                        "-o", tmp_path / "x")  # fmt: skip
+    assert code == 2 and "Qwen-Image-Edit" in err
+    code, _, err = _cli(capsys, "edit", astronaut_path, "--model", "Qwen/Qwen-Image-Edit",
+                        "--prompt", PROMPT, "--steps", 1, "--resolution", 64,
+                        "-o", tmp_path / "o")  # fmt: skip
+    assert code == 0, err
+    got = np.asarray(Image.open(tmp_path / "o" / "astronaut.png"))
+    np.testing.assert_array_equal(got, np.asarray(_direct(qwen_edit_dir, portrait, 1)))

@@ -20,7 +20,7 @@ sequence) is the backbone's business alone.
 
 from __future__ import annotations
 
-__all__ = ["is_kontext_folder", "is_qwen_edit_folder"]
+__all__ = ["dit_family", "is_kontext_folder", "is_qwen_edit_folder"]
 
 
 def _pipeline_class(path) -> str:
@@ -47,3 +47,13 @@ def is_qwen_edit_folder(path) -> bool:
     """Whether ``path`` is a diffusers folder of a Qwen-Image-Edit pipeline (its
     ``model_index.json`` names ``QwenImageEditPipeline`` or this toolkit's Qwen editor)."""
     return _pipeline_class(path) in ("QwenImageEditPipeline", "QwenEditPipeline")
+
+
+def dit_family(path) -> str | None:
+    """``"FLUX.1 Kontext"`` or ``"Qwen-Image-Edit"`` for a folder of that DiT editor, else
+    ``None`` (an InstructPix2Pix-format editor, a file, or nothing)."""
+    if is_kontext_folder(path):
+        return "FLUX.1 Kontext"
+    if is_qwen_edit_folder(path):
+        return "Qwen-Image-Edit"
+    return None

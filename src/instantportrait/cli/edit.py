@@ -149,21 +149,16 @@ def check_kontext_arguments(args: argparse.Namespace) -> None:
     """For a FLUX.1 Kontext or Qwen-Image-Edit ``--model``: refuse the InstructPix2Pix-only
     options in one line (Kontext's guidance is one distilled scalar, ``--guidance-scale``;
     Qwen-Image-Edit's is true CFG, ``--guidance-scale`` with ``--negative-prompt``)."""
-    from ..backbones import is_kontext_folder, is_qwen_edit_folder
     from ..errors import InputError
+    from ..pipelines.loading import dit_editor_folder
 
-    model = Path(str(args.model)).expanduser()
-    if not model.is_dir():
+    dit = dit_editor_folder(args.model)
+    if dit is None:
         return
-    if is_kontext_folder(model):
-        family, negative = "FLUX.1 Kontext", args.negative_prompt is not None
-    elif is_qwen_edit_folder(model):
-        family, negative = "Qwen-Image-Edit", False
-    else:
-        return
+    family = dit[0]
     unused = {
         "--image-guidance-scale": args.image_guidance_scale is not None,
-        "--negative-prompt": negative,
+        "--negative-prompt": family == "FLUX.1 Kontext" and args.negative_prompt is not None,
         "--config": args.config is not None,
         "--speed": args.speed not in (None, "none"),
         "--tiny-vae": bool(args.tiny_vae),

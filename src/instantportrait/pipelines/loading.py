@@ -4,8 +4,9 @@ This is the one place that tells the editors apart: a FLUX.1 Kontext folder (its
 ``model_index.json`` names ``FluxKontextPipeline``, or ``KontextEditPipeline`` for an exported
 one-step student) loads as :class:`~.kontext_edit.KontextEditPipeline`, a Qwen-Image-Edit folder
 (``QwenImageEditPipeline``) as :class:`~.qwen_edit.QwenEditPipeline`; everything else as the
-InstructPix2Pix-format :class:`~.edit.InstantPortraitPipeline`. The CLI's ``edit``, the app's
-Edit tab, the ComfyUI loader node and the evaluation harness's ``edit`` method all load here.
+InstructPix2Pix-format :class:`~.edit.InstantPortraitPipeline`. A Hub id whose cached snapshot
+is such a folder counts as one. The CLI's ``edit``, the app's Edit tab, the ComfyUI loader node
+and the evaluation harness's ``edit`` method all load here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..backbones import is_kontext_folder, is_qwen_edit_folder
+from ..backbones import dit_family
 from ..errors import InputError, ModelNotFoundError
 from .edit import InstantPortraitPipeline
 
@@ -41,14 +42,12 @@ def load_edit_pipeline(
     ``use_ema=False``: the loaded copy is named in ``pipe.unet_source``); then moved to
     ``device``/``dtype`` when given."""
     path = Path(str(model)).expanduser()
-    if path.is_dir() and is_kontext_folder(path):
+    dit = dit_editor_folder(model)
+    if dit is not None:
+        family, folder = dit
         if config is not None:
-            raise InputError(f"{model}: a FLUX.1 Kontext folder takes no --config")
-        return _load_kontext(path, device=device, dtype=dtype, **kwargs)
-    if path.is_dir() and is_qwen_edit_folder(path):
-        if config is not None:
-            raise InputError(f"{model}: a Qwen-Image-Edit folder takes no --config")
-        return _load_dit(path, "Qwen-Image-Edit", device=device, dtype=dtype, **kwargs)
+            raise InputError(f"{model}: a {family} folder takes no --config")
+        return _load_dit(folder, family, device=device, dtype=dtype, **kwargs)
     if path.suffix.lower() in SINGLE_FILE_SUFFIXES and not path.is_dir():
         pipe = InstantPortraitPipeline.from_single_file(
             path, config=None if config is None else str(config), use_ema=use_ema, **kwargs
@@ -60,12 +59,17 @@ def load_edit_pipeline(
     return pipe
 
 
-def _load_kontext(
-    path: Path, *, device: torch.device | str | None, dtype: torch.dtype | None, **kwargs: Any
-) -> Any:
-    """A FLUX.1 Kontext teacher or exported student folder as ``KontextEditPipeline``; a
-    broken folder is one line."""
-    return _load_dit(path, "FLUX.1 Kontext", device=device, dtype=dtype, **kwargs)
+def dit_editor_folder(model: str | os.PathLike) -> tuple[str, Path] | None:
+    """``(family, folder)`` when ``model`` is a DiT editor's folder (FLUX.1 Kontext or
+    Qwen-Image-Edit, :func:`~instantportrait.backbones.dit_family`), or a Hub id whose cached
+    snapshot is one; ``None`` otherwise (read from ``model_index.json`` only)."""
+    from ..model_sources import cached_snapshot, looks_like_hub_id
+
+    path = Path(str(model)).expanduser()
+    if not path.exists() and looks_like_hub_id(str(model)):
+        path = cached_snapshot(str(model)) or path
+    family = dit_family(path) if path.is_dir() else None
+    return None if family is None else (family, path)
 
 
 def _load_dit(
