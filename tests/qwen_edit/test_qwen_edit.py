@@ -199,3 +199,19 @@ def test_tiny_bundle_is_the_published_layout(qwen_edit_dir):
     # the system prompt is 64 tokens under the tiny tokenizer too, so the drop keeps the turn
     head = PROMPT_TEMPLATE.split("<|vision_start|>")[0]
     assert len(pipe.tokenizer(head).input_ids) == PROMPT_TEMPLATE_DROP
+
+
+def test_published_configs_give_the_published_parameter_counts():
+    """On the meta device: the 20B transformer (Qwen-Image's 20.43B) and Qwen2.5-VL-7B-Instruct
+    (8.29B with its vision tower, as its model page counts); a wrong width, depth or head count
+    in the copied configs moves these by far more than the bounds."""
+    from instantportrait.backbones.qwen_edit_components import build_qwen_edit_components
+
+    with torch.device("meta"):
+        parts = build_qwen_edit_components("real")
+
+    def billions(module):
+        return sum(p.numel() for p in module.parameters()) / 1e9
+
+    assert 20.3 < billions(parts["transformer"]) < 20.5
+    assert 8.2 < billions(parts["text_encoder"]) < 8.35
