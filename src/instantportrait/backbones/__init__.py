@@ -20,7 +20,7 @@ sequence) is the backbone's business alone.
 
 from __future__ import annotations
 
-__all__ = ["dit_family", "is_kontext_folder", "is_qwen_edit_folder"]
+__all__ = ["dit_editor_folder", "dit_family", "is_kontext_folder", "is_qwen_edit_folder"]
 
 
 def _pipeline_class(path) -> str:
@@ -57,3 +57,18 @@ def dit_family(path) -> str | None:
     if is_qwen_edit_folder(path):
         return "Qwen-Image-Edit"
     return None
+
+
+def dit_editor_folder(model) -> tuple | None:
+    """``(family, folder)`` when ``model`` is a DiT editor's folder (:func:`dit_family`), or a
+    Hub id whose cached snapshot is one; ``None`` otherwise. Reads ``model_index.json`` only,
+    so the CLI can ask before anything heavy is imported."""
+    from pathlib import Path
+
+    from ..model_sources import cached_snapshot, looks_like_hub_id
+
+    path = Path(str(model)).expanduser()
+    if not path.exists() and looks_like_hub_id(str(model)):
+        path = cached_snapshot(str(model)) or path
+    family = dit_family(path) if path.is_dir() else None
+    return None if family is None else (family, path)

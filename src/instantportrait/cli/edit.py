@@ -149,8 +149,8 @@ def check_kontext_arguments(args: argparse.Namespace) -> None:
     """For a FLUX.1 Kontext or Qwen-Image-Edit ``--model``: refuse the InstructPix2Pix-only
     options in one line (Kontext's guidance is one distilled scalar, ``--guidance-scale``;
     Qwen-Image-Edit's is true CFG, ``--guidance-scale`` with ``--negative-prompt``)."""
+    from ..backbones import dit_editor_folder
     from ..errors import InputError
-    from ..pipelines.loading import dit_editor_folder
 
     dit = dit_editor_folder(args.model)
     if dit is None:

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         ResolutionPolicy(long_side=args.resolution).target_size(info.width, info.height)
     except InputError as exc:
         raise InputError(f"--{exc}") from None
-    from ..pipelines.loading import dit_editor_folder
+    from ..backbones import dit_editor_folder
 
     dit = dit_editor_folder(args.model)
     if dit is not None:

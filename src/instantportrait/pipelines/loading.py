@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..backbones import dit_family
+from ..backbones import dit_editor_folder
 from ..errors import InputError, ModelNotFoundError
 from .edit import InstantPortraitPipeline
 
@@ -57,19 +57,6 @@ def load_edit_pipeline(
     if device is not None or dtype is not None:
         pipe.to(device=device, dtype=dtype)
     return pipe
-
-
-def dit_editor_folder(model: str | os.PathLike) -> tuple[str, Path] | None:
-    """``(family, folder)`` when ``model`` is a DiT editor's folder (FLUX.1 Kontext or
-    Qwen-Image-Edit, :func:`~instantportrait.backbones.dit_family`), or a Hub id whose cached
-    snapshot is one; ``None`` otherwise (read from ``model_index.json`` only)."""
-    from ..model_sources import cached_snapshot, looks_like_hub_id
-
-    path = Path(str(model)).expanduser()
-    if not path.exists() and looks_like_hub_id(str(model)):
-        path = cached_snapshot(str(model)) or path
-    family = dit_family(path) if path.is_dir() else None
-    return None if family is None else (family, path)
 
 
 def _load_dit(
