@@ -55,10 +55,10 @@ _PICKLE = frozenset({"pickle"})
 #: ``--for`` uses of ``models check`` and of every loader's check.
 USES: dict[str, Use] = {
     "edit": Use(
-        frozenset({"instruct-pix2pix", "flux-kontext"}),
+        frozenset({"instruct-pix2pix", "flux-kontext", "qwen-image-edit"}),
         "an InstructPix2Pix-format pipeline (UNet with 8 input channels: the image latent is "
         "concatenated), a folder, Hub id or single .safetensors file, or a FLUX.1 Kontext "
-        "pipeline folder (teacher or exported one-step student)",
+        "pipeline folder (teacher or exported one-step student) or a Qwen-Image-Edit one",
         _PICKLE,
     ),
     "fastface": Use(
@@ -173,6 +173,12 @@ def _identify_folder(folder: Path) -> Identity:
             return Identity(
                 "flux-kontext" if kontext else "flux",
                 f"a FLUX.1{' Kontext' if kontext else ''} pipeline ({cls})",
+            )
+        if cls.startswith("QwenImage") or cls == "QwenEditPipeline":
+            edit = cls in ("QwenImageEditPipeline", "QwenEditPipeline")
+            return Identity(
+                "qwen-image-edit" if edit else "qwen-image",
+                f"a Qwen-Image{'-Edit' if edit else ''} pipeline ({cls})",
             )
         unet = _read_json(folder / "unet" / "config.json")
         if unet is None:

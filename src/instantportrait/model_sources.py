@@ -296,6 +296,17 @@ MODEL_SOURCES: tuple[ModelSource, ...] = (
         "~34 GB (diffusers folders)",
         "gated: accept the licence on the Hub and log in first",
     ),
+    ModelSource(
+        "qwen-image-edit",
+        "qwen-image-edit",
+        "Qwen/Qwen-Image-Edit",
+        ("edit",),
+        "edit --model (teacher: 50 steps, true CFG 4.0)",
+        "Apache-2.0",
+        "yes",
+        "~58 GB (bf16 diffusers folders: 20B transformer, Qwen2.5-VL-7B encoder)",
+        "the Qwen-Image-Edit backbone; its processor runs without torchvision",
+    ),
 )
 
 #: Methods ``models list --for`` knows.

@@ -73,6 +73,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.backbones.kontext_components:write_tiny_kontext",
         "FLUX.1 Kontext pipeline folder (1+1 blocks, tiny CLIP/T5, 16-ch VAE) for `edit --model`",
     ),
+    "qwen-edit": (
+        "instantportrait.backbones.qwen_edit_components:write_tiny_qwen_edit",
+        "Qwen-Image-Edit pipeline folder (1 block, tiny Qwen2.5-VL, 16-ch VAE) for `edit --model`",
+    ),
     "codeformer": (
         "instantportrait.models.codeformer:write_tiny_codeformer",
         "CodeFormer face enhancer (32 px, 64 codes) for `restore --codeformer`",

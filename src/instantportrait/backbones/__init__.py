@@ -14,24 +14,61 @@ sequence) is the backbone's business alone.
 * :class:`~.flux_kontext.FluxKontextBackbone`: FLUX.1 Kontext (image on the sequence,
   velocity, distilled guidance).
 * :mod:`~.kontext_adapters`: LoRA adapters on the Kontext transformer, switched by name.
+* :class:`~.qwen_edit.QwenEditBackbone`: Qwen-Image-Edit (image on the sequence and through
+  the Qwen2.5-VL prompt encoder, velocity, true CFG).
 """
 
 from __future__ import annotations
 
-__all__ = ["is_kontext_folder"]
+__all__ = ["dit_editor_folder", "dit_family", "is_kontext_folder", "is_qwen_edit_folder"]
 
 
-def is_kontext_folder(path) -> bool:
-    """Whether ``path`` is a diffusers folder of a FLUX.1 Kontext pipeline (its
-    ``model_index.json`` names ``FluxKontextPipeline`` or this toolkit's Kontext editor)."""
+def _pipeline_class(path) -> str:
+    """The ``_class_name`` of ``path``'s ``model_index.json`` ("" when there is none)."""
     import json
     from pathlib import Path
 
     index = Path(path) / "model_index.json"
     if not index.is_file():
-        return False
+        return ""
     try:
-        name = json.loads(index.read_text()).get("_class_name", "")
-    except (OSError, ValueError):
-        return False
-    return name in ("FluxKontextPipeline", "KontextEditPipeline")
+        return str(json.loads(index.read_text()).get("_class_name", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def is_kontext_folder(path) -> bool:
+    """Whether ``path`` is a diffusers folder of a FLUX.1 Kontext pipeline (its
+    ``model_index.json`` names ``FluxKontextPipeline`` or this toolkit's Kontext editor)."""
+    return _pipeline_class(path) in ("FluxKontextPipeline", "KontextEditPipeline")
+
+
+def is_qwen_edit_folder(path) -> bool:
+    """Whether ``path`` is a diffusers folder of a Qwen-Image-Edit pipeline (its
+    ``model_index.json`` names ``QwenImageEditPipeline`` or this toolkit's Qwen editor)."""
+    return _pipeline_class(path) in ("QwenImageEditPipeline", "QwenEditPipeline")
+
+
+def dit_family(path) -> str | None:
+    """``"FLUX.1 Kontext"`` or ``"Qwen-Image-Edit"`` for a folder of that DiT editor, else
+    ``None`` (an InstructPix2Pix-format editor, a file, or nothing)."""
+    if is_kontext_folder(path):
+        return "FLUX.1 Kontext"
+    if is_qwen_edit_folder(path):
+        return "Qwen-Image-Edit"
+    return None
+
+
+def dit_editor_folder(model) -> tuple | None:
+    """``(family, folder)`` when ``model`` is a DiT editor's folder (:func:`dit_family`), or a
+    Hub id whose cached snapshot is one; ``None`` otherwise. Reads ``model_index.json`` only,
+    so the CLI can ask before anything heavy is imported."""
+    from pathlib import Path
+
+    from ..model_sources import cached_snapshot, looks_like_hub_id
+
+    path = Path(str(model)).expanduser()
+    if not path.exists() and looks_like_hub_id(str(model)):
+        path = cached_snapshot(str(model)) or path
+    family = dit_family(path) if path.is_dir() else None
+    return None if family is None else (family, path)

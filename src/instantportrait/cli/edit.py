@@ -146,24 +146,26 @@ def parse_lora(spec: str) -> tuple[str, float]:
 
 
 def check_kontext_arguments(args: argparse.Namespace) -> None:
-    """For a FLUX.1 Kontext ``--model``: refuse the InstructPix2Pix-only options in one line
-    (Kontext's guidance is one distilled scalar, ``--guidance-scale``)."""
-    from ..backbones import is_kontext_folder
+    """For a FLUX.1 Kontext or Qwen-Image-Edit ``--model``: refuse the InstructPix2Pix-only
+    options in one line (Kontext's guidance is one distilled scalar, ``--guidance-scale``;
+    Qwen-Image-Edit's is true CFG, ``--guidance-scale`` with ``--negative-prompt``)."""
+    from ..backbones import dit_editor_folder
     from ..errors import InputError
 
-    model = Path(str(args.model)).expanduser()
-    if not (model.is_dir() and is_kontext_folder(model)):
+    dit = dit_editor_folder(args.model)
+    if dit is None:
         return
+    family = dit[0]
     unused = {
         "--image-guidance-scale": args.image_guidance_scale is not None,
-        "--negative-prompt": args.negative_prompt is not None,
+        "--negative-prompt": family == "FLUX.1 Kontext" and args.negative_prompt is not None,
         "--config": args.config is not None,
         "--speed": args.speed not in (None, "none"),
         "--tiny-vae": bool(args.tiny_vae),
     }
     for option, given in unused.items():
         if given:
-            raise InputError(f"{option}: not used by a FLUX.1 Kontext model; leave it out")
+            raise InputError(f"{option}: not used by a {family} model; leave it out")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from .common import add_device_arguments, add_speed_arguments
 
@@ -84,10 +83,11 @@ def run(args: argparse.Namespace) -> int:
         ResolutionPolicy(long_side=args.resolution).target_size(info.width, info.height)
     except InputError as exc:
         raise InputError(f"--{exc}") from None
-    from ..backbones import is_kontext_folder
+    from ..backbones import dit_editor_folder
 
-    if is_kontext_folder(Path(str(args.model)).expanduser()):
-        raise InputError(f"--model {args.model}: FLUX.1 Kontext edits images, not videos, so far")
+    dit = dit_editor_folder(args.model)
+    if dit is not None:
+        raise InputError(f"--model {args.model}: {dit[0]} edits images, not videos, so far")
     records = _records(args, dtype) if is_video_path(args.output) else None  # read before work
     quiet_libraries()
     pipe = load_edit_pipeline(args.model, device=device, dtype=dtype)
