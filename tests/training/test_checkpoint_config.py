@@ -18,7 +18,7 @@ from instantportrait.training.checkpoint import (
 )
 from instantportrait.training.config import apply_overrides, from_dict, load_config
 from instantportrait.training.ema import EMA
-from instantportrait.training.loop import RunConfig, build_accelerator
+from instantportrait.training.run_settings import RunConfig, build_accelerator
 
 
 def _setup(seed: int):

@@ -12,9 +12,9 @@ import torch
 
 from instantportrait.cli import main
 from instantportrait.errors import InputError
-from instantportrait.training import loop
+from instantportrait.training import run_settings
 from instantportrait.training.logger import MetricsLogger
-from instantportrait.training.loop import (
+from instantportrait.training.run_settings import (
     check_batch_fits,
     resolve_num_workers,
     resolve_precision,
@@ -170,10 +170,13 @@ def test_auto_is_decided_for_the_launch_device_without_building_accelerate_state
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
     state = dict(PartialState._shared_state)
-    assert loop.choose_precision("auto")[0] == "bf16"
+    assert run_settings.choose_precision("auto")[0] == "bf16"
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
-    assert loop.launch_device().type == "cpu" and loop.choose_precision("auto")[0] == "no"
-    assert loop.choose_precision("bf16") == ("bf16", None)  # explicit: as it is
+    assert (
+        run_settings.launch_device().type == "cpu"
+        and run_settings.choose_precision("auto")[0] == "no"
+    )
+    assert run_settings.choose_precision("bf16") == ("bf16", None)  # explicit: as it is
     assert PartialState._shared_state == state  # nothing built
 
 
@@ -196,13 +199,13 @@ def test_shipped_configs_choose_precision_by_device(name):
 
 # ---------------------------------------------------------------- data-loading workers
 def test_num_workers_capped_at_the_machine_and_said(monkeypatch):
-    monkeypatch.setattr(loop, "_cpus", lambda: 2)
+    monkeypatch.setattr(run_settings, "_cpus", lambda: 2)
     workers, note = resolve_num_workers(4)
     assert workers == 1 and "training.num_workers=4" in note and "2 CPUs" in note
     assert resolve_num_workers(1) == (1, None)  # within the machine: as configured
     assert resolve_num_workers(None) == (1, None)  # from the machine: CPUs - 1
     assert resolve_num_workers(0) == (0, None)
-    monkeypatch.setattr(loop, "_cpus", lambda: 16)
+    monkeypatch.setattr(run_settings, "_cpus", lambda: 16)
     assert resolve_num_workers(4) == (4, None)
     workers, note = resolve_num_workers(8, processes=4)  # 16 CPUs shared by 4 processes
     assert workers == 3 and "16 CPUs for 4 training process(es); using 3" in note

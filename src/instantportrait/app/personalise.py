@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..io import check_prompt, load_image, save_image
+from ..io import check_prompt, load_image
+from ..writer import save_image
 from .identities import IdentityStore
 from .methods import MethodResult, _generator, _steps
 

@@ -163,7 +163,7 @@ def precheck(name: str, configs: list) -> None:
     after earlier ones ran."""
     import os
 
-    from ..training.loop import check_batch_fits
+    from ..training.run_settings import check_batch_fits
 
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
     for cfg in configs:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .config import check
-from .loop import OptimConfig, RunConfig
+from .run_settings import OptimConfig, RunConfig
 
 AttributeName = Literal["", "left_eye", "right_eye", "nose", "mouth"]
 

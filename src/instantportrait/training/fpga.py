@@ -41,7 +41,8 @@ from ..losses.diffusion import diffusion_loss, diffusion_target
 from ..multi_id_attention import IDAttentionCapture
 from ..parameterization import add_noise, alpha_bar
 from .config import check
-from .loop import OptimConfig, RunConfig, Trainer
+from .loop import Trainer
+from .run_settings import OptimConfig, RunConfig
 
 Stage = Literal["landmark", "skeleton", "both"]
 STAGE_ORDER: tuple[str, ...] = ("landmark", "skeleton", "both")

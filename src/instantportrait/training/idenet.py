@@ -32,7 +32,8 @@ from ..losses.identity import (
 from ..parameterization import add_noise, alpha_bar, predict_x0
 from .config import check
 from .editing import DataConfig, EditTrainer, ValidationConfig
-from .loop import FaceCoverage, OptimConfig, RunConfig
+from .loop import FaceCoverage
+from .run_settings import OptimConfig, RunConfig
 
 
 @dataclass

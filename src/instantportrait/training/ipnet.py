@@ -34,7 +34,7 @@ from ..losses.triplet import face_style_distances, face_style_triplet_loss
 from ..parameterization import add_noise, alpha_bar, predict_epsilon, predict_x0
 from .config import check
 from .editing import DataConfig, EditTrainer, ValidationConfig, tiny_hint
-from .loop import OptimConfig, RunConfig
+from .run_settings import OptimConfig, RunConfig
 from .sharding import frozen, whole_unit
 
 #: Table 6 of InstantPortrait (App. G.2). Global batch = batch_size x accumulation x processes:

@@ -270,10 +270,11 @@ class KontextModel:
         :meth:`gather_adapter`) merged in by :func:`fuse_lora_`; the live model is untouched."""
         from diffusers import FluxTransformer2DModel
 
+        from ..devices import diffusers_dtype
         from ..pipelines.kontext_edit import KontextEditPipeline
 
         fused = FluxTransformer2DModel.from_pretrained(
-            self.pretrained, subfolder="transformer", torch_dtype=self.dtype
+            self.pretrained, subfolder="transformer", **diffusers_dtype(self.dtype)
         )
         weights = dict(fused.named_parameters())
         if not fuse_lora_(weights, lora, self.lora_scale):
@@ -287,7 +288,7 @@ class KontextModel:
         """Write ``folder`` atomically (the main process): the fused pipeline, adapter
         ``name``'s weights ``lora`` (from :meth:`gather_adapter`) as a LoRA file and
         ``instantportrait.json`` (where the base lives, the rank, ``metadata``)."""
-        from ..io import atomic_directory
+        from ..writer import atomic_directory
 
         with atomic_directory(folder, overwrite=True) as tmp:
             tmp = Path(tmp)

@@ -35,7 +35,8 @@ from ..errors import InputError
 from ..losses.diffusion import diffusion_loss, diffusion_target
 from ..parameterization import add_noise, alpha_bar
 from .config import check
-from .loop import OptimConfig, RunConfig, Trainer
+from .loop import Trainer
+from .run_settings import OptimConfig, RunConfig
 
 
 @dataclass
