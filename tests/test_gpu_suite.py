@@ -230,7 +230,7 @@ def test_kontext_ipnet_step_trains_the_student_beside_a_frozen_teacher(dry_ctx):
     assert km.active_adapters() == ["student"]
 
 
-def test_materialise_initialises_on_the_device_and_refuses_what_it_cannot():
+def test_materialise_initialises_on_the_device_and_refuses_what_it_cannot(suite):
     """to_empty leaves garbage: the norms' weights must be ones and the linear layers' the
     default init afterwards; a module with a buffer (not initialised by to_empty) is refused."""
     import torch
@@ -253,7 +253,7 @@ def test_materialise_initialises_on_the_device_and_refuses_what_it_cannot():
         materialise(bn, torch.device("cpu"), torch.float32)
 
 
-def test_kontext_predictions_match_the_committed_meta_device_counts():
+def test_kontext_predictions_match_the_committed_meta_device_counts(suite):
     """The suite's edit prediction is bench_kontext's count (its committed JSON: the 1024^2
     call's FLOPs, parameters and the VAE decoder's activation peak), and the step prediction
     is the memory plan's committed rows for the same setting (1024x576, rank 64)."""
@@ -325,3 +325,50 @@ def test_kontext_goals_report_each_case_under_its_own_name(suite):
     assert g["Kontext IDE-Net step peak memory over the memory plan's, 1024x576"]["value"] == 1.033
     ip = g["Kontext IPNet (high stage) step, 1024x576, one GPU, checkpointing (s)"]
     assert (ip["value"], ip["status"]) == (None, "not measured")
+
+
+@pytest.mark.slow
+def test_kontext_cases_run_at_real_shapes_on_the_meta_device(suite, monkeypatch):
+    """The three Kontext cases at FLUX.1 Kontext [dev]'s real size and bf16 on the meta device
+    (shapes, no storage, no arithmetic): the 1024^2 edit's and the 1024x576 steps' tensors,
+    the rank-64 adapters on the real widths, forward, backward and AdamW all go through, so a
+    shape that only the real configs produce cannot fail the first GPU run. About a minute on a
+    2-core machine and 1.5 GB of RAM (PEFT creates each adapter on the CPU, then moves it)."""
+    import torch
+
+    from gpu_cases import SuiteContext
+    from gpu_cases_kontext import (
+        kontext_edit_1024,
+        kontext_idenet_step_1024x576,
+        kontext_ipnet_step_1024x576,
+    )
+    from instantportrait.training.kontext_model import KontextModel
+
+    # what reads values: the student's copy of ide (no data on meta: skipped), and which rows
+    # invert (meta's nonzero() then takes every row: the inversion's shapes are checked too)
+    monkeypatch.setattr(KontextModel, "copy_adapter", lambda self, source, target: None)
+    import torch.fx.experimental._config as fx_config
+
+    monkeypatch.setattr(fx_config, "meta_nonzero_assume_all_nonzero", True)
+    add_adapter = KontextModel.add_adapter
+
+    def add_on_meta(self, name, trainable):
+        # PEFT leaves a second adapter on the CPU when the first one is on the meta device
+        # (it skips moving a layer's adapters once any is on meta); on a GPU both move
+        add_adapter(self, name, trainable)
+        self.transformer.to("meta")
+        return self.adapter_parameters(name)
+
+    monkeypatch.setattr(KontextModel, "add_adapter", add_on_meta)
+    ctx = SuiteContext(device=torch.device("meta"), dry=False, remaining=lambda: 600.0)
+    edit = kontext_edit_1024(ctx)
+    assert edit["resolution"] == [1024, 1024] and edit["dtype"] == "bfloat16"
+    assert edit["transformer_call_tflop"] == pytest.approx(165.458, abs=1e-3)
+    ide = kontext_idenet_step_1024x576(ctx)
+    assert ide["resolution"] == [1024, 576] and ide["lora_rank"] == 64
+    # the memory plan's 86.47 TFLOP a call at 1024x576 (LoRA included), 4 calls a step
+    assert ide["step_tflop"] == pytest.approx(4 * 86.47, abs=0.05)
+    ip = kontext_ipnet_step_1024x576(ctx)
+    assert ip["step_tflop"] == pytest.approx(5 * 86.47, abs=0.05)
+    assert set(ip["predicted_rows_gib"]) >= {"LoRA adapters x2 (fp32)"}
+    assert not any(k.startswith("kontext_") for k in ctx.cache)
