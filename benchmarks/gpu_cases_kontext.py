@@ -384,7 +384,11 @@ def ipnet_step(ctx: SuiteContext, km):
     return step
 
 
-def _step_case(ctx: SuiteContext, name: str, make_step, adapters: int, calls: float) -> dict:
+def _step_case(
+    ctx: SuiteContext, name: str, make_step, adapters: int, calls: float, stage: str
+) -> dict:
+    """Build the step, warm it up, time it and read its peak; ``calls``: the transformer-call
+    equivalents of one step, ``stage``: its row in the memory plan's GPU-hour projection."""
     import bench_training
     import kontext_memory_plan
     from gpu_cases import _reset_peak
@@ -400,8 +404,11 @@ def _step_case(ctx: SuiteContext, name: str, make_step, adapters: int, calls: fl
     total = sum(predicted.values())
     # a checkpointed step: forward 1, recompute 1, backward 2 (+ the IPNet teacher's call)
     meta = ctx.cache["kontext_meta_lora"]
-    flop = calls * kontext_memory_plan.flops(meta, lh * lw // 4, TEXT_TOKENS)
+    call_flop = kontext_memory_plan.flops(meta, lh * lw // 4, TEXT_TOKENS)
+    flop = calls * call_flop
     util = flop / step_s / (H100_DENSE_BF16_TFLOPS * 1e12)
+    # the plan's projection (Table 6's steps x batch) at this measured utilisation
+    hours = kontext_memory_plan.gpu_hours(call_flop / 1e12, H100_DENSE_BF16_TFLOPS, util)
     out = {
         "resolution": [lw * 8, lh * 8],
         "batch_size": 1,
@@ -415,6 +422,7 @@ def _step_case(ctx: SuiteContext, name: str, make_step, adapters: int, calls: fl
         "transformer_call_equivalents": calls,
         "step_tflop": round(flop / 1e12, 2),
         "utilisation_of_h100_dense_bf16": round(util, 4),
+        "projected_gpu_hours": {stage: round(hours[stage]["gpu_hours"], 1)},
         "peak_memory_gib": _gib(peak),
         "predicted_peak_gib_memory_plan": _gib(total),
         "predicted_rows_gib": {k: _gib(v) for k, v in predicted.items()},
@@ -435,7 +443,7 @@ def kontext_idenet_step_1024x576(ctx: SuiteContext) -> dict:
     checkpointing) at 1024x576, batch 1: step s, peak memory against kontext_memory_plan's
     single-device rows for the same setting, and the step's utilisation of the H100's bf16
     peak (the GPU-hour projection in docs/training.md assumes 40%)."""
-    out = _step_case(ctx, "Kontext IDE-Net step", idenet_step, adapters=1, calls=4.0)
+    out = _step_case(ctx, "Kontext IDE-Net step", idenet_step, 1, 4.0, "idenet")
     ctx.free()
     return out
 
@@ -446,7 +454,7 @@ def kontext_ipnet_step_1024x576(ctx: SuiteContext) -> dict:
     AdamW on ``student``; step s and peak memory against the plan's rows. The last Kontext
     case: the transformer leaves the cache here."""
     try:
-        return _step_case(ctx, "Kontext IPNet step", ipnet_step, adapters=2, calls=5.0)
+        return _step_case(ctx, "Kontext IPNet step", ipnet_step, 2, 5.0, "ipnet high")
     finally:
         for key in [k for k in ctx.cache if k.startswith("kontext_")]:
             ctx.cache.pop(key, None)

@@ -67,6 +67,13 @@ def test_dry_run_measures_every_case(tmp_path, suite):
         step = kontext[name]
         assert step["step_s"] > 0 and step["predicted_peak_gib_memory_plan"] > 0, name
         assert step["gradient_checkpointing"] and step["first_loss"] == step["first_loss"]
+    # the GPU-hour projection at the measured speed: Table 6's samples x seconds a sample
+    hours = kontext["kontext_idenet_step_1024x576"]["projected_gpu_hours"]
+    step_s = kontext["kontext_idenet_step_1024x576"]["step_s"]
+    assert hours["idenet"] == pytest.approx(40000 * 256 * step_s / 3600, rel=1e-2)
+    hours = kontext["kontext_ipnet_step_1024x576"]["projected_gpu_hours"]
+    step_s = kontext["kontext_ipnet_step_1024x576"]["step_s"]
+    assert hours["ipnet high"] == pytest.approx(25000 * 256 * step_s / 3600, rel=1e-2)
 
 
 def test_hard_stop_keeps_what_finished(tmp_path):
