@@ -5,7 +5,7 @@ one IPNet LoRA training step at 1024x576 on one GPU (issues #28 and #29 ask for 
 The networks are FLUX.1 Kontext [dev]'s transformer (11.9B parameters) and FLUX's VAE, built
 from their published configs with random weights (speed does not depend on weight values):
 on the meta device first (shapes only), then given storage on the GPU directly in bf16 with
-``to_empty`` and initialised there by each module's own ``reset_parameters`` (a second on a
+``to_empty`` and initialised there by each module's own ``reset_parameters`` (seconds on a
 GPU; never a 12B initialisation on the CPU, never a float32 copy). The three cases share the
 transformer (``ctx.cache``): the edit runs it bare, the IDE-Net step adds the LoRA ``ide``, the
 IPNet step the LoRA ``student`` beside it, as the trainers do on one base.
