@@ -2,12 +2,13 @@
 
 GPU time here is rare and short, so the run is prepared in advance, checked on CPU, and cut
 cleanly: cases run most important first (``gpu_cases.CASES``: the one-step edit, the guided
-modes, FastFace, FPGA, training steps), each section has its share of the budget and passes
-what it leaves to the next, a case is not started without the time it needs, and a watchdog
-stops the run at the budget (default 480 s) keeping every finished case. After each case
-the JSON and a markdown table are rewritten (atomically), so even a killed run leaves what
-finished. All models are the real-size architectures built from config with random weights
-(speed does not depend on weight values).
+modes, FastFace, FPGA, training steps, then FLUX.1 Kontext's edit and training steps), each
+section has its share of the budget and passes what it leaves to the next, a case is not
+started without the time it needs, and a watchdog stops the run at the budget (default
+480 s) keeping every finished case. After each case the JSON and a markdown table are
+rewritten (atomically), so even a killed run leaves what finished. All models are the
+real-size architectures built from config with random weights (speed does not depend on
+weight values).
 
     python benchmarks/gpu_suite.py                 # on the GPU: writes results/gpu_<card>.json
     python benchmarks/gpu_suite.py --dry-run       # on CPU: every case, tiny, one iteration
@@ -292,6 +293,81 @@ def goals(doc: dict[str, Any]) -> list[dict[str, Any]]:
             v is not None and v <= 24,
         )  # fmt: skip
     )
+    out += kontext_goals(doc)
+    return out
+
+
+def kontext_goals(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Kontext figures issues #28 and #29 ask for once a device is lent: the one-step
+    1024x1024 edit's time and peak memory, and one-GPU step time and peak memory of each
+    trainer with gradient checkpointing. No threshold is stated for them: each is reported,
+    with its peak over the meta-device count (bench_kontext) or the memory plan."""
+    out = []
+    e = _result(doc, "kontext_edit_1024")
+    where = (
+        ""
+        if e is None
+        else (
+            f"{e['images_per_s']:g} images/s, transformer {e['transformer_tflops_per_s']:g} "
+            f"TFLOP/s, peak {e['peak_memory_gib']} GiB; prompt embeddings given, T5/CLIP not run"
+        )
+    )
+    out.append(
+        _goal(
+            "Kontext one-step edit, 1024x1024, bf16 (s per edit)",
+            "report",
+            None if e is None else e["edit_s"],
+            True,
+            where,
+        )
+    )
+    out.append(
+        _goal(
+            "Kontext edit peak memory over bench_kontext's meta-device count, 1024x1024",
+            "report",
+            None if e is None else e["peak_over_predicted"],
+            True,
+            ""
+            if e is None
+            else (
+                f"{e['peak_memory_gib']} GiB measured, "
+                f"{e['predicted_peak_gib_bench_kontext']} GiB counted"
+            ),
+        )
+    )
+    for name, what in (
+        ("kontext_idenet_step_1024x576", "IDE-Net"),
+        ("kontext_ipnet_step_1024x576", "IPNet (high stage)"),
+    ):
+        r = _result(doc, name)
+        out.append(
+            _goal(
+                f"Kontext {what} step, 1024x576, one GPU, checkpointing (s)",
+                "report",
+                None if r is None else r["step_s"],
+                True,
+                ""
+                if r is None
+                else (
+                    f"{r['utilisation_of_h100_dense_bf16']:.1%} of 989 TFLOP/s, "
+                    f"peak {r['peak_memory_gib']} GiB"
+                ),
+            )
+        )
+        out.append(
+            _goal(
+                f"Kontext {what} step peak memory over the memory plan's, 1024x576",
+                "report",
+                None if r is None else r["peak_over_predicted"],
+                True,
+                ""
+                if r is None
+                else (
+                    f"{r['peak_memory_gib']} GiB measured, "
+                    f"{r['predicted_peak_gib_memory_plan']} GiB planned"
+                ),
+            )
+        )
     return out
 
 

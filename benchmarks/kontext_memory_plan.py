@@ -59,7 +59,9 @@ def saved_bytes(fn, module, skip_square: int | None = None) -> int:
     return total
 
 
-def meta_transformer(rank: int):
+def meta_transformer(rank: int, config: dict | None = None):
+    """The transformer (FLUX.1 Kontext [dev]'s ``config`` by default) with one LoRA ``ide`` of
+    ``rank`` on the trainers' targets, on the meta device: base bf16, adapter fp32."""
     from accelerate import init_empty_weights
     from diffusers import FluxTransformer2DModel
     from peft import LoraConfig
@@ -68,7 +70,7 @@ def meta_transformer(rank: int):
     from instantportrait.training.kontext_model import LORA_TARGETS
 
     with init_empty_weights():
-        t = FluxTransformer2DModel(**KONTEXT_TRANSFORMER_CONFIG).to(torch.bfloat16)
+        t = FluxTransformer2DModel(**(config or KONTEXT_TRANSFORMER_CONFIG)).to(torch.bfloat16)
         cfg = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS)
         t.add_adapter(cfg, adapter_name="ide")
     for n, p in t.named_parameters():  # adapters are fp32 in training
@@ -84,13 +86,15 @@ def count(module, lora: bool | None = None) -> int:
 
 
 def transformer_inputs(t, img_tokens: int, txt: int, batch: int, grad: bool):
-    dev, dt = "meta", torch.bfloat16
+    dev, dt, c = "meta", torch.bfloat16, t.config
     return {
-        "hidden_states": torch.empty(batch, 2 * img_tokens, 64, device=dev, dtype=dt),
+        "hidden_states": torch.empty(batch, 2 * img_tokens, c.in_channels, device=dev, dtype=dt),
         "timestep": torch.ones(batch, device=dev, dtype=dt),
         "guidance": torch.ones(batch, device=dev),
-        "pooled_projections": torch.empty(batch, 768, device=dev, dtype=dt),
-        "encoder_hidden_states": torch.empty(batch, txt, 4096, device=dev, dtype=dt),
+        "pooled_projections": torch.empty(batch, c.pooled_projection_dim, device=dev, dtype=dt),
+        "encoder_hidden_states": torch.empty(
+            batch, txt, c.joint_attention_dim, device=dev, dtype=dt
+        ),
         "txt_ids": torch.zeros(txt, 3, device=dev),
         "img_ids": torch.zeros(2 * img_tokens, 3, device=dev),
         "return_dict": False,
@@ -107,9 +111,8 @@ def flops(t, img_tokens: int, txt: int) -> float:
 
 def block_saved_bytes(t, img_tokens: int, txt: int, batch: int) -> dict[str, int]:
     """Saved tensors of one double and one single block (LoRA trainable), bf16 activations."""
-    dev, dt, d = "meta", torch.bfloat16, 3072
-    seq = 2 * img_tokens
-    head = 128
+    dev, dt = "meta", torch.bfloat16
+    seq, head, d = 2 * img_tokens, t.config.attention_head_dim, _width(t)
     rope = (
         torch.empty(seq + txt, head, device=dev, dtype=torch.float32),
         torch.empty(seq + txt, head, device=dev, dtype=torch.float32),
@@ -134,6 +137,37 @@ def block_saved_bytes(t, img_tokens: int, txt: int, batch: int) -> dict[str, int
         seq + txt,
     )
     return {"double": b_double, "single": b_single}
+
+
+def _width(t) -> int:
+    return t.config.num_attention_heads * t.config.attention_head_dim
+
+
+def checkpoint_kept_bytes(t, img_tokens: int, txt: int, batch: int) -> int:
+    """With gradient checkpointing each block keeps only its inputs for the backward (double
+    blocks: the image and text streams; single blocks: the joint sequence), bf16."""
+    seq = 2 * img_tokens
+    blocks = len(t.transformer_blocks) + len(t.single_transformer_blocks)
+    return blocks * (seq + txt) * _width(t) * batch * BF16
+
+
+def step_prediction(t, img_tokens: int, txt: int, batch: int, adapters: int) -> dict[str, int]:
+    """Bytes on one device of a LoRA training step of the transformer alone (the plan's rows
+    for that setting): the frozen bf16 base, ``adapters`` fp32 LoRAs of the size of ``t``'s
+    one, the trained adapter's gradients and AdamW moments, and the checkpointed activations.
+    Text encoders, VAE, EMA and decoding are left out: the GPU suite's Kontext step cases
+    hold none of them, and compare their measured peak with this sum."""
+    base, lora = count(t, lora=False), count(t, lora=True)
+    blocks = block_saved_bytes(t, img_tokens, txt, batch)
+    return {
+        "frozen base transformer (bf16)": base * BF16,
+        f"LoRA adapters x{adapters} (fp32)": adapters * lora * FP32,
+        "trained adapter's gradients + AdamW states (fp32)": lora * 3 * FP32,
+        "activations: block inputs kept by checkpointing (bf16)": checkpoint_kept_bytes(
+            t, img_tokens, txt, batch
+        ),
+        "activations: one block recomputed in backward": max(blocks.values()),
+    }
 
 
 def vae_decode_saved_bytes(width: int, height: int, batch: int) -> int:
@@ -170,10 +204,7 @@ def plan(width: int, height: int, devices: int, batch: int, rank: int, txt: int)
     others = text_and_vae_params()
     blocks = block_saved_bytes(t, img_tokens, txt, batch)
     n_double, n_single = len(t.transformer_blocks), len(t.single_transformer_blocks)
-    d = 3072
-    seq = 2 * img_tokens
-    # checkpointed: each block keeps its inputs (double: image + text streams; single: joint)
-    kept = (n_double * (seq + txt) + n_single * (seq + txt)) * d * batch * BF16
+    kept = checkpoint_kept_bytes(t, img_tokens, txt, batch)
     peak_block = max(blocks.values())
     block_params = max(
         count(t.transformer_blocks[0], lora=False), count(t.single_transformer_blocks[0], False)

@@ -141,3 +141,25 @@ def test_tiny_bundle_is_a_kontext_folder_diffusers_loads(tmp_path):
     pipe = KontextEditPipeline.from_pretrained(folder)
     assert pipe.transformer.config.guidance_embeds and pipe.transformer.config.in_channels == 64
     assert pipe.tokenizer_2("a cat").input_ids[-1] == pipe.tokenizer_2.eos_token_id == 1
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_denoising_hands_the_model_its_timestep_on_the_models_device(parts, steps):
+    """The scheduler keeps its timesteps on the CPU; a model on another device (CUDA in use,
+    the meta device here, which refuses mixed devices the same way) must get the timestep on
+    its own device, or the time embedding's linear layer fails on the first GPU edit."""
+    import copy
+
+    from instantportrait.backbones.flux_kontext import KontextCondition
+    from instantportrait.pipelines.kontext_edit import KontextEditPipeline
+
+    pipe = KontextEditPipeline(**{**parts, "transformer": copy.deepcopy(parts["transformer"])})
+    pipe.set_progress_bar_config(disable=True)
+    pipe.transformer.to("meta")
+    m = {"device": "meta"}
+    cond = KontextCondition(
+        torch.zeros(1, 4, 32, **m), torch.zeros(1, 32, **m), torch.zeros(4, 3, **m)
+    )
+    x, image_latents = torch.zeros(1, 16, 4, 4, **m), torch.zeros(1, 16, 4, 4, **m)
+    out = pipe._denoise(x, cond, image_latents, steps, None)
+    assert out.device.type == "meta" and out.shape == x.shape

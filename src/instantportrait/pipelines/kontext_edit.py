@@ -259,7 +259,9 @@ class KontextEditPipeline(DiffusionPipeline, FluxLoraLoaderMixin):
         self._num_timesteps = len(timesteps)
         self.scheduler.set_begin_index(0)
         for i, t in enumerate(self.progress_bar(timesteps)):
-            sigma = (t / 1000).to(x.dtype).reshape(1)
+            # the scheduler's timesteps live on the CPU: the transformer's time embedding
+            # needs its input on the model's device
+            sigma = (t / 1000).to(x.device, x.dtype).reshape(1)
             v = self.backbone.predict(x, sigma, cond, image_latents, self._guidance_scale)
             if steps == 1:  # the one-step student: x0_hat at sigma = 1
                 x = self.backbone.x0(x, sigmas[0].to(x.device), v)
