@@ -253,22 +253,15 @@ def _measure_edit(ctx: SuiteContext) -> dict:
 def kontext_model(ctx: SuiteContext):
     """The section's transformer inside a :class:`KontextModel`, so the steps add, switch and
     train adapters with the trainers' own code (``lora_config``, ``add_adapter``,
-    ``set_trainable``, ``adapter``, ``copy_adapter``). KontextModel's constructor loads a
-    pipeline folder; a 12B folder is not on the device machine and writing one would take
-    minutes, so the object gets the attributes its constructor sets, built here (no VAE, no
-    text encoders: see the module's doc)."""
-    from instantportrait.backbones.flux_kontext import FluxKontextBackbone
+    ``set_trainable``, ``adapter``, ``copy_adapter``). Built from components: a 12B pipeline
+    folder is not on the device machine (no VAE, no text encoders: see the module's doc)."""
     from instantportrait.training.kontext_model import KontextModel
 
     km = ctx.cache.get("kontext_model")
     if km is None:
         transformer = _transformer(ctx)
-        km = KontextModel.__new__(KontextModel)
-        km.pretrained, km.rank = "", _configs(ctx)[2]
-        km.device, km.dtype = ctx.device, _dtype(ctx)
-        km.transformer, km.scheduler = transformer, None
-        km.components = {"transformer": transformer}
-        km.backbone = FluxKontextBackbone(transformer, None, None, None, None, None)
+        parts = {"transformer": transformer, "scheduler": None}
+        km = KontextModel(parts, ctx.device, _configs(ctx)[2], dtype=_dtype(ctx))
         transformer.enable_gradient_checkpointing()
         ctx.cache["kontext_model"] = km
     return km

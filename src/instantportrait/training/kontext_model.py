@@ -121,17 +121,64 @@ class KontextModel:
     """The Kontext components with one frozen base transformer and named LoRA adapters.
 
     Args:
-        pretrained: a ``FluxKontextPipeline`` folder (``init-tiny --kind kontext`` for tests).
+        components: a ``FluxKontextPipeline``'s components (``transformer`` and ``scheduler``
+            at least; the VAE and text encoders may be ``None`` where a caller brings its own
+            latents and prompt embeddings, as the GPU suite does).
         device: where the networks run.
         rank: the LoRA rank (alpha = rank, so the update's scale is 1).
+        pretrained: the folder the components came from; the export reads the base from it.
         shard: the transformer will be sharded by FSDP2: it stays on the CPU here and
             ``fully_shard`` moves each process's shard to its device (never the whole 12B
             base on one GPU).
+        dtype: the frozen networks' dtype (the VAE stays fp32); default bf16 on a GPU and
+            fp32 elsewhere.
+
+    :meth:`from_pretrained` builds it from a pipeline folder (what the trainers do).
     """
 
     def __init__(
-        self, pretrained: str, device: torch.device, rank: int = 64, shard: bool = False
+        self,
+        components: dict[str, Any],
+        device: torch.device,
+        rank: int = 64,
+        pretrained: str | None = None,
+        shard: bool = False,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        self.pretrained, self.rank, self.device = pretrained, int(rank), device
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.dtype = dtype
+        skip = ("image_encoder", "feature_extractor")
+        self.components = {k: v for k, v in components.items() if k not in skip}
+        for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
+            module = self.components.get(name)
+            if module is None:
+                continue
+            dtype = torch.float32 if name == "vae" else self.dtype
+            module.requires_grad_(False).eval()
+            if not (shard and name == "transformer"):
+                module.to(device)
+            if module.dtype != dtype:
+                module.to(dtype)
+        self.transformer = self.components["transformer"]
+        self.scheduler = self.components["scheduler"]
+        c = self.components
+        self.backbone = FluxKontextBackbone(
+            self.transformer,
+            c.get("vae"),
+            c.get("text_encoder"),
+            c.get("tokenizer"),
+            c.get("text_encoder_2"),
+            c.get("tokenizer_2"),
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained: str, device: torch.device, rank: int = 64, shard: bool = False
+    ) -> KontextModel:
+        """The components of the ``FluxKontextPipeline`` folder ``pretrained``
+        (``init-tiny --kind kontext`` for tests); a missing folder is one line."""
         from diffusers import FluxKontextPipeline
 
         from ..errors import InputError
@@ -144,29 +191,7 @@ class KontextModel:
             )
         with tiny_hint("model.pretrained"):
             pipe = FluxKontextPipeline.from_pretrained(pretrained)
-        self.pretrained, self.rank, self.device = str(pretrained), int(rank), device
-        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        skip = ("image_encoder", "feature_extractor")
-        self.components = {k: v for k, v in pipe.components.items() if k not in skip}
-        for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
-            module = self.components[name]
-            dtype = torch.float32 if name == "vae" else self.dtype
-            module.requires_grad_(False).eval()
-            if not (shard and name == "transformer"):
-                module.to(device)
-            if module.dtype != dtype:
-                module.to(dtype)
-        self.transformer = self.components["transformer"]
-        self.scheduler = self.components["scheduler"]
-        c = self.components
-        self.backbone = FluxKontextBackbone(
-            self.transformer,
-            c["vae"],
-            c["text_encoder"],
-            c["tokenizer"],
-            c["text_encoder_2"],
-            c["tokenizer_2"],
-        )
+        return cls(pipe.components, device, rank, pretrained=str(pretrained), shard=shard)
 
     # ---- adapters ---------------------------------------------------------------------
     def lora_config(self):
@@ -273,6 +298,8 @@ class KontextModel:
         from ..devices import diffusers_dtype
         from ..pipelines.kontext_edit import KontextEditPipeline
 
+        if self.pretrained is None:
+            raise ValueError("a fused export reads the base from its folder: none was given")
         fused = FluxTransformer2DModel.from_pretrained(
             self.pretrained, subfolder="transformer", **diffusers_dtype(self.dtype)
         )

@@ -40,7 +40,7 @@ class KontextTrainerMixin:
         acc = self.accelerator
         check_fsdp_version(acc, "model.backbone=kontext")
         shard = acc.distributed_type == DistributedType.FSDP
-        m = KontextModel(pretrained, self.device, rank, shard=shard)
+        m = KontextModel.from_pretrained(pretrained, self.device, rank, shard=shard)
         self.kmodel, self.backbone = m, m.backbone
         self.vae, self.scheduler = m.components["vae"], m.scheduler
         return m
