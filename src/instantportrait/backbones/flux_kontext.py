@@ -14,22 +14,9 @@ from typing import Any
 
 import torch
 
-from ..parameterization import flow_eps, flow_x0
+from .flow_backbone import RectifiedFlowBackbone, flux_shift_mu
 
 __all__ = ["FluxKontextBackbone", "KontextCondition", "flux_shift_mu"]
-
-
-def flux_shift_mu(
-    image_seq_len: int,
-    base_seq_len: int = 256,
-    max_seq_len: int = 4096,
-    base_shift: float = 0.5,
-    max_shift: float = 1.15,
-) -> float:
-    """FLUX's resolution-dependent timestep shift ``mu``, linear in the number of image tokens
-    (Esser et al. 2024 (SD3) §5.3.2, as FLUX's scheduler config sets it)."""
-    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
-    return image_seq_len * m + (base_shift - m * base_seq_len)
 
 
 @dataclass
@@ -41,7 +28,7 @@ class KontextCondition:
     text_ids: torch.Tensor
 
 
-class FluxKontextBackbone:
+class FluxKontextBackbone(RectifiedFlowBackbone):
     """The edit-backbone interface over FLUX.1 Kontext's components (see
     :mod:`instantportrait.backbones`): ``encode_prompt``, ``encode_image``, ``predict``,
     ``decode``, ``parameterisation`` and ``trainable_modules``.
@@ -177,22 +164,3 @@ class FluxKontextBackbone:
             return_dict=False,
         )[0]
         return self.unpack(out[:, : tokens.shape[1]], h, w)
-
-    @staticmethod
-    def x0(x_sigma: torch.Tensor, sigma: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``x0_hat = x_sigma - sigma v_hat``."""
-        return flow_x0(x_sigma, _b(sigma, x_sigma), v)
-
-    @staticmethod
-    def eps(x_sigma: torch.Tensor, sigma: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``eps_hat = x_sigma + (1 - sigma) v_hat``."""
-        return flow_eps(x_sigma, _b(sigma, x_sigma), v)
-
-    def trainable_modules(self) -> dict[str, torch.nn.Module]:
-        """What a trainer may adapt (LoRA on the transformer; encoders and VAE stay frozen)."""
-        return {"transformer": self.transformer}
-
-
-def _b(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    s = torch.as_tensor(sigma, device=like.device, dtype=like.dtype).reshape(-1)
-    return s.reshape(-1, *([1] * (like.ndim - 1)))

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from ..parameterization import flow_eps, flow_x0
-from .flux_kontext import FluxKontextBackbone, _b
+from .flow_backbone import RectifiedFlowBackbone
+from .flux_kontext import FluxKontextBackbone
 
 __all__ = ["PROMPT_TEMPLATE", "QwenEditBackbone", "QwenEditCondition", "true_cfg"]
 
@@ -73,7 +73,7 @@ class QwenEditCondition:
         )
 
 
-class QwenEditBackbone:
+class QwenEditBackbone(RectifiedFlowBackbone):
     """The edit-backbone interface over Qwen-Image-Edit's components (see
     :mod:`instantportrait.backbones`): ``encode_prompt``, ``encode_image``, ``predict``,
     ``x0``/``eps``, ``decode``, ``parameterisation`` and ``trainable_modules``.
@@ -207,17 +207,3 @@ class QwenEditBackbone:
             v_neg = self._velocity(hidden, t, cond.negative, img_shapes)[:, :n]
             v = true_cfg(v, v_neg, float(guidance))
         return FluxKontextBackbone.unpack(v, h, w)
-
-    @staticmethod
-    def x0(x_sigma: torch.Tensor, sigma: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``x0_hat = x_sigma - sigma v_hat``."""
-        return flow_x0(x_sigma, _b(sigma, x_sigma), v)
-
-    @staticmethod
-    def eps(x_sigma: torch.Tensor, sigma: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``eps_hat = x_sigma + (1 - sigma) v_hat``."""
-        return flow_eps(x_sigma, _b(sigma, x_sigma), v)
-
-    def trainable_modules(self) -> dict[str, torch.nn.Module]:
-        """What a trainer may adapt (LoRA on the transformer; encoders and VAE stay frozen)."""
-        return {"transformer": self.transformer}

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
@@ -31,9 +30,10 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import FluxLoraLoaderMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..backbones.flux_kontext import FluxKontextBackbone, flux_shift_mu
+from ..backbones.flux_kontext import FluxKontextBackbone
 from ..errors import InputError
-from ..io import ResolutionPolicy, load_image
+from ..io import load_image
+from .dit_edit import DiTEditMixin
 
 __all__ = ["KontextEditPipeline", "KontextEditOutput"]
 
@@ -51,7 +51,7 @@ TEACHER_STEPS = 28
 DEFAULT_GUIDANCE = 2.5
 
 
-class KontextEditPipeline(DiffusionPipeline, FluxLoraLoaderMixin):
+class KontextEditPipeline(DiTEditMixin, DiffusionPipeline, FluxLoraLoaderMixin):
     """Instruction editing with FLUX.1 Kontext's components (diffusers' names).
 
     ``recommended_steps`` (stored in ``model_index.json``): the steps run when none are given,
@@ -99,53 +99,6 @@ class KontextEditPipeline(DiffusionPipeline, FluxLoraLoaderMixin):
         )
         self._num_timesteps = 0
         self._guidance_scale = float(default_guidance_scale)
-
-    @property
-    def recommended_steps(self) -> int:
-        """Steps used when ``num_inference_steps`` is not given (1 = the one-step student)."""
-        return int(self.config.recommended_steps)
-
-    @property
-    def default_guidance_scale(self) -> float:
-        """The distilled guidance used when ``guidance_scale`` is not given."""
-        return float(self.config.default_guidance_scale)
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
-    @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    def _size(
-        self,
-        image: PIL.Image.Image,
-        height: int | None,
-        width: int | None,
-        resolution: int | None = None,
-    ) -> tuple:
-        multiple = self.backbone.vae_scale_factor * 2
-        w, h = image.size
-        if resolution is not None and height is None and width is None:
-            w, h = ResolutionPolicy(long_side=resolution, multiple=multiple).target_size(w, h)
-        height, width = height or h, width or w
-        if height < multiple or width < multiple:
-            raise InputError(f"image size {width}x{height}: at least {multiple} px a side")
-        return height // multiple * multiple, width // multiple * multiple
-
-    def sigmas(self, steps: int, image_seq_len: int) -> torch.Tensor:
-        """The teacher's noise levels for ``steps`` steps (descending, the final 0 included)."""
-        cfg = self.scheduler.config
-        mu = flux_shift_mu(
-            image_seq_len,
-            cfg.get("base_image_seq_len", 256),
-            cfg.get("max_image_seq_len", 4096),
-            cfg.get("base_shift", 0.5),
-            cfg.get("max_shift", 1.15),
-        )
-        self.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
-        return self.scheduler.sigmas
 
     @torch.no_grad()
     def __call__(

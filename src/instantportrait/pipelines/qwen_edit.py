@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
@@ -39,10 +38,10 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import QwenImageLoraLoaderMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..backbones.flux_kontext import flux_shift_mu
 from ..backbones.qwen_edit import QwenEditBackbone
 from ..errors import InputError
-from ..io import ResolutionPolicy, load_image
+from ..io import load_image
+from .dit_edit import DiTEditMixin
 from .kontext_edit import KontextEditOutput
 
 __all__ = ["QwenEditPipeline", "TEACHER_STEPS", "DEFAULT_TRUE_CFG", "DEFAULT_NEGATIVE_PROMPT"]
@@ -53,7 +52,7 @@ DEFAULT_TRUE_CFG = 4.0
 DEFAULT_NEGATIVE_PROMPT = " "
 
 
-class QwenEditPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
+class QwenEditPipeline(DiTEditMixin, DiffusionPipeline, QwenImageLoraLoaderMixin):
     """Instruction editing with Qwen-Image-Edit's components (diffusers' names).
 
     ``recommended_steps``, ``default_guidance_scale`` and ``default_negative_prompt`` (stored in
@@ -111,49 +110,6 @@ class QwenEditPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
                 str(folder / "processor")
             )
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-
-    @property
-    def recommended_steps(self) -> int:
-        """Steps used when ``num_inference_steps`` is not given (1 = the one-step student)."""
-        return int(self.config.recommended_steps)
-
-    @property
-    def default_guidance_scale(self) -> float:
-        """The true-CFG scale used when ``guidance_scale`` is not given (1 = no CFG)."""
-        return float(self.config.default_guidance_scale)
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
-    @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    def _size(self, image, height, width, resolution=None) -> tuple:
-        multiple = self.backbone.vae_scale_factor * 2
-        w, h = image.size
-        if resolution is not None and height is None and width is None:
-            w, h = ResolutionPolicy(long_side=resolution, multiple=multiple).target_size(w, h)
-        height, width = height or h, width or w
-        if height < multiple or width < multiple:
-            raise InputError(f"image size {width}x{height}: at least {multiple} px a side")
-        return height // multiple * multiple, width // multiple * multiple
-
-    def sigmas(self, steps: int, image_seq_len: int) -> torch.Tensor:
-        """The teacher's noise levels for ``steps`` (>= 2) steps, descending, the final 0
-        included: the scheduler's shift at ``mu`` (linear in the token count) and its
-        terminal stretch."""
-        cfg = self.scheduler.config
-        mu = flux_shift_mu(
-            image_seq_len,
-            cfg.get("base_image_seq_len", 256),
-            cfg.get("max_image_seq_len", 4096),
-            cfg.get("base_shift", 0.5),
-            cfg.get("max_shift", 1.15),
-        )
-        self.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
-        return self.scheduler.sigmas
 
     @torch.no_grad()
     def __call__(

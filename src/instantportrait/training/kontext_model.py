@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from ..backbones.flux_kontext import FluxKontextBackbone, flux_shift_mu
+from ..backbones.flow_backbone import scheduler_shift_mu
+from ..backbones.flux_kontext import FluxKontextBackbone
 from .sharding import full_tensors
 
 __all__ = [
@@ -67,13 +68,7 @@ def flux_training_sigmas(
     u = torch.sigmoid(torch.randn(batch, generator=generator))
     cfg = scheduler_config
     if cfg.get("use_dynamic_shifting", False):
-        mu = flux_shift_mu(
-            image_seq_len,
-            cfg.get("base_image_seq_len", 256),
-            cfg.get("max_image_seq_len", 4096),
-            cfg.get("base_shift", 0.5),
-            cfg.get("max_shift", 1.15),
-        )
+        mu = scheduler_shift_mu(image_seq_len, cfg)
         shift = math.exp(mu)
     else:
         shift = float(cfg.get("shift", 1.0))
