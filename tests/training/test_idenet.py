@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
+from launching import launch
 from torch import nn
 
 from instantportrait.cli import main
@@ -348,43 +346,22 @@ def test_training_stops_with_a_line_naming_a_corrupt_row(pair_dir, tmp_path, cap
 @pytest.mark.slow  # test_run_policy.py's 2-process resume test is the unmarked representative
 @pytest.mark.multiprocess
 def test_two_processes_under_accelerate_launch(pair_dir, tmp_path):
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "ACCELERATE_USE_CPU": "1",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",  # + ACCELERATE_USE_CPU: 2 CPU processes on gloo (--cpu runs one)
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "instantportrait",
-        *TRAIN,
-        "--set",
-        f"data.path={pair_dir}",
-        "--set",
-        "loss.lambda_aid=0",
-        "--set",
-        "training.batch_size=1",
-        "--set",
-        "training.validate_every=0",
-        "--set",
-        f"training.output_dir={tmp_path / 'ddp'}",
-        "--set",
-        "training.max_steps=3",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    launch(
+        [
+            *TRAIN,
+            "--set",
+            f"data.path={pair_dir}",
+            "--set",
+            "loss.lambda_aid=0",
+            "--set",
+            "training.batch_size=1",
+            "--set",
+            "training.validate_every=0",
+            "--set",
+            f"training.output_dir={tmp_path / 'ddp'}",
+            "--set",
+            "training.max_steps=3",
+        ]
+    )
     assert [r["step"] for r in read_metrics(tmp_path / "ddp") if "loss" in r] == [1, 2, 3]
     assert (tmp_path / "ddp" / "final" / "model_index.json").is_file()

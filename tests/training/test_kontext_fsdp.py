@@ -8,15 +8,13 @@ the losses and the trained adapter must agree to float rounding."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from launching import launch
 from safetensors.torch import load_file
 
 from instantportrait.training.logger import read_metrics
@@ -122,27 +120,7 @@ RUN = _sets(
 
 
 def _launch(config: Path, fsdp: bool, args: list) -> None:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "ACCELERATE_USE_CPU": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-    }
-    target = [str(ENTRY)] if fsdp else ["-m", "instantportrait"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(config),
-        *target,
-        "train",
-        *[str(a) for a in args],
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch(["train", *args], config=config, entry=ENTRY if fsdp else None)
 
 
 def _idenet(base, data, out) -> list:

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from launching import launch
 from PIL import Image
 from test_idenet import SmallEmbedder
 
@@ -577,34 +578,6 @@ def test_export_holds_the_ema_weights_not_the_live_ones(kontext_dir, pair_dir, t
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_train_both_kontext_stages(kontext_dir, pair_dir, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "ACCELERATE_USE_CPU": "1",
-    }
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",  # + ACCELERATE_USE_CPU: 2 CPU processes on gloo
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "instantportrait",
-        "train",
-    ]
     small = [*COMMON, *_settings(training__batch_size=1, training__max_steps=2)]
     ide = [
         "idenet",
@@ -636,8 +609,6 @@ def test_two_processes_train_both_kontext_stages(kontext_dir, pair_dir, tmp_path
         ),
     ]
     for args in (ide, ip):
-        cmd = [*launch, *[str(a) for a in args]]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        launch(["train", *args])
     assert [r["step"] for r in read_metrics(tmp_path / "ip")] == [1, 2]
     assert (tmp_path / "ip" / "final" / "student_lora.safetensors").is_file()

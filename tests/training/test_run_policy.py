@@ -3,11 +3,8 @@ hint, the face-coverage warning, and resume under a 2-process ``accelerate launc
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
+from launching import launch
 
 from instantportrait.cli import main
 from instantportrait.training.logger import read_metrics
@@ -229,29 +226,6 @@ def test_identity_term_without_faces_warns_once(pair_dir_no_landmarks, tmp_path)
     assert len([w for w in seen if "face fraction" in str(w.message)]) == 1
 
 
-def launch(args, env):
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",  # + ACCELERATE_USE_CPU: 2 CPU processes on gloo (--cpu runs one)
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "instantportrait",
-        *[str(a) for a in args],
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc
-
-
 def ddp_args(pair_dir, run, steps):
     return [
         *TINY_IDENET,
@@ -270,24 +244,15 @@ def ddp_args(pair_dir, run, steps):
     ]
 
 
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "OMP_NUM_THREADS": "1",
-    "CUDA_VISIBLE_DEVICES": "",
-    "ACCELERATE_USE_CPU": "1",
-}
-
-
 @pytest.mark.multiprocess
 def test_resume_under_two_processes(pair_dir, tmp_path):
     run = tmp_path / "ddp"
-    launch(ddp_args(pair_dir, run, 2), ENV)
+    launch(ddp_args(pair_dir, run, 2))
     ckpt = run / "checkpoints" / "step-000002"
     assert {"model.safetensors", "random_states_0.pkl", "random_states_1.pkl"} <= {
         p.name for p in ckpt.iterdir()
     }
-    proc = launch([*ddp_args(pair_dir, run, 3), "--resume", "latest"], ENV)
+    proc = launch([*ddp_args(pair_dir, run, 3), "--resume", "latest"])
     assert "resumed from" in proc.stdout
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
     assert (run / "final" / "model_index.json").is_file()
@@ -297,9 +262,9 @@ def test_resume_under_two_processes(pair_dir, tmp_path):
 @pytest.mark.multiprocess
 def test_resume_under_two_processes_is_exact(pair_dir, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    launch(ddp_args(pair_dir, one, 4), ENV)
-    launch(ddp_args(pair_dir, two, 2), ENV)
-    launch([*ddp_args(pair_dir, two, 4), "--resume", "latest"], ENV)
+    launch(ddp_args(pair_dir, one, 4))
+    launch(ddp_args(pair_dir, two, 2))
+    launch([*ddp_args(pair_dir, two, 4), "--resume", "latest"])
     a, b = read_metrics(one), read_metrics(two)
     assert [r["step"] for r in a] == [1, 2, 3, 4] == [r["step"] for r in b]
     for ra, rb in zip(a, b):
