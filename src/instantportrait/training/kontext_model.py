@@ -102,6 +102,12 @@ def fuse_lora_(
     return merged
 
 
+def training_dtype(device: torch.device) -> torch.dtype:
+    """The frozen networks' dtype on ``device``: bf16 on a GPU, fp32 elsewhere (bf16 matmuls
+    run far slower than fp32 on most CPUs)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def read_export_metadata(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / METADATA
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -141,21 +147,20 @@ class KontextModel:
         dtype: torch.dtype | None = None,
     ) -> None:
         self.pretrained, self.rank, self.device = pretrained, int(rank), device
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        self.dtype = dtype
+        self.dtype = training_dtype(device) if dtype is None else dtype
         skip = ("image_encoder", "feature_extractor")
         self.components = {k: v for k, v in components.items() if k not in skip}
         for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
             module = self.components.get(name)
             if module is None:
                 continue
-            dtype = torch.float32 if name == "vae" else self.dtype
             module.requires_grad_(False).eval()
-            if not (shard and name == "transformer"):
-                module.to(device)
-            if module.dtype != dtype:
-                module.to(dtype)
+            # one call per module: each tensor is cast and moved on its own (never a second
+            # whole copy of a 12B transformer in another dtype on the GPU)
+            module.to(
+                device=None if (shard and name == "transformer") else device,
+                dtype=torch.float32 if name == "vae" else self.dtype,
+            )
         self.transformer = self.components["transformer"]
         self.scheduler = self.components["scheduler"]
         c = self.components
@@ -173,9 +178,12 @@ class KontextModel:
         cls, pretrained: str, device: torch.device, rank: int = 64, shard: bool = False
     ) -> KontextModel:
         """The components of the ``FluxKontextPipeline`` folder ``pretrained``
-        (``init-tiny --kind kontext`` for tests); a missing folder is one line."""
+        (``init-tiny --kind kontext`` for tests), read in the training dtype (FLUX.1 Kontext
+        [dev] ships bf16: read as fp32, its transformer alone would take 48 GB); a missing
+        folder is one line."""
         from diffusers import FluxKontextPipeline
 
+        from ..devices import diffusers_dtype
         from ..errors import InputError
         from .editing import tiny_hint
 
@@ -185,7 +193,9 @@ class KontextModel:
                 "(black-forest-labs/FLUX.1-Kontext-dev downloaded, or init-tiny --kind kontext)"
             )
         with tiny_hint("model.pretrained"):
-            pipe = FluxKontextPipeline.from_pretrained(pretrained)
+            pipe = FluxKontextPipeline.from_pretrained(
+                pretrained, **diffusers_dtype(training_dtype(device))
+            )
         return cls(pipe.components, device, rank, pretrained=str(pretrained), shard=shard)
 
     # ---- adapters ---------------------------------------------------------------------
