@@ -75,3 +75,13 @@ def pair_dir(tmp_path_factory, portraits) -> Path:
 @pytest.fixture(scope="session")
 def pair_dir_no_landmarks(tmp_path_factory, portraits) -> Path:
     return make_pairs(tmp_path_factory.mktemp("pairs") / "bare", portraits, with_landmarks=False)
+
+
+@pytest.fixture(scope="session")
+def kontext_dir(tmp_path_factory) -> Path:
+    """A tiny FLUX.1 Kontext pipeline folder (``init-tiny --kind kontext``)."""
+    from instantportrait.backbones.kontext_components import write_tiny_kontext
+
+    path = tmp_path_factory.mktemp("kontext") / "base"
+    write_tiny_kontext(path)
+    return path

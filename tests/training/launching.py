@@ -34,6 +34,11 @@ TWO_PROCESSES = [
 ]
 
 
+def settings(**kv) -> list[str]:
+    """``--set`` arguments from keywords, ``__`` for the dots: ``settings(data__path=p)``."""
+    return [a for k, v in kv.items() for a in ("--set", f"{k.replace('__', '.')}={v}")]
+
+
 def launch(
     args: list, config: Path | None = None, entry: Path | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from launching import launch
+from launching import launch, settings
 from safetensors.torch import load_file
 
 from instantportrait.training.logger import read_metrics
@@ -73,15 +73,6 @@ def test_fsdp1_is_refused_in_one_line_and_whole_unit_is_a_no_op_without_fsdp():
 # ---------------------------------------------------------------- two processes
 
 
-@pytest.fixture(scope="module")
-def kontext_base(tmp_path_factory):
-    from instantportrait.backbones.kontext_components import write_tiny_kontext
-
-    path = tmp_path_factory.mktemp("kontext") / "base"
-    write_tiny_kontext(path)
-    return path
-
-
 def _config(tmp: Path, fsdp: bool) -> Path:
     """The shipped FSDP config on 2 CPU processes in fp32 (or the same as plain DDP)."""
     if fsdp:
@@ -95,11 +86,7 @@ def _config(tmp: Path, fsdp: bool) -> Path:
     return path
 
 
-def _sets(**kv) -> list[str]:
-    return [a for k, v in kv.items() for a in ("--set", f"{k.replace('__', '.')}={v}")]
-
-
-RUN = _sets(
+RUN = settings(
     data__resolution=64,
     data__detect_faces="false",
     training__batch_size=1,
@@ -127,7 +114,7 @@ def _idenet(base, data, out) -> list:
     return [
         "idenet",
         *RUN,
-        *_sets(
+        *settings(
             model__backbone="kontext",
             model__pretrained=base,
             model__lora_rank=4,
@@ -155,11 +142,11 @@ def _losses(run: Path) -> list[list[float]]:
 
 
 @pytest.mark.multiprocess
-def test_fsdp2_idenet_equals_ddp_and_resumes_exactly(kontext_base, pair_dir, tmp_path):
+def test_fsdp2_idenet_equals_ddp_and_resumes_exactly(kontext_dir, pair_dir, tmp_path):
     fsdp_cfg, ddp_cfg = _config(tmp_path, True), _config(tmp_path, False)
     sharded, ddp = tmp_path / "fsdp", tmp_path / "ddp"
-    _launch(fsdp_cfg, True, _idenet(kontext_base, pair_dir, sharded))
-    _launch(ddp_cfg, False, _idenet(kontext_base, pair_dir, ddp))
+    _launch(fsdp_cfg, True, _idenet(kontext_dir, pair_dir, sharded))
+    _launch(ddp_cfg, False, _idenet(kontext_dir, pair_dir, ddp))
     # the sharded path really ran: accelerate's sharded model files and our sharded EMA
     ckpt = sharded / "checkpoints" / "step-000001"
     assert (ckpt / "pytorch_model_fsdp_0").is_dir() and (ckpt / "ema_sharded").is_dir()
@@ -177,18 +164,18 @@ def test_fsdp2_idenet_equals_ddp_and_resumes_exactly(kontext_base, pair_dir, tmp
     shutil.rmtree(resumed / "final")
     for later in ("step-000002", "step-000003"):
         shutil.rmtree(resumed / "checkpoints" / later)
-    _launch(fsdp_cfg, True, [*_idenet(kontext_base, pair_dir, resumed), "--resume", "latest"])
+    _launch(fsdp_cfg, True, [*_idenet(kontext_dir, pair_dir, resumed), "--resume", "latest"])
     assert _losses(resumed) == _losses(sharded)
     _same_files(resumed / "final", sharded / "final", exact=True)
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_fsdp2_ipnet_equals_ddp(kontext_base, pair_dir, tmp_path):
+def test_fsdp2_ipnet_equals_ddp(kontext_dir, pair_dir, tmp_path):
     """IPNet sharded: the teacher's adapter switched on the shards, the discriminator as one
     FSDP unit with its heads frozen for the generator's term."""
     fsdp_cfg, ddp_cfg = _config(tmp_path, True), _config(tmp_path, False)
-    _launch(ddp_cfg, False, _idenet(kontext_base, pair_dir, tmp_path / "ide"))
+    _launch(ddp_cfg, False, _idenet(kontext_dir, pair_dir, tmp_path / "ide"))
 
     def ipnet(out):
         return [
@@ -198,7 +185,7 @@ def test_fsdp2_ipnet_equals_ddp(kontext_base, pair_dir, tmp_path):
             "--stage",
             "low",
             *RUN,
-            *_sets(
+            *settings(
                 data__path=pair_dir,
                 discriminator__backbone="tiny",
                 triplet__dino="tiny",

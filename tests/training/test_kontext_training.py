@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from launching import launch
+from launching import settings as _settings
 from PIL import Image
 from test_idenet import SmallEmbedder
 
@@ -43,15 +44,6 @@ DATA = {
 class SmallKontextIDENet(KontextIDENetTrainer):
     def build_embedder(self):
         return SmallEmbedder().to(self.device)
-
-
-@pytest.fixture(scope="module")
-def kontext_dir(tmp_path_factory):
-    from instantportrait.backbones.kontext_components import write_tiny_kontext
-
-    path = tmp_path_factory.mktemp("kontext") / "base"
-    write_tiny_kontext(path)
-    return path
 
 
 def idenet_config(kontext_dir, pair_dir, out, **training) -> IDENetConfig:
@@ -356,10 +348,6 @@ def test_exports_load_as_lora_and_as_a_fused_one_step_editor(
 def run_cli(args, capsys):
     code = main([str(a) for a in args])
     return code, capsys.readouterr()
-
-
-def _settings(**kv):
-    return [a for k, v in kv.items() for a in ("--set", f"{k.replace('__', '.')}={v}")]
 
 
 COMMON = _settings(
