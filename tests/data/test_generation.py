@@ -19,6 +19,7 @@ from instantportrait.data.pair_drawing import GenerationSettings
 from instantportrait.data.pairs import open_pair_source
 from instantportrait.data.prompts import write_prompts
 from instantportrait.errors import InputError
+from launching import launch
 
 SMALL = GenerationSettings(width=64, height=48, target_steps=1, input_steps=1, image_format="png")
 
@@ -251,20 +252,13 @@ def test_sigkill_mid_shard_then_restart_gives_each_pair_once(
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_accelerate_launch_two_processes_share_the_shards(
-    tmp_path, tiny_bundle, prompts, subprocess_env
-):
+def test_accelerate_launch_two_processes_share_the_shards(tmp_path, tiny_bundle, prompts):
     """`accelerate launch --multi_gpu` (two processes, CPU here; note `--cpu --num_processes 2`
     starts ONE process): disjoint shards by rank, one complete dataset."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no",
-           "-m", "instantportrait", "data", "generate", "--prompts", str(prompts), "--models",
-           str(tiny_bundle), "-o", str(out), "--resolution", "64x48", "--steps", "1",
-           "--shard-size", "2", "--no-filter", "--quiet", "--memory", "together"]  # fmt: skip
-    res = subprocess.run(cmd, env=subprocess_env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
+    launch(["data", "generate", "--prompts", prompts, "--models", tiny_bundle, "-o", out,
+            "--resolution", "64x48", "--steps", "1", "--shard-size", "2", "--no-filter",
+            "--quiet", "--memory", "together"])  # fmt: skip
     reports = [json.loads((out / f"shard-00000{s}.json").read_text()) for s in range(4)]
     assert [r["first_row"] for r in reports] == [0, 2, 4, 6]
     assert [r["rank"] for r in reports] == [0, 1, 0, 1]  # disjoint, by shard mod 2

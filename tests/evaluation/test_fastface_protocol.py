@@ -4,9 +4,6 @@ prompt files, a missing model, and two processes under ``accelerate launch``."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +21,7 @@ from instantportrait.evaluation.report import Cell
 from instantportrait.evaluation.runner import rank_block
 from instantportrait.evaluation.store import ResultStore
 from instantportrait.evaluation.sweeps import FASTFACE_SWEEP, expand_sweeps, parse_sweep
+from launching import launch
 
 KINDS = ("sdxl", "sdxl-distilled", "faceid-plus-v2", "arcface", "clip-vision")
 
@@ -371,10 +369,6 @@ def test_two_processes_under_accelerate_launch_split_the_items(
     """``accelerate launch`` (its torch launcher; no process group is opened, so CPU works):
     every item is generated once, by one rank; rank 0 writes the report; a rerun resumes."""
     out = tmp_path / "eval"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).parents[2] / "src"), env.get("PYTHONPATH", "")]
-    )
     common = [
         "evaluate",
         "--protocol",
@@ -391,24 +385,7 @@ def test_two_processes_under_accelerate_launch_split_the_items(
         str(out),
         "--no-progress",
     ]
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "instantportrait",
-    ]
-    proc = subprocess.run(launch + common, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = launch(common, timeout=300)
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("rank ")]
     assert sorted(ln[:9] for ln in lines) == ["rank 0/2:", "rank 1/2:"]
     generated = [int(ln.split(" generated")[0].rsplit(" ", 1)[1]) for ln in lines]

@@ -1,5 +1,6 @@
-"""Training commands on two CPU processes under ``accelerate launch`` (gloo), for the tests
-that check a run across processes: one environment and one command line for all of them."""
+"""Commands on two CPU processes under ``accelerate launch`` (gloo), for the tests that check
+a run across processes (training, evaluation, dataset generation): one environment and one
+command line for all of them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 #: two CPU processes: ``--multi_gpu`` with ``ACCELERATE_USE_CPU`` runs them on gloo
 #: (accelerate's ``--cpu`` alone starts one)
