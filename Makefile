@@ -71,4 +71,4 @@ gpu-wheels: setup
 	  open_clip_torch==$$($(PY) -c "import importlib.metadata as m; print(m.version('open_clip_torch'))")
 
 clean:
-	rm -rf .cache outputs .pytest_cache build
+	rm -rf .cache outputs .pytest_cache build src/*.egg-info
