@@ -25,8 +25,8 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 FEAT_DIR = "feat_embeddings"
 META_FILE = "faceanet.json"
 ADAPTER = "faceanet"
-#: the paper's recommended G_id (SD-1.5 inpainting, the maintained mirror of the removed
-#: runwayml repo); any 9-channel SD inpainting model works.
+#: the paper's recommended G_id (SD-1.5 inpainting; this maintained mirror replaces the
+#: removed runwayml repository); any 9-channel SD inpainting model works.
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 #: how to provide G_id, in every "not found" line.
 BASE_HOW = (
