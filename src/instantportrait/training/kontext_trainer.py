@@ -93,9 +93,10 @@ class KontextTrainerMixin:
 
     def collect_export(self) -> None:
         """Every process: the trained adapter whole, with the EMA's weights when the run keeps
-        one (collective under FSDP2)."""
+        one (collective under FSDP2); only the main process, which exports, keeps it."""
         with self.kmodel.averaged(self.ema):
-            self.export_weights = self.kmodel.gather_adapter(self.adapter_name)
+            weights = self.kmodel.gather_adapter(self.adapter_name)
+        self.export_weights = weights if self.accelerator.is_main_process else None
 
     def exported_adapter(self) -> dict[str, torch.Tensor]:
         """What :meth:`collect_export` gathered (gathered now in a single-process export)."""
