@@ -50,8 +50,8 @@ app: setup
 	$(VENV)/bin/instantportrait app --edit-model .cache/tiny-model
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks comfyui
-	$(VENV)/bin/ruff format --check src tests benchmarks comfyui
+	$(VENV)/bin/ruff check --no-cache src tests benchmarks comfyui
+	$(VENV)/bin/ruff format --no-cache --check src tests benchmarks comfyui
 
 style: setup
 	$(VENV)/bin/ruff check --fix src tests benchmarks comfyui

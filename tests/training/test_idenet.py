@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 import torch
-from launching import launch
 from torch import nn
 
 from instantportrait.cli import main
@@ -17,6 +16,7 @@ from instantportrait.training.config import from_dict
 from instantportrait.training.idenet import IDENetConfig, IDENetTrainer, latent_face_windows
 from instantportrait.training.logger import read_metrics
 from instantportrait.training.loop import step_generator
+from launching import launch
 
 
 class SmallEmbedder(IdentityEmbedder):

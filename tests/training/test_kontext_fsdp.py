@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from launching import launch, settings
 from safetensors.torch import load_file
 
 from instantportrait.training.logger import read_metrics
+from launching import launch, settings
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = Path(__file__).with_name("fsdp_cpu_entry.py")

@@ -8,8 +8,6 @@ import math
 
 import pytest
 import torch
-from launching import launch
-from launching import settings as _settings
 from PIL import Image
 from test_idenet import SmallEmbedder
 
@@ -23,6 +21,8 @@ from instantportrait.training.kontext_ipnet import KontextIPNetTrainer, flow_inv
 from instantportrait.training.kontext_model import flux_training_sigmas
 from instantportrait.training.logger import read_metrics
 from instantportrait.training.loop import step_generator
+from launching import launch
+from launching import settings as _settings
 
 RUN = {
     "batch_size": 4,

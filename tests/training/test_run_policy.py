@@ -4,10 +4,10 @@ hint, the face-coverage warning, and resume under a 2-process ``accelerate launc
 from __future__ import annotations
 
 import pytest
-from launching import launch
 
 from instantportrait.cli import main
 from instantportrait.training.logger import read_metrics
+from launching import launch
 
 TINY_IDENET = [
     "train",
