@@ -203,3 +203,36 @@ def test_the_running_server_pauses_sign_in(app_serving, tmp_path):
         clock.now += 300.0
         client = gradio_client.Client(url, auth=("alice", "alice-pw"), verbose=False)
         assert client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+
+
+def test_checking_a_password_leaves_the_event_loop_free():
+    """scrypt costs tens of milliseconds of CPU: the ``auth`` Gradio awaits checks it on a
+    worker thread. Here the check waits for a step the event loop must take meanwhile; checked
+    on the loop itself, that step never comes and the sign-in fails after the timeout. The
+    client address set by the middleware reaches the check on its thread."""
+    import asyncio
+    import threading
+
+    from instantportrait.app.serving import sign_in_options
+
+    seen = {}
+    loop_ran = threading.Event()
+
+    class Slow:
+        throttle = SignInThrottle(LIMITS)
+
+        def __call__(self, name: str, password: str) -> bool:
+            seen["address"] = client_address.get()
+            return loop_ran.wait(timeout=5.0) and (name, password) == ("alice", "alice-pw")
+
+    auth = sign_in_options(Slow())["auth"]
+
+    async def main() -> bool:
+        client_address.set("192.0.2.9")
+        check = asyncio.ensure_future(auth("alice", "alice-pw"))
+        await asyncio.sleep(0.05)  # runs only if the check left the loop
+        loop_ran.set()
+        return await check
+
+    assert asyncio.run(main()) is True
+    assert seen["address"] == "192.0.2.9"

@@ -16,6 +16,7 @@ identity, and one line per refused or failed request.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import functools
@@ -193,7 +194,8 @@ def sign_in_options(credentials: Any) -> dict[str, Any]:
     A sign-in while paused is answered ``400``, as a wrong password is, but with the one-line
     reason and ``Retry-After``: Gradio's sign-in page reacts to ``400`` only (it shows
     "incorrect credentials"; a ``429`` would leave it silent), the limits are written above
-    its form, and an HTTP client reads the reason."""
+    its form, and an HTTP client reads the reason. ``auth`` is a coroutine that checks the
+    password on a worker thread, off the server's event loop."""
     if credentials is None:
         return {"auth": None}
     import math
@@ -203,9 +205,12 @@ def sign_in_options(credentials: Any) -> dict[str, Any]:
 
     from .sign_in_limit import SignInPaused
 
-    def auth(username: str, password: str) -> bool:
+    async def auth(username: str, password: str) -> bool:
+        # scrypt takes tens of milliseconds of CPU: on a worker thread (the client address's
+        # context variable travels with it), so one sign-in never stalls the server's event loop
+        # and everyone's requests with it. Gradio awaits a coroutine ``auth``.
         try:
-            return credentials(username, password)
+            return await asyncio.to_thread(credentials, username, password)
         except SignInPaused as exc:
             headers = {"Retry-After": str(math.ceil(exc.retry_after))}
             raise HTTPException(status_code=400, detail=str(exc), headers=headers) from None
