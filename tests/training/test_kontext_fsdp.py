@@ -150,6 +150,11 @@ def test_fsdp2_idenet_equals_ddp_and_resumes_exactly(kontext_dir, pair_dir, tmp_
     # the sharded path really ran: accelerate's sharded model files and our sharded EMA
     ckpt = sharded / "checkpoints" / "step-000001"
     assert (ckpt / "pytorch_model_fsdp_0").is_dir() and (ckpt / "ema_sharded").is_dir()
+    # ... holding the adapter only: the LoRA weights the DDP run's checkpoint names, no base
+    saved = _checkpointed(ckpt / "pytorch_model_fsdp_0")
+    ddp_file = ddp / "checkpoints" / "step-000001" / "adapters.safetensors"
+    lora = {f"model.{k}" for k in load_file(str(ddp_file))}
+    assert len(lora) > 0 and saved == lora, sorted(saved ^ lora)[:4]
     assert not (ddp / "checkpoints" / "step-000001" / "ema_sharded").exists()
     torch.testing.assert_close(_losses(sharded), _losses(ddp), rtol=1e-5, atol=1e-7)
     # validation ran on both processes (a sharded forward is collective) and was recorded
@@ -204,3 +209,32 @@ def test_fsdp2_ipnet_equals_ddp(kontext_dir, pair_dir, tmp_path):
     y = load_file(str(tmp_path / "ip_ddp" / "final" / name))
     for k in x:
         torch.testing.assert_close(x[k], y[k], atol=1e-6, rtol=1e-5)
+
+    # the sharded checkpoints hold what trains: both adapters, the discriminator's heads
+    ckpt, ddp_ckpt = (
+        tmp_path / run / "checkpoints" / "step-000001" for run in ("ip_fsdp", "ip_ddp")
+    )
+    lora = {f"model.{k}" for k in load_file(str(ddp_ckpt / "adapters.safetensors"))}
+    assert any(".ide." in k for k in lora) and any(".student." in k for k in lora)
+    assert _checkpointed(ckpt / "pytorch_model_fsdp_0") == lora
+    # (under DDP the transformer's entry is adapters.safetensors: the discriminator is model)
+    heads = {f"model.{k}" for k in load_file(str(ddp_ckpt / "model.safetensors"))}
+    heads = {k for k in heads if k.startswith("model.heads.")}
+    assert heads and _checkpointed(ckpt / "pytorch_model_fsdp_1") == heads
+    # ... and resume exactly from them (the base and DINO are the pretrained ones)
+    resumed = tmp_path / "ip_resumed"
+    shutil.copytree(tmp_path / "ip_fsdp", resumed)
+    shutil.rmtree(resumed / "final")
+    for later in ("step-000002", "step-000003"):
+        shutil.rmtree(resumed / "checkpoints" / later)
+    _launch(fsdp_cfg, True, [*ipnet(resumed), "--resume", "latest"])
+    assert [[r[k] for k in keys] for r in read_metrics(resumed)] == got
+    again = load_file(str(resumed / "final" / name))
+    assert all(torch.equal(again[k], x[k]) for k in x)
+
+
+def _checkpointed(folder: Path) -> set[str]:
+    """The keys of a ``torch.distributed.checkpoint`` folder."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    return set(FileSystemReader(folder).read_metadata().state_dict_metadata)

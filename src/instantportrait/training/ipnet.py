@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from accelerate.utils import DistributedType
 
 from ..backbones.ip2p_unet import unet_on_channels
 from ..losses.adversarial import hinge_discriminator_loss, hinge_generator_loss
@@ -35,7 +36,7 @@ from ..parameterization import add_noise, alpha_bar, predict_epsilon, predict_x0
 from .config import check
 from .editing import DataConfig, EditTrainer, ValidationConfig, tiny_hint
 from .run_settings import OptimConfig, RunConfig
-from .sharding import frozen, whole_unit
+from .sharding import checkpoint_only, frozen, whole_unit
 
 #: Table 6 of InstantPortrait (App. G.2). Global batch = batch_size x accumulation x processes:
 #: the presets reach 256 / 256 / 2048 on one device by gradient accumulation; on N devices
@@ -231,6 +232,8 @@ class IPNetTrainer(EditTrainer):
         self.model, self.optimizer, self.lr_scheduler = acc.prepare(student, opt_g, sched_g)
         with whole_unit(acc):  # the discriminator has no transformer blocks to wrap
             self.disc, self.opt_d, self.sched_d = acc.prepare(disc, opt_d, sched_d)
+        if acc.distributed_type == DistributedType.FSDP:  # its frozen DINO is the pretrained one
+            checkpoint_only(acc.unwrap_model(self.disc), lambda name: name.startswith("heads."))
 
     def build_models(self) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
         """The frozen teacher and the student; returns the module to prepare and the student's

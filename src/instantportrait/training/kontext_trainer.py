@@ -4,9 +4,9 @@ backbone, differentiable decoding, checkpoints that hold only the adapters, vali
 the export's gathering of the trained adapter.
 
 Under FSDP2 (``examples/accelerate/fsdp_kontext.yaml``) the transformer is sharded: accelerate
-then checkpoints it whole in its own sharded format (the frozen base included), validation's
-edits run on every process, and the adapter is gathered on every process before the main
-process exports (see :mod:`~instantportrait.training.sharding`)."""
+then checkpoints its shards in its own sharded format (the adapters only, as on one process),
+validation's edits run on every process, and the adapter is gathered on every process before
+the main process exports (see :mod:`~instantportrait.training.sharding`)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 
 from .kontext_model import KontextModel
-from .sharding import check_fsdp_version, runs_collectively
+from .sharding import check_fsdp_version, checkpoint_only, runs_collectively
 
 #: the checkpoint's file of the transformer's LoRA weights (all adapters)
 ADAPTERS_FILE = "adapters.safetensors"
@@ -35,8 +36,6 @@ class KontextTrainerMixin:
     export_weights: dict[str, torch.Tensor] | None = None
 
     def load_kontext(self, pretrained: str, rank: int) -> KontextModel:
-        from accelerate.utils import DistributedType
-
         acc = self.accelerator
         check_fsdp_version(acc, "model.backbone=kontext")
         shard = acc.distributed_type == DistributedType.FSDP
@@ -47,13 +46,17 @@ class KontextTrainerMixin:
 
     def use_prepared(self, model: torch.nn.Module) -> None:
         """Route the backbone's calls through the accelerate-prepared transformer (DDP/FSDP)
-        and checkpoint only its adapters (the frozen base is the pretrained folder's)."""
+        and checkpoint only its adapters (the frozen base is the pretrained folder's): under
+        DDP or one process through accelerate's save hooks (``adapters.safetensors``), under
+        FSDP2 in accelerate's sharded checkpoint (:func:`~.sharding.checkpoint_only`)."""
         if model is not self.kmodel.transformer and not hasattr(model, "config"):
             model.config = self.kmodel.transformer.config
         self.backbone.transformer = model
         acc = self.accelerator
         acc.register_save_state_pre_hook(self._save_adapters)
         acc.register_load_state_pre_hook(self._load_adapters)
+        if acc.distributed_type == DistributedType.FSDP:  # accelerate saves FSDP's shards itself
+            checkpoint_only(self.kmodel.transformer, lambda name: "lora_" in name)
 
     def _is_transformer(self, model) -> bool:
         return self.accelerator.unwrap_model(model) is self.kmodel.transformer

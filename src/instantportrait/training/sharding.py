@@ -9,7 +9,9 @@ shard. Three things the trainers do differently then:
   process records them (:func:`runs_collectively`);
 * state kept beside the model in the shards' layout (the EMA of a sharded adapter) is saved
   with ``torch.distributed.checkpoint``, which reshards on load, so a run may resume on a
-  different number of processes (:class:`~instantportrait.training.ema.EMA`).
+  different number of processes (:class:`~instantportrait.training.ema.EMA`);
+* accelerate's sharded checkpoint would save the whole model, frozen base included;
+  :func:`checkpoint_only` keeps the trained part in it (the base is the pretrained folder's).
 
 FSDP version 1 is refused (:func:`check_fsdp_version`): it flattens each wrapped unit into one
 tensor of one dtype, and a FLUX block with LoRA mixes the frozen bf16 base with fp32 adapters.
@@ -29,6 +31,7 @@ from ..errors import InputError
 
 __all__ = [
     "check_fsdp_version",
+    "checkpoint_only",
     "frozen",
     "full_tensors",
     "is_dtensor",
@@ -128,3 +131,26 @@ def frozen(params: nn.Module, root: nn.Module) -> Iterator[None]:
         if reshard is not None:
             reshard()
         params.requires_grad_(True)
+
+
+def checkpoint_only(module: nn.Module, keep: Callable[[str], bool]) -> None:
+    """From now on ``module``'s state dict holds only the entries whose name ``keep`` accepts,
+    and loading one tolerates the others' absence (they keep their values).
+
+    Under FSDP2, accelerate's ``save_state`` writes ``get_model_state_dict(model)`` (every
+    parameter's shard) with ``torch.distributed.checkpoint``, and ``load_state`` reads back the
+    keys of that same state dict, then loads it strictly. Filtering the state dict with torch's
+    module hooks makes both hold the adapters only: a FLUX.1 Kontext checkpoint shrinks from the
+    whole 24 GB transformer to its LoRA weights. ``keep`` sees names relative to ``module``,
+    the module whose ``state_dict`` accelerate takes (FSDP2 shards it in place)."""
+
+    def drop(mod: nn.Module, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+        for key in [k for k in state if k.startswith(prefix) and not keep(k[len(prefix) :])]:
+            del state[key]
+
+    def tolerate(mod: nn.Module, incompatible: Any) -> None:
+        missing = incompatible.missing_keys
+        missing[:] = [k for k in missing if keep(k)]
+
+    module.register_state_dict_post_hook(drop)
+    module.register_load_state_dict_post_hook(tolerate)
