@@ -3,6 +3,7 @@ command, and what reaches ``launch`` (sign-in, upload limit, retention checked a
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import socket
@@ -90,11 +91,15 @@ def test_start_passes_sign_in_and_limits_and_sweeps_aged_identities(tmp_path, mo
     argv[-1] = port = str(free_port())
     assert main(argv) == 0
     launched = FakeDemo.launched
-    assert launched["auth"]("alice", "pw") and not launched["auth"]("alice", "nope")
+
+    def auth(name, password):  # Gradio awaits the coroutine auth
+        return asyncio.run(launched["auth"](name, password))
+
+    assert auth("alice", "pw") and not auth("alice", "nope")
     assert launched["max_file_size"] == 2_000_000 and launched["server_name"] == "0.0.0.0"
-    assert not launched["auth"]("alice", "nope")  # the 2nd failure: alice is paused
+    assert not auth("alice", "nope")  # the 2nd failure: alice is paused
     with pytest.raises(Exception) as paused:  # noqa: B017 - FastAPI's HTTPException
-        launched["auth"]("alice", "pw")
+        auth("alice", "pw")
     assert paused.value.status_code == 400 and paused.value.headers["Retry-After"] == "60"
     assert launched["app_kwargs"]["middleware"]  # the client address reaches the limit
     assert not folder.exists()  # retention ran at start
