@@ -20,7 +20,13 @@ sequence) is the backbone's business alone.
 
 from __future__ import annotations
 
-__all__ = ["dit_editor_folder", "dit_family", "is_kontext_folder", "is_qwen_edit_folder"]
+__all__ = [
+    "QWEN_EDIT_CLASSES",
+    "dit_editor_folder",
+    "dit_family",
+    "is_kontext_folder",
+    "is_qwen_edit_folder",
+]
 
 
 def _pipeline_class(path) -> str:
@@ -43,10 +49,16 @@ def is_kontext_folder(path) -> bool:
     return _pipeline_class(path) in ("FluxKontextPipeline", "KontextEditPipeline")
 
 
+#: ``model_index.json`` class names of Qwen-Image-Edit folders: the first release, the
+#: 2509/2511 releases (diffusers' Plus pipeline) and this toolkit's Qwen editor.
+QWEN_EDIT_CLASSES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline", "QwenEditPipeline")
+
+
 def is_qwen_edit_folder(path) -> bool:
     """Whether ``path`` is a diffusers folder of a Qwen-Image-Edit pipeline (its
-    ``model_index.json`` names ``QwenImageEditPipeline`` or this toolkit's Qwen editor)."""
-    return _pipeline_class(path) in ("QwenImageEditPipeline", "QwenEditPipeline")
+    ``model_index.json`` names one of :data:`QWEN_EDIT_CLASSES`: ``Qwen/Qwen-Image-Edit``,
+    ``-2509``, ``-2511`` or this toolkit's Qwen editor)."""
+    return _pipeline_class(path) in QWEN_EDIT_CLASSES
 
 
 def dit_family(path) -> str | None:
