@@ -251,3 +251,32 @@ def test_registry_names_the_2509_and_2511_hub_ids(hub_cache, qwen_edit_plus_dir)
     hub_cache("Qwen/Qwen-Image-Edit-2509", qwen_edit_plus_dir)
     pipe = load_edit_pipeline("Qwen/Qwen-Image-Edit-2509")
     assert pipe.backbone.plus and pipe.recommended_steps == 40
+
+
+def test_a_2511_folder_on_a_diffusers_without_zero_cond_t_is_one_line(qwen_edit_plus_dir, tmp_path):
+    """A 2511-style folder (``zero_cond_t`` in the transformer config) loads with the flag on.
+    The flag in the folder but not on the built transformer (what a diffusers older than the
+    flag gives: it drops the unknown key) is refused; with the flag honoured, or absent from
+    the folder, loading goes on."""
+    import shutil
+    from types import SimpleNamespace
+
+    from instantportrait.errors import MissingDependencyError
+    from instantportrait.pipelines.qwen_edit import QwenEditPipeline, check_zero_cond_t
+
+    folder = tmp_path / "2511"
+    shutil.copytree(qwen_edit_plus_dir, folder)
+    cfg = folder / "transformer" / "config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "zero_cond_t": True}))
+    pipe = QwenEditPipeline.from_pretrained(folder)
+    assert pipe.transformer.zero_cond_t and pipe.backbone.plus
+    bare = tmp_path / "bare"
+    (bare / "transformer").mkdir(parents=True)
+    config = bare / "transformer" / "config.json"
+    config.write_text(json.dumps({"num_layers": 60, "zero_cond_t": True}))
+    with pytest.raises(MissingDependencyError, match="zero_cond_t") as info:
+        check_zero_cond_t(bare, SimpleNamespace())
+    assert "\n" not in str(info.value)
+    check_zero_cond_t(bare, SimpleNamespace(zero_cond_t=True))
+    config.write_text(json.dumps({"num_layers": 60}))
+    check_zero_cond_t(bare, SimpleNamespace())

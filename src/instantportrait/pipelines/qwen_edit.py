@@ -47,7 +47,7 @@ from diffusers.loaders import QwenImageLoraLoaderMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..backbones.qwen_edit import QwenEditBackbone, condition_image_size
-from ..errors import InputError
+from ..errors import InputError, MissingDependencyError
 from ..io import load_image
 from .dit_edit import DiTEditMixin
 from .kontext_edit import KontextEditOutput
@@ -58,6 +58,7 @@ __all__ = [
     "PLUS_TEACHER_STEPS",
     "DEFAULT_TRUE_CFG",
     "DEFAULT_NEGATIVE_PROMPT",
+    "check_zero_cond_t",
 ]
 
 #: The model card's settings: 50 steps, ``true_cfg_scale`` 4.0, negative prompt ``" "``.
@@ -68,6 +69,27 @@ PLUS_TEACHER_STEPS = 40
 PLUS_PIPELINE_CLASS = "QwenImageEditPlusPipeline"
 DEFAULT_TRUE_CFG = 4.0
 DEFAULT_NEGATIVE_PROMPT = " "
+
+
+def check_zero_cond_t(folder: Any, transformer: Any) -> None:
+    """Refuse, in one line, a 2511 folder (``zero_cond_t`` in ``transformer/config.json``)
+    whose transformer was built without it: a diffusers release older than the flag drops the
+    unknown config key with a log line and would edit with the wrong modulation."""
+    import json
+    from pathlib import Path
+
+    config = Path(str(folder)) / "transformer" / "config.json"
+    try:
+        wanted = bool(json.loads(config.read_text()).get("zero_cond_t", False))
+    except (OSError, ValueError, AttributeError):
+        return
+    if wanted and not getattr(transformer, "zero_cond_t", False):
+        import diffusers
+
+        raise MissingDependencyError(
+            f"{folder}: its transformer sets zero_cond_t (Qwen-Image-Edit-2511), which diffusers "
+            f"{diffusers.__version__} ignores; upgrade diffusers (0.42 knows it)"
+        )
 
 
 class QwenEditPipeline(DiTEditMixin, DiffusionPipeline, QwenImageLoraLoaderMixin):
@@ -138,7 +160,9 @@ class QwenEditPipeline(DiTEditMixin, DiffusionPipeline, QwenImageLoraLoaderMixin
             kwargs["processor"] = QwenVLImageTextProcessor.from_pretrained(
                 str(folder / "processor")
             )
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        check_zero_cond_t(folder, pipe.transformer)
+        return pipe
 
     @torch.no_grad()
     def __call__(
