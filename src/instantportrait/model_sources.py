@@ -327,7 +327,7 @@ MODEL_SOURCES: tuple[ModelSource, ...] = (
         "Apache-2.0",
         "yes",
         "~58 GB (bf16 diffusers folders: 20B transformer, Qwen2.5-VL-7B encoder)",
-        "the November 2025 release: as 2509, its transformer sets zero_cond_t",
+        "the release after 2509: as 2509, and its transformer sets zero_cond_t",
     ),
 )
 

@@ -217,12 +217,13 @@ def test_edit_cli_models_check_evaluation_and_app_take_a_plus_folder(
     assert main(["models", "check", str(folder), "--for", "edit"]) == 0
     assert "QwenImageEditPlusPipeline" in capsys.readouterr().out
     code = main(["edit", str(astronaut_path), "--model", str(folder), "--prompt", PROMPT,
-                 "--steps", "2", "--negative-prompt", "blurry", "--resolution", "64",
+                 "--steps", "2", "--negative-prompt", "blurry", "--iterations", "2",
+                 "--resolution", "64",
                  "-o", str(tmp_path / "o")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0, err
     got = np.asarray(Image.open(tmp_path / "o" / "astronaut.png"))
-    want = _direct(folder, portrait, 2, negative_prompt="blurry")
+    want = _direct(folder, portrait, 2, negative_prompt="blurry", iterations=2)
     np.testing.assert_array_equal(got, np.asarray(want))
     code = main(["edit", str(astronaut_path), "--model", str(folder), "--prompt", PROMPT,
                  "--image-guidance-scale", "2", "-o", str(tmp_path / "x")])  # fmt: skip
