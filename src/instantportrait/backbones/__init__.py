@@ -26,10 +26,11 @@ __all__ = [
     "dit_family",
     "is_kontext_folder",
     "is_qwen_edit_folder",
+    "pipeline_class",
 ]
 
 
-def _pipeline_class(path) -> str:
+def pipeline_class(path) -> str:
     """The ``_class_name`` of ``path``'s ``model_index.json`` ("" when there is none)."""
     import json
     from pathlib import Path
@@ -46,7 +47,7 @@ def _pipeline_class(path) -> str:
 def is_kontext_folder(path) -> bool:
     """Whether ``path`` is a diffusers folder of a FLUX.1 Kontext pipeline (its
     ``model_index.json`` names ``FluxKontextPipeline`` or this toolkit's Kontext editor)."""
-    return _pipeline_class(path) in ("FluxKontextPipeline", "KontextEditPipeline")
+    return pipeline_class(path) in ("FluxKontextPipeline", "KontextEditPipeline")
 
 
 #: ``model_index.json`` class names of Qwen-Image-Edit folders: the first release, the
@@ -58,7 +59,7 @@ def is_qwen_edit_folder(path) -> bool:
     """Whether ``path`` is a diffusers folder of a Qwen-Image-Edit pipeline (its
     ``model_index.json`` names one of :data:`QWEN_EDIT_CLASSES`: ``Qwen/Qwen-Image-Edit``,
     ``-2509``, ``-2511`` or this toolkit's Qwen editor)."""
-    return _pipeline_class(path) in QWEN_EDIT_CLASSES
+    return pipeline_class(path) in QWEN_EDIT_CLASSES
 
 
 def dit_family(path) -> str | None:

@@ -149,11 +149,11 @@ class QwenEditPipeline(DiTEditMixin, DiffusionPipeline, QwenImageLoraLoaderMixin
         recommended steps unless ``kwargs`` say otherwise."""
         from pathlib import Path
 
-        from ..backbones import _pipeline_class
+        from ..backbones import pipeline_class
         from ..backbones.qwen_vl_processor import QwenVLImageTextProcessor
 
         folder = Path(str(pretrained_model_name_or_path))
-        if _pipeline_class(folder) == PLUS_PIPELINE_CLASS:
+        if pipeline_class(folder) == PLUS_PIPELINE_CLASS:
             kwargs.setdefault("plus", True)
             kwargs.setdefault("recommended_steps", PLUS_TEACHER_STEPS)
         if "processor" not in kwargs and (folder / "processor").is_dir():
