@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .backbones import QWEN_EDIT_CLASSES
 from .errors import InputError
 from .model_sources import hub_offline, locate, looks_like_hub_id
 
@@ -58,7 +59,8 @@ USES: dict[str, Use] = {
         frozenset({"instruct-pix2pix", "flux-kontext", "qwen-image-edit"}),
         "an InstructPix2Pix-format pipeline (UNet with 8 input channels: the image latent is "
         "concatenated), a folder, Hub id or single .safetensors file, or a FLUX.1 Kontext "
-        "pipeline folder (teacher or exported one-step student) or a Qwen-Image-Edit one",
+        "pipeline folder (teacher or exported one-step student) or a Qwen-Image-Edit one "
+        "(the first release, 2509 or 2511)",
         _PICKLE,
     ),
     "fastface": Use(
@@ -175,7 +177,7 @@ def _identify_folder(folder: Path) -> Identity:
                 f"a FLUX.1{' Kontext' if kontext else ''} pipeline ({cls})",
             )
         if cls.startswith("QwenImage") or cls == "QwenEditPipeline":
-            edit = cls in ("QwenImageEditPipeline", "QwenEditPipeline")
+            edit = cls in QWEN_EDIT_CLASSES
             return Identity(
                 "qwen-image-edit" if edit else "qwen-image",
                 f"a Qwen-Image{'-Edit' if edit else ''} pipeline ({cls})",

@@ -307,6 +307,28 @@ MODEL_SOURCES: tuple[ModelSource, ...] = (
         "~58 GB (bf16 diffusers folders: 20B transformer, Qwen2.5-VL-7B encoder)",
         "the Qwen-Image-Edit backbone; its processor runs without torchvision",
     ),
+    ModelSource(
+        "qwen-image-edit-2509",
+        "qwen-image-edit",
+        "Qwen/Qwen-Image-Edit-2509",
+        ("edit",),
+        "edit --model (teacher: 40 steps, true CFG 4.0; QwenImageEditPlusPipeline)",
+        "Apache-2.0",
+        "yes",
+        "~58 GB (bf16 diffusers folders: 20B transformer, Qwen2.5-VL-7B encoder)",
+        "the September 2025 release: Picture-labelled prompt, 384x384 VL condition image",
+    ),
+    ModelSource(
+        "qwen-image-edit-2511",
+        "qwen-image-edit",
+        "Qwen/Qwen-Image-Edit-2511",
+        ("edit",),
+        "edit --model (teacher: 40 steps, true CFG 4.0; QwenImageEditPlusPipeline)",
+        "Apache-2.0",
+        "yes",
+        "~58 GB (bf16 diffusers folders: 20B transformer, Qwen2.5-VL-7B encoder)",
+        "the release after 2509: as 2509, and its transformer sets zero_cond_t",
+    ),
 )
 
 #: Methods ``models list --for`` knows.

@@ -77,6 +77,10 @@ TINY_KINDS: dict[str, tuple[str, str]] = {
         "instantportrait.backbones.qwen_edit_components:write_tiny_qwen_edit",
         "Qwen-Image-Edit pipeline folder (1 block, tiny Qwen2.5-VL, 16-ch VAE) for `edit --model`",
     ),
+    "qwen-edit-plus": (
+        "instantportrait.backbones.qwen_edit_components:write_tiny_qwen_edit_plus",
+        "Qwen-Image-Edit-2509 (QwenImageEditPlusPipeline) folder, the qwen-edit parts, for `edit`",
+    ),
     "codeformer": (
         "instantportrait.models.codeformer:write_tiny_codeformer",
         "CodeFormer face enhancer (32 px, 64 codes) for `restore --codeformer`",

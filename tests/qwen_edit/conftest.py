@@ -21,3 +21,13 @@ def qwen_edit_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("qwen-edit") / "tiny"
     write_tiny(folder, "qwen-edit")
     return folder
+
+
+@pytest.fixture(scope="session")
+def qwen_edit_plus_dir(tmp_path_factory):
+    """``init-tiny --kind qwen-edit-plus``'s folder (the ``Qwen-Image-Edit-2509`` layout)."""
+    from instantportrait.tiny import write_tiny
+
+    folder = tmp_path_factory.mktemp("qwen-edit-plus") / "tiny"
+    write_tiny(folder, "qwen-edit-plus")
+    return folder

@@ -20,10 +20,17 @@ sequence) is the backbone's business alone.
 
 from __future__ import annotations
 
-__all__ = ["dit_editor_folder", "dit_family", "is_kontext_folder", "is_qwen_edit_folder"]
+__all__ = [
+    "QWEN_EDIT_CLASSES",
+    "dit_editor_folder",
+    "dit_family",
+    "is_kontext_folder",
+    "is_qwen_edit_folder",
+    "pipeline_class",
+]
 
 
-def _pipeline_class(path) -> str:
+def pipeline_class(path) -> str:
     """The ``_class_name`` of ``path``'s ``model_index.json`` ("" when there is none)."""
     import json
     from pathlib import Path
@@ -40,13 +47,19 @@ def _pipeline_class(path) -> str:
 def is_kontext_folder(path) -> bool:
     """Whether ``path`` is a diffusers folder of a FLUX.1 Kontext pipeline (its
     ``model_index.json`` names ``FluxKontextPipeline`` or this toolkit's Kontext editor)."""
-    return _pipeline_class(path) in ("FluxKontextPipeline", "KontextEditPipeline")
+    return pipeline_class(path) in ("FluxKontextPipeline", "KontextEditPipeline")
+
+
+#: ``model_index.json`` class names of Qwen-Image-Edit folders: the first release, the
+#: 2509/2511 releases (diffusers' Plus pipeline) and this toolkit's Qwen editor.
+QWEN_EDIT_CLASSES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline", "QwenEditPipeline")
 
 
 def is_qwen_edit_folder(path) -> bool:
     """Whether ``path`` is a diffusers folder of a Qwen-Image-Edit pipeline (its
-    ``model_index.json`` names ``QwenImageEditPipeline`` or this toolkit's Qwen editor)."""
-    return _pipeline_class(path) in ("QwenImageEditPipeline", "QwenEditPipeline")
+    ``model_index.json`` names one of :data:`QWEN_EDIT_CLASSES`: ``Qwen/Qwen-Image-Edit``,
+    ``-2509``, ``-2511`` or this toolkit's Qwen editor)."""
+    return pipeline_class(path) in QWEN_EDIT_CLASSES
 
 
 def dit_family(path) -> str | None:

@@ -9,6 +9,14 @@ inside the model's chat prompt template, whose last hidden states (the system pr
 dropped) are the text condition. There is no guidance input: guidance is true CFG, a second call
 with the negative prompt, combined by :func:`true_cfg`. Every step matches diffusers'
 ``QwenImageEditPipeline`` (the parity test compares the two).
+
+The later releases (``Qwen/Qwen-Image-Edit-2509`` and ``-2511``, diffusers'
+``QwenImageEditPlusPipeline``) are the same backbone with ``plus=True``: the user turn names
+each image, ``Picture 1: <|vision_start|><|image_pad|><|vision_end|>``, before the instruction
+(:data:`PLUS_PROMPT_TEMPLATE`), and the VL encoder reads a condition image of about 384 x 384
+pixels (:func:`condition_image_size`) rather than the image the VAE reads. 2511's transformer
+sets ``zero_cond_t`` in its config (the image tokens modulated at timestep 0); the transformer
+applies it itself, so :meth:`QwenEditBackbone.predict` is the same call.
 """
 
 from __future__ import annotations
@@ -21,7 +29,14 @@ import torch
 from .flow_backbone import RectifiedFlowBackbone
 from .flux_kontext import FluxKontextBackbone
 
-__all__ = ["PROMPT_TEMPLATE", "QwenEditBackbone", "QwenEditCondition", "true_cfg"]
+__all__ = [
+    "PLUS_PROMPT_TEMPLATE",
+    "PROMPT_TEMPLATE",
+    "QwenEditBackbone",
+    "QwenEditCondition",
+    "condition_image_size",
+    "true_cfg",
+]
 
 #: The chat template Qwen-Image-Edit was trained with: a system prompt, then the user turn with
 #: the image's vision tokens before the instruction (diffusers' ``prompt_template_encode``).
@@ -37,6 +52,27 @@ PROMPT_TEMPLATE = (
 #: the published tokenizer (diffusers' ``prompt_template_encode_start_idx``). A fixed count,
 #: as the model was trained; the tiny tokenizer splits the template differently.
 PROMPT_TEMPLATE_DROP = 64
+#: Qwen-Image-Edit-2509/2511's template (diffusers' ``QwenImageEditPlusPipeline``): the same
+#: system prompt (so the same drop), and in the user turn one ``Picture N:`` label with its
+#: vision tokens per input image before the instruction (one image here).
+PLUS_PROMPT_TEMPLATE = PROMPT_TEMPLATE.replace(
+    "<|vision_start|><|image_pad|><|vision_end|>{}",
+    "Picture 1: <|vision_start|><|image_pad|><|vision_end|>{}",
+)
+#: The area (pixels) of the image the 2509/2511 VL encoder reads (diffusers'
+#: ``CONDITION_IMAGE_SIZE``), whatever the output size.
+CONDITION_IMAGE_AREA = 384 * 384
+
+
+def condition_image_size(width: int, height: int, area: int = CONDITION_IMAGE_AREA) -> tuple:
+    """``(width, height)`` of the 2509/2511 VL encoder's condition image: the input's aspect
+    ratio at about ``area`` pixels, each side rounded to the nearest multiple of 32 (diffusers'
+    ``calculate_dimensions``). 96 x 64 -> sqrt(147456 * 1.5) = 470.3 -> 480, 313.5 -> 320."""
+    import math
+
+    ratio = width / height
+    w = math.sqrt(area * ratio)
+    return round(w / 32) * 32, round(w / ratio / 32) * 32
 
 
 def true_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -88,9 +124,18 @@ class QwenEditBackbone(RectifiedFlowBackbone):
     image_on = "sequence"
 
     def __init__(
-        self, transformer: Any, vae: Any, text_encoder: Any, tokenizer: Any, processor: Any
+        self,
+        transformer: Any,
+        vae: Any,
+        text_encoder: Any,
+        tokenizer: Any,
+        processor: Any,
+        plus: bool = False,
     ) -> None:
         self.transformer = transformer
+        #: the 2509/2511 prompt template (``Picture 1:``); the caller hands :meth:`encode_prompt`
+        #: the condition image (:func:`condition_image_size`).
+        self.plus = bool(plus)
         self.vae = vae
         self.text_encoder, self.tokenizer, self.processor = text_encoder, tokenizer, processor
         #: pixels per latent (8: three 2x downsamplings); a packed token covers twice that.
@@ -105,9 +150,10 @@ class QwenEditBackbone(RectifiedFlowBackbone):
         images: list[Any],
         negative_prompts: list[str] | None = None,
     ) -> QwenEditCondition:
-        """Qwen2.5-VL's last hidden states of each prompt with its edit image (PIL, at the
-        size the edit runs at), the system prompt dropped; with ``negative_prompts``, theirs
-        too (with the same images) for true CFG."""
+        """Qwen2.5-VL's last hidden states of each prompt with its edit image (PIL: the image
+        at the size the edit runs at, or for ``plus`` the ~384 x 384 condition image), the
+        system prompt dropped; with ``negative_prompts``, theirs too (with the same images) for
+        true CFG."""
         if len(images) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
         embeds, mask = self._encode(prompts, images)
@@ -118,8 +164,9 @@ class QwenEditBackbone(RectifiedFlowBackbone):
 
     def _encode(self, prompts: list[str], images: list[Any]) -> tuple:
         enc = self.text_encoder
+        template = PLUS_PROMPT_TEMPLATE if self.plus else PROMPT_TEMPLATE
         inputs = self.processor(
-            text=[PROMPT_TEMPLATE.format(p) for p in prompts],
+            text=[template.format(p) for p in prompts],
             images=images,
             padding=True,
             return_tensors="pt",

@@ -12,6 +12,11 @@ its 8x spatial compression, and the vision processor's patch 14, merge 2, tempor
 pixel bounds and CLIP normalisation. It is saved as a ``QwenImageEditPipeline`` folder, the
 layout of ``Qwen/Qwen-Image-Edit``.
 
+``init-tiny --kind qwen-edit-plus`` writes the same components as a
+``QwenImageEditPlusPipeline`` folder, the layout of ``Qwen/Qwen-Image-Edit-2509`` (whose
+scheduler, transformer, VAE, encoder and processor settings are the first release's); 2511's
+transformer adds ``zero_cond_t`` (``build_qwen_edit_components(zero_cond_t=True)``).
+
 The vision processor is transformers' PIL image processor (``Qwen2VLImageProcessorPil``), so
 neither the bundle nor the editor needs torchvision.
 """
@@ -30,6 +35,7 @@ __all__ = [
     "build_qwen_edit_components",
     "qwen2_tokenizer",
     "write_tiny_qwen_edit",
+    "write_tiny_qwen_edit_plus",
 ]
 
 #: Qwen/Qwen-Image-Edit's scheduler/scheduler_config.json (the Qwen-Image family's): an
@@ -258,10 +264,14 @@ def qwen_vl_processor(tokenizer: Any):
     )
 
 
-def build_qwen_edit_components(size: str = "tiny", seed: int | None = 0) -> dict[str, Any]:
-    """The components of a ``QwenImageEditPipeline``: ``tiny`` (tests) or ``real`` (the
-    published architecture, random weights: 20B + 7B, for FLOP counts on the meta device; far
-    too large to build in memory on a small machine)."""
+def build_qwen_edit_components(
+    size: str = "tiny", seed: int | None = 0, *, zero_cond_t: bool = False
+) -> dict[str, Any]:
+    """The components of a ``QwenImageEditPipeline`` (or ``QwenImageEditPlusPipeline``):
+    ``tiny`` (tests) or ``real`` (the published architecture, random weights: 20B + 7B, for
+    FLOP counts on the meta device; far too large to build in memory on a small machine).
+    ``zero_cond_t``: Qwen-Image-Edit-2511's transformer flag (the condition image's tokens
+    modulated at timestep 0)."""
     from diffusers import (
         AutoencoderKLQwenImage,
         FlowMatchEulerDiscreteScheduler,
@@ -294,7 +304,8 @@ def build_qwen_edit_components(size: str = "tiny", seed: int | None = 0) -> dict
     )
     with _seeded(seed):
         transformer = QwenImageTransformer2DModel(
-            **(TINY_TRANSFORMER_CONFIG if tiny else QWEN_EDIT_TRANSFORMER_CONFIG)
+            **(TINY_TRANSFORMER_CONFIG if tiny else QWEN_EDIT_TRANSFORMER_CONFIG),
+            **({"zero_cond_t": True} if zero_cond_t else {}),
         )
         vae = AutoencoderKLQwenImage(**(TINY_VAE_CONFIG if tiny else QWEN_IMAGE_VAE_CONFIG))
         text_encoder = Qwen2_5_VLForConditionalGeneration(vl_config)
@@ -312,12 +323,23 @@ def write_tiny_qwen_edit(directory: str | os.PathLike, *, seed: int = 0) -> None
     """``init-tiny --kind qwen-edit``: a tiny ``QwenImageEditPipeline`` folder in the
     published layout (``model_index.json`` names diffusers' pipeline and transformers'
     ``Qwen2VLProcessor``, so diffusers with torchvision loads it as this toolkit does)."""
+    _write_tiny(directory, "QwenImageEditPipeline", seed)
+
+
+def write_tiny_qwen_edit_plus(directory: str | os.PathLike, *, seed: int = 0) -> None:
+    """``init-tiny --kind qwen-edit-plus``: the tiny components as a
+    ``QwenImageEditPlusPipeline`` folder, the layout of ``Qwen/Qwen-Image-Edit-2509``."""
+    _write_tiny(directory, "QwenImageEditPlusPipeline", seed)
+
+
+def _write_tiny(directory: str | os.PathLike, pipeline: str, seed: int) -> None:
     import json
     from pathlib import Path
 
-    from diffusers import QwenImageEditPipeline
+    import diffusers
 
-    QwenImageEditPipeline(**build_qwen_edit_components("tiny", seed=seed)).save_pretrained(
+    cls = getattr(diffusers, pipeline)
+    cls(**build_qwen_edit_components("tiny", seed=seed)).save_pretrained(
         str(directory), safe_serialization=True
     )
     index_file = Path(directory) / "model_index.json"

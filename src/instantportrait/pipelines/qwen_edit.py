@@ -25,6 +25,14 @@ output size (the two agree when the output is about 1 MP). Its call takes the ar
 CLI, the app, the ComfyUI node and the evaluation harness pass (``resolution``,
 ``num_images_per_prompt``, ``None`` for the folder's defaults), so they drive it as the other
 editors.
+
+A ``QwenImageEditPlusPipeline`` folder (``Qwen/Qwen-Image-Edit-2509`` or ``-2511``, or
+``init-tiny --kind qwen-edit-plus``) loads with ``plus=True`` (stored in the config): the
+backbone's ``Picture 1:`` prompt template, the VL encoder reading the input resized to about
+384 x 384 (diffusers' condition image, from the input, whatever the output size), the VAE
+reading it at the output size as above (diffusers: about 1 MP), and the cards' 40 steps. The
+teacher then equals diffusers' ``QwenImageEditPlusPipeline`` for one image where the VAE sizes
+agree (tested).
 """
 
 from __future__ import annotations
@@ -38,25 +46,58 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import QwenImageLoraLoaderMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..backbones.qwen_edit import QwenEditBackbone
-from ..errors import InputError
+from ..backbones.qwen_edit import QwenEditBackbone, condition_image_size
+from ..errors import InputError, MissingDependencyError
 from ..io import load_image
 from .dit_edit import DiTEditMixin
 from .kontext_edit import KontextEditOutput
 
-__all__ = ["QwenEditPipeline", "TEACHER_STEPS", "DEFAULT_TRUE_CFG", "DEFAULT_NEGATIVE_PROMPT"]
+__all__ = [
+    "QwenEditPipeline",
+    "TEACHER_STEPS",
+    "PLUS_TEACHER_STEPS",
+    "DEFAULT_TRUE_CFG",
+    "DEFAULT_NEGATIVE_PROMPT",
+    "check_zero_cond_t",
+]
 
 #: The model card's settings: 50 steps, ``true_cfg_scale`` 4.0, negative prompt ``" "``.
 TEACHER_STEPS = 50
+#: Qwen-Image-Edit-2509's card: 40 steps (same scale and negative prompt).
+PLUS_TEACHER_STEPS = 40
+#: ``model_index.json`` ``_class_name`` of the 2509/2511 folders.
+PLUS_PIPELINE_CLASS = "QwenImageEditPlusPipeline"
 DEFAULT_TRUE_CFG = 4.0
 DEFAULT_NEGATIVE_PROMPT = " "
+
+
+def check_zero_cond_t(folder: Any, transformer: Any) -> None:
+    """Refuse, in one line, a 2511 folder (``zero_cond_t`` in ``transformer/config.json``)
+    whose transformer was built without it: a diffusers release older than the flag drops the
+    unknown config key with a log line and would edit with the wrong modulation."""
+    import json
+    from pathlib import Path
+
+    config = Path(str(folder)) / "transformer" / "config.json"
+    try:
+        wanted = bool(json.loads(config.read_text()).get("zero_cond_t", False))
+    except (OSError, ValueError, AttributeError):
+        return
+    if wanted and not getattr(transformer, "zero_cond_t", False):
+        import diffusers
+
+        raise MissingDependencyError(
+            f"{folder}: its transformer sets zero_cond_t (Qwen-Image-Edit-2511), which diffusers "
+            f"{diffusers.__version__} ignores; upgrade diffusers (0.42 knows it)"
+        )
 
 
 class QwenEditPipeline(DiTEditMixin, DiffusionPipeline, QwenImageLoraLoaderMixin):
     """Instruction editing with Qwen-Image-Edit's components (diffusers' names).
 
     ``recommended_steps``, ``default_guidance_scale`` and ``default_negative_prompt`` (stored in
-    ``model_index.json``): what runs when the call leaves them out.
+    ``model_index.json``): what runs when the call leaves them out. ``plus``: the 2509/2511
+    releases' conditioning (module doc); :meth:`from_pretrained` sets it from the folder.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -73,6 +114,7 @@ class QwenEditPipeline(DiTEditMixin, DiffusionPipeline, QwenImageLoraLoaderMixin
         recommended_steps: int = TEACHER_STEPS,
         default_guidance_scale: float = DEFAULT_TRUE_CFG,
         default_negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+        plus: bool = False,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -87,8 +129,11 @@ class QwenEditPipeline(DiTEditMixin, DiffusionPipeline, QwenImageLoraLoaderMixin
             recommended_steps=int(recommended_steps),
             default_guidance_scale=float(default_guidance_scale),
             default_negative_prompt=str(default_negative_prompt),
+            plus=bool(plus),
         )
-        self.backbone = QwenEditBackbone(transformer, vae, text_encoder, tokenizer, processor)
+        self.backbone = QwenEditBackbone(
+            transformer, vae, text_encoder, tokenizer, processor, plus=bool(plus)
+        )
         self.image_processor = VaeImageProcessor(
             vae_scale_factor=self.backbone.vae_scale_factor * 2
         )
@@ -99,17 +144,25 @@ class QwenEditPipeline(DiTEditMixin, DiffusionPipeline, QwenImageLoraLoaderMixin
     def from_pretrained(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
         """diffusers' loading, with the processor read by
         :class:`~instantportrait.backbones.qwen_vl_processor.QwenVLImageTextProcessor` (the
-        folder names transformers' ``Qwen2VLProcessor``, which needs torchvision)."""
+        folder names transformers' ``Qwen2VLProcessor``, which needs torchvision); a
+        ``QwenImageEditPlusPipeline`` folder (2509/2511) loads with ``plus=True`` and 40
+        recommended steps unless ``kwargs`` say otherwise."""
         from pathlib import Path
 
+        from ..backbones import pipeline_class
         from ..backbones.qwen_vl_processor import QwenVLImageTextProcessor
 
         folder = Path(str(pretrained_model_name_or_path))
+        if pipeline_class(folder) == PLUS_PIPELINE_CLASS:
+            kwargs.setdefault("plus", True)
+            kwargs.setdefault("recommended_steps", PLUS_TEACHER_STEPS)
         if "processor" not in kwargs and (folder / "processor").is_dir():
             kwargs["processor"] = QwenVLImageTextProcessor.from_pretrained(
                 str(folder / "processor")
             )
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        check_zero_cond_t(folder, pipe.transformer)
+        return pipe
 
     @torch.no_grad()
     def __call__(
@@ -190,11 +243,15 @@ class QwenEditPipeline(DiTEditMixin, DiffusionPipeline, QwenImageLoraLoaderMixin
         device = self._execution_device
         dtype = self.transformer.dtype
         height, width = self._size(images[0], height, width, resolution)
-        # Lanczos to the size (diffusers' resize); the VAE and the VL encoder read the same image
-        images = [self.image_processor.resize(im, height, width) for im in images]
         result = None
         for it in range(iterations):
-            cond = self.backbone.encode_prompt(prompts, images, negatives).repeat(per)
+            # Lanczos from the input (diffusers' resize): the VAE's image at the output size; the
+            # VL encoder reads it too, or (plus) its own ~384 x 384 one
+            vl_images = [self._condition_image(im) for im in images]
+            images = [self.image_processor.resize(im, height, width) for im in images]
+            if not self.config.plus:
+                vl_images = images
+            cond = self.backbone.encode_prompt(prompts, vl_images, negatives).repeat(per)
             pixels = self.image_processor.preprocess(images, height, width)
             image_latents = self.backbone.encode_image(pixels.to(device)).to(dtype)
             image_latents = image_latents.repeat_interleave(per, 0)
@@ -221,6 +278,14 @@ class QwenEditPipeline(DiTEditMixin, DiffusionPipeline, QwenImageLoraLoaderMixin
             out = self.image_processor.postprocess(decoded, output_type=output_type)
         self.maybe_free_model_hooks()
         return KontextEditOutput(images=out) if return_dict else (out,)
+
+    def _condition_image(self, image: PIL.Image.Image) -> PIL.Image.Image | None:
+        """The 2509/2511 VL encoder's image: the input at about 384 x 384 pixels, its aspect
+        ratio kept (``None`` for the first release, whose encoder reads the VAE's image)."""
+        if not self.config.plus:
+            return None
+        width, height = condition_image_size(*image.size)
+        return self.image_processor.resize(image, height, width)
 
     def _denoise(self, x, cond, image_latents, steps: int, callback) -> torch.Tensor:
         g = self._guidance_scale
