@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,13 @@ METHOD_TABS = {
     "Group": "Group (FPGA)",
     "Restore": "Restore (DIIR)",
 }
+
+
+#: whether the Live tab's camera video has frames to show
+VIDEO_PLAYING = (
+    "() => { const v = document.querySelector('#live-input video');"
+    " return !!v && v.readyState >= 2; }"
+)
 
 
 def chromium_path() -> str | None:
@@ -81,9 +89,15 @@ def test_edit_live_and_method_tabs_in_chromium(running_app, browser, astronaut_p
     page.get_by_role("tab", name="Live").click()
     cam = page.locator("#live-input")
     cam.wait_for(timeout=30_000)
+    # the webcam asks for access once it has rendered, which may come late on a loaded
+    # machine: click it whenever it shows, until the camera's video plays, then record
     access = page.get_by_text("Click to Access Webcam")
-    if access.count():
-        access.first.click()
+    deadline = time.monotonic() + 60
+    while not page.evaluate(VIDEO_PLAYING):
+        if access.count() and access.first.is_visible():
+            access.first.click()
+        assert time.monotonic() < deadline, "the webcam's video never started"
+        page.wait_for_timeout(250)
     cam.get_by_role("button", name="capture photo").first.click()  # "Record": start streaming
     page.locator("#live-output img").first.wait_for(timeout=120_000)
     # two frames at least: a rate above zero shows the stream keeps going
