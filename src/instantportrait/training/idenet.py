@@ -44,12 +44,16 @@ class ModelConfig:
     #: ``random-real`` the real InstructPix2Pix architecture with random weights (benchmarks)
     pretrained: str = "timbrooks/instruct-pix2pix"
     seed: int = 0
-    #: ``kontext``: FLUX.1 Kontext (``pretrained`` a FluxKontextPipeline folder), trained as
-    #: the LoRA ``ide`` (see :mod:`instantportrait.training.kontext_idenet`)
-    backbone: Literal["instructpix2pix", "kontext"] = "instructpix2pix"
-    #: Kontext only: the LoRA rank, the distilled guidance scale, T5's token count
+    #: ``kontext``: FLUX.1 Kontext (``pretrained`` a FluxKontextPipeline folder);
+    #: ``qwen-edit``: Qwen-Image-Edit (a QwenImageEditPipeline folder, or 2509/2511's
+    #: QwenImageEditPlusPipeline); both trained as the LoRA ``ide`` (see
+    #: :mod:`instantportrait.training.dit_idenet`)
+    backbone: Literal["instructpix2pix", "kontext", "qwen-edit"] = "instructpix2pix"
+    #: the DiTs only: the LoRA rank; the teacher's guidance (Kontext: the distilled input,
+    #: default 2.5; Qwen-Image-Edit: true CFG's scale for validation and the export, default
+    #: 4.0); T5's token count (Kontext)
     lora_rank: int = 64
-    guidance: float = 2.5
+    guidance: float | None = None
     max_sequence_length: int = 512
 
 
