@@ -183,7 +183,9 @@ class IDENetTrainer(EditTrainer):
         images_in = (x_in / 2 + 0.5).clamp(0, 1)
         lm = landmarks.to(self.device, torch.float32)
         if cfg.face_window:
-            factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            # pixels per latent: the DiT backbones know theirs (Qwen's VAE has no block list)
+            factor = getattr(getattr(self, "backbone", None), "vae_scale_factor", None)
+            factor = factor or 2 ** (len(self.vae.config.block_out_channels) - 1)
             corners, ww, wh = latent_face_windows(
                 lm, tuple(z0_hat.shape[-2:]), factor, cfg.window_margin
             )
