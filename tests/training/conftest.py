@@ -95,3 +95,13 @@ def qwen_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("qwen-edit") / "base"
     write_tiny(path, "qwen-edit")
     return path
+
+
+@pytest.fixture(scope="session")
+def qwen_plus_dir(tmp_path_factory) -> Path:
+    """A tiny Qwen-Image-Edit-2509-layout folder (``init-tiny --kind qwen-edit-plus``)."""
+    from instantportrait.tiny import write_tiny
+
+    path = tmp_path_factory.mktemp("qwen-edit-plus") / "base"
+    write_tiny(path, "qwen-edit-plus")
+    return path

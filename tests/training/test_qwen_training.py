@@ -394,3 +394,28 @@ def test_fsdp_config_wraps_qwen_blocks_and_paper_preset_resolves(qwen_dir, capsy
     assert resolved["model"]["backbone"] == "qwen-edit" and resolved["model"]["lora_rank"] == 64
     assert resolved["model"]["guidance"] is None  # the family's: true CFG 4.0
     assert resolved["data"]["size"] == [1024, 576]
+
+
+def test_a_2509_folder_trains_with_its_condition_image_and_exports_its_editor(
+    qwen_plus_dir, pair_dir, tmp_path, monkeypatch
+):
+    from instantportrait.backbones.qwen_edit import QwenEditBackbone
+    from instantportrait.pipelines.qwen_edit import QwenEditPipeline
+
+    sizes = []
+    original = QwenEditBackbone.encode_prompt
+
+    def spy(self, prompts, images, negative_prompts=None):
+        sizes.extend(im.size for im in images)
+        return original(self, prompts, images, negative_prompts)
+
+    monkeypatch.setattr(QwenEditBackbone, "encode_prompt", spy)
+    t = SmallQwenIDENet(idenet_config(qwen_plus_dir, pair_dir, tmp_path / "run"))
+    final = t.fit()
+    assert t.kmodel.plus and t.backbone.plus
+    # the 64 x 64 training images reach the VL encoder at about 384 x 384 (2509's condition
+    # image: sqrt(384 * 384) = 384, a multiple of 32), the VAE at 64 x 64
+    assert sizes and set(sizes) == {(384, 384)}
+    pipe = QwenEditPipeline.from_pretrained(final)
+    assert pipe.config.plus and pipe.config.recommended_steps == 40
+    assert pipe.config.default_guidance_scale == 4.0
