@@ -419,3 +419,22 @@ def test_a_2509_folder_trains_with_its_condition_image_and_exports_its_editor(
     pipe = QwenEditPipeline.from_pretrained(final)
     assert pipe.config.plus and pipe.config.recommended_steps == 40
     assert pipe.config.default_guidance_scale == 4.0
+
+
+def test_the_memory_plan_counts_the_trainers_lora(idenet):
+    """The plan's adapter rows come from the trainers' own targets: its meta count at the tiny
+    config and rank 4 is the trained model's ``ide`` parameter count."""
+    import sys
+    from pathlib import Path
+
+    from instantportrait.backbones.qwen_edit_components import TINY_TRANSFORMER_CONFIG
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from qwen_edit_memory_plan import meta_transformer
+
+    t = meta_transformer(4, TINY_TRANSFORMER_CONFIG)
+    planned = sum(p.numel() for n, p in t.named_parameters() if "lora_" in n)
+    trained = sum(
+        p.numel() for n, p in idenet.kmodel.transformer.named_parameters() if ".ide." in n
+    )
+    assert planned == trained > 0
