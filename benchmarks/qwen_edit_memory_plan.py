@@ -5,11 +5,11 @@ The same rows as :mod:`kontext_memory_plan` (whose helpers it uses), for the 20B
 
 * parameters of the transformer (60 MMDiT blocks), the Qwen2.5-VL-7B encoder and the VAE, and
   of the LoRA adapters at the shipped rank on the trainers' targets
-  (``instantportrait.training.qwen_edit_model.QWEN_LORA_TARGETS``);
+  (``instantportrait.training.qwen_edit_model.qwen_lora_targets``);
 * the adapters' optimizer states (AdamW: two fp32 moments), gradients and EMA;
 * activations with gradient checkpointing on the transformer blocks: each block's inputs (the
   image and text streams) kept for the backward, plus one block's own saved tensors while it
-  is recomputed (a one-block model's saved tensors minus a zero-block model's, counted with
+  is recomputed (a two-block model's saved tensors minus a one-block model's, counted with
   ``torch.autograd.graph.saved_tensors_hooks`` on a meta forward, attention matrices left out
   as the GPU's fused attention does not keep them);
 * FSDP2 over N devices: the frozen base and the adapters' states divided by N, plus the
@@ -51,16 +51,16 @@ def meta_transformer(rank: int, config: dict | None = None, layers: int | None =
     from peft import LoraConfig
 
     from instantportrait.backbones.qwen_edit_components import QWEN_EDIT_TRANSFORMER_CONFIG
-    from instantportrait.training.qwen_edit_model import QWEN_LORA_TARGETS
+    from instantportrait.training.qwen_edit_model import qwen_lora_targets
 
     cfg = dict(config or QWEN_EDIT_TRANSFORMER_CONFIG)
     if layers is not None:
         cfg["num_layers"] = layers
     with init_empty_weights():
         t = QwenImageTransformer2DModel(**cfg).to(torch.bfloat16)
-        if layers != 0:
-            lora = LoraConfig(r=rank, lora_alpha=rank, target_modules=QWEN_LORA_TARGETS)
-            t.add_adapter(lora, adapter_name="ide")
+        targets = qwen_lora_targets(cfg["num_layers"])
+        lora = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets)
+        t.add_adapter(lora, adapter_name="ide")
     for n, p in t.named_parameters():
         if "lora_" in n:
             p.data = torch.empty_like(p, dtype=torch.float32, device="meta")
@@ -90,10 +90,11 @@ def flops(t, h: int, w: int, txt: int) -> float:
 
 def block_saved_bytes(rank: int, h: int, w: int, txt: int, batch: int) -> int:
     """Saved tensors of one MMDiT block with its LoRA trainable (bf16 activations): a
-    one-block model's minus a zero-block model's, attention matrices left out."""
+    two-block model's minus a one-block model's (both end in a last block, whose text path
+    has no LoRA), attention matrices left out."""
     seq = 2 * h * w + txt
     totals = []
-    for layers in (1, 0):
+    for layers in (2, 1):
         t = meta_transformer(rank, layers=layers)
         for n, p in t.named_parameters():
             p.requires_grad_("lora_" in n)

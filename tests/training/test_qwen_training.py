@@ -119,6 +119,8 @@ def _changed(module, before):
 def test_lora_targets_are_each_blocks_attention_and_mlp_linears(idenet, qwen_dir):
     from diffusers import QwenImageTransformer2DModel
 
+    from instantportrait.training.qwen_edit_model import qwen_lora_targets
+
     base = QwenImageTransformer2DModel.from_pretrained(qwen_dir, subfolder="transformer")
     modules = dict(base.named_modules())
     blocks = {n.split(".")[1] for n in modules if n.startswith("transformer_blocks.")}
@@ -127,14 +129,27 @@ def test_lora_targets_are_each_blocks_attention_and_mlp_linears(idenet, qwen_dir
     assert len(expected) == 12 * len(blocks) and all(
         isinstance(modules[n], torch.nn.Linear) for n in expected
     )
+    # the last block's text-output path never reaches the output: left out
+    last = max(blocks, key=int)
+    dead = {f"transformer_blocks.{last}.{m}" for m in ("attn.add_q_proj", "attn.to_add_out")}
+    dead |= {f"transformer_blocks.{last}.{m}" for m in MLP if m.startswith("txt_mlp")}
     adapted = {
         n for n, m in idenet.kmodel.transformer.named_modules() if "ide" in getattr(m, "lora_A", {})
     }
-    assert adapted == expected
+    assert adapted == expected - dead and len(dead) == 4
     # the linears left frozen exist (modulation, input/output layers): the regex skips them
     frozen = {n for n, m in modules.items() if isinstance(m, torch.nn.Linear)} - expected
     assert {"img_in", "txt_in", "proj_out"} <= frozen
     assert any(n.endswith("img_mod.1") for n in frozen)
+    # with 3 blocks, blocks 0 and 1 keep their whole text path (block 10's id is not "1.")
+    import re
+
+    pattern = qwen_lora_targets(3)
+    for block, full in (("0", True), ("1", True), ("2", False)):
+        name = f"transformer_blocks.{block}.txt_mlp.net.2"
+        assert bool(re.fullmatch(pattern, name)) is full
+    assert re.fullmatch(qwen_lora_targets(2), "transformer_blocks.10.attn.to_add_out")
+    assert re.fullmatch(qwen_lora_targets(2), "transformer_blocks.1.attn.add_k_proj")
 
 
 def test_training_sigmas_follow_the_qwen_schedulers_exponential_shift(idenet):
@@ -181,15 +196,8 @@ def test_only_the_ide_adapter_learns_in_idenet(idenet):
     idenet.training_step(batch_of(idenet), step_generator(0, 1, 0, idenet.device))
     changed = _changed(idenet.kmodel.transformer, before)
     assert changed and all(".ide." in n for n in changed)
-    # every LoRA B got a gradient, except the last block's text-output path (text queries,
-    # text out-projection, text MLP): only the image tokens leave the last block
-    last = max(int(n.split(".")[1]) for n in before if n.startswith("transformer_blocks."))
-    dead = ("attn.add_q_proj", "attn.to_add_out", "txt_mlp.")
     lora_b = {n for n in before if ".ide." in n and "lora_B" in n}
-    live = {n for n in lora_b if not n.startswith(f"transformer_blocks.{last}.") or not any(
-        f".{d}" in n for d in dead)}  # fmt: skip
-    assert live <= changed and len(lora_b - live) == 4
-    assert not (lora_b - live) & changed
+    assert lora_b <= changed  # every LoRA B got a gradient (no adapter on a dead path)
 
 
 # ---------------------------------------------------------------- IPNet
@@ -438,3 +446,31 @@ def test_the_memory_plan_counts_the_trainers_lora(idenet):
         p.numel() for n, p in idenet.kmodel.transformer.named_parameters() if ".ide." in n
     )
     assert planned == trained > 0
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_fsdp2_qwen_idenet_equals_ddp(qwen_dir, pair_dir, tmp_path):
+    """The shared sharding code on Qwen's blocks (``fsdp_qwen_edit.yaml``): the same losses and
+    export as DDP, the sharded checkpoint holding the adapter only."""
+    from safetensors.torch import load_file
+    from test_kontext_fsdp import RUN as FSDP_RUN
+    from test_kontext_fsdp import _checkpointed, _config, _launch, _losses, _same_files
+
+    fsdp_cfg = _config(tmp_path, True, "fsdp_qwen_edit.yaml")
+    ddp_cfg = _config(tmp_path, False)
+
+    def args(out):
+        return ["idenet", *FSDP_RUN, *_settings(
+            model__backbone="qwen-edit", model__pretrained=qwen_dir, model__lora_rank=4,
+            data__path=pair_dir, loss__lambda_aid=0.7, training__output_dir=out)]  # fmt: skip
+
+    _launch(fsdp_cfg, True, args(tmp_path / "fsdp"))
+    _launch(ddp_cfg, False, args(tmp_path / "ddp"))
+    ckpt = tmp_path / "fsdp" / "checkpoints" / "step-000001"
+    ddp_file = tmp_path / "ddp" / "checkpoints" / "step-000001" / "adapters.safetensors"
+    lora = {f"model.{k}" for k in load_file(str(ddp_file))}
+    assert lora and _checkpointed(ckpt / "pytorch_model_fsdp_0") == lora
+    losses = _losses(tmp_path / "fsdp")
+    torch.testing.assert_close(losses, _losses(tmp_path / "ddp"), rtol=1e-5, atol=1e-7)
+    _same_files(tmp_path / "fsdp" / "final", tmp_path / "ddp" / "final", exact=False)

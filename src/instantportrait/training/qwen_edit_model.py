@@ -6,8 +6,9 @@ module is what Qwen-Image-Edit (the first release, or 2509/2511 through diffuser
 
 * LoRA on every MMDiT block's joint attention (image stream ``to_q/to_k/to_v/to_out.0``, text
   stream ``add_q_proj/add_k_proj/add_v_proj/to_add_out``) and both MLPs (``img_mlp`` and
-  ``txt_mlp``: ``net.0.proj`` and ``net.2``); the modulation layers, norms and the
-  transformer's input/output layers stay frozen;
+  ``txt_mlp``: ``net.0.proj`` and ``net.2``), but not on the last block's text-output path,
+  which cannot reach the prediction (:func:`qwen_lora_targets`); the modulation layers, norms
+  and the transformer's input/output layers stay frozen;
 * the condition is Qwen2.5-VL's reading of the instruction WITH the edit image (the backbone's
   :meth:`~instantportrait.backbones.qwen_edit.QwenEditBackbone.encode_prompt`). A dropped
   instruction is the empty prompt encoded with the image; a dropped image is zeroed latents on
@@ -29,14 +30,30 @@ import torch
 from ..backbones.qwen_edit import QwenEditBackbone, QwenEditCondition, condition_image_size
 from .dit_model import DiTModel
 
-__all__ = ["QWEN_LORA_TARGETS", "QwenEditModel", "pixels_to_pil"]
+__all__ = ["QwenEditModel", "pixels_to_pil", "qwen_lora_targets"]
 
-#: PEFT's ``target_modules`` (a full-match regex) on diffusers' QwenImageTransformer2DModel
-QWEN_LORA_TARGETS = (
-    r".*transformer_blocks\.\d+\.("
-    r"attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
-    r"|img_mlp\.net\.(0\.proj|2)|txt_mlp\.net\.(0\.proj|2))"
-)
+#: the adapted linears of a block: joint attention (image stream, then text stream) and MLPs
+_ATTENTION = r"attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+_MLPS = r"img_mlp\.net\.(0\.proj|2)|txt_mlp\.net\.(0\.proj|2)"
+#: the last block's: its text stream's output is discarded (only the image tokens go on to
+#: the output layer), so the text queries, text out-projection and text MLP there cannot
+#: change the prediction; a LoRA on them would never get a gradient (and DDP refuses
+#: parameters that get none)
+_LAST_ATTENTION = r"attn\.(to_q|to_k|to_v|to_out\.0|add_k_proj|add_v_proj)"
+_LAST_MLPS = r"img_mlp\.net\.(0\.proj|2)"
+
+
+def qwen_lora_targets(num_layers: int) -> str:
+    """PEFT's ``target_modules`` (a full-match regex) on diffusers'
+    ``QwenImageTransformer2DModel`` with ``num_layers`` blocks: every block's attention
+    (``to_q/to_k/to_v/to_out.0``, ``add_q_proj/add_k_proj/add_v_proj/to_add_out``) and MLPs
+    (``img_mlp``/``txt_mlp``: ``net.0.proj``, ``net.2``), except the last block's text-output
+    path (``add_q_proj``, ``to_add_out``, ``txt_mlp``), which does not reach the output."""
+    last = int(num_layers) - 1
+    return (
+        rf".*transformer_blocks\.(?!{last}\.)\d+\.({_ATTENTION}|{_MLPS})"
+        rf"|.*transformer_blocks\.{last}\.({_LAST_ATTENTION}|{_LAST_MLPS})"
+    )
 
 
 def pixels_to_pil(pixels: torch.Tensor) -> list:
@@ -55,7 +72,6 @@ class QwenEditModel(DiTModel):
     image), read from the pretrained folder."""
 
     family = "qwen-edit"
-    lora_targets = QWEN_LORA_TARGETS
     default_guidance = 4.0  # the model card's true_cfg_scale
     folder_hint = (
         "a Qwen-Image-Edit pipeline folder is needed (Qwen/Qwen-Image-Edit, -2509 or -2511 "
@@ -67,6 +83,11 @@ class QwenEditModel(DiTModel):
     def __init__(self, components: dict[str, Any], *args: Any, plus: bool = False, **kw: Any):
         self.plus = bool(plus)
         super().__init__(components, *args, **kw)
+
+    @property
+    def lora_targets(self) -> str:  # type: ignore[override]
+        """:func:`qwen_lora_targets` for this transformer's block count."""
+        return qwen_lora_targets(self.transformer.config.num_layers)
 
     @classmethod
     def from_pipeline(cls, pipe: Any, device: torch.device, rank: int, **kw: Any) -> DiTModel:
