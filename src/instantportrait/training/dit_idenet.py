@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
 from ..parameterization import flow_noise, flow_velocity_target
-from .dit_model import model_class
+from .dit_model import FAMILIES, model_class
 from .dit_trainer import DiTTrainerMixin
 from .idenet import IDENetConfig, IDENetTrainer
 
@@ -37,6 +38,11 @@ class DiTIDENetTrainer(DiTTrainerMixin, IDENetTrainer):
     adapter_name = "ide"
 
     def __init__(self, config: IDENetConfig):
+        if config.model.backbone not in FAMILIES:
+            raise InputError(
+                f"model.backbone={config.model.backbone}: the DiT trainer takes "
+                f"{' or '.join(FAMILIES)}"
+            )
         super().__init__(config)
         g = config.model.guidance
         self.guidance = model_class(config.model.backbone).default_guidance if g is None else g
