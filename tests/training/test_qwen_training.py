@@ -301,6 +301,7 @@ COMMON = _settings(
     data__resolution=64,
     data__detect_faces="false",
     training__batch_size=2,
+    training__gradient_accumulation_steps=1,  # the stage presets accumulate to their batch
     training__checkpoint_every=1,
     training__tensorboard="false",
     training__log_every=1,
@@ -448,7 +449,6 @@ def test_the_memory_plan_counts_the_trainers_lora(idenet):
     assert planned == trained > 0
 
 
-@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_fsdp2_qwen_idenet_equals_ddp(qwen_dir, pair_dir, tmp_path):
     """The shared sharding code on Qwen's blocks (``fsdp_qwen_edit.yaml``): the same losses and
