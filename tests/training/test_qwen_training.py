@@ -474,3 +474,34 @@ def test_fsdp2_qwen_idenet_equals_ddp(qwen_dir, pair_dir, tmp_path):
     losses = _losses(tmp_path / "fsdp")
     torch.testing.assert_close(losses, _losses(tmp_path / "ddp"), rtol=1e-5, atol=1e-7)
     _same_files(tmp_path / "fsdp" / "final", tmp_path / "ddp" / "final", exact=False)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_fsdp2_qwen_ipnet_equals_ddp(teacher_dir, pair_dir, tmp_path):
+    """IPNet on Qwen's shards: the true-CFG teacher (two calls) and the unguided inversion with
+    ``ide`` switched on the shards give DDP's losses and student."""
+    from safetensors.torch import load_file
+    from test_kontext_fsdp import RUN as FSDP_RUN
+    from test_kontext_fsdp import _config, _launch
+
+    fsdp_cfg = _config(tmp_path, True, "fsdp_qwen_edit.yaml")
+    ddp_cfg = _config(tmp_path, False)
+
+    def args(out):
+        return ["ipnet", "--teacher", teacher_dir, "--stage", "low", *FSDP_RUN, *_settings(
+            data__path=pair_dir, discriminator__backbone="tiny", triplet__dino="tiny",
+            training__gradient_accumulation_steps=1, training__output_dir=out)]  # fmt: skip
+
+    _launch(fsdp_cfg, True, args(tmp_path / "fsdp"))
+    _launch(ddp_cfg, False, args(tmp_path / "ddp"))
+    keys = ("loss_g", "l_adv", "l_distill", "loss_d")
+    got = [[r[k] for k in keys] for r in read_metrics(tmp_path / "fsdp")]
+    want = [[r[k] for k in keys] for r in read_metrics(tmp_path / "ddp")]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    name = "student_lora.safetensors"
+    x = load_file(str(tmp_path / "fsdp" / "final" / name))
+    y = load_file(str(tmp_path / "ddp" / "final" / name))
+    assert x.keys() == y.keys() and x
+    for k in x:
+        torch.testing.assert_close(x[k], y[k], atol=1e-6, rtol=1e-5)
