@@ -22,7 +22,7 @@ editor runs it), which costs a second call. Decided here [rec]:
 * the target's teacher prediction ``v_phi(z')`` is guided (two calls): the student learns to
   produce the guided teacher's result;
 * the inversion's Euler steps are unguided (one call each): inverting with guidance
-  accumulates error (Mokady et al. 2023, Null-text inversion §3: DDIM inversion is accurate at
+  accumulates error (Mokady et al. 2023, Null-text inversion: DDIM inversion is accurate at
   w = 1 and drifts for w > 1), and it halves the inversion's cost (4 calls instead of 8);
 * the student runs ONE unguided call (no negative prompt): guidance is what it distils, and
   its export has true CFG off by default.
