@@ -85,3 +85,23 @@ def kontext_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("kontext") / "base"
     write_tiny_kontext(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def qwen_dir(tmp_path_factory) -> Path:
+    """A tiny Qwen-Image-Edit pipeline folder (``init-tiny --kind qwen-edit``)."""
+    from instantportrait.tiny import write_tiny
+
+    path = tmp_path_factory.mktemp("qwen-edit") / "base"
+    write_tiny(path, "qwen-edit")
+    return path
+
+
+@pytest.fixture(scope="session")
+def qwen_plus_dir(tmp_path_factory) -> Path:
+    """A tiny Qwen-Image-Edit-2509-layout folder (``init-tiny --kind qwen-edit-plus``)."""
+    from instantportrait.tiny import write_tiny
+
+    path = tmp_path_factory.mktemp("qwen-edit-plus") / "base"
+    write_tiny(path, "qwen-edit-plus")
+    return path

@@ -73,10 +73,10 @@ def test_fsdp1_is_refused_in_one_line_and_whole_unit_is_a_no_op_without_fsdp():
 # ---------------------------------------------------------------- two processes
 
 
-def _config(tmp: Path, fsdp: bool) -> Path:
+def _config(tmp: Path, fsdp: bool, shipped: str = "fsdp_kontext.yaml") -> Path:
     """The shipped FSDP config on 2 CPU processes in fp32 (or the same as plain DDP)."""
     if fsdp:
-        cfg = yaml.safe_load((ROOT / "examples/accelerate/fsdp_kontext.yaml").read_text())
+        cfg = yaml.safe_load((ROOT / "examples/accelerate" / shipped).read_text())
         cfg.update(num_processes=2, mixed_precision="no")
     else:
         cfg = {"distributed_type": "MULTI_GPU", "num_processes": 2, "mixed_precision": "no"}

@@ -229,26 +229,29 @@ def check_train_models(name: str, cfg) -> None:
 
 
 def trainer_class(name: str, cfg) -> type:
-    """The trainer of ``name`` for this config: the Kontext trainers when the backbone is
-    FLUX.1 Kontext (IDE-Net: ``model.backbone=kontext``; IPNet: a Kontext IDE-Net teacher)."""
-    if name == "idenet" and cfg.model.backbone == "kontext":
-        from ..training.kontext_idenet import KontextIDENetTrainer
+    """The trainer of ``name`` for this config: the DiT trainers when the backbone is FLUX.1
+    Kontext or Qwen-Image-Edit (IDE-Net: ``model.backbone=kontext`` or ``qwen-edit``; IPNet:
+    a DiT IDE-Net export as the teacher, whose family it reads)."""
+    if name == "idenet" and cfg.model.backbone in ("kontext", "qwen-edit"):
+        from ..training.dit_idenet import DiTIDENetTrainer
 
-        return KontextIDENetTrainer
+        return DiTIDENetTrainer
     if name == "ipnet":
-        from ..backbones import is_kontext_folder
-        from ..training.kontext_model import is_kontext_training_export
+        from ..backbones import dit_family
+        from ..training.dit_model import is_dit_training_export
 
-        if is_kontext_training_export(cfg.teacher.path):
-            from ..training.kontext_ipnet import KontextIPNetTrainer
+        if is_dit_training_export(cfg.teacher.path):
+            from ..training.dit_ipnet import DiTIPNetTrainer
 
-            return KontextIPNetTrainer
-        if is_kontext_folder(cfg.teacher.path):
+            return DiTIPNetTrainer
+        family = dit_family(cfg.teacher.path)
+        if family is not None:
             from ..errors import InputError
 
+            option = "kontext" if family == "FLUX.1 Kontext" else "qwen-edit"
             raise InputError(
-                f"teacher.path={cfg.teacher.path}: a FLUX.1 Kontext folder, not an IDE-Net "
-                "export; train the teacher first (train idenet --set model.backbone=kontext)"
+                f"teacher.path={cfg.teacher.path}: a {family} folder, not an IDE-Net export; "
+                f"train the teacher first (train idenet --set model.backbone={option})"
             )
     module, _, trainer_name, _ = TRAINERS[name]
     return getattr(importlib.import_module(module), trainer_name)

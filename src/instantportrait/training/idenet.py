@@ -44,12 +44,16 @@ class ModelConfig:
     #: ``random-real`` the real InstructPix2Pix architecture with random weights (benchmarks)
     pretrained: str = "timbrooks/instruct-pix2pix"
     seed: int = 0
-    #: ``kontext``: FLUX.1 Kontext (``pretrained`` a FluxKontextPipeline folder), trained as
-    #: the LoRA ``ide`` (see :mod:`instantportrait.training.kontext_idenet`)
-    backbone: Literal["instructpix2pix", "kontext"] = "instructpix2pix"
-    #: Kontext only: the LoRA rank, the distilled guidance scale, T5's token count
+    #: ``kontext``: FLUX.1 Kontext (``pretrained`` a FluxKontextPipeline folder);
+    #: ``qwen-edit``: Qwen-Image-Edit (a QwenImageEditPipeline folder, or 2509/2511's
+    #: QwenImageEditPlusPipeline); both trained as the LoRA ``ide`` (see
+    #: :mod:`instantportrait.training.dit_idenet`)
+    backbone: Literal["instructpix2pix", "kontext", "qwen-edit"] = "instructpix2pix"
+    #: the DiTs only: the LoRA rank; the teacher's guidance (Kontext: the distilled input,
+    #: default 2.5; Qwen-Image-Edit: true CFG's scale for validation and the export, default
+    #: 4.0); T5's token count (Kontext)
     lora_rank: int = 64
-    guidance: float = 2.5
+    guidance: float | None = None
     max_sequence_length: int = 512
 
 
@@ -179,7 +183,9 @@ class IDENetTrainer(EditTrainer):
         images_in = (x_in / 2 + 0.5).clamp(0, 1)
         lm = landmarks.to(self.device, torch.float32)
         if cfg.face_window:
-            factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            # pixels per latent: the DiT backbones know theirs (Qwen's VAE has no block list)
+            factor = getattr(getattr(self, "backbone", None), "vae_scale_factor", None)
+            factor = factor or 2 ** (len(self.vae.config.block_out_channels) - 1)
             corners, ww, wh = latent_face_windows(
                 lm, tuple(z0_hat.shape[-2:]), factor, cfg.window_margin
             )

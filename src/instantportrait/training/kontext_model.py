@@ -1,44 +1,40 @@
-"""One FLUX.1 Kontext model in memory for both trainers: the frozen base and its LoRA adapters.
+"""FLUX.1 Kontext in the DiT trainers: its LoRA targets, pipelines, condition and guidance.
 
-A 12B transformer cannot be held three times (teacher, student, EMA), so the trainers keep ONE
-set of base weights and switch PEFT adapters on it:
-
-* IDE-Net trains the LoRA ``ide`` (rank 64 on the attention q/k/v/out and the MLP projections of
-  every double and single block);
-* the IPNet student is a second LoRA, ``student``, initialised from ``ide``;
-* the teacher is base + ``ide`` with ``student`` inactive (:meth:`KontextModel.adapter`);
-* the EMA averages the parameters that require gradients: the trained adapter only.
-
-The base is frozen, bf16 on a GPU and fp32 on the CPU; the adapters are fp32. Exports: a LoRA
-file that diffusers' ``load_lora_weights`` reads, and a fused pipeline folder (base + adapter
-merged) that :class:`~instantportrait.pipelines.kontext_edit.KontextEditPipeline` and the
-``edit`` command load. The export reads the adapter through :meth:`KontextModel.gather_adapter`
-(collective under FSDP2, see :mod:`~instantportrait.training.sharding`) and merges it into the
-base read again from the pretrained folder, so it never needs the sharded base whole.
+Everything the trainers share (one frozen base, the adapters ``ide``/``student``, the exports,
+FSDP2's gathering) is :class:`~instantportrait.training.dit_model.DiTModel`'s; this module is
+what FLUX.1 Kontext adds: LoRA on the double and single blocks, the ``FluxKontextPipeline``
+folder, the CLIP + T5 condition, the distilled guidance fed as an input on every call (the
+student's too), and ``KontextEditPipeline`` as the exported editor.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..backbones.flow_backbone import scheduler_shift_mu
-from ..backbones.flux_kontext import FluxKontextBackbone
-from .sharding import full_tensors
+from ..backbones.flux_kontext import FluxKontextBackbone, KontextCondition
+from .dit_model import (
+    LORA_FILES,
+    METADATA,
+    DiTModel,
+    flow_training_sigmas,
+    fuse_lora_,
+    read_export_metadata,
+    training_dtype,
+)
 
 __all__ = [
     "KontextModel",
+    "LORA_FILES",
     "LORA_TARGETS",
+    "METADATA",
     "flux_training_sigmas",
     "fuse_lora_",
     "is_kontext_training_export",
     "read_export_metadata",
+    "training_dtype",
 ]
 
 #: PEFT's ``target_modules`` (a full-match regex): attention q/k/v/out (image and text streams)
@@ -50,67 +46,8 @@ LORA_TARGETS = (
     r"|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)|proj_mlp|proj_out)"
 )
 
-#: the file names of the exported adapters (in the diffusers LoRA format)
-LORA_FILES = {"ide": "ide_lora.safetensors", "student": "student_lora.safetensors"}
-METADATA = "instantportrait.json"
-
-
-def flux_training_sigmas(
-    batch: int,
-    image_seq_len: int,
-    scheduler_config: dict[str, Any],
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """Noise levels for a training batch, as FLUX's training draws them: ``u`` logit-normal
-    (Esser et al. 2024 (SD3) §3.1, eq. 19, m = 0, s = 1), then FLUX's resolution-dependent shift
-    ``sigma = e^mu / (e^mu + 1/u - 1)`` with ``mu`` linear in the image's token count (SD3
-    §5.3.2; the scheduler config's base/max shift and sequence lengths)."""
-    u = torch.sigmoid(torch.randn(batch, generator=generator))
-    cfg = scheduler_config
-    if cfg.get("use_dynamic_shifting", False):
-        mu = scheduler_shift_mu(image_seq_len, cfg)
-        shift = math.exp(mu)
-    else:
-        shift = float(cfg.get("shift", 1.0))
-    return shift * u / (1 + (shift - 1) * u)
-
-
-@torch.no_grad()
-def fuse_lora_(
-    weights: dict[str, torch.Tensor], lora: dict[str, torch.Tensor], scale: float
-) -> int:
-    """Merge a LoRA into base weights in place: ``W <- W + scale B A`` for every adapted linear
-    (Hu et al. 2021, LoRA §4.1: ``h = W0 x + B A x``, scaled by ``alpha / r``), computed in fp32
-    and stored in ``W``'s dtype.
-
-    Args:
-        weights: the base's state (``<module>.weight`` keys), changed in place.
-        lora: the adapter in PEFT's saved form (``<module>.lora_A.weight``/``lora_B.weight``).
-        scale: ``lora_alpha / r``.
-
-    Returns the number of weights merged; a LoRA module the base lacks raises ``KeyError``.
-    """
-    merged = 0
-    for key, a in lora.items():
-        if not key.endswith(".lora_A.weight"):
-            continue
-        module = key.removesuffix(".lora_A.weight")
-        b = lora[f"{module}.lora_B.weight"]
-        w = weights[f"{module}.weight"]
-        w.copy_((w.float() + scale * (b.float() @ a.float())).to(w.dtype))
-        merged += 1
-    return merged
-
-
-def training_dtype(device: torch.device) -> torch.dtype:
-    """The frozen networks' dtype on ``device``: bf16 on a GPU, fp32 elsewhere (bf16 matmuls
-    run far slower than fp32 on most CPUs)."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def read_export_metadata(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / METADATA
-    return json.loads(path.read_text()) if path.is_file() else {}
+#: FLUX's training sigmas (exponential resolution shift): the shared rectified-flow draw
+flux_training_sigmas = flow_training_sigmas
 
 
 def is_kontext_training_export(folder: str | Path) -> bool:
@@ -118,53 +55,37 @@ def is_kontext_training_export(folder: str | Path) -> bool:
     return read_export_metadata(folder).get("backbone") == "kontext"
 
 
-class KontextModel:
-    """The Kontext components with one frozen base transformer and named LoRA adapters.
+class KontextModel(DiTModel):
+    """FLUX.1 Kontext's components with one frozen base transformer and named LoRA adapters
+    (see :class:`~instantportrait.training.dit_model.DiTModel` for the arguments)."""
 
-    Args:
-        components: a ``FluxKontextPipeline``'s components (``transformer`` and ``scheduler``
-            at least; the VAE and text encoders may be ``None`` where a caller brings its own
-            latents and prompt embeddings, as the GPU suite does).
-        device: where the networks run.
-        rank: the LoRA rank (alpha = rank, so the update's scale is 1).
-        pretrained: the folder the components came from; the export reads the base from it.
-        shard: the transformer will be sharded by FSDP2: it stays on the CPU here and
-            ``fully_shard`` moves each process's shard to its device (never the whole 12B
-            base on one GPU).
-        dtype: the frozen networks' dtype (the VAE stays fp32); default bf16 on a GPU and
-            fp32 elsewhere.
+    family = "kontext"
+    lora_targets = LORA_TARGETS
+    default_guidance = 2.5
+    folder_hint = (
+        "a FLUX.1 Kontext pipeline folder is needed "
+        "(black-forest-labs/FLUX.1-Kontext-dev downloaded, or init-tiny --kind kontext)"
+    )
 
-    :meth:`from_pretrained` builds it from a pipeline folder (what the trainers do).
-    """
+    @classmethod
+    def pipeline_class(cls) -> type:
+        from diffusers import FluxKontextPipeline
 
-    def __init__(
-        self,
-        components: dict[str, Any],
-        device: torch.device,
-        rank: int = 64,
-        pretrained: str | None = None,
-        shard: bool = False,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        self.pretrained, self.rank, self.device = pretrained, int(rank), device
-        self.dtype = training_dtype(device) if dtype is None else dtype
-        skip = ("image_encoder", "feature_extractor")
-        self.components = {k: v for k, v in components.items() if k not in skip}
-        for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
-            module = self.components.get(name)
-            if module is None:
-                continue
-            module.requires_grad_(False).eval()
-            # one call per module: each tensor is cast and moved on its own (never a second
-            # whole copy of a 12B transformer in another dtype on the GPU)
-            module.to(
-                device=None if (shard and name == "transformer") else device,
-                dtype=torch.float32 if name == "vae" else self.dtype,
-            )
-        self.transformer = self.components["transformer"]
-        self.scheduler = self.components["scheduler"]
+        return FluxKontextPipeline
+
+    @classmethod
+    def transformer_class(cls) -> type:
+        from diffusers import FluxTransformer2DModel
+
+        return FluxTransformer2DModel
+
+    @classmethod
+    def lora_pipeline_class(cls) -> type:
+        return cls.pipeline_class()
+
+    def make_backbone(self) -> FluxKontextBackbone:
         c = self.components
-        self.backbone = FluxKontextBackbone(
+        return FluxKontextBackbone(
             self.transformer,
             c.get("vae"),
             c.get("text_encoder"),
@@ -173,181 +94,25 @@ class KontextModel:
             c.get("tokenizer_2"),
         )
 
-    @classmethod
-    def from_pretrained(
-        cls, pretrained: str, device: torch.device, rank: int = 64, shard: bool = False
-    ) -> KontextModel:
-        """The components of the ``FluxKontextPipeline`` folder ``pretrained``
-        (``init-tiny --kind kontext`` for tests), read in the training dtype (FLUX.1 Kontext
-        [dev] ships bf16: read as fp32, its transformer alone would take 48 GB); a missing
-        folder is one line."""
-        from diffusers import FluxKontextPipeline
-
-        from ..devices import diffusers_dtype
-        from ..errors import InputError
-        from .editing import tiny_hint
-
-        if not Path(pretrained).is_dir():
-            raise InputError(
-                f"model.pretrained={pretrained}: a FLUX.1 Kontext pipeline folder is needed "
-                "(black-forest-labs/FLUX.1-Kontext-dev downloaded, or init-tiny --kind kontext)"
-            )
-        with tiny_hint("model.pretrained"):
-            pipe = FluxKontextPipeline.from_pretrained(
-                pretrained, **diffusers_dtype(training_dtype(device))
-            )
-        return cls(pipe.components, device, rank, pretrained=str(pretrained), shard=shard)
-
-    # ---- adapters ---------------------------------------------------------------------
-    def lora_config(self):
-        from peft import LoraConfig
-
-        return LoraConfig(
-            r=self.rank,
-            lora_alpha=self.rank,
-            init_lora_weights=True,
-            target_modules=LORA_TARGETS,
-        )
-
-    def add_adapter(self, name: str, trainable: bool) -> list[torch.nn.Parameter]:
-        """Add LoRA ``name`` (B = 0: the base's function unchanged), fp32; its parameters."""
-        import warnings
-
-        with warnings.catch_warnings():  # several adapters on one model is the design here
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            self.transformer.add_adapter(self.lora_config(), adapter_name=name)
-        params = self.adapter_parameters(name)
-        for p in params:
-            p.data = p.data.float()
-        self.set_trainable(name if trainable else None)
-        return params
-
-    def adapter_parameters(self, name: str) -> list[torch.nn.Parameter]:
-        return [p for n, p in self.transformer.named_parameters() if f".{name}." in n]
-
-    def set_trainable(self, name: str | None) -> None:
-        """Only adapter ``name``'s parameters require gradients (none when ``None``)."""
-        for n, p in self.transformer.named_parameters():
-            p.requires_grad_(name is not None and f".{name}." in n)
-
-    def copy_adapter(self, source: str, target: str) -> None:
-        """Initialise adapter ``target`` with ``source``'s weights (the student from ``ide``)."""
-        named = dict(self.transformer.named_parameters())
-        with torch.no_grad():
-            for n, p in named.items():
-                if f".{source}." in n:
-                    named[n.replace(f".{source}.", f".{target}.")].copy_(p)
-
-    def active_adapters(self) -> list[str]:
-        return list(self.transformer.active_adapters())
-
-    @contextlib.contextmanager
-    def adapter(self, name: str) -> Iterator[None]:
-        """Run with only adapter ``name`` active (PEFT's ``set_adapter``), then restore the
-        previous adapters and every parameter's ``requires_grad`` (PEFT toggles them)."""
-        t = self.transformer
-        before = self.active_adapters()
-        flags = [(p, p.requires_grad) for p in t.parameters()]
-        t.set_adapter(name)
-        try:
-            yield
-        finally:
-            t.set_adapter(before if len(before) > 1 else before[0])
-            for p, flag in flags:
-                p.requires_grad_(flag)
-
-    @property
-    def lora_scale(self) -> float:
-        """``lora_alpha / r`` of the adapters (1: alpha = rank)."""
-        config = self.lora_config()
-        return config.lora_alpha / config.r
-
-    def gather_adapter(self, name: str) -> dict[str, torch.Tensor]:
-        """Adapter ``name`` whole, fp32 on the CPU, in PEFT's saved form (keys without the
-        adapter name). Collective under FSDP2: every process calls it."""
-        from peft.utils import get_peft_model_state_dict
-
-        whole = full_tensors(self.transformer, lambda n: f".{name}." in n)
-        state = get_peft_model_state_dict(self.transformer, state_dict=whole, adapter_name=name)
-        return {k: v.float().contiguous() for k, v in state.items()}
-
-    def load_adapter_file(self, path: str | Path, name: str) -> None:
-        """Load an exported LoRA file (diffusers' ``transformer.``-prefixed keys) into ``name``."""
-        from peft.utils import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        state = {k.removeprefix("transformer."): v for k, v in load_file(str(path)).items()}
-        result = set_peft_model_state_dict(self.transformer, state, adapter_name=name)
-        missing = [k for k in result.missing_keys if f".{name}." in k]
-        if missing:
-            from ..errors import InputError
-
-            raise InputError(f"{path}: not a LoRA of this transformer (missing {missing[0]})")
-
-    # ---- export -----------------------------------------------------------------------
-    def save_lora(self, folder: Path, name: str, weights: dict[str, torch.Tensor]) -> None:
-        """The adapter as a LoRA file in diffusers' format (``load_lora_weights`` reads it)."""
-        from diffusers import FluxKontextPipeline
-
-        FluxKontextPipeline.save_lora_weights(
-            str(folder), transformer_lora_layers=weights, weight_name=LORA_FILES[name]
-        )
-
-    @torch.no_grad()
-    def save_fused(self, folder: Path, lora: dict[str, torch.Tensor]) -> None:
-        """A ``KontextEditPipeline`` folder whose transformer is the base, read again from
-        ``pretrained`` in the training dtype, with ``lora`` (PEFT's saved form, from
-        :meth:`gather_adapter`) merged in by :func:`fuse_lora_`; the live model is untouched."""
-        from diffusers import FluxTransformer2DModel
-
-        from ..devices import diffusers_dtype
+    def edit_pipeline(self, transformer: Any, **settings: Any) -> Any:
         from ..pipelines.kontext_edit import KontextEditPipeline
 
-        if self.pretrained is None:
-            raise ValueError("a fused export reads the base from its folder: none was given")
-        fused = FluxTransformer2DModel.from_pretrained(
-            self.pretrained, subfolder="transformer", **diffusers_dtype(self.dtype)
-        )
-        weights = dict(fused.named_parameters())
-        if not fuse_lora_(weights, lora, self.lora_scale):
-            raise ValueError("the adapter holds no LoRA weights to merge")
-        parts = {**self.components, "transformer": fused}
-        KontextEditPipeline(**parts).save_pretrained(str(folder), safe_serialization=True)
+        return KontextEditPipeline(**{**self.components, "transformer": transformer}, **settings)
 
-    def export(
-        self, folder: Path, name: str, lora: dict[str, torch.Tensor], metadata: dict[str, Any]
-    ) -> None:
-        """Write ``folder`` atomically (the main process): the fused pipeline, adapter
-        ``name``'s weights ``lora`` (from :meth:`gather_adapter`) as a LoRA file and
-        ``instantportrait.json`` (where the base lives, the rank, ``metadata``)."""
-        from ..writer import atomic_directory
+    def encode_condition(
+        self,
+        instructions: list[str],
+        pixels: torch.Tensor,
+        keep: torch.Tensor,
+        max_sequence_length: int,
+        guided: bool = False,
+    ) -> KontextCondition:
+        """CLIP's and T5's encodings of the instructions (the image travels on the sequence
+        only; guidance is an input, so ``guided`` adds nothing)."""
+        return self.backbone.encode_prompt(list(instructions), max_sequence_length)
 
-        with atomic_directory(folder, overwrite=True) as tmp:
-            tmp = Path(tmp)
-            self.save_fused(tmp, lora)
-            self.save_lora(tmp, name, lora)
-            record = {
-                "backbone": "kontext",
-                "base": self.pretrained,
-                "lora_rank": self.rank,
-                "adapter": name,
-                "lora_file": LORA_FILES[name],
-                **metadata,
-            }
-            (tmp / METADATA).write_text(json.dumps(record, indent=2))
+    def condition_rows(self, cond: KontextCondition, rows: torch.Tensor) -> KontextCondition:
+        return KontextCondition(cond.prompt_embeds[rows], cond.pooled[rows], cond.text_ids)
 
-    @contextlib.contextmanager
-    def averaged(self, ema: Any) -> Iterator[None]:
-        """Run with the EMA's weights in the trained adapter (none: the live weights)."""
-        if ema is None:
-            yield
-            return
-        params = [p for p in self.transformer.parameters() if p.requires_grad]
-        backup = [p.detach().clone() for p in params]
-        ema.copy_to(self.transformer)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, b in zip(params, backup):
-                    p.copy_(b)
+    def validation_kwargs(self, max_sequence_length: int) -> dict[str, Any]:
+        return {"max_sequence_length": max_sequence_length}
