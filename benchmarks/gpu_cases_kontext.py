@@ -356,7 +356,7 @@ def ipnet_step(ctx: SuiteContext, km):
         distillation_target = KontextIPNetTrainer.distillation_target
 
     trainer = Trainer()
-    trainer.kmodel, trainer.backbone, trainer.device = km, km.backbone, ctx.device
+    trainer.dit_model, trainer.backbone, trainer.device = km, km.backbone, ctx.device
     trainer.guidance = GUIDANCE
     stage = StageConfig(**{**STAGES["low"]["stage"], **STAGES["high"]["stage"]})
     trainer.cfg = SimpleNamespace(stage=stage)

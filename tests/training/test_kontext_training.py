@@ -160,7 +160,7 @@ def test_wa_follows_each_rows_sigma_and_face_free_rows_skip(idenet, monkeypatch)
     def record(module, args, kwargs):
         seen.setdefault("timestep", kwargs["timestep"].detach().clone())
 
-    hook = idenet.kmodel.transformer.register_forward_pre_hook(record, with_kwargs=True)
+    hook = idenet.dit_model.transformer.register_forward_pre_hook(record, with_kwargs=True)
     original = idenet.identity_term
 
     def spy(x_in, z0_hat, landmarks, t, **kw):
@@ -190,9 +190,9 @@ def _changed(module, before):
 
 def test_only_the_ide_adapter_learns_in_idenet(idenet):
     batch = batch_of(idenet)
-    before = _snapshot(idenet.kmodel.transformer)
+    before = _snapshot(idenet.dit_model.transformer)
     idenet.training_step(batch, step_generator(0, 1, 0, idenet.device))
-    changed = _changed(idenet.kmodel.transformer, before)
+    changed = _changed(idenet.dit_model.transformer, before)
     assert changed and all(".ide." in n for n in changed)
     lora_b = {n for n in before if ".ide." in n and "lora_B" in n}
     assert lora_b <= changed  # every LoRA B received a gradient (A's are zero-grad at B = 0)
@@ -202,14 +202,14 @@ def test_only_the_ide_adapter_learns_in_idenet(idenet):
 
 
 def test_student_starts_as_ide_and_only_it_learns(ipnet):
-    named = dict(ipnet.kmodel.transformer.named_parameters())
+    named = dict(ipnet.dit_model.transformer.named_parameters())
     ide = {n: p for n, p in named.items() if ".ide." in n}
     assert ide and any(float(p.abs().sum()) > 0 for n, p in ide.items() if "lora_B" in n)
-    before = _snapshot(ipnet.kmodel.transformer)
+    before = _snapshot(ipnet.dit_model.transformer)
     for n, p in ide.items():
         torch.testing.assert_close(named[n.replace(".ide.", ".student.")], p)
     ipnet.training_step(batch_of(ipnet), step_generator(0, 1, 0, ipnet.device))
-    changed = _changed(ipnet.kmodel.transformer, before)
+    changed = _changed(ipnet.dit_model.transformer, before)
     assert changed and all(".student." in n for n in changed)
 
 
@@ -219,7 +219,7 @@ def test_teacher_never_runs_with_the_student_adapter(ipnet):
     def spy(module, args, kwargs):
         calls.append((list(module.active_adapters()), torch.is_grad_enabled()))
 
-    hook = ipnet.kmodel.transformer.register_forward_pre_hook(spy, with_kwargs=True)
+    hook = ipnet.dit_model.transformer.register_forward_pre_hook(spy, with_kwargs=True)
     try:
         for seed in range(4):
             calls.clear()
@@ -233,7 +233,7 @@ def test_teacher_never_runs_with_the_student_adapter(ipnet):
     assert student == [(["student"], True)]  # one student call, with graph
     # the inversion's 4 Euler steps plus the target's call, each with only `ide` active
     assert len(teacher) == 4 + 1 and all(active == ["ide"] for active, _ in teacher)
-    assert ipnet.kmodel.active_adapters() == ["student"]  # restored afterwards
+    assert ipnet.dit_model.active_adapters() == ["student"]  # restored afterwards
     ipnet.optimizer.zero_grad(set_to_none=True)
 
 
@@ -313,7 +313,7 @@ def test_exports_load_as_lora_and_as_a_fused_one_step_editor(
     fused = KontextEditPipeline.from_pretrained(final)
     lora = FluxKontextPipeline.from_pretrained(kontext_dir)
     lora.load_lora_weights(str(final), weight_name="student_lora.safetensors")
-    trained = dict(t.kmodel.transformer.named_parameters())
+    trained = dict(t.dit_model.transformer.named_parameters())
     assert any(".student." in n for n in trained)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 16, 8, 8, generator=g)
@@ -323,7 +323,7 @@ def test_exports_load_as_lora_and_as_a_fused_one_step_editor(
     one = torch.ones(1)
     v_fused = bb.predict(x, one, cond, img)
     v_lora = FluxKontextBackbone(lora.transformer, *[None] * 5).predict(x, one, cond, img)
-    with t.kmodel.adapter("student"):
+    with t.dit_model.adapter("student"):
         v_live = t.backbone.predict(x, one, cond, img)
     torch.testing.assert_close(v_fused, v_lora, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(v_fused, v_live, atol=1e-5, rtol=1e-4)
@@ -476,7 +476,7 @@ def test_cli_idenet_then_ipnet_on_kontext_with_exact_resume(
 def test_gradient_checkpointing_recomputes_the_student_not_the_teacher(ipnet):
     """Checkpointed blocks are recomputed in the backward, after the teacher's calls: the
     gradients must equal those without checkpointing (the student's adapter active again)."""
-    t = ipnet.kmodel.transformer
+    t = ipnet.dit_model.transformer
     batch = batch_of(ipnet)
 
     def grads():
@@ -538,7 +538,7 @@ def test_ema_averages_the_student_adapter_only(ipnet):
     from instantportrait.training.ema import EMA
 
     ema = EMA(ipnet.accelerator.unwrap_model(ipnet.model))  # as the loop builds it
-    student = [n for n, _ in ipnet.kmodel.transformer.named_parameters() if ".student." in n]
+    student = [n for n, _ in ipnet.dit_model.transformer.named_parameters() if ".student." in n]
     assert sorted(ema.names) == sorted(student)
 
 
@@ -553,7 +553,7 @@ def test_export_holds_the_ema_weights_not_the_live_ones(kontext_dir, pair_dir, t
     final = t.fit()
     exported = load_file(str(final / "ide_lora.safetensors"))
     shadows = dict(zip(t.ema.names, t.ema.model.shadow_params))
-    live = dict(t.kmodel.transformer.named_parameters())
+    live = dict(t.dit_model.transformer.named_parameters())
     assert len(exported) == len(shadows) > 0
     moved = 0
     for name, shadow in shadows.items():

@@ -134,7 +134,9 @@ def test_lora_targets_are_each_blocks_attention_and_mlp_linears(idenet, qwen_dir
     dead = {f"transformer_blocks.{last}.{m}" for m in ("attn.add_q_proj", "attn.to_add_out")}
     dead |= {f"transformer_blocks.{last}.{m}" for m in MLP if m.startswith("txt_mlp")}
     adapted = {
-        n for n, m in idenet.kmodel.transformer.named_modules() if "ide" in getattr(m, "lora_A", {})
+        n
+        for n, m in idenet.dit_model.transformer.named_modules()
+        if "ide" in getattr(m, "lora_A", {})
     }
     assert adapted == expected - dead and len(dead) == 4
     # the linears left frozen exist (modulation, input/output layers): the regex skips them
@@ -158,7 +160,7 @@ def test_training_sigmas_follow_the_qwen_schedulers_exponential_shift(idenet):
     g = torch.Generator().manual_seed(0)
     # mu: 0.5 at 256 tokens (32 x 32 latents), 0.9 at 8192 tokens (128 x 256 latents)
     for hw, mu in (((32, 32), 0.5), ((128, 256), 0.9)):
-        s = idenet.kmodel.training_sigmas(20000, hw, g)
+        s = idenet.dit_model.training_sigmas(20000, hw, g)
         assert s.min() > 0 and s.max() < 1
         # the logit-normal u has median 1/2: sigma's median is e^mu / (e^mu + 1)
         assert s.median().item() == pytest.approx(math.exp(mu) / (math.exp(mu) + 1), abs=0.01)
@@ -192,9 +194,9 @@ def test_dropped_text_is_the_empty_prompt_with_the_image_and_a_dropped_image_is_
 
 
 def test_only_the_ide_adapter_learns_in_idenet(idenet):
-    before = _snapshot(idenet.kmodel.transformer)
+    before = _snapshot(idenet.dit_model.transformer)
     idenet.training_step(batch_of(idenet), step_generator(0, 1, 0, idenet.device))
-    changed = _changed(idenet.kmodel.transformer, before)
+    changed = _changed(idenet.dit_model.transformer, before)
     assert changed and all(".ide." in n for n in changed)
     lora_b = {n for n in before if ".ide." in n and "lora_B" in n}
     assert lora_b <= changed  # every LoRA B got a gradient (no adapter on a dead path)
@@ -204,14 +206,14 @@ def test_only_the_ide_adapter_learns_in_idenet(idenet):
 
 
 def test_student_starts_as_ide_and_only_it_learns(ipnet):
-    named = dict(ipnet.kmodel.transformer.named_parameters())
+    named = dict(ipnet.dit_model.transformer.named_parameters())
     ide = {n: p for n, p in named.items() if ".ide." in n}
     assert any(float(p.abs().sum()) > 0 for n, p in ide.items() if "lora_B" in n)
     for n, p in ide.items():
         torch.testing.assert_close(named[n.replace(".ide.", ".student.")], p)
-    before = _snapshot(ipnet.kmodel.transformer)
+    before = _snapshot(ipnet.dit_model.transformer)
     ipnet.training_step(batch_of(ipnet), step_generator(0, 1, 0, ipnet.device))
-    changed = _changed(ipnet.kmodel.transformer, before)
+    changed = _changed(ipnet.dit_model.transformer, before)
     assert changed and all(".student." in n for n in changed)
 
 
@@ -222,7 +224,7 @@ def test_teacher_runs_ide_only_guided_target_unguided_inversion(ipnet):
         text = kwargs["encoder_hidden_states"]
         calls.append((list(module.active_adapters()), torch.is_grad_enabled(), text.clone()))
 
-    hook = ipnet.kmodel.transformer.register_forward_pre_hook(spy, with_kwargs=True)
+    hook = ipnet.dit_model.transformer.register_forward_pre_hook(spy, with_kwargs=True)
     try:
         out = ipnet.compute_losses(batch_of(ipnet), step_generator(0, 3, 0, ipnet.device))
     finally:
@@ -237,7 +239,7 @@ def test_teacher_runs_ide_only_guided_target_unguided_inversion(ipnet):
     for _, _, text in teacher[:5]:
         torch.testing.assert_close(text, prompt)  # the instruction's condition
     assert teacher[5][2].shape != prompt.shape or not torch.equal(teacher[5][2], prompt)
-    assert ipnet.kmodel.active_adapters() == ["student"]
+    assert ipnet.dit_model.active_adapters() == ["student"]
     ipnet.optimizer.zero_grad(set_to_none=True)
 
 
@@ -281,7 +283,7 @@ def test_fused_student_equals_diffusers_lora_fusing_and_edits_in_one_step(
         merged += not torch.equal(p, base[name])
     assert merged > 0  # the student's LoRA is in there
     v_fused = fused.backbone.predict(x, one, cond, img)
-    with t.kmodel.adapter("student"):
+    with t.dit_model.adapter("student"):
         v_live = t.backbone.predict(x, one, cond, img)
     torch.testing.assert_close(v_fused, v_lora, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(v_fused, v_live, atol=1e-5, rtol=1e-4)
@@ -421,7 +423,7 @@ def test_a_2509_folder_trains_with_its_condition_image_and_exports_its_editor(
     monkeypatch.setattr(QwenEditBackbone, "encode_prompt", spy)
     t = SmallQwenIDENet(idenet_config(qwen_plus_dir, pair_dir, tmp_path / "run"))
     final = t.fit()
-    assert t.kmodel.plus and t.backbone.plus
+    assert t.dit_model.plus and t.backbone.plus
     # the 64 x 64 training images reach the VL encoder at about 384 x 384 (2509's condition
     # image: sqrt(384 * 384) = 384, a multiple of 32), the VAE at 64 x 64
     assert sizes and set(sizes) == {(384, 384)}
@@ -444,7 +446,7 @@ def test_the_memory_plan_counts_the_trainers_lora(idenet):
     t = meta_transformer(4, TINY_TRANSFORMER_CONFIG)
     planned = sum(p.numel() for n, p in t.named_parameters() if "lora_" in n)
     trained = sum(
-        p.numel() for n, p in idenet.kmodel.transformer.named_parameters() if ".ide." in n
+        p.numel() for n, p in idenet.dit_model.transformer.named_parameters() if ".ide." in n
     )
     assert planned == trained > 0
 

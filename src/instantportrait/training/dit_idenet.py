@@ -70,7 +70,7 @@ class DiTIDENetTrainer(DiTTrainerMixin, IDENetTrainer):
         self.use_prepared(self.model)
 
     def sample_sigmas(self, batch: int, latent_hw: tuple[int, int], generator) -> torch.Tensor:
-        return self.kmodel.training_sigmas(batch, latent_hw, generator).to(self.device)
+        return self.dit_model.training_sigmas(batch, latent_hw, generator).to(self.device)
 
     def compute_loss(
         self, batch: dict[str, Any], generator: torch.Generator
@@ -85,7 +85,7 @@ class DiTIDENetTrainer(DiTTrainerMixin, IDENetTrainer):
         noise = randn_tensor(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
         sigma = self.sample_sigmas(x0.shape[0], tuple(x0.shape[-2:]), generator)
         x_sigma = flow_noise(x0, noise, sigma.view(-1, 1, 1, 1))
-        x = x_sigma.to(self.kmodel.dtype)
+        x = x_sigma.to(self.dit_model.dtype)
         v_hat = self.backbone.predict(x, sigma, cond, image_latents, self.guidance).float()
         l_dm = (v_hat - flow_velocity_target(x0, noise)).pow(2).mean()
         x0_of = lambda rows: self.backbone.x0(x_sigma[rows], sigma[rows], v_hat[rows])  # noqa: E731
@@ -99,7 +99,7 @@ class DiTIDENetTrainer(DiTTrainerMixin, IDENetTrainer):
         keeps one."""
         meta = {"kind": "idenet", "guidance": self.guidance}
         meta["max_sequence_length"] = self.cfg.model.max_sequence_length
-        self.kmodel.export(folder, "ide", self.exported_adapter(), meta)
+        self.dit_model.export(folder, "ide", self.exported_adapter(), meta)
 
 
 #: the name of the first family's trainer, kept for existing imports

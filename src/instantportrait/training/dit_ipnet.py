@@ -119,10 +119,10 @@ class DiTIPNetTrainer(DiTTrainerMixin, IPNetTrainer):
     def student_latent(self, noise, image_latents, cond) -> torch.Tensor:
         """x_hat_theta = eps - v_theta(eps, 1): the student's one step at sigma = 1, one call
         (Qwen: unguided; Kontext: the distilled guidance input)."""
-        with self.kmodel.adapter("student"):
+        with self.dit_model.adapter("student"):
             ones = torch.ones(noise.shape[0], device=self.device)
-            x = noise.to(self.kmodel.dtype)
-            plain = self.kmodel.unguided(cond)
+            x = noise.to(self.dit_model.dtype)
+            plain = self.dit_model.unguided(cond)
             v = self.backbone.predict(x, ones, plain, image_latents, self.guidance).float()
         return self.backbone.x0(noise.float(), ones, v)
 
@@ -130,8 +130,8 @@ class DiTIPNetTrainer(DiTTrainerMixin, IPNetTrainer):
     def teacher_velocity(self, z, sigma, image_latents, cond) -> torch.Tensor:
         """v_phi(z, sigma): base + ``ide``, the student's adapter inactive; guided as
         ``cond`` allows (Qwen: true CFG when it holds the negative prompt)."""
-        with self.kmodel.adapter("ide"):
-            x = z.to(self.kmodel.dtype)
+        with self.dit_model.adapter("ide"):
+            x = z.to(self.dit_model.dtype)
             return self.backbone.predict(x, sigma, cond, image_latents, self.guidance).float()
 
     @torch.no_grad()
@@ -148,7 +148,7 @@ class DiTIPNetTrainer(DiTTrainerMixin, IPNetTrainer):
         z_s = flow_noise(z, eps, sigma.view(-1, 1, 1, 1))
         inv = (sigma <= tau).nonzero().flatten()
         if len(inv):
-            sub_cond = self.kmodel.unguided(self.kmodel.condition_rows(cond, inv))
+            sub_cond = self.dit_model.unguided(self.dit_model.condition_rows(cond, inv))
 
             def velocity(x, s):
                 return self.teacher_velocity(x, s, image_latents[inv], sub_cond)
@@ -184,7 +184,7 @@ class DiTIPNetTrainer(DiTTrainerMixin, IPNetTrainer):
             "teacher": self.cfg.teacher.path,
             "stages": [*self.history, record],
         }
-        self.kmodel.export(folder, "student", self.exported_adapter(), meta)
+        self.dit_model.export(folder, "student", self.exported_adapter(), meta)
 
 
 #: the name of the first family's trainer, kept for existing imports

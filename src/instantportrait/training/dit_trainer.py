@@ -28,7 +28,7 @@ class DiTTrainerMixin:
     """What both DiT trainers share: the model in memory, encoding, decoding."""
 
     #: the DiT model (its family's :class:`~instantportrait.training.dit_model.DiTModel`)
-    kmodel: DiTModel
+    dit_model: DiTModel
     #: the teacher's guidance (Kontext: the distilled input; Qwen: true CFG's scale) and
     #: T5's token count (Kontext) the trainer conditions with
     guidance: float
@@ -46,7 +46,7 @@ class DiTTrainerMixin:
         check_fsdp_version(acc, f"model.backbone={family}")
         shard = acc.distributed_type == DistributedType.FSDP
         m = model_class(family).from_pretrained(pretrained, self.device, rank, shard=shard)
-        self.kmodel, self.backbone = m, m.backbone
+        self.dit_model, self.backbone = m, m.backbone
         self.vae, self.scheduler = m.components["vae"], m.scheduler
         return m
 
@@ -55,17 +55,17 @@ class DiTTrainerMixin:
         and checkpoint only its adapters (the frozen base is the pretrained folder's): under
         DDP or one process through accelerate's save hooks (``adapters.safetensors``), under
         FSDP2 in accelerate's sharded checkpoint (:func:`~.sharding.checkpoint_only`)."""
-        if model is not self.kmodel.transformer and not hasattr(model, "config"):
-            model.config = self.kmodel.transformer.config
+        if model is not self.dit_model.transformer and not hasattr(model, "config"):
+            model.config = self.dit_model.transformer.config
         self.backbone.transformer = model
         acc = self.accelerator
         acc.register_save_state_pre_hook(self._save_adapters)
         acc.register_load_state_pre_hook(self._load_adapters)
         if acc.distributed_type == DistributedType.FSDP:  # accelerate saves FSDP's shards itself
-            checkpoint_only(self.kmodel.transformer, lambda name: "lora_" in name)
+            checkpoint_only(self.dit_model.transformer, lambda name: "lora_" in name)
 
     def _is_transformer(self, model) -> bool:
-        return self.accelerator.unwrap_model(model) is self.kmodel.transformer
+        return self.accelerator.unwrap_model(model) is self.dit_model.transformer
 
     def _save_adapters(self, models, weights, output_dir) -> None:
         """accelerate's save hook: the transformer's LoRA weights go to ``adapters.safetensors``
@@ -91,7 +91,7 @@ class DiTTrainerMixin:
             if self._is_transformer(model) and path.is_file():
                 models.pop(i)
                 state = load_file(str(path))
-                result = self.kmodel.transformer.load_state_dict(state, strict=False)
+                result = self.dit_model.transformer.load_state_dict(state, strict=False)
                 if result.unexpected_keys:
                     from ..errors import InputError
 
@@ -103,8 +103,8 @@ class DiTTrainerMixin:
     def collect_export(self) -> None:
         """Every process: the trained adapter whole, with the EMA's weights when the run keeps
         one (collective under FSDP2); only the main process, which exports, keeps it."""
-        with self.kmodel.averaged(self.ema):
-            weights = self.kmodel.gather_adapter(self.adapter_name)
+        with self.dit_model.averaged(self.ema):
+            weights = self.dit_model.gather_adapter(self.adapter_name)
         self.export_weights = weights if self.accelerator.is_main_process else None
 
     def exported_adapter(self) -> dict[str, torch.Tensor]:
@@ -122,7 +122,7 @@ class DiTTrainerMixin:
         with torch.no_grad():
             image_latents = self.backbone.encode_image(x_in).float()
             image_latents = image_latents * keep.view(-1, 1, 1, 1).to(image_latents)
-            cond = self.kmodel.encode_condition(
+            cond = self.dit_model.encode_condition(
                 list(batch["instruction"]), x_in, keep, max_sequence_length, guided
             )
         return x_in, keep, image_latents, cond
@@ -139,11 +139,11 @@ class DiTTrainerMixin:
         of the teacher's sampler; IPNet: one step), saved as a grid with dlib distances. A
         sharded transformer runs the edits on every process; the main process records them."""
         acc = self.accelerator
-        if not runs_collectively(self.kmodel.transformer, acc):
+        if not runs_collectively(self.dit_model.transformer, acc):
             return {}
         from .validation import run_validation, validation_items
 
-        m = self.kmodel
+        m = self.dit_model
         pipe = m.edit_pipeline(m.transformer)
         pipe.set_progress_bar_config(disable=True)
         extra = m.validation_kwargs(self.max_sequence_length)
