@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import dit_configs
 import pytest
 import torch
 from PIL import Image
@@ -13,7 +14,6 @@ from test_idenet import SmallEmbedder
 
 from instantportrait.backbones.flux_kontext import FluxKontextBackbone
 from instantportrait.cli import main
-from instantportrait.training.config import from_dict
 from instantportrait.training.idenet import IDENetConfig
 from instantportrait.training.ipnet import IPNetConfig
 from instantportrait.training.kontext_idenet import KontextIDENetTrainer
@@ -24,21 +24,8 @@ from instantportrait.training.loop import step_generator
 from launching import launch
 from launching import settings as _settings
 
-RUN = {
-    "batch_size": 4,
-    "max_steps": 1,
-    "tensorboard": False,
-    "num_workers": 0,
-    "mixed_precision": "no",
-    "ema": False,
-}
-DATA = {
-    "resolution": 64,
-    "detect_faces": False,
-    "dropout_text": 0.0,
-    "dropout_image": 0.0,
-    "dropout_both": 0.0,
-}
+#: the batch of the in-process trainers (the teacher export uses 2)
+BATCH = 4
 
 
 class SmallKontextIDENet(KontextIDENetTrainer):
@@ -47,20 +34,9 @@ class SmallKontextIDENet(KontextIDENetTrainer):
 
 
 def idenet_config(kontext_dir, pair_dir, out, **training) -> IDENetConfig:
-    return from_dict(
-        IDENetConfig,
-        {
-            "model": {
-                "backbone": "kontext",
-                "pretrained": str(kontext_dir),
-                "lora_rank": 4,
-                "max_sequence_length": 32,
-            },
-            "data": {"path": str(pair_dir), **DATA},
-            "optim": {"lr": 1e-3, "warmup_steps": 0},
-            "training": {**RUN, "output_dir": str(out), **training},
-        },
-    )
+    model = {"max_sequence_length": 32}
+    training = {"batch_size": BATCH, **training}
+    return dit_configs.idenet_config("kontext", kontext_dir, pair_dir, out, model, **training)
 
 
 @pytest.fixture(scope="module")
@@ -79,18 +55,8 @@ def teacher_dir(kontext_dir, pair_dir, tmp_path_factory):
 
 
 def ipnet_config(teacher_dir, pair_dir, out, **stage) -> IPNetConfig:
-    return from_dict(
-        IPNetConfig,
-        {
-            "teacher": {"path": str(teacher_dir)},
-            "stage": {"name": "test", "t_min": 100, "t_max": 400, "lambda_triplet": 1.0, **stage},
-            "discriminator": {"backbone": "tiny"},
-            "triplet": {"dino": "tiny"},
-            "data": {"path": str(pair_dir), **DATA},
-            "optim": {"lr": 1e-3, "warmup_steps": 0},
-            "training": {**RUN, "output_dir": str(out)},
-        },
-    )
+    stage = {"t_min": 100, "t_max": 400, **stage}
+    return dit_configs.ipnet_config(teacher_dir, pair_dir, out, stage, batch_size=BATCH)
 
 
 @pytest.fixture(scope="module")

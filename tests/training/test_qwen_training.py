@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import math
 
+import dit_configs
 import numpy as np
 import pytest
 import torch
 from test_idenet import SmallEmbedder
 
 from instantportrait.cli import main
-from instantportrait.training.config import from_dict
 from instantportrait.training.dit_idenet import DiTIDENetTrainer
 from instantportrait.training.dit_ipnet import DiTIPNetTrainer
 from instantportrait.training.dit_model import flow_training_sigmas
@@ -24,21 +24,6 @@ from instantportrait.training.logger import read_metrics
 from instantportrait.training.loop import step_generator
 from launching import settings as _settings
 
-RUN = {
-    "batch_size": 2,
-    "max_steps": 1,
-    "tensorboard": False,
-    "num_workers": 0,
-    "mixed_precision": "no",
-    "ema": False,
-}
-DATA = {
-    "resolution": 64,
-    "detect_faces": False,
-    "dropout_text": 0.0,
-    "dropout_image": 0.0,
-    "dropout_both": 0.0,
-}
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj")
 ATTENTION = (*ATTENTION, "to_add_out")
 MLP = ("img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2")
@@ -50,15 +35,8 @@ class SmallQwenIDENet(DiTIDENetTrainer):
 
 
 def idenet_config(qwen_dir, pair_dir, out, **training) -> IDENetConfig:
-    return from_dict(
-        IDENetConfig,
-        {
-            "model": {"backbone": "qwen-edit", "pretrained": str(qwen_dir), "lora_rank": 4},
-            "data": {"path": str(pair_dir), **DATA},
-            "optim": {"lr": 1e-3, "warmup_steps": 0},
-            "training": {**RUN, "output_dir": str(out), **training},
-        },
-    )
+    training = {"batch_size": 2, **training}
+    return dit_configs.idenet_config("qwen-edit", qwen_dir, pair_dir, out, {}, **training)
 
 
 @pytest.fixture(scope="module")
@@ -77,19 +55,8 @@ def teacher_dir(qwen_dir, pair_dir, tmp_path_factory):
 
 def ipnet_config(teacher_dir, pair_dir, out) -> IPNetConfig:
     # the low stage's range: every sigma' <= tau, so every row is inverted
-    stage = {"name": "test", "t_min": 150, "t_max": 200, "lambda_triplet": 1.0}
-    return from_dict(
-        IPNetConfig,
-        {
-            "teacher": {"path": str(teacher_dir)},
-            "stage": stage,
-            "discriminator": {"backbone": "tiny"},
-            "triplet": {"dino": "tiny"},
-            "data": {"path": str(pair_dir), **DATA},
-            "optim": {"lr": 1e-3, "warmup_steps": 0},
-            "training": {**RUN, "output_dir": str(out)},
-        },
-    )
+    stage = {"t_min": 150, "t_max": 200}
+    return dit_configs.ipnet_config(teacher_dir, pair_dir, out, stage, batch_size=2)
 
 
 @pytest.fixture(scope="module")
